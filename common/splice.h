@@ -1,0 +1,36 @@
+/* splice.h: join two byte-stream endpoints in both directions.
+ *
+ * An endpoint is either a bufferevent (a TCP socket, possibly TLS) or a tunnel
+ * stream. The splice copies a->b and b->a with backpressure (stop reading one
+ * side while the other side's output is above its high-water mark, resume below
+ * the low mark), propagates half-close (EOF on one side -> flush, then shut down
+ * the write side of the other), and ends when both directions have finished or
+ * either side fails. Nothing buffered is dropped on a clean half-close.
+ *
+ * Ownership: splice_new() takes both endpoints; the splice frees them when it
+ * ends, then calls done (err NULL for a clean end, else why it failed), then
+ * frees itself. Bytes already sitting in an endpoint's input are forwarded. */
+#ifndef KB_SPLICE_H
+#define KB_SPLICE_H
+
+#include <stddef.h>
+
+struct bufferevent;
+struct tunnel_stream;
+struct splice;
+
+struct splice_end {
+  struct bufferevent *bev;      /* exactly one of bev and stream is set */
+  struct tunnel_stream *stream;
+};
+
+typedef void (*splice_done_cb)(const char *err, size_t a_to_b, size_t b_to_a, void *arg);
+
+#define SPLICE_HIGH_WATER (256u * 1024u)
+
+struct splice *splice_new(struct splice_end a, struct splice_end b, splice_done_cb done,
+                          void *arg);
+/* Abort both sides now (reset streams, close sockets); done is called. */
+void splice_abort(struct splice *sp, const char *why);
+
+#endif

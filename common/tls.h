@@ -1,0 +1,60 @@
+/* tls.h: mutual TLS 1.3 for the tunnel, and the small CA that backs it.
+ *
+ * Files in a TLS directory:
+ *   ca.crt, ca.key          the per-service CA (ca.key only where certs are issued)
+ *   agent.crt, agent.key    the agent's server certificate, subject/SAN "kbridge-agent"
+ *   KEY.crt, KEY.key        a developer's client certificate; subject CN = route key
+ * Private keys are written 0600. Keys are ECDSA P-256 (default) or Ed25519.
+ *
+ * The agent accepts only client certificates signed by ca.crt; the client accepts
+ * only an agent certificate signed by ca.crt and naming "kbridge-agent", whatever
+ * address it was reached at (localhost through a port-forward, a LoadBalancer IP).
+ *
+ * The PEM functions work in memory so the same code can later store the CA in a
+ * Kubernetes Secret; the dir functions are thin wrappers over them. */
+#ifndef KB_TLS_H
+#define KB_TLS_H
+
+#include <stddef.h>
+#include <openssl/ssl.h>
+
+#define TLS_AGENT_NAME "kbridge-agent"
+
+enum tls_key_type { TLS_KEY_P256 = 0, TLS_KEY_ED25519 = 1 };
+
+struct tls_pem {      /* a certificate and its private key, both PEM, NUL-terminated */
+  char *cert;
+  char *key;
+};
+void tls_pem_clear(struct tls_pem *p); /* frees and zeroes (key bytes are wiped) */
+
+/* Make a new self-signed CA (CN "kbridge CA <name>", 10 years). 0 or -1 + err. */
+int tls_ca_create(const char *name, enum tls_key_type type, struct tls_pem *ca, char *err,
+                  size_t errlen);
+/* Issue a leaf signed by ca. server=1: agent cert, CN and SAN DNS "kbridge-agent"
+ * (+ "localhost", IP 127.0.0.1), serverAuth; server=0: client cert, CN = key,
+ * clientAuth. 0 or -1 + err. */
+int tls_issue(const struct tls_pem *ca, const char *cn, int server, enum tls_key_type type,
+              int days, struct tls_pem *out, char *err, size_t errlen);
+
+/* `kbridge certs init DIR`: ca + agent cert into DIR (created 0700). Refuses to
+ * overwrite an existing ca.key unless force. */
+int tls_dir_init(const char *dir, enum tls_key_type type, int force, char *err, size_t errlen);
+/* `kbridge certs issue DIR --key KEY`: DIR/KEY.crt + DIR/KEY.key from DIR/ca.*. */
+int tls_dir_issue(const char *dir, const char *key, enum tls_key_type type, char *err,
+                  size_t errlen);
+
+/* TLS 1.3 only, peer certificate required and verified against ca.crt. */
+SSL_CTX *tls_server_ctx_from_dir(const char *dir, char *err, size_t errlen);
+SSL_CTX *tls_client_ctx_from_dir(const char *dir, const char *key, char *err, size_t errlen);
+SSL_CTX *tls_server_ctx_from_pem(const char *ca_pem, const struct tls_pem *own, char *err,
+                                 size_t errlen);
+SSL_CTX *tls_client_ctx_from_pem(const char *ca_pem, const struct tls_pem *own, char *err,
+                                 size_t errlen);
+/* Make a client SSL for one connection that verifies the agent name. NULL on error. */
+SSL *tls_client_ssl_new(SSL_CTX *ctx);
+
+/* The verified peer certificate's subject CN into out. 0, or -1 if none/too long. */
+int tls_peer_cn(SSL *ssl, char *out, size_t outlen);
+
+#endif
