@@ -42,16 +42,38 @@ void http_head_free(struct http_head *h);
 int http_head_add_url(struct http_head *h, const char *at, size_t len);
 int http_head_add_name(struct http_head *h, const char *at, size_t len);
 int http_head_add_value(struct http_head *h, const char *at, size_t len);
+/* Mark the current field complete (wire llhttp's on_header_value_complete here):
+ * the next http_head_add_name() starts a new field even when the value was empty
+ * and no http_head_add_value() call came for it. */
+void http_head_end_field(struct http_head *h);
 
 /* Case-insensitive lookup of the n-th field named name (n from 0). Returns the
  * value (not NUL-terminated) and its length in *len, or NULL. */
 const char *http_head_get(const struct http_head *h, const char *name, size_t n, size_t *len);
 size_t http_head_count(const struct http_head *h, const char *name);
+/* Is field i (0 <= i < nfields) named name[0..name_len), case-insensitively? */
+int http_head_field_is(const struct http_head *h, size_t i, const char *name, size_t name_len);
 
 /* Serialize a request head: "METHOD target HTTP/x.y\r\n" + fields + extra lines
  * + "\r\n" appended to out. extra is NULL or a block of complete "Name: value\r\n"
  * lines. Returns 0 or -1. */
 int http_head_write_request(const struct http_head *h, const char *extra, struct evbuffer *out);
+/* The same, leaving out every field named skip (case-insensitive; NULL skips
+ * nothing). For route_inject()'s replace_baggage: pass "baggage" and the extra
+ * lines that carry the merged baggage header. */
+int http_head_write_request_skip(const struct http_head *h, const char *skip, const char *extra,
+                                 struct evbuffer *out);
+
+/* Request smuggling checks llhttp 8.1 does not make itself (call after the
+ * headers are complete; http_head_parse_request() calls it). Rejects: an HTTP
+ * version other than 1.0 and 1.1; a field name that is not a token (llhttp 8.1
+ * accepts "Name : value", RFC 9112 says reject); several
+ * Content-Length lines that differ, or one that is not a plain number;
+ * Transfer-Encoding together with Content-Length; a Transfer-Encoding whose last
+ * coding is not "chunked"; Transfer-Encoding in HTTP/1.0; more than one Host;
+ * a field value holding CR, LF or NUL (obsolete line folding). Returns 0, or -1
+ * with *err naming the problem (the caller answers 400 and closes). */
+int http_head_check_request(const struct http_head *h, const char **err);
 
 /* Parse a complete request head from buf with llhttp (for tests and fuzzing;
  * the agent parses incrementally). Returns the number of bytes of the head
