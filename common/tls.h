@@ -57,4 +57,10 @@ SSL *tls_client_ssl_new(SSL_CTX *ctx);
 /* The verified peer certificate's subject CN into out. 0, or -1 if none/too long. */
 int tls_peer_cn(SSL *ssl, char *out, size_t outlen);
 
+/* Why a TLS connection failed, for a log line: code is an OpenSSL error code
+ * (e.g. from bufferevent_get_openssl_error(), 0 if none); when certificate
+ * verification failed, ssl's verify result is added ("certificate verify failed:
+ * unable to get local issuer certificate"). ssl may be NULL. Returns out. */
+char *tls_describe_error(SSL *ssl, unsigned long code, char *out, size_t outlen);
+
 #endif
