@@ -50,8 +50,14 @@ void route_decide(const struct route_config *cfg, const struct http_head *head,
  * ROUTE_SUBDOMAIN; empty otherwise). Writes complete "Name: value\r\n" lines to
  * out (NUL-terminated) and, when the request already has a baggage header, sets
  * *replace_baggage = 1: the caller must drop the original baggage lines, since
- * the written line carries their members plus ours. Returns the length, or -1 if
- * outlen is too small. */
+ * the written line carries their members plus ours (see
+ * http_head_write_request_skip()). Existing members named like ours are
+ * dropped, all others are kept in order. If the merged baggage value would pass
+ * the W3C limits (8192 bytes, 180 members) or not fit in out, no baggage line is
+ * written and the original lines stay (*replace_baggage = 0); the route header
+ * line is still written. Returns the length, or -1 if outlen is too small even
+ * for the route header line; with outlen >= ROUTE_INJECT_MAX it never fails. */
+#define ROUTE_INJECT_MAX (8192 + 512)
 int route_inject(const struct route_config *cfg, const struct http_head *head,
                  const struct route_match *m, char *out, size_t outlen, int *replace_baggage);
 
