@@ -1,0 +1,86 @@
+"""Container init of the test node. Started as
+    ip netns exec <pod netns> python3 launcher.py SPEC.json
+(`ip netns exec` already gave it the pod's network namespace and a private
+mount namespace with /etc/netns/<pod netns>/ bound over /etc). It then
+ - enters a new UTS namespace and sets the pod's hostname,
+ - bind-mounts each volume at its mountPath (read-only when asked),
+ - changes to workingDir and execs the container's program with its env.
+Mount points and working dirs that do not exist on the host are created and
+listed in SPEC['created_file'] so `down` can remove them (the mounts
+themselves are never visible outside the container)."""
+import ctypes
+import fcntl
+import json
+import os
+import socket
+import sys
+
+CLONE_NEWUTS = 0x04000000
+MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC = 1, 32, 4096, 16384
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+def die(msg):
+    sys.stderr.write("kbridge-test-node launcher: %s\n" % msg)
+    sys.stderr.flush()
+    os._exit(127)
+
+
+def record(spec, path):
+    with open(spec["created_file"], "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.write(path + "\n")
+
+
+def makedirs(spec, path):
+    """mkdir -p, recording every directory it had to create."""
+    missing = []
+    p = os.path.abspath(path)
+    while not os.path.exists(p):
+        missing.append(p)
+        p = os.path.dirname(p)
+    for d in reversed(missing):
+        os.mkdir(d, 0o755)
+        record(spec, d)
+
+
+def mount(src, dst, flags):
+    if libc.mount(src.encode() if src else None, dst.encode(), None, flags, None) != 0:
+        e = ctypes.get_errno()
+        die("mount %s on %s: %s" % (src, dst, os.strerror(e)))
+
+
+def main():
+    spec = json.load(open(sys.argv[1]))
+    if libc.unshare(CLONE_NEWUTS) == 0:
+        socket.sethostname(spec["hostname"])
+    for m in spec["mounts"]:
+        src = m["source"]
+        dst = os.path.realpath(m["target"])
+        if os.path.isdir(src):
+            makedirs(spec, dst)
+        else:
+            makedirs(spec, os.path.dirname(dst))
+            if not os.path.exists(dst):
+                open(dst, "a").close()
+                record(spec, dst)
+        mount(src, dst, MS_BIND | MS_REC)
+        if m.get("readOnly"):
+            mount(None, dst, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC)
+    wd = spec.get("workingDir") or "/"
+    try:
+        makedirs(spec, wd)
+        os.chdir(wd)
+    except OSError as e:
+        die("workingDir %s: %s" % (wd, e))
+    argv = spec["argv"]
+    if not argv:
+        die("no command to run")
+    try:
+        os.execvpe(argv[0], argv, spec["env"])
+    except OSError as e:
+        die("exec %s: %s" % (argv[0], e))
+
+
+if __name__ == "__main__":
+    main()

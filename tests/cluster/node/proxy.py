@@ -1,0 +1,142 @@
+"""Services on the test node (what kube-proxy and CoreDNS do in a real
+cluster), all inside the node network namespace:
+
+- iptables nat rules: a ClusterIP:port is DNATed to one of the ready
+  endpoints, picked with `-m statistic --mode random` (like kube-proxy's
+  iptables mode); every DNATed connection leaving through the bridge or the
+  host link is masqueraded (so pod-to-self and pod-to-pod through a Service
+  work without br_netfilter, and the API server sees the node address).
+- filter rules: nothing from the root namespace (host0) is forwarded to pods
+  unless it answers a connection a pod opened.
+- dnsmasq on the bridge address answers <svc>.<ns>.svc.cluster.local from a
+  hosts file this module rewrites (SIGHUP on change); the kube-dns Service
+  (ClusterIP .10) points at it. Headless Services resolve to their ready
+  endpoint addresses.
+
+sync() rebuilds everything from a list of Services and Endpoints and applies
+it only when it changed; the node calls it on every watch event.
+"""
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+
+def chain_name(key):
+    return "KB-SVC-" + hashlib.sha256(key.encode()).hexdigest()[:16].upper()
+
+
+class Proxy:
+    def __init__(self, node):
+        self.node = node
+        self.net = node.net
+        self.applied_rules = None
+        self.applied_hosts = None
+        self.hosts_file = os.path.join(node.state_dir, "dns", "hosts")
+        self.dnsmasq = None
+
+    def start_dns(self):
+        open(self.hosts_file, "a").close()
+        logf = open(os.path.join(self.node.state_dir, "logs", "dnsmasq.log"), "ab")
+        self.dnsmasq = subprocess.Popen(
+            ["ip", "netns", "exec", self.node.node_netns, "dnsmasq", "--keep-in-foreground",
+             "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--addn-hosts=" + self.hosts_file,
+             "--listen-address=" + self.net["bridge_ip"], "--bind-interfaces", "--except-interface=lo",
+             "--local=/cluster.local/", "--domain-needed", "--cache-size=0", "--user=root",
+             "--pid-file=", "--log-facility=-"],
+            stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        logf.close()
+
+    def check_dns(self):
+        if self.dnsmasq and self.dnsmasq.poll() is not None:
+            sys.stderr.write("dnsmasq exited (%s); restarting\n" % self.dnsmasq.returncode)
+            time.sleep(1)
+            self.start_dns()
+            self.applied_hosts = None
+
+    def stop(self):
+        if self.dnsmasq and self.dnsmasq.poll() is None:
+            self.dnsmasq.terminate()
+
+    def sync(self, services, endpoints):
+        eps = {(e["metadata"]["namespace"], e["metadata"]["name"]): e for e in endpoints}
+        nat = [":KB-SERVICES - [0:0]", ":KB-POSTROUTING - [0:0]"]
+        body = []
+        hosts = []
+        for s in sorted(services, key=lambda s: (s["metadata"]["namespace"], s["metadata"]["name"])):
+            ns, name = s["metadata"]["namespace"], s["metadata"]["name"]
+            fqdn = "%s.%s.svc.cluster.local" % (name, ns)
+            ip = s["spec"].get("clusterIP")
+            ep = eps.get((ns, name), {})
+            if ip and ip != "None":
+                hosts.append("%s\t%s" % (ip, fqdn))
+            elif ip == "None":
+                addrs = sorted({a["ip"] for ss in ep.get("subsets") or [] for a in ss.get("addresses") or []})
+                hosts += ["%s\t%s" % (a, fqdn) for a in addrs]
+                continue
+            else:
+                continue
+            for sp in s["spec"].get("ports") or []:
+                proto = sp.get("protocol", "TCP")
+                if proto not in ("TCP", "UDP"):
+                    continue
+                targets = []
+                for ss in ep.get("subsets") or []:
+                    port = next((p["port"] for p in ss.get("ports") or []
+                                 if p.get("name", "") == sp.get("name", "") and p.get("protocol", "TCP") == proto),
+                                None)
+                    if port is None:
+                        continue
+                    targets += ["%s:%d" % (a["ip"], port) for a in ss.get("addresses") or []]
+                targets.sort()
+                p = proto.lower()
+                if not targets:
+                    # No ready endpoint: refuse at once, as kube-proxy does.
+                    body.append(("filter", "-A KB-FORWARD -d %s/32 -p %s -m %s --dport %d -j REJECT"
+                                 % (ip, p, p, sp["port"])))
+                    body.append(("filter", "-A KB-INPUT -d %s/32 -p %s -m %s --dport %d -j REJECT"
+                                 % (ip, p, p, sp["port"])))
+                    continue
+                ch = chain_name("%s/%s/%s/%s" % (ns, name, sp["port"], proto))
+                nat.append(":%s - [0:0]" % ch)
+                body.append(("nat", "-A KB-SERVICES -d %s/32 -p %s -m %s --dport %d -m comment --comment %s -j %s"
+                             % (ip, p, p, sp["port"], "%s/%s:%s" % (ns, name, sp.get("name") or sp["port"]), ch)))
+                n = len(targets)
+                for i, t in enumerate(targets):
+                    stat = ("-m statistic --mode random --probability %.10f " % (1.0 / (n - i))) if i < n - 1 else ""
+                    body.append(("nat", "-A %s %s-p %s -j DNAT --to-destination %s" % (ch, stat, p, t)))
+        rules = ["*nat", ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
+                 ":POSTROUTING ACCEPT [0:0]"] + nat + [
+            "-A PREROUTING -j KB-SERVICES", "-A OUTPUT -j KB-SERVICES", "-A POSTROUTING -j KB-POSTROUTING",
+            "-A KB-POSTROUTING -m conntrack --ctstate DNAT -j MASQUERADE",
+            "-A KB-POSTROUTING -s %s -o host0 -j MASQUERADE" % self.net["pod_cidr"]]
+        rules += [r for t, r in body if t == "nat"] + ["COMMIT", "*filter", ":INPUT ACCEPT [0:0]",
+                                                         ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
+                                                         ":KB-FORWARD - [0:0]", ":KB-INPUT - [0:0]",
+                                                         "-A FORWARD -j KB-FORWARD", "-A INPUT -j KB-INPUT",
+                                                         "-A KB-FORWARD -i host0 -m conntrack --ctstate "
+                                                         "ESTABLISHED,RELATED -j ACCEPT",
+                                                         "-A KB-FORWARD -i host0 -j DROP"]
+        rules += [r for t, r in body if t == "filter"] + ["COMMIT"]
+        text = "\n".join(rules) + "\n"
+        if text != self.applied_rules:
+            r = subprocess.run(["ip", "netns", "exec", self.node.node_netns, "iptables-restore"],
+                               input=text, capture_output=True, text=True)
+            if r.returncode != 0:
+                sys.stderr.write("iptables-restore failed: %s\n%s" % (r.stderr, text))
+            else:
+                self.applied_rules = text
+                # Connections to a backend that is gone would hang; drop their conntrack entries
+                # is not possible without conntrack(8); new connections use the new rules.
+        htext = "\n".join(hosts) + "\n"
+        if htext != self.applied_hosts:
+            tmp = self.hosts_file + ".tmp"
+            with open(tmp, "w") as f:
+                f.write(htext)
+            os.replace(tmp, self.hosts_file)
+            if self.dnsmasq and self.dnsmasq.poll() is None:
+                # the dnsmasq pid is a child of `ip netns exec` which exec'd, so it is the same pid
+                os.kill(self.dnsmasq.pid, signal.SIGHUP)
+            self.applied_hosts = htext

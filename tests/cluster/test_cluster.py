@@ -1,0 +1,462 @@
+#!/usr/bin/env python3
+"""End-to-end tests of the local test cluster (registered with CTest by
+tests/cluster/CMakeLists.txt, label `cluster`).
+
+    test_cluster.py up          setup (cached) + up --name $CLUSTER (fixture setup)
+    test_cluster.py demo        apply deploy/demo, all pods Running+Ready in time
+    test_cluster.py services    ClusterIP load balancing, DNS, header forwarding,
+                                in-pod API access through the kubernetes Service
+    test_cluster.py portforward WebSocket port-forward through the API server
+    test_cluster.py rbac        restricted user: allowed and refused operations
+    test_cluster.py lifecycle   scaling, pod replacement, readiness, selector patch,
+                                image pull errors, restarts
+    test_cluster.py down        down + nothing left behind (fixture cleanup)
+    test_cluster.py all         up, every test, down
+
+Exit 77 (CTest SKIP_RETURN_CODE) when kubectl or root is missing. The cluster
+name is $KBRIDGE_TEST_CLUSTER (default ctest).
+"""
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import kbcluster as kc  # noqa: E402
+import wsclient  # noqa: E402
+from kubeapi import Kube  # noqa: E402
+
+NAME = os.environ.get("KBRIDGE_TEST_CLUSTER", "ctest")
+SKIP = 77
+DEMO = os.path.join(kc.REPO, "deploy", "demo", "shop.yaml")
+T0 = time.time()
+
+
+def say(msg):
+    print("[%6.1fs] %s" % (time.time() - T0, msg), flush=True)
+
+
+class Fail(Exception):
+    pass
+
+
+def check(cond, msg):
+    if not cond:
+        raise Fail(msg)
+    say("ok: " + msg)
+
+
+def info():
+    i = kc.read_cluster(NAME)
+    if not i:
+        raise Fail("cluster %s is not up (run: %s/up --name %s)" % (NAME, HERE, NAME))
+    return i
+
+
+def kubectl(*args, kubeconfig=None, check_rc=True, input=None):
+    kcfg = kubeconfig or info()["admin_kubeconfig"]
+    r = subprocess.run(["kubectl", "--kubeconfig", kcfg] + list(args), capture_output=True, text=True,
+                       input=input)
+    if check_rc and r.returncode != 0:
+        raise Fail("kubectl %s: %s" % (" ".join(args), r.stderr.strip()))
+    return r
+
+
+def admin():
+    i = info()
+    return Kube(i["server"], i["ca"], cert=i["admin_cert"], key=i["admin_key"])
+
+
+def wait(what, fn, timeout, interval=0.2):
+    t = time.time()
+    last = None
+    while time.time() - t < timeout:
+        try:
+            r = fn()
+            if r:
+                dt = time.time() - t
+                say("%s after %.1fs (bound %ds)" % (what, dt, timeout))
+                return r
+        except Fail as e:
+            last = e
+        time.sleep(interval)
+    raise Fail("timed out after %ds waiting for %s (%s)" % (timeout, what, last))
+
+
+def pods(ns, selector=None):
+    q = {"labelSelector": selector} if selector else {}
+    return admin().get("/api/v1/namespaces/%s/pods" % ns, **q)["items"]
+
+
+def ready(p):
+    return (p.get("status", {}).get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
+            and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", [])))
+
+
+def pod_exec(ns, pod, *cmd, timeout=30):
+    r = subprocess.run([os.path.join(HERE, "pod-exec"), "--name", NAME, ns, pod, "--"] + list(cmd),
+                       capture_output=True, text=True, timeout=timeout)
+    return r
+
+
+GET_SCRIPT = r"""
+import json, sys, urllib.request
+url, hdrs = sys.argv[1], json.loads(sys.argv[2])
+try:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=hdrs), timeout=5) as r:
+        print(r.read().decode())
+except Exception as e:
+    print(json.dumps({"error": str(e)}))
+"""
+
+
+def http_from_pod(ns, pod, url, headers=None):
+    r = pod_exec(ns, pod, "python3", "-c", GET_SCRIPT, url, json.dumps(headers or {}))
+    try:
+        return json.loads(r.stdout)
+    except ValueError:
+        raise Fail("GET %s from %s/%s: %r %r" % (url, ns, pod, r.stdout[-300:], r.stderr[-300:]))
+
+
+def ensure_demo():
+    kubectl("apply", "-f", DEMO)
+
+    def all_ready():
+        ps = pods("shop")
+        want = {"frontend": 1, "api": 2, "store": 1}
+        got = {}
+        for p in ps:
+            if ready(p):
+                app = p["metadata"]["labels"].get("app")
+                got[app] = got.get(app, 0) + 1
+        return all(got.get(k) == v for k, v in want.items()) and \
+            all(ready(p) for p in ps if p["metadata"]["labels"].get("app") in want)
+    return wait("demo pods Running+Ready", all_ready, 120)
+
+
+def one_pod(app):
+    ps = [p for p in pods("shop", "app=" + app) if ready(p)]
+    if not ps:
+        raise Fail("no ready %s pod" % app)
+    return ps[0]["metadata"]["name"]
+
+
+# ------------------------------------------------------------------ tests ---
+def t_up():
+    r = subprocess.run([os.path.join(HERE, "setup")], capture_output=False)
+    if r.returncode != 0:
+        raise Fail("setup failed")
+    t = time.time()
+    r = subprocess.run([os.path.join(HERE, "up"), "--name", NAME], stdout=subprocess.PIPE, text=True)
+    if r.returncode != 0:
+        raise Fail("up failed")
+    say("up took %.1fs" % (time.time() - t))
+    path = r.stdout.strip().splitlines()[-1]
+    check(os.path.exists(path) and path == info()["admin_kubeconfig"], "up prints the admin kubeconfig last: " + path)
+    kcfg = open(path).read()
+    for k in ("certificate-authority-data", "client-certificate-data", "client-key-data", "token:", "namespace:"):
+        check(k in kcfg, "admin kubeconfig has " + k)
+    out = kubectl("get", "nodes", "-o", "json").stdout
+    node = json.loads(out)["items"][0]
+    conds = {c["type"]: c["status"] for c in node["status"]["conditions"]}
+    check(conds.get("Ready") == "True", "node Ready")
+    check(kubectl("--context", NAME + "-token", "get", "ns").returncode == 0, "token user of admin kubeconfig works")
+    t = time.time()
+    r = subprocess.run([os.path.join(HERE, "up"), "--name", NAME], stdout=subprocess.PIPE, text=True)
+    check(r.returncode == 0 and r.stdout.strip().splitlines()[-1] == path and time.time() - t < 10,
+          "up again is idempotent and fast (%.1fs)" % (time.time() - t))
+
+
+def t_demo():
+    kubectl("delete", "namespace", "shop-scratch", "--ignore-not-found", "--wait=false")
+    t = time.time()
+    ensure_demo()
+    dt = time.time() - t
+    say("MEASURED demo pods ready: %.1fs" % dt)
+    check(dt < 120, "all demo pods Running+Ready within 120s")
+    p = admin().get("/api/v1/namespaces/shop/pods/" + one_pod("api"))
+    cs = p["status"]["containerStatuses"][0]
+    check(cs["ready"] and "running" in cs["state"] and cs["restartCount"] == 0,
+          "api containerStatus running, ready, restartCount 0")
+    check(p["status"]["podIP"].startswith("10.244.%d." % info()["index"]), "pod IP in the pod CIDR: " + p["status"]["podIP"])
+    logs = kubectl("logs", "-n", "shop", p["metadata"]["name"]).stdout
+    check("listening on :8080" in logs, "kubectl logs works through the node")
+
+
+def t_services():
+    ensure_demo()
+    fe = one_pod("frontend")
+    seen = set()
+    for _ in range(30):
+        r = http_from_pod("shop", fe, "http://api.shop.svc.cluster.local:8080/")
+        check_keys = r.get("service") == "api"
+        if not check_keys:
+            raise Fail("api answer: %r" % r)
+        seen.add(r["pod"])
+        if len(seen) == 2:
+            break
+    api_pods = {p["metadata"]["name"] for p in pods("shop", "app=api") if ready(p)}
+    check(seen == api_pods, "api.shop.svc.cluster.local reaches both api replicas %s" % sorted(seen))
+    r = http_from_pod("shop", fe, "http://frontend.shop/", {"kubernetes-route-as": "alice",
+                                                              "baggage": "kbridge-route=alice,x=1"})
+    check(r.get("service") == "frontend" and r["next"].get("service") == "api" and
+          r["next"]["next"].get("service") == "store", "http://frontend.shop reaches api and store")
+    check(r["next"]["next"]["route"] == {"kubernetes-route-as": "alice", "baggage": "kbridge-route=alice,x=1"},
+          "route headers forwarded frontend -> api -> store")
+    check(r["next"]["greeting"] == "hello from the shop config" and r["next"]["api_key_set"] and
+          "settings.json" in r["next"].get("config_files", []),
+          "api got ConfigMap env, Secret envFrom and the ConfigMap volume")
+    r = http_from_pod("shop", fe, "http://api:8080/")
+    check(r.get("service") == "api", "short name api resolves through the search path")
+    # The root namespace must not reach pods or ClusterIPs.
+    svc_ip = admin().get("/api/v1/namespaces/shop/services/api")["spec"]["clusterIP"]
+    pod_ip = admin().get("/api/v1/namespaces/shop/pods/" + fe)["status"]["podIP"]
+    for ip, port in ((svc_ip, 8080), (pod_ip, 8080)):
+        r = subprocess.run(["python3", "-c", "import socket,sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), 2)",
+                            ip, str(port)], capture_output=True)
+        check(r.returncode != 0, "root netns cannot reach %s:%d" % (ip, port))
+    # In-pod API access: KUBERNETES_SERVICE_HOST, SA token and ca.crt, real TLS.
+    script = r"""
+import json, os, ssl, urllib.request, urllib.error
+d = "/var/run/secrets/kubernetes.io/serviceaccount"
+tok = open(d + "/token").read(); ns = open(d + "/namespace").read()
+ctx = ssl.create_default_context(cafile=d + "/ca.crt")
+out = {"ns": ns}
+for name, url in (("env", "https://%s:%s/api" % (os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"])),
+                  ("dns", "https://kubernetes.default.svc/api"),
+                  ("svcs", "https://kubernetes.default.svc.cluster.local/api/v1/namespaces/shop/services")):
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": "Bearer " + tok}), context=ctx, timeout=5) as r:
+            out[name] = r.status
+    except urllib.error.HTTPError as e:
+        out[name] = e.code; out[name + "_msg"] = json.load(e).get("message")
+    except Exception as e:
+        out[name] = str(e)
+print("RESULT " + json.dumps(out))
+"""
+    kubectl("delete", "pod", "-n", "shop", "apicheck", "--ignore-not-found", "--grace-period=0")
+    kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "apicheck", "namespace": "shop"},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "kbridge-demo/sh:1",
+                                                           "command": ["python3", "-c", script]}]}}))
+    wait("apicheck pod Succeeded", lambda: admin().get("/api/v1/namespaces/shop/pods/apicheck")["status"].get("phase")
+         in ("Succeeded", "Failed"), 60)
+    out = kubectl("logs", "-n", "shop", "apicheck").stdout
+    res = json.loads(out.split("RESULT ", 1)[1]) if "RESULT " in out else {}
+    check(res.get("env") == 200 and res.get("dns") == 200,
+          "pod reaches the API server via KUBERNETES_SERVICE_HOST and kubernetes.default.svc with the SA token and CA: %r" % res)
+    check(res.get("svcs") == 403 and "system:serviceaccount:shop:default" in res.get("svcs_msg", ""),
+          "API server identifies the pod as its service account (403 without a Role)")
+    kubectl("delete", "pod", "-n", "shop", "apicheck", "--wait=true")
+
+
+def t_portforward():
+    ensure_demo()
+    i = info()
+    pod = one_pod("api")
+    req = b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    for who, tok in (("admin token", i["tokens"]["admin"]), ("restricted user", i["tokens"]["restricted"])):
+        t = time.time()
+        ports, data, err = wsclient.port_forward(i["server"], i["ca"], "shop", pod, 8080, req, token=tok)
+        check(ports == {0: 8080, 1: 8080}, "%s: port header on data and error channel" % who)
+        check(data.startswith(b"HTTP/1.") and ('"pod": "%s"' % pod).encode() in data,
+              "%s: port-forward through the API server answered by %s (%.2fs)" % (who, pod, time.time() - t))
+    ports, data, err = wsclient.port_forward(i["server"], i["ca"], "shop", pod, 8080, req,
+                                             cert=i["admin_cert"], key=i["admin_key"])
+    check(pod.encode() in data, "client certificate user: port-forward works")
+    try:
+        wsclient.port_forward(i["server"], i["ca"], "shop", pod, 8080, req, token=i["tokens"]["norbac"])
+        raise Fail("user without RBAC got through")
+    except wsclient.PortForwardError as e:
+        check(e.status == 403, "user without RBAC is refused with 403")
+    try:
+        wsclient.port_forward(i["server"], i["ca"], "default", "nope", 8080, req, token=i["tokens"]["restricted"])
+        raise Fail("restricted user got a port-forward in namespace default")
+    except wsclient.PortForwardError as e:
+        check(e.status == 403, "restricted user refused port-forward in another namespace (403)")
+    ports, data, err = wsclient.port_forward(i["server"], i["ca"], "shop", pod, 9, req, token=i["tokens"]["admin"])
+    check(not data and "9" in err, "closed port: error channel says so (%r)" % err[:80])
+    # A larger payload both ways (echo through the store of the pod's HTTP server is not
+    # an echo; use a request with a long header and check the full answer arrives).
+    big = b"GET /" + b"x" * 200000 + b" HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    ports, data, err = wsclient.port_forward(i["server"], i["ca"], "shop", pod, 8080, big, token=i["tokens"]["admin"])
+    check(data.startswith(b"HTTP/1."), "200 kB request through the tunnel answered (%d bytes back)" % len(data))
+
+
+def t_rbac():
+    i = info()
+    rk = i["restricted_kubeconfig"]
+
+    def can(*args):
+        r = kubectl("auth", "can-i", *args, kubeconfig=rk, check_rc=False)
+        return r.stdout.strip() == "yes"
+    allowed = [("get", "pods"), ("create", "pods/portforward"), ("get", "pods/portforward"),
+               ("patch", "services"), ("create", "deployments.apps"), ("delete", "replicasets.apps"),
+               ("create", "secrets"), ("create", "serviceaccounts"), ("create", "roles.rbac.authorization.k8s.io"),
+               ("create", "rolebindings.rbac.authorization.k8s.io"), ("update", "configmaps"),
+               ("list", "events"), ("create", "ingresses.networking.k8s.io"), ("watch", "endpoints")]
+    for verb, res in allowed:
+        check(can(verb, res, "-n", "shop"), "restricted user may %s %s in shop" % (verb, res))
+    refused = [("create", "pods", "-n", "shop"), ("delete", "pods", "-n", "shop"), ("get", "pods", "-n", "default"),
+               ("list", "secrets", "-n", "kube-system"), ("list", "nodes"), ("create", "namespaces"),
+               ("create", "clusterroles"), ("patch", "services", "-n", "default")]
+    for args in refused:
+        check(not can(*args), "restricted user may not %s" % " ".join(args))
+    r = kubectl("get", "nodes", kubeconfig=rk, check_rc=False)
+    check(r.returncode != 0 and "forbidden" in r.stderr.lower(), "restricted: kubectl get nodes is forbidden")
+    r = kubectl("get", "pods", "-n", "kube-system", kubeconfig=rk, check_rc=False)
+    check(r.returncode != 0 and "forbidden" in r.stderr.lower(), "restricted: other namespaces are forbidden")
+    r = kubectl("get", "pods", kubeconfig=rk, check_rc=False)
+    check(r.returncode == 0, "restricted: kubectl get pods in its namespace works")
+    # It can create the agent's Role (no escalation beyond its own rights).
+    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "kbridge-test-agent", "namespace": "shop"},
+            "rules": [{"apiGroups": [""], "resources": ["services", "endpoints"], "verbs": ["get", "list", "watch"]},
+                      {"apiGroups": [""], "resources": ["services"], "verbs": ["patch", "update"]}]}
+    r = kubectl("apply", "-f", "-", kubeconfig=rk, input=json.dumps(role), check_rc=False)
+    check(r.returncode == 0, "restricted: can create a Role within its rights: %s" % r.stderr.strip())
+    kubectl("delete", "role", "-n", "shop", "kbridge-test-agent", kubeconfig=rk)
+    role["rules"].append({"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]})
+    role["rules"][0]["resources"] = ["pods/exec"]
+    role["rules"][0]["verbs"] = ["create"]
+    r = kubectl("apply", "-f", "-", kubeconfig=rk, input=json.dumps(role), check_rc=False)
+    check(r.returncode != 0, "restricted: cannot create a Role granting more than it has")
+
+
+def ready_api_pods():
+    return sorted(p["metadata"]["name"] for p in pods("shop", "app=api") if ready(p))
+
+
+def serving_pods(fe, url, n):
+    seen = set()
+    for _ in range(n):
+        r = http_from_pod("shop", fe, url)
+        seen.add((r.get("service"), r.get("pod")))
+    return seen
+
+
+def t_lifecycle():
+    ensure_demo()
+    k = admin()
+    fe = one_pod("frontend")
+    # scaling up and down
+    kubectl("scale", "-n", "shop", "deployment/api", "--replicas=3")
+    wait("3 api pods ready", lambda: len(ready_api_pods()) == 3, 60)
+    names = set(ready_api_pods())
+
+    def three_serve():
+        return {p for s, p in serving_pods(fe, "http://api:8080/", 12)} == names
+    wait("traffic reaches all 3 api pods", three_serve, 30, interval=0)
+    kubectl("scale", "-n", "shop", "deployment/api", "--replicas=2")
+    wait("scaled back to 2 api pods (extra pod deleted)", lambda: len(pods("shop", "app=api")) == 2 and
+         len(ready_api_pods()) == 2, 60)
+    # deleting a pod: graceful stop, object removed by the node, replaced
+    victim = ready_api_pods()[0]
+    uid = k.get("/api/v1/namespaces/shop/pods/" + victim)["metadata"]["uid"]
+    t = time.time()
+    kubectl("delete", "pod", "-n", "shop", victim, "--wait=true", "--timeout=60s")
+    say("MEASURED pod deletion (SIGTERM, object gone): %.1fs" % (time.time() - t))
+    check(k.get("/api/v1/namespaces/shop/pods/" + victim, allow=(404,)) is None, "deleted pod object is gone")
+    check(kc.pod_netns_prefix(NAME) + uid.replace("-", "")[:12] not in kc.netns_list(), "its netns is gone")
+    wait("replacement api pod ready", lambda: len(ready_api_pods()) == 2 and victim not in ready_api_pods(), 60)
+    # readiness: an unready pod leaves the endpoints
+    a, b = ready_api_pods()
+    r = pod_exec("shop", fe, "python3", "-c", "import urllib.request,sys;urllib.request.urlopen('http://%s:8080/fail-ready' % sys.argv[1])",
+                 k.get("/api/v1/namespaces/shop/pods/" + a)["status"]["podIP"])
+    check(r.returncode == 0, "made %s fail its readiness probe" % a)
+    wait("%s not ready, out of the endpoints" % a, lambda: a not in ready_api_pods() and all(
+        x["targetRef"]["name"] != a for s in k.get("/api/v1/namespaces/shop/endpoints/api").get("subsets", [])
+        for x in s.get("addresses", [])), 20)
+    check({p for s, p in serving_pods(fe, "http://api:8080/", 10)} == {b}, "traffic only reaches the ready pod " + b)
+    kubectl("delete", "pod", "-n", "shop", a, "--wait=true")
+    wait("api back to 2 ready pods", lambda: len(ready_api_pods()) == 2, 60)
+    # patching a Service selector: traffic follows
+    t = time.time()
+    kubectl("patch", "service", "-n", "shop", "api", "-p", '{"spec":{"selector":{"app":"store"}}}')
+    wait("api Service answered by store after selector patch", lambda: {s for s, p in serving_pods(fe, "http://api:8080/", 4)} == {"store"}, 10, interval=0)
+    say("MEASURED selector switch effective after %.1fs" % (time.time() - t))
+    kubectl("patch", "service", "-n", "shop", "api", "-p", '{"spec":{"selector":{"app":"api"}}}')
+    wait("api Service answered by api again", lambda: {s for s, p in serving_pods(fe, "http://api:8080/", 4)} == {"api"}, 10, interval=0)
+    # unknown image and the agent image without a binary: ErrImagePull/ImagePullBackOff
+    for pname, image in (("badimage", "example.com/no/such-image:1"), ("agentmissing", "kbridge/agent:0.0.1")):
+        kubectl("delete", "pod", "-n", "shop", pname, "--ignore-not-found", "--grace-period=0")
+        kubectl("run", "-n", "shop", pname, "--image", image, "--restart=Never")
+
+        def waiting_reason():
+            p = k.get("/api/v1/namespaces/shop/pods/" + pname)
+            st = (p["status"].get("containerStatuses") or [{}])[0].get("state", {})
+            return st.get("waiting", {}).get("reason") in ("ErrImagePull", "ImagePullBackOff") and \
+                p["status"]["phase"] == "Pending"
+        env = dict(os.environ)
+        if pname == "agentmissing" and os.path.exists(os.path.join(kc.REPO, "build/agent/kbridge-agent")):
+            say("skip agentmissing: an agent binary exists")
+            kubectl("delete", "pod", "-n", "shop", pname, "--grace-period=0")
+            continue
+        wait("%s (%s) shows ErrImagePull/ImagePullBackOff" % (pname, image), waiting_reason, 20)
+        kubectl("delete", "pod", "-n", "shop", pname, "--wait=true")
+    # restarts: a container that exits is restarted and counted
+    kubectl("delete", "pod", "-n", "shop", "crasher", "--ignore-not-found", "--grace-period=0")
+    kubectl("run", "-n", "shop", "crasher", "--image", "kbridge-demo/sh:1", "--restart=Always", "--command", "--",
+            "/bin/sh", "-c", "echo started; sleep 0.5; exit 3")
+
+    def restarted():
+        p = k.get("/api/v1/namespaces/shop/pods/crasher")
+        cs = (p["status"].get("containerStatuses") or [{}])[0]
+        return cs.get("restartCount", 0) >= 2 and cs.get("lastState", {}).get("terminated", {}).get("exitCode") == 3
+    wait("crashing container restarted twice with exit code 3 recorded", restarted, 30)
+    kubectl("delete", "pod", "-n", "shop", "crasher", "--wait=true")
+
+
+def t_down():
+    i = kc.read_cluster(NAME)
+    r = subprocess.run([os.path.join(HERE, "down"), "--name", NAME])
+    check(r.returncode == 0, "down exits 0")
+    left = [ns for ns in kc.netns_list() if ns.startswith("kb-%s-" % NAME)]
+    check(not left, "no network namespaces left (%s)" % left)
+    check(not os.path.exists(kc.state_dir(NAME)), "state dir removed")
+    if i:
+        check(not kc.link_exists(i["host_veth"]), "root veth %s removed" % i["host_veth"])
+        check(not kc.marked_pids(i["mark"]), "no processes of the cluster left")
+        ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+        check(i["state_dir"] not in ps, "no process refers to the state dir")
+    check(not [e for e in os.listdir("/etc/netns") if e.startswith("kb-%s-" % NAME)] if os.path.isdir("/etc/netns") else True,
+          "no /etc/netns entries left")
+    check(not os.path.exists("/run/secrets/kubernetes.io/serviceaccount") or os.listdir("/run/secrets/kubernetes.io/serviceaccount"),
+          "mount point dirs made for pods removed")
+    r = subprocess.run([os.path.join(HERE, "down"), "--name", NAME])
+    check(r.returncode == 0, "down again is a no-op")
+
+
+TESTS = {"up": t_up, "demo": t_demo, "services": t_services, "portforward": t_portforward, "rbac": t_rbac,
+         "lifecycle": t_lifecycle, "down": t_down}
+
+
+def main():
+    if len(sys.argv) != 2 or (sys.argv[1] not in TESTS and sys.argv[1] != "all"):
+        sys.exit("usage: test_cluster.py %s|all" % "|".join(TESTS))
+    if not shutil.which("kubectl"):
+        print("SKIP: kubectl not found on PATH; the cluster tests need it")
+        sys.exit(SKIP)
+    if os.geteuid() != 0:
+        print("SKIP: the cluster tests need root (network namespaces)")
+        sys.exit(SKIP)
+    names = list(TESTS) if sys.argv[1] == "all" else [sys.argv[1]]
+    try:
+        for n in names:
+            say("=== %s" % n)
+            TESTS[n]()
+    except Fail as e:
+        say("FAIL: %s" % e)
+        if sys.argv[1] == "all":
+            t_down()
+        sys.exit(1)
+    say("PASS %s" % " ".join(names))
+
+
+if __name__ == "__main__":
+    random.seed()
+    main()
