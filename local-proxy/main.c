@@ -1,0 +1,114 @@
+/* main.c: the kbridge command line: find the subcommand, parse its flags with its
+ * option table (options.h), run it.
+ *
+ * Exit status: 0 success, 1 the command failed, 2 the command line was wrong
+ * (with a one-line error on stderr naming the flag and what it expects). */
+#include <stdio.h>
+#include <string.h>
+
+#include <event2/event.h>
+#include <openssl/crypto.h>
+
+#include "certs.h"
+#include "log.h"
+#include "options.h"
+#include "proxy.h"
+
+static int run_proxy(void *cfg) {
+  struct proxy_config *pc = cfg;
+  log_init("kbridge", pc->log_level);
+  return proxy_run(pc);
+}
+static int run_certs_init(void *cfg) { return certs_init_run(cfg); }
+static int run_certs_issue(void *cfg) { return certs_issue_run(cfg); }
+
+/* Subcommands: the words that select them, their table, their config. */
+static struct proxy_config proxy_cfg;
+static struct certs_config certs_cfg;
+static const struct command {
+  const char *word1, *word2; /* "certs" "init"; word2 NULL for one-word commands */
+  const struct opt_cmd *opts;
+  void *cfg;
+  size_t cfgsize;
+  int (*run)(void *cfg);
+} commands[] = {
+    {"proxy", NULL, &proxy_cmd, &proxy_cfg, sizeof proxy_cfg, run_proxy},
+    {"certs", "init", &certs_init_cmd, &certs_cfg, sizeof certs_cfg, run_certs_init},
+    {"certs", "issue", &certs_issue_cmd, &certs_cfg, sizeof certs_cfg, run_certs_issue},
+};
+#define NCOMMANDS (sizeof commands / sizeof commands[0])
+
+static void version(void) {
+  printf("kbridge %s (OpenSSL %s, libevent %s)\n", KBRIDGE_VERSION,
+         OpenSSL_version(OPENSSL_VERSION_STRING), event_get_version());
+}
+
+static void usage(FILE *out) {
+  fprintf(out, "usage: kbridge COMMAND [flags]\n\ncommands:\n");
+  for (size_t i = 0; i < NCOMMANDS; i++)
+    fprintf(out, "  %-14s %s\n", commands[i].opts->name, commands[i].opts->summary);
+  fprintf(out, "  %-14s %s\n", "version", "Print the version.");
+  fprintf(out, "  %-14s %s\n", "help [COMMAND]", "Show this help, or a command's flags.");
+  fprintf(out, "\nRun `kbridge COMMAND --help` for a command's flags.\n");
+}
+
+/* Match argv[0..] against a command's words; returns how many words matched
+ * (0 if not this command). */
+static int match(const struct command *c, int argc, char **argv) {
+  if (argc < 1 || strcmp(argv[0], c->word1) != 0) return 0;
+  if (c->word2 == NULL) return 1;
+  return argc >= 2 && strcmp(argv[1], c->word2) == 0 ? 2 : 0;
+}
+
+int main(int argc, char **argv) {
+  char err[700];
+  if (argc < 2) {
+    usage(stderr);
+    return 2;
+  }
+  const char *w = argv[1];
+  if (strcmp(w, "version") == 0 || strcmp(w, "--version") == 0) {
+    if (argc > 2) {
+      fprintf(stderr, "kbridge: version: unexpected argument \"%s\"\n", argv[2]);
+      return 2;
+    }
+    version();
+    return 0;
+  }
+  if (strcmp(w, "help") == 0 || strcmp(w, "--help") == 0 || strcmp(w, "-h") == 0) {
+    if (argc == 2) {
+      usage(stdout);
+      return 0;
+    }
+    for (size_t i = 0; i < NCOMMANDS; i++) {
+      if (match(&commands[i], argc - 2, argv + 2)) {
+        opt_help(commands[i].opts, stdout);
+        return 0;
+      }
+    }
+    fprintf(stderr, "kbridge: help: unknown command \"%s\" (try kbridge help)\n", argv[2]);
+    return 2;
+  }
+  for (size_t i = 0; i < NCOMMANDS; i++) {
+    const struct command *c = &commands[i];
+    int used = match(c, argc - 1, argv + 1);
+    if (used == 0) continue;
+    memset(c->cfg, 0, c->cfgsize);
+    int rc = opt_parse(c->opts, argc - 1 - used, argv + 1 + used, c->cfg, err, sizeof err);
+    if (rc == 1) {
+      opt_help(c->opts, stdout);
+      return 0;
+    }
+    if (rc < 0) {
+      fprintf(stderr, "kbridge: %s\n", err);
+      return 2;
+    }
+    return c->run(c->cfg);
+  }
+  if (strcmp(w, "certs") == 0)
+    fprintf(stderr, "kbridge: certs: expected init or issue, got %s%s%s (see kbridge help)\n",
+            argc > 2 ? "\"" : "", argc > 2 ? argv[2] : "nothing", argc > 2 ? "\"" : "");
+  else
+    fprintf(stderr, "kbridge: unknown command \"%s\" (see kbridge help)\n", w);
+  return 2;
+}

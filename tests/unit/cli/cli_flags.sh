@@ -1,0 +1,82 @@
+#!/bin/sh
+# cli_flags.sh KBRIDGE: run the built kbridge with bad command lines; each must
+# exit 2 with one line on stderr naming the flag. Also the happy paths that need
+# no agent: version, help, certs init/issue (file modes), and a proxy whose
+# certificate is missing (exit 1, pointing at `kbridge certs issue`).
+set -u
+kb=$1
+tmp=$(mktemp -d /tmp/kbcli.XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+fails=0 passes=0
+
+# expect STATUS SUBSTRING ARGS...: exit status and a stderr substring.
+expect() {
+  want=$1 frag=$2
+  shift 2
+  "$kb" "$@" >"$tmp/out" 2>"$tmp/err"
+  got=$?
+  lines=$(wc -l <"$tmp/err")
+  if [ "$got" -ne "$want" ] || { [ -n "$frag" ] && ! grep -qF -- "$frag" "$tmp/err"; } ||
+    { [ "$want" -eq 2 ] && [ "$lines" -ne 1 ]; }; then
+    echo "FAIL: kbridge $*: exit $got (want $want), stderr:" >&2
+    cat "$tmp/err" >&2
+    echo "  (wanted the substring: $frag)" >&2
+    fails=$((fails + 1))
+  else
+    passes=$((passes + 1))
+  fi
+}
+
+mkdir "$tmp/empty"
+ok="--agent 127.0.0.1:1 --tls-dir $tmp/empty --route-as alice"
+expect 2 'kbridge: --local-port: expected a port 1-65535, got "abc"' proxy $ok --local-port abc
+expect 2 '--local-port: expected a port 1-65535, got "0"' proxy $ok --local-port 0
+expect 2 '--local-port: required' proxy $ok
+expect 2 '--agent: expected HOST:PORT, got "nowhere"' proxy --agent nowhere --tls-dir "$tmp" --route-as a --local-port 1
+expect 2 '--agent: required' proxy --tls-dir "$tmp" --route-as a --local-port 1
+expect 2 '--tls-dir: expected a directory, got "/nonexistent"' proxy --agent h:1 --tls-dir /nonexistent --route-as a --local-port 1
+expect 2 '--route-as: expected a route key' proxy --agent h:1 --tls-dir "$tmp" --route-as Alice --local-port 1
+expect 2 '--tunnels: expected a number 1-64, got "0"' proxy $ok --local-port 1 --tunnels 0
+expect 2 '--tunnels: expected a number 1-64, got "x"' proxy $ok --local-port 1 --tunnels x
+expect 2 '--forward: expected LADDR:LPORT=HOST:PORT' proxy $ok --local-port 1 --forward 127.0.0.1:0
+expect 2 '--forward: expected LADDR:LPORT=HOST:PORT' proxy $ok --local-port 1 --forward 127.0.0.1:0=svc
+expect 2 '--log-level: expected error, warn, info or debug, got "loud"' proxy $ok --local-port 1 --log-level loud
+expect 2 '--local-host: expected a host name or IP address' proxy $ok --local-port 1 --local-host ''
+expect 2 '--exclusive: takes no value' proxy $ok --local-port 1 --exclusive=yes
+expect 2 '--bogus: unknown flag for `kbridge proxy`' proxy $ok --local-port 1 --bogus
+expect 2 'unexpected argument "stray"' proxy $ok --local-port 1 stray
+expect 2 'DIR: required' certs init
+expect 2 '--key: required' certs issue "$tmp"
+expect 2 '--key: expected a route key' certs issue "$tmp" --key 'a_b'
+expect 2 'DIR: expected a directory, got "/nonexistent"' certs issue /nonexistent --key a
+expect 2 '--force: takes no value' certs init "$tmp/x" --force=1
+expect 2 'certs: expected init or issue, got "renew"' certs renew
+expect 2 'unknown command "frobnicate"' frobnicate
+expect 2 'version: unexpected argument' version now
+
+expect 0 '' version
+grep -q '^kbridge [0-9]' "$tmp/out" || { echo "FAIL: version output: $(cat "$tmp/out")" >&2; fails=$((fails + 1)); }
+expect 0 '' help
+grep -q 'certs issue' "$tmp/out" || { echo "FAIL: help lists no certs issue" >&2; fails=$((fails + 1)); }
+expect 0 '' proxy --help
+grep -q -- '--local-host HOST' "$tmp/out" || { echo "FAIL: proxy --help" >&2; fails=$((fails + 1)); }
+expect 0 '' help certs init
+
+# certs: create, refuse to overwrite, issue; key files 0600, directory 0700.
+expect 0 '' certs init "$tmp/tls"
+expect 1 'already exists' certs init "$tmp/tls"
+expect 0 '' certs init "$tmp/tls" --force --ed25519
+expect 0 '' certs issue "$tmp/tls" --key alice
+expect 1 'reserved' certs issue "$tmp/tls" --key ca
+for f in ca.key agent.key alice.key; do
+  m=$(stat -c %a "$tmp/tls/$f")
+  [ "$m" = 600 ] || { echo "FAIL: $f mode $m" >&2; fails=$((fails + 1)); }
+done
+m=$(stat -c %a "$tmp/tls")
+[ "$m" = 700 ] || { echo "FAIL: dir mode $m" >&2; fails=$((fails + 1)); }
+
+# proxy with a tls dir lacking bob's certificate: exit 1 with the fix in the message.
+expect 1 'kbridge certs issue' proxy --agent 127.0.0.1:1 --tls-dir "$tmp/tls" --route-as bob --local-port 1
+
+echo "$passes passed, $fails failed"
+[ "$fails" -eq 0 ]
