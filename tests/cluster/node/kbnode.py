@@ -63,6 +63,7 @@ class Node:
         self.workers = {}
         self.wlock = threading.Lock()
         self.ips = {}
+        self.next_ip = 0
         self.iplock = threading.Lock()
         self.capacity = {"cpu": str(os.cpu_count() or 2), "memory": "16Gi", "pods": "110",
                          "ephemeral-storage": "50Gi"}
@@ -78,10 +79,14 @@ class Node:
             if uid in self.ips:
                 return self.ips[uid]
             used = set(self.ips.values())
-            for i in range(2, 255):
+            # Round robin, so a fresh pod does not get the address of one just
+            # deleted (neighbour caches would still hold the old MAC).
+            for k in range(253):
+                i = 2 + (self.next_ip + k) % 253
                 ip = "%s.%d" % (base, i)
                 if ip not in used:
                     self.ips[uid] = ip
+                    self.next_ip = i - 1
                     return ip
         raise RuntimeError("pod CIDR exhausted")
 

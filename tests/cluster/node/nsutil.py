@@ -51,6 +51,7 @@ def create_pod_netns(nodens, podns, veth, ip, gw, hostname, dns_ip, search, host
     delete_pod_netns(nodens, podns, veth)
     sh("ip", "netns", "add", podns)
     sh("ip", "-n", nodens, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", podns)
+    subprocess.run(["ip", "-n", nodens, "neigh", "flush", "to", ip], capture_output=True)
     sh("ip", "-n", nodens, "link", "set", veth, "master", "kbbr0", "up")
     sh("bridge", "-n", nodens, "link", "set", "dev", veth, "hairpin", "on")
     sh("ip", "-n", podns, "link", "set", "lo", "up")
