@@ -1,0 +1,73 @@
+/* agent.h: the agent's shared context, passed to every module.
+ *
+ * One struct agent per process: the event base, the DNS resolver, the parsed
+ * options, the route table, the fallback pool, the counters. Modules get a
+ * pointer to it; nothing else is global (besides the log level). */
+#ifndef AGENT_AGENT_H
+#define AGENT_AGENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/queue.h>
+
+#include "metrics.h"
+#include "options.h"
+#include "pool.h"
+#include "route.h"
+
+struct event_base;
+struct evdns_base;
+struct evbuffer;
+struct event;
+struct evconnlistener;
+struct route_table;
+struct ssl_ctx_st;
+struct agent_tunnel;
+struct evhttp;
+
+/* Write watermarks used on every forwarding path: stop reading the source when
+ * the destination has more than AGENT_HIGH_WATER bytes queued, resume when it is
+ * back to AGENT_LOW_WATER. */
+#define AGENT_HIGH_WATER (256u * 1024u)
+#define AGENT_LOW_WATER (64u * 1024u)
+
+struct agent_listener {
+  struct agent *ag;
+  struct evconnlistener *lev;
+  uint16_t port; /* the bound port, told to developers in OPEN frames */
+};
+
+struct agent {
+  struct event_base *base;
+  struct evdns_base *dns;
+  const struct agent_options *opt;
+  struct route_config rcfg;
+  struct route_table *routes;     /* key -> struct agent_tunnel * */
+  struct ssl_ctx_st *ssl;         /* tunnel server context (SSL_CTX) */
+  struct metrics stats;
+  struct pool fallback_pool;      /* idle keep-alive connections to --fallback */
+  TAILQ_HEAD(, agent_tunnel) tunnels; /* every live tunnel, registered or not */
+  struct evbuffer *scratch;       /* temporary buffer for one call; always left empty */
+
+  struct agent_listener listeners[AGENT_MAX_LISTEN];
+  size_t nlisteners;
+  int accept_paused_cap;          /* listeners off: --max-conns reached */
+  int accept_paused_fd;           /* listeners off: EMFILE/ENFILE back-off */
+  struct event *accept_backoff;   /* re-enables after the EMFILE back-off */
+  struct event *sweep;            /* 1 s tick: expire idle pooled upstreams */
+  struct evconnlistener *tunnel_lev;
+  struct evhttp *metrics_http;
+
+  /* --exclusive: the one key allowed, and since when (held while any of its
+   * tunnels is registered). */
+  char excl_key[DNS_LABEL_MAX + 1];
+  char excl_since[32];
+  int stopping;
+};
+
+/* A client connection was accepted / ended (raw, HTTP or upgraded). Keeps
+ * stats.connections_open and the --max-conns cap. */
+void agent_conn_opened(struct agent *ag);
+void agent_conn_closed(struct agent *ag);
+
+#endif

@@ -1,0 +1,900 @@
+/* downstream.c: the client connection state machine (see docs/agent.md).
+ *
+ * A connection starts in SNIFF. If its first bytes look like an HTTP/1.x
+ * request line it is served as HTTP; otherwise (or if the client says nothing:
+ * server-speaks-first protocols) it is spliced raw to the fallback, or with
+ * --exclusive to the developer.
+ *
+ * HTTP: one request at a time. llhttp parses the request; it is paused right
+ * after the head (route it, pick an upstream, send the re-serialized head) and
+ * right after the message (so pipelined requests stay buffered until the
+ * current response is done). Body bytes are forwarded exactly as received,
+ * chunk framing included: llhttp only says where the message ends. A second
+ * llhttp parses the response from the upstream, again only to find its end; its
+ * bytes are relayed raw. When both sides can keep the connection alive the
+ * upstream goes back to its pool and the next request is read.
+ *
+ * Closing safely: every entry point (bufferevent, upstream and timer callbacks)
+ * holds ds->busy; ds_close() only marks the connection dead and the outermost
+ * entry point frees it on the way out. */
+#include "downstream.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <llhttp.h>
+
+#include "addr.h"
+#include "agent.h"
+#include "http_head.h"
+#include "log.h"
+#include "route.h"
+#include "route_table.h"
+#include "splice.h"
+#include "tunnels.h"
+#include "upstream.h"
+
+enum ds_state {
+  DS_SNIFF,         /* accepted; waiting up to --sniff-timeout-ms for the first bytes */
+  DS_RAW_CONNECT,   /* raw TCP: connecting to the fallback; client bytes wait in input */
+  DS_IDLE,          /* HTTP keep-alive between requests; --idle-timeout-ms running */
+  DS_READ_HEAD,     /* parsing a request head; --header-timeout-ms running */
+  DS_FORWARD_BODY,  /* head sent upstream; relaying the request body as it arrives */
+  DS_WAIT_RESPONSE, /* request fully sent; relaying the response; client reads held */
+  DS_UPGRADED,      /* 101 or raw: handed to a splice; this object is going away */
+  DS_CLOSING,       /* last bytes queued to the client: flush, half-close, linger, free */
+};
+
+static const char *const state_names[] = {"sniff",        "raw-connect",   "idle",
+                                          "read-head",    "forward-body",  "wait-response",
+                                          "upgraded",     "closing"};
+
+#define LINGER_MS 1000       /* after our last byte: read and discard, then close */
+#define MAX_HEADER_FIELDS 256
+#define SNIFF_MAX_METHOD 24  /* longer first token: not HTTP */
+
+struct downstream {
+  struct agent *ag;
+  struct bufferevent *bev;
+  struct event *timer;       /* sniff / idle / header / linger, by state */
+  enum ds_state state;
+  uint16_t port;             /* service port the client connected to */
+  char peer[64];             /* client "ip:port" */
+
+  llhttp_t *req;             /* allocated on the first HTTP request */
+  llhttp_t *resp;
+  struct http_head head;     /* current request head */
+  size_t head_bytes;         /* raw bytes of the current head consumed so far */
+
+  struct upstream *up;       /* where the current request goes */
+  struct pool *up_pool;      /* its pool: fallback, or the developer tunnel's */
+  char route[DNS_LABEL_MAX + 1]; /* the current request's key, "" = fallback */
+  uint8_t method;
+  unsigned busy;
+
+  unsigned dead : 1;         /* ds_close() called; freed when busy drops to 0 */
+  unsigned handed_off : 1;   /* bev belongs to a splice now */
+  unsigned head_init : 1;
+  unsigned too_big : 1;      /* the head hit a limit inside a parser callback */
+  unsigned hdrs_done : 1;    /* request parser paused at the end of the head */
+  unsigned msg_done : 1;     /* request parser paused at the end of the message */
+  unsigned req_paused : 1;   /* request parser needs llhttp_resume() */
+  unsigned req_done : 1;     /* the whole request went upstream */
+  unsigned req_has_body : 1;
+  unsigned req_keepalive : 1;
+  unsigned resp_msg_done : 1;   /* response parser paused at the end of a message */
+  unsigned resp_started : 1;    /* bytes of the final response went to the client */
+  unsigned up_eof : 1;          /* upstream finished sending */
+  unsigned client_eof : 1;      /* client half-closed */
+  unsigned wait_up_drain : 1;   /* client reads off: upstream output above high mark */
+  unsigned wait_client_drain : 1; /* upstream reads off: client output above high mark */
+  unsigned retried : 1;         /* the request was re-sent once on a fresh upstream */
+};
+
+static void ds_free(struct downstream *ds);
+static void process_request(struct downstream *ds);
+static void process_response(struct downstream *ds);
+static void up_read(struct upstream *u, void *arg);
+static void up_event(struct upstream *u, int what, void *arg);
+
+/* --- lifetime ------------------------------------------------------------------ */
+
+static void ds_enter(struct downstream *ds) { ds->busy++; }
+
+static void ds_leave(struct downstream *ds) {
+  if (--ds->busy == 0 && ds->dead) ds_free(ds);
+}
+
+static void ds_close(struct downstream *ds) {
+  ds->dead = 1;
+  if (ds->busy == 0) ds_free(ds);
+}
+
+static void ds_free(struct downstream *ds) {
+  if (ds->timer) event_free(ds->timer);
+  if (ds->up) upstream_free(ds->up);
+  if (ds->bev && !ds->handed_off) bufferevent_free(ds->bev);
+  if (ds->head_init) http_head_free(&ds->head);
+  free(ds->req);
+  free(ds->resp);
+  if (!ds->handed_off) agent_conn_closed(ds->ag);
+  free(ds);
+}
+
+static void set_timer(struct downstream *ds, long ms) {
+  struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+  evtimer_add(ds->timer, &tv);
+}
+
+/* Stop serving: queue nothing more, flush what is queued, then half-close and
+ * linger (read and discard) so the client sees our last bytes rather than a
+ * reset caused by unread request bytes. */
+static void start_closing(struct downstream *ds) {
+  if (ds->up) {
+    upstream_free(ds->up);
+    ds->up = NULL;
+  }
+  ds->state = DS_CLOSING;
+  evtimer_del(ds->timer);
+  bufferevent_disable(ds->bev, EV_READ);
+  if (evbuffer_get_length(bufferevent_get_output(ds->bev)) == 0) {
+    shutdown(bufferevent_getfd(ds->bev), SHUT_WR);
+    struct evbuffer *in = bufferevent_get_input(ds->bev);
+    evbuffer_drain(in, evbuffer_get_length(in));
+    bufferevent_enable(ds->bev, EV_READ);
+    set_timer(ds, LINGER_MS);
+  }
+  /* else: client_write() continues when the output is flushed */
+}
+
+/* Answer with an error of our own and close. If the response already started
+ * there is no way to say anything: the connection is cut (never a hang). */
+static void respond_error(struct downstream *ds, int status, const char *reason,
+                          enum metrics_error merr, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static void respond_error(struct downstream *ds, int status, const char *reason,
+                          enum metrics_error merr, const char *fmt, ...) {
+  char body[700];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(body, sizeof body, fmt, ap);
+  va_end(ap);
+  metrics_count_error(&ds->ag->stats, merr);
+  if (ds->resp_started) {
+    log_warn("%s: %s (response already started: closing the connection)", ds->peer, body);
+    ds_close(ds);
+    return;
+  }
+  log_warn("%s: %d %s", ds->peer, status, body);
+  evbuffer_add_printf(bufferevent_get_output(ds->bev),
+                      "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                      "Content-Length: %zu\r\nConnection: close\r\n\r\n%s\n",
+                      status, reason, strlen(body) + 1, body);
+  ds->resp_started = 1;
+  start_closing(ds);
+}
+
+/* --- llhttp callbacks ------------------------------------------------------------ */
+
+static int req_message_begin(llhttp_t *p) {
+  struct downstream *ds = p->data;
+  http_head_reset(&ds->head);
+  return 0;
+}
+static int req_url(llhttp_t *p, const char *at, size_t len) {
+  struct downstream *ds = p->data;
+  if (http_head_add_url(&ds->head, at, len) < 0) {
+    ds->too_big = 1;
+    return HPE_USER;
+  }
+  return 0;
+}
+static int req_field(llhttp_t *p, const char *at, size_t len) {
+  struct downstream *ds = p->data;
+  if (http_head_add_name(&ds->head, at, len) < 0) {
+    ds->too_big = 1;
+    return HPE_USER;
+  }
+  return 0;
+}
+static int req_value(llhttp_t *p, const char *at, size_t len) {
+  struct downstream *ds = p->data;
+  if (http_head_add_value(&ds->head, at, len) < 0) {
+    ds->too_big = 1;
+    return HPE_USER;
+  }
+  return 0;
+}
+static int req_value_complete(llhttp_t *p) {
+  struct downstream *ds = p->data;
+  http_head_end_field(&ds->head);
+  return 0;
+}
+static int req_headers_complete(llhttp_t *p) {
+  struct downstream *ds = p->data;
+  ds->head.method = p->method;
+  ds->head.http_major = p->http_major;
+  ds->head.http_minor = p->http_minor;
+  ds->hdrs_done = 1;
+  return HPE_PAUSED; /* route and connect before any body byte moves */
+}
+static int req_message_complete(llhttp_t *p) {
+  struct downstream *ds = p->data;
+  ds->msg_done = 1;
+  return HPE_PAUSED; /* the next pipelined request waits for this response */
+}
+
+static const llhttp_settings_t req_settings = {
+    .on_message_begin = req_message_begin,
+    .on_url = req_url,
+    .on_header_field = req_field,
+    .on_header_value = req_value,
+    .on_header_value_complete = req_value_complete,
+    .on_headers_complete = req_headers_complete,
+    .on_message_complete = req_message_complete,
+};
+
+static int resp_headers_complete(llhttp_t *p) {
+  struct downstream *ds = p->data;
+  int status = p->status_code;
+  if (status >= 200 && ds->method == HTTP_HEAD) return 1; /* no body, whatever it says */
+  if (ds->method == HTTP_CONNECT && status >= 200 && status < 300) return 2; /* tunnel */
+  return 0;
+}
+static int resp_message_complete(llhttp_t *p) {
+  struct downstream *ds = p->data;
+  ds->resp_msg_done = 1;
+  return HPE_PAUSED;
+}
+
+static const llhttp_settings_t resp_settings = {
+    .on_headers_complete = resp_headers_complete,
+    .on_message_complete = resp_message_complete,
+};
+
+/* --- handing a connection to a splice -------------------------------------------- */
+
+static void splice_done(const char *err, size_t a_to_b, size_t b_to_a, void *arg) {
+  struct agent *ag = arg;
+  ag->stats.bytes_request += a_to_b;
+  ag->stats.bytes_response += b_to_a;
+  if (err) log_debug("spliced connection ended: %s", err);
+  agent_conn_closed(ag);
+}
+
+/* Client and upstream become one raw byte pipe (raw mode, or after a 101).
+ * Bytes already buffered on either side are forwarded by the splice. */
+static void hand_to_splice(struct downstream *ds) {
+  struct upstream *u = ds->up;
+  ds->up = NULL;
+  evtimer_del(ds->timer);
+  bufferevent_setcb(ds->bev, NULL, NULL, NULL, NULL);
+  bufferevent_setwatermark(ds->bev, EV_WRITE, 0, 0);
+  struct splice_end a = {ds->bev, NULL};
+  struct splice_end b = upstream_release(u);
+  ds->handed_off = 1;
+  ds->state = DS_UPGRADED;
+  if (!splice_new(a, b, splice_done, ds->ag)) {
+    log_err("%s: cannot start a splice (out of memory)", ds->peer);
+    agent_conn_closed(ds->ag);
+  }
+  ds_close(ds);
+}
+
+/* --- raw mode ------------------------------------------------------------------------ */
+
+static void raw_up_event(struct upstream *u, int what, void *arg) {
+  struct downstream *ds = arg;
+  ds_enter(ds);
+  if (what & UPSTREAM_EV_CONNECTED) {
+    hand_to_splice(ds);
+  } else if (what & (UPSTREAM_EV_ERROR | UPSTREAM_EV_EOF)) {
+    char fb[300];
+    metrics_count_error(&ds->ag->stats, u->fail == UPSTREAM_FAIL_DNS ? MERR_FALLBACK_DNS
+                                                                       : MERR_FALLBACK_UNREACHABLE);
+    log_warn("%s: raw connection: original pods unreachable at %s: %s", ds->peer,
+             addr_format(&ds->ag->opt->fallback, fb, sizeof fb), u->err);
+    ds_close(ds);
+  }
+  ds_leave(ds);
+}
+
+static void go_raw(struct downstream *ds) {
+  struct agent *ag = ds->ag;
+  evtimer_del(ds->timer);
+  bufferevent_disable(ds->bev, EV_READ);
+  ag->stats.raw_connections++;
+  struct agent_tunnel *at = ag->opt->exclusive ? tunnels_exclusive(ag) : NULL;
+  if (at) {
+    ds->up = upstream_open_stream(ag, at, ds->port, ds->peer);
+    if (ds->up) {
+      log_debug("%s: raw connection to developer %s", ds->peer, at->key);
+      hand_to_splice(ds);
+      return;
+    }
+  }
+  log_debug("%s: raw connection to the fallback", ds->peer);
+  ds->state = DS_RAW_CONNECT;
+  ds->up = upstream_connect_tcp(ag, &ag->opt->fallback, NULL, raw_up_event, ds);
+  if (!ds->up) ds_close(ds);
+}
+
+/* First bytes: "TOKEN " where TOKEN is an upper-case method name -> HTTP.
+ * Returns 1 (HTTP), 0 (raw), -1 (undecided: need more bytes). */
+static int sniff(struct evbuffer *in) {
+  char buf[SNIFF_MAX_METHOD + 1];
+  ev_ssize_t n = evbuffer_copyout(in, buf, sizeof buf);
+  for (ev_ssize_t i = 0; i < n; i++) {
+    char c = buf[i];
+    if (c == ' ') return i > 0;
+    if (!((c >= 'A' && c <= 'Z') || c == '-' || c == '_')) return 0;
+  }
+  return n > SNIFF_MAX_METHOD ? 0 : -1;
+}
+
+/* --- HTTP: requests -------------------------------------------------------------- */
+
+/* The upstream failed before answering: say why, in the client's terms. */
+static void upstream_failed(struct downstream *ds, struct upstream *u, const char *what) {
+  char fb[300];
+  if (!ds->route[0]) {
+    addr_format(&ds->ag->opt->fallback, fb, sizeof fb);
+    if (u->fail == UPSTREAM_FAIL_DNS)
+      respond_error(ds, 503, "Service Unavailable", MERR_FALLBACK_DNS,
+                    "kbridge: original pods unreachable at %s: no address resolves (%s)", fb,
+                    u->err);
+    else if (u->fail == UPSTREAM_FAIL_CONNECT)
+      respond_error(ds, 502, "Bad Gateway", MERR_FALLBACK_UNREACHABLE,
+                    "kbridge: original pods unreachable at %s: %s", fb, u->err);
+    else
+      respond_error(ds, 502, "Bad Gateway", MERR_UPSTREAM_CLOSED,
+                    "kbridge: original pods at %s %s", fb, what);
+    return;
+  }
+  const char *cause;
+  switch (u->fail) {
+  case UPSTREAM_FAIL_REFUSED: cause = "developer's local service refused the connection"; break;
+  case UPSTREAM_FAIL_TIMEOUT: cause = "developer's local service did not answer in time"; break;
+  case UPSTREAM_FAIL_LOST: cause = "developer's tunnel was lost"; break;
+  case UPSTREAM_FAIL_RESET: cause = "the developer's side reset the stream"; break;
+  default: cause = NULL; break;
+  }
+  if (cause)
+    respond_error(ds, 502, "Bad Gateway", MERR_ROUTE_FAILED, "kbridge: route \"%s\": %s (%s)",
+                  ds->route, cause, u->err);
+  else
+    respond_error(ds, 502, "Bad Gateway", MERR_ROUTE_FAILED, "kbridge: route \"%s\": %s",
+                  ds->route, what);
+}
+
+/* Pick the upstream for the current head: a developer's tunnel stream if the
+ * route key is held, else the fallback. Pooled idle ones first. */
+static struct upstream *pick_upstream(struct downstream *ds, int fresh) {
+  struct agent *ag = ds->ag;
+  struct agent_tunnel *at = NULL;
+  if (ds->route[0]) at = route_table_pick(ag->routes, ds->route);
+  if (at) {
+    ds->up_pool = &at->pool;
+    struct upstream *u = fresh ? NULL : pool_get(&at->pool);
+    if (!u) u = upstream_open_stream(ag, at, ds->port, ds->peer);
+    if (u) upstream_setcb(u, up_read, up_event, ds);
+    return u;
+  }
+  ds->route[0] = 0;
+  ds->up_pool = &ag->fallback_pool;
+  struct upstream *u = fresh ? NULL : pool_get(&ag->fallback_pool);
+  if (u)
+    upstream_setcb(u, up_read, up_event, ds);
+  else
+    u = upstream_connect_tcp(ag, &ag->opt->fallback, up_read, up_event, ds);
+  return u;
+}
+
+/* Serialize the head (plus route lines when routed by subdomain) to u. */
+static int send_head(struct downstream *ds, struct upstream *u, const struct route_match *m) {
+  struct agent *ag = ds->ag;
+  char extra[1024];
+  int replace_baggage = 0;
+  extra[0] = 0;
+  if (m && m->source == ROUTE_SUBDOMAIN &&
+      route_inject(&ag->rcfg, &ds->head, m, extra, sizeof extra, &replace_baggage) < 0)
+    extra[0] = 0;
+  struct evbuffer *tmp = ag->scratch;
+  int r = http_head_write_request_skip(&ds->head, replace_baggage ? "baggage" : NULL,
+                                       extra[0] ? extra : NULL, tmp);
+  size_t n = evbuffer_get_length(tmp);
+  if (r == 0) {
+    ag->stats.bytes_request += n;
+    r = upstream_write(u, tmp, n);
+  }
+  evbuffer_drain(tmp, evbuffer_get_length(tmp));
+  return r;
+}
+
+/* The head is complete (parser paused after it): check it, route it, send it. */
+static void begin_forward(struct downstream *ds) {
+  struct agent *ag = ds->ag;
+  const char *why = NULL;
+  evtimer_del(ds->timer);
+  if (http_head_check_request(&ds->head, &why) < 0) {
+    respond_error(ds, 400, "Bad Request", MERR_BAD_REQUEST, "kbridge: bad request: %s",
+                  why ? why : "malformed head");
+    return;
+  }
+  ds->method = llhttp_get_method(ds->req);
+  ds->req_has_body = (ds->req->flags & F_CHUNKED) || ds->req->content_length > 0;
+  ds->req_done = 0;
+  ds->retried = 0;
+  ds->resp_started = 0;
+  ds->up_eof = 0;
+
+  struct route_match m;
+  memset(&m, 0, sizeof m);
+  if (ag->opt->exclusive) {
+    struct agent_tunnel *at = tunnels_exclusive(ag);
+    if (at) {
+      snprintf(m.key, sizeof m.key, "%s", at->key);
+      m.source = ROUTE_HEADER; /* exclusive: every request is theirs */
+    }
+  } else {
+    route_decide(&ag->rcfg, &ds->head, ag->routes, &m);
+  }
+  snprintf(ds->route, sizeof ds->route, "%s", m.source != ROUTE_NONE ? m.key : "");
+  struct upstream *u = pick_upstream(ds, 0);
+  if (!u) {
+    if (ds->route[0])
+      respond_error(ds, 502, "Bad Gateway", MERR_ROUTE_FAILED,
+                    "kbridge: route \"%s\": developer's tunnel is closing", ds->route);
+    else
+      respond_error(ds, 503, "Service Unavailable", MERR_FALLBACK_UNREACHABLE,
+                    "kbridge: out of memory");
+    return;
+  }
+  ds->up = u;
+  metrics_count_request(&ag->stats, ds->route[0] ? ds->route : NULL);
+  if (log_level_current >= LOGL_DEBUG) {
+    log_debug("%s: %s %.*s -> %s (%s)", ds->peer, llhttp_method_name(ds->method),
+              (int)ds->head.url_len, ds->head.buf + ds->head.url_off,
+              ds->route[0] ? ds->route : "fallback", route_source_name(m.source));
+  }
+  if (send_head(ds, u, &m) < 0) {
+    upstream_failed(ds, u, "refused the request head");
+    return;
+  }
+  if (!ds->resp) {
+    ds->resp = malloc(sizeof *ds->resp);
+    if (!ds->resp) {
+      respond_error(ds, 503, "Service Unavailable", MERR_BAD_RESPONSE, "kbridge: out of memory");
+      return;
+    }
+  }
+  llhttp_init(ds->resp, HTTP_RESPONSE, &resp_settings);
+  ds->resp->data = ds;
+  ds->state = DS_FORWARD_BODY;
+}
+
+/* The last byte of the request went upstream: hold further client input (a
+ * pipelined request stays buffered) until the response is complete. */
+static void request_complete(struct downstream *ds) {
+  ds->req_done = 1;
+  ds->req_keepalive = llhttp_should_keep_alive(ds->req) != 0;
+  ds->state = DS_WAIT_RESPONSE;
+  bufferevent_disable(ds->bev, EV_READ);
+}
+
+/* llhttp said the request is malformed (or a limit hit inside a callback). */
+static void request_error(struct downstream *ds, llhttp_errno_t e) {
+  if (ds->too_big || (e == HPE_USER && ds->state == DS_READ_HEAD)) {
+    respond_error(ds, 431, "Request Header Fields Too Large", MERR_HEAD_TOO_LARGE,
+                  "kbridge: request head larger than %ld bytes", ds->ag->opt->max_header_bytes);
+    return;
+  }
+  const char *reason = llhttp_get_error_reason(ds->req);
+  respond_error(ds, 400, "Bad Request", MERR_BAD_REQUEST, "kbridge: bad request: %s",
+                reason ? reason : llhttp_errno_name(e));
+}
+
+/* Parse and forward client bytes: the head (consumed into ds->head), then the
+ * body (moved raw to the upstream), stopping at the end of one request. */
+static void process_request(struct downstream *ds) {
+  struct evbuffer *in = bufferevent_get_input(ds->bev);
+  for (;;) {
+    if (ds->dead) return;
+    if (ds->state != DS_IDLE && ds->state != DS_READ_HEAD && ds->state != DS_FORWARD_BODY)
+      return;
+    if (ds->state == DS_FORWARD_BODY && upstream_pending(ds->up) > AGENT_HIGH_WATER) {
+      ds->wait_up_drain = 1; /* resumed by up_event(WRITABLE) */
+      bufferevent_disable(ds->bev, EV_READ);
+      return;
+    }
+    size_t avail = evbuffer_get_length(in);
+    if (avail == 0 && !ds->req_paused) return;
+    if (ds->state == DS_IDLE) {
+      if (avail == 0) return;
+      if (!ds->req) {
+        ds->req = malloc(sizeof *ds->req);
+        if (!ds->req) {
+          ds_close(ds);
+          return;
+        }
+        llhttp_init(ds->req, HTTP_REQUEST, &req_settings);
+        ds->req->data = ds;
+      }
+      if (!ds->head_init) {
+        http_head_init(&ds->head, (size_t)ds->ag->opt->max_header_bytes, MAX_HEADER_FIELDS);
+        ds->head_init = 1;
+      }
+      ds->state = DS_READ_HEAD;
+      ds->head_bytes = 0;
+      ds->too_big = 0;
+      set_timer(ds, ds->ag->opt->header_timeout_ms);
+    }
+    const char *data = "";
+    size_t len = 0;
+    struct evbuffer_iovec v;
+    if (avail && evbuffer_peek(in, -1, NULL, &v, 1) >= 1) {
+      data = v.iov_base;
+      len = v.iov_len;
+    }
+    if (ds->req_paused) {
+      llhttp_resume(ds->req);
+      ds->req_paused = 0;
+    }
+    ds->hdrs_done = ds->msg_done = 0;
+    llhttp_errno_t e = llhttp_execute(ds->req, data, len);
+    size_t used = len;
+    if (e != HPE_OK) {
+      const char *pos = llhttp_get_error_pos(ds->req);
+      used = pos && pos >= data && pos <= data + len ? (size_t)(pos - data) : 0;
+    }
+    if (e == HPE_PAUSED_UPGRADE) {
+      /* the previous request asked for an upgrade that the response declined:
+       * keep parsing HTTP */
+      llhttp_resume_after_upgrade(ds->req);
+      evbuffer_drain(in, used);
+      continue;
+    }
+    if (e != HPE_OK && e != HPE_PAUSED) {
+      request_error(ds, e);
+      return;
+    }
+    if (ds->state == DS_READ_HEAD) {
+      ds->head_bytes += used;
+      evbuffer_drain(in, used);
+      if (ds->head_bytes > (size_t)ds->ag->opt->max_header_bytes) {
+        request_error(ds, HPE_USER);
+        return;
+      }
+      if (e == HPE_PAUSED && ds->hdrs_done) {
+        ds->req_paused = 1;
+        begin_forward(ds);
+      }
+      continue;
+    }
+    /* DS_FORWARD_BODY */
+    if (used) {
+      ds->ag->stats.bytes_request += used;
+      if (upstream_write(ds->up, in, used) < 0) {
+        upstream_failed(ds, ds->up, "stopped taking the request body");
+        return;
+      }
+    }
+    if (e == HPE_PAUSED) {
+      ds->req_paused = 1;
+      if (ds->msg_done) {
+        request_complete(ds);
+        return;
+      }
+    } else if (len == 0) {
+      return;
+    }
+  }
+}
+
+/* --- HTTP: responses ------------------------------------------------------------- */
+
+/* Ready for the next request on this connection (pipelined bytes may wait). */
+static void next_request(struct downstream *ds) {
+  ds->state = DS_IDLE;
+  ds->route[0] = 0;
+  ds->resp_started = 0;
+  ds->req_done = 0;
+  if (ds->head_init && ds->head.cap > 4096) { /* idle connections stay small */
+    http_head_free(&ds->head);
+    ds->head_init = 0;
+  }
+  set_timer(ds, ds->ag->opt->idle_timeout_ms);
+  bufferevent_enable(ds->bev, EV_READ);
+  process_request(ds);
+}
+
+/* The final response has been relayed completely. */
+static void response_complete(struct downstream *ds) {
+  struct upstream *u = ds->up;
+  int up_ka = llhttp_should_keep_alive(ds->resp) != 0;
+  ds->up = NULL;
+  if (up_ka && ds->req_done && !ds->up_eof)
+    pool_put(ds->up_pool, u);
+  else
+    upstream_free(u);
+  if (!ds->req_done || !ds->req_keepalive || !up_ka || ds->client_eof || ds->ag->stopping) {
+    start_closing(ds);
+    return;
+  }
+  next_request(ds);
+}
+
+/* Re-send a body-less request on a fresh connection: a pooled upstream was
+ * closed by its server just as we reused it (a race every keep-alive proxy
+ * has). Returns 1 if retried. */
+static int maybe_retry(struct downstream *ds) {
+  struct upstream *old = ds->up;
+  if (!old->reused || ds->retried || ds->resp_started || ds->req_has_body || !ds->req_done)
+    return 0;
+  struct upstream *u = pick_upstream(ds, 1);
+  if (!u) return 0;
+  log_debug("%s: pooled upstream closed under us (%s); retrying once", ds->peer,
+            old->err[0] ? old->err : "EOF");
+  upstream_free(old);
+  ds->up = u;
+  ds->retried = 1;
+  ds->up_eof = 0;
+  llhttp_init(ds->resp, HTTP_RESPONSE, &resp_settings);
+  ds->resp->data = ds;
+  if (send_head(ds, u, NULL) < 0) {
+    upstream_failed(ds, u, "refused the request head");
+    return 1;
+  }
+  return 1;
+}
+
+/* The upstream has no more bytes: finish a close-delimited response, or fail. */
+static void upstream_finished(struct downstream *ds) {
+  if (ds->resp_started && llhttp_message_needs_eof(ds->resp)) {
+    ds->resp_msg_done = 0;
+    llhttp_errno_t e = llhttp_finish(ds->resp);
+    if ((e == HPE_OK || e == HPE_PAUSED) && ds->resp_msg_done) {
+      response_complete(ds);
+      return;
+    }
+  }
+  if (!ds->resp_started) {
+    if (maybe_retry(ds)) return;
+    upstream_failed(ds, ds->up, "closed the connection before responding");
+    return;
+  }
+  metrics_count_error(&ds->ag->stats, MERR_UPSTREAM_CLOSED);
+  log_warn("%s: %s closed the connection in the middle of the response; closing the client",
+           ds->peer, ds->route[0] ? ds->route : "fallback");
+  ds_close(ds);
+}
+
+/* Relay upstream bytes to the client, parsing only to find where the response
+ * ends. Stops while the client's output is above the high mark. */
+static void process_response(struct downstream *ds) {
+  while (!ds->dead && ds->up) {
+    struct evbuffer *in = upstream_input(ds->up);
+    struct evbuffer *out = bufferevent_get_output(ds->bev);
+    if (evbuffer_get_length(in) == 0) break;
+    if (ds->state != DS_FORWARD_BODY && ds->state != DS_WAIT_RESPONSE) return;
+    if (evbuffer_get_length(out) > AGENT_HIGH_WATER) {
+      ds->wait_client_drain = 1; /* resumed by client_write() */
+      upstream_pause_read(ds->up, 1);
+      return;
+    }
+    struct evbuffer_iovec v;
+    if (evbuffer_peek(in, -1, NULL, &v, 1) < 1) break;
+    const char *data = v.iov_base;
+    size_t len = v.iov_len;
+    ds->resp_msg_done = 0;
+    llhttp_errno_t e = llhttp_execute(ds->resp, data, len);
+    size_t used = len;
+    if (e != HPE_OK) {
+      const char *pos = llhttp_get_error_pos(ds->resp);
+      used = pos && pos >= data && pos <= data + len ? (size_t)(pos - data) : 0;
+    }
+    if (e != HPE_OK && e != HPE_PAUSED && e != HPE_PAUSED_UPGRADE) {
+      const char *r = llhttp_get_error_reason(ds->resp);
+      if (!ds->resp_started) {
+        respond_error(ds, 502, "Bad Gateway", MERR_BAD_RESPONSE,
+                      "kbridge: %s%s%s sent a malformed response: %s",
+                      ds->route[0] ? "route \"" : "original pods",
+                      ds->route[0] ? ds->route : "", ds->route[0] ? "\"" : "",
+                      r ? r : llhttp_errno_name(e));
+      } else {
+        metrics_count_error(&ds->ag->stats, MERR_BAD_RESPONSE);
+        log_warn("%s: malformed response after it started: %s; closing", ds->peer,
+                 r ? r : llhttp_errno_name(e));
+        ds_close(ds);
+      }
+      return;
+    }
+    if (used) {
+      evbuffer_remove_buffer(in, out, used);
+      ds->ag->stats.bytes_response += used;
+      ds->resp_started = 1;
+    }
+    if (e == HPE_PAUSED_UPGRADE || (e == HPE_PAUSED && ds->resp_msg_done)) {
+      int status = llhttp_get_status_code(ds->resp);
+      if (e == HPE_PAUSED) llhttp_resume(ds->resp);
+      if (status == 101 || e == HPE_PAUSED_UPGRADE) {
+        ds->ag->stats.upgrades++;
+        log_debug("%s: upgraded (%d); now a raw tunnel to %s", ds->peer, status,
+                  ds->route[0] ? ds->route : "fallback");
+        hand_to_splice(ds);
+        return;
+      }
+      if (status < 200) { /* 100 Continue, 103 Early Hints: the real one follows */
+        ds->resp_started = 0;
+        continue;
+      }
+      response_complete(ds);
+      return;
+    }
+  }
+  if (!ds->dead && ds->up && ds->up_eof && evbuffer_get_length(upstream_input(ds->up)) == 0)
+    upstream_finished(ds);
+}
+
+static void up_read(struct upstream *u, void *arg) {
+  struct downstream *ds = arg;
+  ds_enter(ds);
+  if (!ds->wait_client_drain) process_response(ds);
+  ds_leave(ds);
+}
+
+static void up_event(struct upstream *u, int what, void *arg) {
+  struct downstream *ds = arg;
+  ds_enter(ds);
+  if (what & UPSTREAM_EV_WRITABLE) {
+    if (ds->wait_up_drain && upstream_pending(u) <= AGENT_LOW_WATER) {
+      ds->wait_up_drain = 0;
+      bufferevent_enable(ds->bev, EV_READ);
+      process_request(ds);
+    }
+  } else if (what & UPSTREAM_EV_EOF) {
+    ds->up_eof = 1;
+    if (!ds->wait_client_drain) process_response(ds);
+  } else if (what & UPSTREAM_EV_ERROR) {
+    if (!maybe_retry(ds)) upstream_failed(ds, u, u->err);
+  }
+  ds_leave(ds);
+}
+
+/* --- client bufferevent callbacks -------------------------------------------------- */
+
+static void client_read(struct bufferevent *bev, void *arg) {
+  struct downstream *ds = arg;
+  ds_enter(ds);
+  struct evbuffer *in = bufferevent_get_input(bev);
+  switch (ds->state) {
+  case DS_SNIFF: {
+    int r = sniff(in);
+    if (r == 0) {
+      go_raw(ds);
+    } else if (r == 1) {
+      ds->state = DS_IDLE;
+      evtimer_del(ds->timer);
+      process_request(ds);
+    }
+    break;
+  }
+  case DS_IDLE:
+  case DS_READ_HEAD:
+  case DS_FORWARD_BODY:
+    process_request(ds);
+    break;
+  case DS_CLOSING:
+    evbuffer_drain(in, evbuffer_get_length(in));
+    break;
+  default:
+    break;
+  }
+  ds_leave(ds);
+}
+
+static void client_write(struct bufferevent *bev, void *arg) {
+  struct downstream *ds = arg;
+  ds_enter(ds);
+  if (ds->state == DS_CLOSING) {
+    if (evbuffer_get_length(bufferevent_get_output(bev)) == 0) start_closing(ds);
+  } else if (ds->wait_client_drain) {
+    ds->wait_client_drain = 0;
+    if (ds->up) upstream_pause_read(ds->up, 0);
+    process_response(ds);
+  }
+  ds_leave(ds);
+}
+
+static void client_event(struct bufferevent *bev, short what, void *arg) {
+  struct downstream *ds = arg;
+  ds_enter(ds);
+  if (what & BEV_EVENT_EOF) {
+    ds->client_eof = 1;
+    switch (ds->state) {
+    case DS_SNIFF:
+      if (evbuffer_get_length(bufferevent_get_input(bev)) > 0)
+        go_raw(ds); /* a few bytes then EOF: let the fallback decide */
+      else
+        ds_close(ds);
+      break;
+    case DS_READ_HEAD:
+    case DS_FORWARD_BODY:
+      metrics_count_error(&ds->ag->stats, MERR_CLIENT_ABORTED);
+      log_debug("%s: client closed in the middle of a request (%s)", ds->peer,
+                state_names[ds->state]);
+      ds_close(ds);
+      break;
+    case DS_WAIT_RESPONSE:
+      break; /* half-close after a full request: finish the response, then close */
+    default:
+      ds_close(ds);
+      break;
+    }
+  } else if (what & (BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)) {
+    log_debug("%s: client connection error in %s: %s", ds->peer, state_names[ds->state],
+              evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+    ds_close(ds);
+  }
+  ds_leave(ds);
+}
+
+static void timer_cb(evutil_socket_t fd, short what, void *arg) {
+  struct downstream *ds = arg;
+  ds_enter(ds);
+  switch (ds->state) {
+  case DS_SNIFF:
+    go_raw(ds); /* silent client: a server-speaks-first protocol */
+    break;
+  case DS_READ_HEAD:
+    respond_error(ds, 408, "Request Timeout", MERR_HEAD_TIMEOUT,
+                  "kbridge: request head not received within %ld ms",
+                  ds->ag->opt->header_timeout_ms);
+    break;
+  case DS_IDLE:
+    log_debug("%s: idle keep-alive connection closed", ds->peer);
+    ds_close(ds);
+    break;
+  default:
+    ds_close(ds);
+    break;
+  }
+  ds_leave(ds);
+}
+
+int downstream_accept(struct agent *ag, evutil_socket_t fd, const struct sockaddr *sa,
+                      uint16_t port) {
+  struct downstream *ds = calloc(1, sizeof *ds);
+  if (ds) {
+    ds->bev = bufferevent_socket_new(ag->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    ds->timer = evtimer_new(ag->base, timer_cb, ds);
+  }
+  if (!ds || !ds->bev || !ds->timer) {
+    if (ds && ds->bev)
+      bufferevent_free(ds->bev);
+    else
+      evutil_closesocket(fd);
+    if (ds && ds->timer) event_free(ds->timer);
+    free(ds);
+    log_err("out of memory accepting a connection");
+    return -1;
+  }
+  ds->ag = ag;
+  ds->port = port;
+  ds->state = DS_SNIFF;
+  addr_format_sa(sa, ds->peer, sizeof ds->peer);
+  agent_conn_opened(ag);
+  bufferevent_setcb(ds->bev, client_read, client_write, client_event, ds);
+  bufferevent_setwatermark(ds->bev, EV_WRITE, AGENT_LOW_WATER, 0);
+  bufferevent_enable(ds->bev, EV_READ | EV_WRITE);
+  set_timer(ds, ag->opt->sniff_timeout_ms);
+  return 0;
+}

@@ -1,0 +1,23 @@
+/* downstream.h: one cluster client's connection to the agent.
+ *
+ * The connection is sniffed (HTTP/1.x or raw TCP), then either spliced as raw
+ * bytes to the fallback (or, with --exclusive, to the developer), or served as
+ * HTTP: each request routed on its own, forwarded with its body as received,
+ * and its response relayed until it ends. See downstream.c for the state
+ * machine and docs/agent.md for the limits and error responses. */
+#ifndef AGENT_DOWNSTREAM_H
+#define AGENT_DOWNSTREAM_H
+
+#include <stdint.h>
+
+#include <event2/util.h>
+
+struct agent;
+struct sockaddr;
+
+/* Take over an accepted socket fd from a client at sa, on service port `port`.
+ * Returns 0, or -1 (fd closed) when out of memory. */
+int downstream_accept(struct agent *ag, evutil_socket_t fd, const struct sockaddr *sa,
+                      uint16_t port);
+
+#endif

@@ -1,0 +1,250 @@
+/* main.c: kbridge-agent: parse flags, set up listeners, run the event loop.
+ *
+ * Startup prints the bound addresses on stdout, one per line ("listen A:P",
+ * "tunnel-listen A:P", "metrics A:P"), then "ready"; tests and the CLI parse
+ * these. Logs go to stderr. SIGINT/SIGTERM: stop accepting, GOAWAY every
+ * tunnel, exit 0. */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+#include <event2/dns.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <openssl/ssl.h>
+
+#include "addr.h"
+#include "agent.h"
+#include "downstream.h"
+#include "log.h"
+#include "metrics.h"
+#include "options.h"
+#include "route_table.h"
+#include "tls.h"
+#include "tunnels.h"
+
+#define ACCEPT_BACKOFF_MS 1000
+
+static void update_listeners(struct agent *ag) {
+  int on = !ag->accept_paused_cap && !ag->accept_paused_fd && !ag->stopping;
+  for (size_t i = 0; i < ag->nlisteners; i++) {
+    if (on)
+      evconnlistener_enable(ag->listeners[i].lev);
+    else
+      evconnlistener_disable(ag->listeners[i].lev);
+  }
+}
+
+void agent_conn_opened(struct agent *ag) {
+  if (++ag->stats.connections_open >= ag->opt->max_conns && !ag->accept_paused_cap) {
+    log_warn("--max-conns %ld reached: accepting paused", ag->opt->max_conns);
+    ag->accept_paused_cap = 1;
+    update_listeners(ag);
+  }
+}
+
+void agent_conn_closed(struct agent *ag) {
+  if (--ag->stats.connections_open < ag->opt->max_conns && ag->accept_paused_cap) {
+    ag->accept_paused_cap = 0;
+    update_listeners(ag);
+  }
+}
+
+static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+                      int socklen, void *arg) {
+  struct agent_listener *li = arg;
+  downstream_accept(li->ag, fd, sa, li->port);
+}
+
+static void backoff_done(evutil_socket_t fd, short what, void *arg) {
+  struct agent *ag = arg;
+  ag->accept_paused_fd = 0;
+  update_listeners(ag);
+}
+
+/* accept() failed. Out of descriptors: stop accepting for a second (the
+ * pending connections wait in the backlog) instead of spinning. */
+static void accept_error_cb(struct evconnlistener *l, void *arg) {
+  struct agent_listener *li = arg;
+  struct agent *ag = li->ag;
+  int e = EVUTIL_SOCKET_ERROR();
+  if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM) {
+    if (!ag->accept_paused_fd) {
+      log_warn("accept: %s; pausing accepts for %d ms", strerror(e), ACCEPT_BACKOFF_MS);
+      ag->accept_paused_fd = 1;
+      update_listeners(ag);
+      struct timeval tv = {ACCEPT_BACKOFF_MS / 1000, (ACCEPT_BACKOFF_MS % 1000) * 1000};
+      evtimer_add(ag->accept_backoff, &tv);
+    }
+    return;
+  }
+  log_warn("accept on port %u: %s", li->port, strerror(e));
+}
+
+static void sweep_cb(evutil_socket_t fd, short what, void *arg) {
+  struct agent *ag = arg;
+  pool_sweep(&ag->fallback_pool, ag->opt->pool_idle_ms);
+  struct agent_tunnel *at;
+  TAILQ_FOREACH(at, &ag->tunnels, link) pool_sweep(&at->pool, ag->opt->pool_idle_ms);
+}
+
+static void signal_cb(evutil_socket_t sig, short what, void *arg) {
+  struct agent *ag = arg;
+  if (ag->stopping) {
+    log_warn("second signal: exiting now");
+    event_base_loopbreak(ag->base);
+    return;
+  }
+  log_info("signal %d: stopping (no new connections, tunnels told GOAWAY)", (int)sig);
+  ag->stopping = 1;
+  update_listeners(ag);
+  tunnels_shutdown(ag);
+  pool_clear(&ag->fallback_pool);
+  struct timeval tv = {0, 200 * 1000}; /* let GOAWAY frames leave */
+  event_base_loopexit(ag->base, &tv);
+}
+
+static int listen_service(struct agent *ag, const struct hostport *hp, char *err,
+                          size_t errlen) {
+  struct evutil_addrinfo hints, *res = NULL;
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = EVUTIL_AI_PASSIVE;
+  char port[8], a[300];
+  snprintf(port, sizeof port, "%u", hp->port);
+  int r = evutil_getaddrinfo(hp->host, port, &hints, &res);
+  if (r != 0) {
+    snprintf(err, errlen, "--listen %s: %s", addr_format(hp, a, sizeof a), evutil_gai_strerror(r));
+    return -1;
+  }
+  struct agent_listener *li = &ag->listeners[ag->nlisteners];
+  li->ag = ag;
+  li->lev = evconnlistener_new_bind(ag->base, accept_cb, li,
+                                    LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_FREE |
+                                        LEV_OPT_CLOSE_ON_EXEC,
+                                    1024, res->ai_addr, (int)res->ai_addrlen);
+  evutil_freeaddrinfo(res);
+  if (!li->lev) {
+    snprintf(err, errlen, "--listen %s: %s", addr_format(hp, a, sizeof a),
+             evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+    return -1;
+  }
+  evconnlistener_set_error_cb(li->lev, accept_error_cb);
+  struct sockaddr_storage ss;
+  socklen_t sl = sizeof ss;
+  getsockname(evconnlistener_get_fd(li->lev), (struct sockaddr *)&ss, &sl);
+  li->port = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
+                                      : ntohs(((struct sockaddr_in *)&ss)->sin_port);
+  printf("listen %s\n", addr_format_sa((struct sockaddr *)&ss, a, sizeof a));
+  ag->nlisteners++;
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  static struct agent_options opt;
+  char err[1024];
+  enum options_result pr = options_parse(argc, argv, &opt, err, sizeof err);
+  if (pr == OPTIONS_EXIT_OK) return 0;
+  if (pr == OPTIONS_ERROR) {
+    fprintf(stderr, "kbridge-agent: %s\n", err);
+    return 2;
+  }
+  log_init("kbridge-agent", opt.log_level);
+  signal(SIGPIPE, SIG_IGN);
+
+  struct agent ag;
+  memset(&ag, 0, sizeof ag);
+  ag.opt = &opt;
+  TAILQ_INIT(&ag.tunnels);
+  route_config_default(&ag.rcfg);
+  snprintf(ag.rcfg.header, sizeof ag.rcfg.header, "%s", opt.route_header);
+  int rc = 1;
+
+  struct event_config *ecfg = event_config_new();
+  ag.base = ecfg ? event_base_new_with_config(ecfg) : NULL;
+  if (ecfg) event_config_free(ecfg);
+  ag.routes = route_table_new();
+  ag.scratch = evbuffer_new();
+  if (!ag.base || !ag.routes || !ag.scratch) {
+    log_err("out of memory at startup");
+    return 1;
+  }
+  /* Resolver: the system's nameservers when there are any, /etc/hosts always. */
+  ag.dns = evdns_base_new(ag.base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
+  if (!ag.dns) {
+    log_warn("no usable /etc/resolv.conf; only literal addresses and /etc/hosts resolve");
+    ag.dns = evdns_base_new(ag.base, 0);
+    if (ag.dns) evdns_base_load_hosts(ag.dns, NULL);
+  }
+  if (!ag.dns) {
+    log_err("cannot create a DNS resolver");
+    return 1;
+  }
+  pool_init(&ag.fallback_pool, &ag);
+
+  SSL_CTX *ssl = tls_server_ctx_from_dir(opt.tls_dir, err, sizeof err);
+  if (!ssl) {
+    fprintf(stderr, "kbridge-agent: --tls-dir %s: %s\n", opt.tls_dir, err);
+    return 2;
+  }
+  ag.ssl = (struct ssl_ctx_st *)ssl;
+
+  for (size_t i = 0; i < opt.nlisten; i++)
+    if (listen_service(&ag, &opt.listen[i], err, sizeof err) < 0) {
+      fprintf(stderr, "kbridge-agent: %s\n", err);
+      return 2;
+    }
+  char bound[300];
+  if (tunnels_listen(&ag, &opt.tunnel_listen, bound, sizeof bound, err, sizeof err) < 0) {
+    fprintf(stderr, "kbridge-agent: %s\n", err);
+    return 2;
+  }
+  printf("tunnel-listen %s\n", bound);
+  if (opt.have_metrics) {
+    if (metrics_serve(&ag, &opt.metrics, bound, sizeof bound, err, sizeof err) < 0) {
+      fprintf(stderr, "kbridge-agent: %s\n", err);
+      return 2;
+    }
+    printf("metrics %s\n", bound);
+  }
+
+  ag.accept_backoff = evtimer_new(ag.base, backoff_done, &ag);
+  ag.sweep = event_new(ag.base, -1, EV_PERSIST, sweep_cb, &ag);
+  struct event *sigint = evsignal_new(ag.base, SIGINT, signal_cb, &ag);
+  struct event *sigterm = evsignal_new(ag.base, SIGTERM, signal_cb, &ag);
+  if (!ag.accept_backoff || !ag.sweep || !sigint || !sigterm) {
+    log_err("out of memory at startup");
+    return 1;
+  }
+  struct timeval sec = {1, 0};
+  event_add(ag.sweep, &sec);
+  event_add(sigint, NULL);
+  event_add(sigterm, NULL);
+
+  char fb[300];
+  log_info("serving %zu port(s); fallback %s; %s mode", opt.nlisten,
+           addr_format(&opt.fallback, fb, sizeof fb), opt.exclusive ? "exclusive" : "routing");
+  printf("ready\n");
+  fflush(stdout);
+
+  if (event_base_dispatch(ag.base) < 0)
+    log_err("event loop failed");
+  else
+    rc = 0;
+
+  /* Orderly teardown so sanitizers see what is still owned. */
+  for (size_t i = 0; i < ag.nlisteners; i++) evconnlistener_free(ag.listeners[i].lev);
+  pool_clear(&ag.fallback_pool);
+  metrics_stop(&ag);
+  event_free(sigint);
+  event_free(sigterm);
+  event_free(ag.sweep);
+  event_free(ag.accept_backoff);
+  metrics_free(&ag.stats);
+  log_info("stopped");
+  return rc;
+}

@@ -1,0 +1,173 @@
+/* metrics.c: counters, and /healthz + /metrics over evhttp.
+ *
+ * /healthz answers 200 with a line "ok" and then one JSON object: the keys held
+ * and their tunnel counts. /metrics is Prometheus text format 0.0.4. */
+#include "metrics.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/util.h>
+
+#include "addr.h"
+#include "agent.h"
+#include "route_table.h"
+
+static const char *const error_names[MERR_MAX] = {
+    [MERR_BAD_REQUEST] = "bad_request",
+    [MERR_HEAD_TOO_LARGE] = "head_too_large",
+    [MERR_HEAD_TIMEOUT] = "head_timeout",
+    [MERR_FALLBACK_UNREACHABLE] = "fallback_unreachable",
+    [MERR_FALLBACK_DNS] = "fallback_dns",
+    [MERR_ROUTE_FAILED] = "route_failed",
+    [MERR_UPSTREAM_CLOSED] = "upstream_closed",
+    [MERR_BAD_RESPONSE] = "bad_response",
+    [MERR_CLIENT_ABORTED] = "client_aborted",
+};
+
+void metrics_count_request(struct metrics *m, const char *key) {
+  if (!key || !*key) {
+    m->requests_fallback++;
+    return;
+  }
+  for (size_t i = 0; i < m->nroutes; i++)
+    if (!strcmp(m->routes[i].key, key)) {
+      m->routes[i].requests++;
+      return;
+    }
+  if (m->nroutes == m->routes_cap) {
+    size_t cap = m->routes_cap ? m->routes_cap * 2 : 8;
+    struct metrics_route *r = realloc(m->routes, cap * sizeof *r);
+    if (!r) return; /* a lost count, not a crash */
+    m->routes = r;
+    m->routes_cap = cap;
+  }
+  snprintf(m->routes[m->nroutes].key, sizeof m->routes[m->nroutes].key, "%s", key);
+  m->routes[m->nroutes++].requests = 1;
+}
+
+void metrics_count_error(struct metrics *m, enum metrics_error e) {
+  if (e < MERR_MAX) m->errors[e]++;
+}
+
+void metrics_free(struct metrics *m) {
+  free(m->routes);
+  m->routes = NULL;
+  m->nroutes = m->routes_cap = 0;
+}
+
+struct key_list {
+  struct evbuffer *b;
+  int first;
+};
+
+static void add_key(const char *key, size_t nconns, void *arg) {
+  struct key_list *kl = arg;
+  evbuffer_add_printf(kl->b, "%s\"%s\":%zu", kl->first ? "" : ",", key, nconns);
+  kl->first = 0;
+}
+
+static void healthz(struct evhttp_request *req, void *arg) {
+  struct agent *ag = arg;
+  struct evbuffer *b = evbuffer_new();
+  if (!b) {
+    evhttp_send_error(req, 500, "out of memory");
+    return;
+  }
+  struct key_list kl = {b, 1};
+  evbuffer_add_printf(b, "ok\n{\"keys\":{");
+  route_table_foreach(ag->routes, add_key, &kl);
+  evbuffer_add_printf(b, "},\"exclusive\":%s,\"tunnels\":%ld,\"connections\":%ld}\n",
+                      ag->opt->exclusive ? "true" : "false", ag->stats.tunnels,
+                      ag->stats.connections_open);
+  evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "text/plain");
+  evhttp_send_reply(req, ag->stopping ? 503 : 200, ag->stopping ? "Stopping" : "OK", b);
+  evbuffer_free(b);
+}
+
+static void metrics_page(struct evhttp_request *req, void *arg) {
+  struct agent *ag = arg;
+  const struct metrics *m = &ag->stats;
+  struct evbuffer *b = evbuffer_new();
+  if (!b) {
+    evhttp_send_error(req, 500, "out of memory");
+    return;
+  }
+  evbuffer_add_printf(b, "# HELP kbridge_requests_total HTTP requests by route.\n"
+                         "# TYPE kbridge_requests_total counter\n"
+                         "kbridge_requests_total{route=\"fallback\"} %llu\n",
+                      (unsigned long long)m->requests_fallback);
+  for (size_t i = 0; i < m->nroutes; i++)
+    evbuffer_add_printf(b, "kbridge_requests_total{route=\"%s\"} %llu\n", m->routes[i].key,
+                        (unsigned long long)m->routes[i].requests);
+  evbuffer_add_printf(b, "# HELP kbridge_request_errors_total Requests answered with an error "
+                         "or cut, by reason.\n# TYPE kbridge_request_errors_total counter\n");
+  for (int i = 0; i < MERR_MAX; i++)
+    evbuffer_add_printf(b, "kbridge_request_errors_total{reason=\"%s\"} %llu\n", error_names[i],
+                        (unsigned long long)m->errors[i]);
+  evbuffer_add_printf(
+      b,
+      "# HELP kbridge_bytes_total Bytes relayed.\n# TYPE kbridge_bytes_total counter\n"
+      "kbridge_bytes_total{direction=\"request\"} %llu\n"
+      "kbridge_bytes_total{direction=\"response\"} %llu\n"
+      "# HELP kbridge_raw_connections_total Connections served as raw TCP.\n"
+      "# TYPE kbridge_raw_connections_total counter\nkbridge_raw_connections_total %llu\n"
+      "# HELP kbridge_upgrades_total Connections upgraded (101).\n"
+      "# TYPE kbridge_upgrades_total counter\nkbridge_upgrades_total %llu\n"
+      "# HELP kbridge_tunnels Live tunnel connections.\n# TYPE kbridge_tunnels gauge\n"
+      "kbridge_tunnels %ld\n"
+      "# HELP kbridge_routes Route keys held.\n# TYPE kbridge_routes gauge\nkbridge_routes %zu\n"
+      "# HELP kbridge_streams_open Tunnel streams in use by the agent.\n"
+      "# TYPE kbridge_streams_open gauge\nkbridge_streams_open %ld\n"
+      "# HELP kbridge_connections_open Client connections.\n"
+      "# TYPE kbridge_connections_open gauge\nkbridge_connections_open %ld\n"
+      "# HELP kbridge_upstream_pool_idle Idle pooled upstream connections.\n"
+      "# TYPE kbridge_upstream_pool_idle gauge\nkbridge_upstream_pool_idle %ld\n",
+      (unsigned long long)m->bytes_request, (unsigned long long)m->bytes_response,
+      (unsigned long long)m->raw_connections, (unsigned long long)m->upgrades, m->tunnels,
+      route_table_keys(ag->routes), m->streams_open, m->connections_open, m->pool_idle);
+  evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+                    "text/plain; version=0.0.4");
+  evhttp_send_reply(req, 200, "OK", b);
+  evbuffer_free(b);
+}
+
+static void not_found(struct evhttp_request *req, void *arg) {
+  evhttp_send_error(req, 404, "try /healthz or /metrics");
+}
+
+int metrics_serve(struct agent *ag, const struct hostport *hp, char *bound, size_t boundlen,
+                  char *err, size_t errlen) {
+  struct evhttp *http = evhttp_new(ag->base);
+  if (!http) {
+    snprintf(err, errlen, "--metrics: out of memory");
+    return -1;
+  }
+  evhttp_set_allowed_methods(http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
+  evhttp_set_cb(http, "/healthz", healthz, ag);
+  evhttp_set_cb(http, "/metrics", metrics_page, ag);
+  evhttp_set_gencb(http, not_found, ag);
+  struct evhttp_bound_socket *bs = evhttp_bind_socket_with_handle(http, hp->host, hp->port);
+  if (!bs) {
+    char a[300];
+    snprintf(err, errlen, "--metrics %s: cannot listen: %s", addr_format(hp, a, sizeof a),
+             evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+    evhttp_free(http);
+    return -1;
+  }
+  struct sockaddr_storage ss;
+  socklen_t sl = sizeof ss;
+  getsockname(evhttp_bound_socket_get_fd(bs), (struct sockaddr *)&ss, &sl);
+  addr_format_sa((struct sockaddr *)&ss, bound, boundlen);
+  ag->metrics_http = http;
+  return 0;
+}
+
+void metrics_stop(struct agent *ag) {
+  if (ag->metrics_http) evhttp_free(ag->metrics_http);
+  ag->metrics_http = NULL;
+}

@@ -1,0 +1,59 @@
+/* metrics.h: the agent's counters and the /healthz + /metrics HTTP endpoint.
+ *
+ * Counters live in struct metrics inside struct agent; modules bump them
+ * directly (single-threaded). Gauges that can be derived (tunnels, routes) are
+ * computed when scraped. The endpoint is a tiny evhttp server. */
+#ifndef AGENT_METRICS_H
+#define AGENT_METRICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct agent;
+struct hostport;
+
+enum metrics_error {
+  MERR_BAD_REQUEST,        /* 400: malformed request or smuggling shape */
+  MERR_HEAD_TOO_LARGE,     /* 431 */
+  MERR_HEAD_TIMEOUT,       /* 408 */
+  MERR_FALLBACK_UNREACHABLE, /* 502 */
+  MERR_FALLBACK_DNS,       /* 503 */
+  MERR_ROUTE_FAILED,       /* 502: developer's stream refused / lost */
+  MERR_UPSTREAM_CLOSED,    /* upstream closed before a complete response */
+  MERR_BAD_RESPONSE,       /* upstream sent an unparsable response */
+  MERR_CLIENT_ABORTED,     /* client left mid-request */
+  MERR_MAX
+};
+
+struct metrics_route {
+  char key[64];
+  uint64_t requests;
+};
+
+struct metrics {
+  uint64_t requests_fallback;
+  struct metrics_route *routes; /* per key ever seen; small */
+  size_t nroutes, routes_cap;
+  uint64_t errors[MERR_MAX];
+  uint64_t bytes_request;  /* client -> upstream, HTTP and raw */
+  uint64_t bytes_response; /* upstream -> client */
+  uint64_t raw_connections;
+  uint64_t upgrades;
+  long streams_open;       /* tunnel streams held by the agent */
+  long connections_open;   /* client connections */
+  long pool_idle;          /* idle upstreams in all pools */
+  long tunnels;            /* live tunnel connections */
+};
+
+/* Count one request routed to key (NULL/"" = fallback). */
+void metrics_count_request(struct metrics *m, const char *key);
+void metrics_count_error(struct metrics *m, enum metrics_error e);
+void metrics_free(struct metrics *m);
+
+/* Serve /healthz and /metrics on hp. The bound address goes to bound (for the
+ * "metrics ADDR:PORT" line). 0, or -1 with err. */
+int metrics_serve(struct agent *ag, const struct hostport *hp, char *bound, size_t boundlen,
+                  char *err, size_t errlen);
+void metrics_stop(struct agent *ag);
+
+#endif

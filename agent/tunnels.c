@@ -1,0 +1,288 @@
+/* tunnels.c: accept developers' TLS tunnels, register their keys, dial their
+ * outbound streams.
+ *
+ * Life of a tunnel: TCP accept -> TLS 1.3 handshake (client certificate from the
+ * service CA required) -> HELLO -> on_hello checks (CN == key, key valid,
+ * exclusive rules) -> route_table_add -> INBOUND streams carry requests ->
+ * on_close: route_table_remove, drop pooled streams; requests in flight see
+ * their streams CLOSED (TUNNEL_LOST) and answer 502 or cut the client. */
+#include "tunnels.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <openssl/ssl.h>
+
+#include "addr.h"
+#include "agent.h"
+#include "dnslabel.h"
+#include "log.h"
+#include "route_table.h"
+#include "splice.h"
+#include "tls.h"
+#include "tunnel.h"
+#include "upstream.h"
+
+void agent_tunnel_ref(struct agent_tunnel *at) { at->refs++; }
+
+void agent_tunnel_unref(struct agent_tunnel *at) {
+  if (--at->refs == 0) free(at);
+}
+
+struct agent_tunnel *tunnels_exclusive(struct agent *ag) {
+  if (!ag->excl_key[0]) return NULL;
+  return route_table_pick(ag->routes, ag->excl_key);
+}
+
+/* --- outbound streams: the developer's process dials a cluster address ---------- */
+
+struct outbound {
+  struct agent *ag;
+  struct tunnel_stream *s;
+  struct upstream *u;
+  char target[300];
+};
+
+static void outbound_stream_event(struct tunnel_stream *s, int what, uint32_t code,
+                                  const char *err, void *arg) {
+  struct outbound *ob = arg;
+  if (what & TUNNEL_STREAM_CLOSED) { /* developer gave up before we connected */
+    log_debug("outbound to %s: stream closed while dialing: %s", ob->target, err ? err : "");
+    upstream_free(ob->u);
+    tunnel_stream_free(ob->s);
+    ob->ag->stats.streams_open--;
+    free(ob);
+  }
+}
+
+static void outbound_done(const char *err, size_t a_to_b, size_t b_to_a, void *arg) {
+  struct agent *ag = arg;
+  ag->stats.streams_open--;
+  if (err) log_debug("outbound stream ended: %s", err);
+}
+
+static void outbound_up_event(struct upstream *u, int what, void *arg) {
+  struct outbound *ob = arg;
+  struct agent *ag = ob->ag;
+  if (what & UPSTREAM_EV_CONNECTED) {
+    log_debug("outbound to %s connected", ob->target);
+    tunnel_stream_setcb(ob->s, NULL, NULL, NULL);
+    struct splice_end a = {NULL, ob->s};
+    struct splice_end b = upstream_release(u);
+    free(ob);
+    if (!splice_new(a, b, outbound_done, ag)) ag->stats.streams_open--;
+    return;
+  }
+  if (what & (UPSTREAM_EV_ERROR | UPSTREAM_EV_EOF)) {
+    char why[600];
+    snprintf(why, sizeof why, "%s to %s", u->err[0] ? u->err : "connection closed", ob->target);
+    log_info("outbound stream: %s", why);
+    uint32_t code = FRAME_RESET_REFUSED;
+    if (strstr(u->err, "timed out")) code = FRAME_RESET_TIMEOUT;
+    tunnel_stream_reset(ob->s, code, why);
+    tunnel_stream_free(ob->s);
+    upstream_free(u);
+    ag->stats.streams_open--;
+    free(ob);
+  }
+}
+
+static void open_outbound(struct agent *ag, struct agent_tunnel *at, struct tunnel_stream *s,
+                          const struct frame_open *o) {
+  struct hostport hp;
+  memset(&hp, 0, sizeof hp);
+  snprintf(hp.host, sizeof hp.host, "%s", o->target_host);
+  hp.port = o->port;
+  struct outbound *ob = calloc(1, sizeof *ob);
+  if (!ob || !hp.host[0] || hp.port == 0) {
+    tunnel_stream_reset(s, ob ? FRAME_RESET_REFUSED : FRAME_RESET_INTERNAL,
+                        ob ? "bad outbound target" : "out of memory");
+    tunnel_stream_free(s);
+    free(ob);
+    return;
+  }
+  ob->ag = ag;
+  ob->s = s;
+  addr_format(&hp, ob->target, sizeof ob->target);
+  ag->stats.streams_open++;
+  log_debug("developer %s: outbound stream to %s", at->key, ob->target);
+  tunnel_stream_setcb(s, NULL, outbound_stream_event, ob);
+  ob->u = upstream_connect_tcp(ag, &hp, NULL, outbound_up_event, ob);
+  if (!ob->u) {
+    tunnel_stream_reset(s, FRAME_RESET_INTERNAL, "out of memory");
+    tunnel_stream_free(s);
+    ag->stats.streams_open--;
+    free(ob);
+  }
+}
+
+/* --- tunnel callbacks ----------------------------------------------------------- */
+
+static int on_hello(struct tunnel *t, const struct frame_hello *hello, char *msg, size_t msglen,
+                    void *arg) {
+  struct agent_tunnel *at = arg;
+  struct agent *ag = at->ag;
+  char cn[256];
+  SSL *ssl = bufferevent_openssl_get_ssl(tunnel_carrier(t));
+  if (!ssl || tls_peer_cn(ssl, cn, sizeof cn) < 0) {
+    snprintf(msg, msglen, "no verified client certificate");
+    return FRAME_WELCOME_KEY_MISMATCH;
+  }
+  if (!dns_label_valid(hello->key, strlen(hello->key))) {
+    snprintf(msg, msglen, "route key \"%s\" is not a DNS label (a-z, 0-9, '-', <= 63)",
+             hello->key);
+    return FRAME_WELCOME_BAD_KEY;
+  }
+  if (strcmp(cn, hello->key) != 0) {
+    snprintf(msg, msglen, "route key \"%s\" differs from the certificate's subject \"%s\"",
+             hello->key, cn);
+    log_warn("tunnel from %s refused: key %s, certificate %s", at->peer, hello->key, cn);
+    return FRAME_WELCOME_KEY_MISMATCH;
+  }
+  if (ag->opt->exclusive && ag->excl_key[0] && strcmp(ag->excl_key, hello->key) != 0 &&
+      route_table_conns(ag->routes, ag->excl_key) > 0) {
+    snprintf(msg, msglen, "route held by %s since %s (exclusive mode)", ag->excl_key,
+             ag->excl_since);
+    log_warn("tunnel from %s (%s) refused: service held by %s", at->peer, hello->key,
+             ag->excl_key);
+    return FRAME_WELCOME_CONFLICT;
+  }
+  if (route_table_add(ag->routes, hello->key, at) < 0) {
+    snprintf(msg, msglen, "cannot register route key (out of memory)");
+    return FRAME_WELCOME_CONFLICT;
+  }
+  snprintf(at->key, sizeof at->key, "%s", hello->key);
+  at->registered = 1;
+  if (ag->opt->exclusive && strcmp(ag->excl_key, hello->key) != 0) {
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    snprintf(ag->excl_key, sizeof ag->excl_key, "%s", hello->key);
+    strftime(ag->excl_since, sizeof ag->excl_since, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  }
+  log_info("developer %s connected from %s (%s); %zu tunnel(s) for this key", hello->key,
+           at->peer, hello->label, route_table_conns(ag->routes, hello->key));
+  return FRAME_WELCOME_OK;
+}
+
+static void on_open(struct tunnel *t, struct tunnel_stream *s, const struct frame_open *o,
+                    void *arg) {
+  struct agent_tunnel *at = arg;
+  if (o->kind != FRAME_OPEN_OUTBOUND) {
+    tunnel_stream_reset(s, FRAME_RESET_PROTOCOL, "the agent accepts only outbound streams");
+    tunnel_stream_free(s);
+    return;
+  }
+  open_outbound(at->ag, at, s, o);
+}
+
+static void on_close(struct tunnel *t, const char *err, void *arg) {
+  struct agent_tunnel *at = arg;
+  struct agent *ag = at->ag;
+  if (at->registered) {
+    route_table_remove(ag->routes, at->key, at);
+    at->registered = 0;
+    size_t left = route_table_conns(ag->routes, at->key);
+    log_info("developer %s: tunnel from %s closed (%s); %zu tunnel(s) left for this key", at->key,
+             at->peer, err ? err : "closed", left);
+    if (left == 0 && !strcmp(ag->excl_key, at->key)) ag->excl_key[0] = 0;
+  } else {
+    log_info("tunnel from %s closed before registering: %s", at->peer, err ? err : "closed");
+  }
+  pool_clear(&at->pool);
+  TAILQ_REMOVE(&ag->tunnels, at, link);
+  ag->stats.tunnels--;
+  at->t = NULL;
+  tunnel_free(t);
+  agent_tunnel_unref(at); /* the list's reference */
+}
+
+static void tunnel_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+                          int socklen, void *arg) {
+  struct agent *ag = arg;
+  struct agent_tunnel *at = calloc(1, sizeof *at);
+  SSL *ssl = at ? SSL_new((SSL_CTX *)ag->ssl) : NULL;
+  struct bufferevent *bev =
+      ssl ? bufferevent_openssl_socket_new(ag->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                           BEV_OPT_CLOSE_ON_FREE)
+          : NULL;
+  if (!bev) {
+    if (ssl) SSL_free(ssl);
+    evutil_closesocket(fd);
+    free(at);
+    log_err("out of memory accepting a tunnel");
+    return;
+  }
+  at->ag = ag;
+  at->refs = 1;
+  addr_format_sa(sa, at->peer, sizeof at->peer);
+  pool_init(&at->pool, ag);
+  struct tunnel_config cfg;
+  tunnel_config_default(&cfg);
+  static const struct tunnel_cbs cbs = {.on_hello = on_hello, .on_open = on_open,
+                                        .on_close = on_close};
+  at->t = tunnel_new(ag->base, bev, TUNNEL_SERVER, &cfg, NULL, &cbs, at);
+  if (!at->t) {
+    free(at);
+    log_err("out of memory creating a tunnel");
+    return;
+  }
+  TAILQ_INSERT_TAIL(&ag->tunnels, at, link);
+  ag->stats.tunnels++;
+  log_debug("tunnel connection from %s", at->peer);
+}
+
+static void tunnel_accept_error(struct evconnlistener *l, void *arg) {
+  int e = EVUTIL_SOCKET_ERROR();
+  log_warn("tunnel listener: accept failed: %s", evutil_socket_error_to_string(e));
+}
+
+int tunnels_listen(struct agent *ag, const struct hostport *hp, char *bound, size_t boundlen,
+                   char *err, size_t errlen) {
+  struct evutil_addrinfo hints, *res = NULL;
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = EVUTIL_AI_PASSIVE;
+  char port[8];
+  snprintf(port, sizeof port, "%u", hp->port);
+  int r = evutil_getaddrinfo(hp->host, port, &hints, &res);
+  if (r != 0) {
+    snprintf(err, errlen, "--tunnel-listen %s: %s", hp->host, evutil_gai_strerror(r));
+    return -1;
+  }
+  ag->tunnel_lev = evconnlistener_new_bind(ag->base, tunnel_accept, ag,
+                                           LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_FREE |
+                                               LEV_OPT_CLOSE_ON_EXEC,
+                                           128, res->ai_addr, (int)res->ai_addrlen);
+  evutil_freeaddrinfo(res);
+  if (!ag->tunnel_lev) {
+    snprintf(err, errlen, "--tunnel-listen %s:%u: %s", hp->host, hp->port,
+             evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+    return -1;
+  }
+  evconnlistener_set_error_cb(ag->tunnel_lev, tunnel_accept_error);
+  struct sockaddr_storage ss;
+  socklen_t sl = sizeof ss;
+  getsockname(evconnlistener_get_fd(ag->tunnel_lev), (struct sockaddr *)&ss, &sl);
+  addr_format_sa((struct sockaddr *)&ss, bound, boundlen);
+  return 0;
+}
+
+void tunnels_shutdown(struct agent *ag) {
+  if (ag->tunnel_lev) {
+    evconnlistener_free(ag->tunnel_lev);
+    ag->tunnel_lev = NULL;
+  }
+  struct agent_tunnel *at;
+  TAILQ_FOREACH(at, &ag->tunnels, link) {
+    if (at->t) tunnel_goaway(at->t, 0, "agent shutting down");
+  }
+}

@@ -1,0 +1,46 @@
+/* tunnels.h: developers' TLS tunnels, seen from the agent.
+ *
+ * A TLS 1.3 listener (client certificates from the service CA only). Each
+ * accepted connection becomes a tunnel (TUNNEL_SERVER). Its HELLO is accepted
+ * when the key equals the certificate's CN, is a valid label, and (--exclusive)
+ * nobody else holds the service; then the key is added to the route table and
+ * requests for it flow as INBOUND streams. OUTBOUND streams opened by the
+ * developer are dialed here and spliced.
+ *
+ * An agent_tunnel outlives its tunnel while upstream streams still point to it
+ * (a reference count), so a request finishing after the tunnel died never
+ * touches freed memory. */
+#ifndef AGENT_TUNNELS_H
+#define AGENT_TUNNELS_H
+
+#include <stddef.h>
+#include <sys/queue.h>
+
+#include "pool.h"
+
+struct agent;
+struct tunnel;
+struct hostport;
+
+struct agent_tunnel {
+  struct agent *ag;
+  struct tunnel *t;        /* NULL once the tunnel is dead */
+  char key[64];            /* registered route key; "" before HELLO */
+  char peer[64];           /* remote address of the TLS connection */
+  int registered;          /* in the route table */
+  int refs;                /* the list entry + upstreams using it */
+  struct pool pool;        /* idle INBOUND streams for keep-alive reuse */
+  TAILQ_ENTRY(agent_tunnel) link;
+};
+
+/* Listen on hp for tunnels; bound address into bound. 0, or -1 with err. */
+int tunnels_listen(struct agent *ag, const struct hostport *hp, char *bound, size_t boundlen,
+                   char *err, size_t errlen);
+/* --exclusive: the tunnel of the one developer holding the service, or NULL. */
+struct agent_tunnel *tunnels_exclusive(struct agent *ag);
+void agent_tunnel_ref(struct agent_tunnel *at);
+void agent_tunnel_unref(struct agent_tunnel *at);
+/* Shutdown: stop accepting, GOAWAY every tunnel. */
+void tunnels_shutdown(struct agent *ag);
+
+#endif
