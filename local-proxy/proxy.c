@@ -33,6 +33,7 @@
 #define BACKOFF_MIN_MS 250
 #define BACKOFF_MAX_MS 10000
 #define STOP_GRACE_MS 2000      /* how long GOAWAYs may take to flush at exit */
+#define AGENT_CONNECT_TIMEOUT_S 10
 #define LOCAL_CONNECT_TIMEOUT_S 5
 #define ACCEPT_PAUSE_MS 1000    /* listener pause after EMFILE and friends */
 #define MAX_ADDRS 8
@@ -82,7 +83,8 @@ struct proxy;
 
 enum slot_state {
   SLOT_WAITING,    /* no tunnel; the backoff timer starts the next attempt */
-  SLOT_CONNECTING, /* TCP + TLS + HELLO under way; no WELCOME yet */
+  SLOT_DIALING,    /* TCP connect under way (tcp set, no tunnel yet) */
+  SLOT_CONNECTING, /* TLS handshake + HELLO under way in the tunnel; no WELCOME yet */
   SLOT_READY,      /* registered: carries streams both ways */
   SLOT_CLOSING,    /* shutting down: GOAWAY sent, waiting for on_close */
   SLOT_DONE,       /* no tunnel and none will be made */
@@ -93,6 +95,7 @@ struct slot {
   int index;             /* 1-based, for logs */
   enum slot_state state;
   struct tunnel *t;
+  struct bufferevent *tcp; /* SLOT_DIALING: the plain socket being connected */
   struct event *retry;   /* backoff timer */
   unsigned backoff_ms;   /* next delay; BACKOFF_MIN_MS after a registration */
   unsigned attempt;      /* picks the agent address, round-robin */
@@ -276,32 +279,71 @@ static void on_close(struct tunnel *t, const char *err, void *arg) {
 static void on_open(struct tunnel *t, struct tunnel_stream *s, const struct frame_open *o,
                     void *arg);
 
-static void slot_connect(struct slot *sl) {
+/* Phase 2: TCP is up; put TLS on the socket and start the tunnel (which sends
+ * HELLO as soon as the handshake allows). TLS and protocol failures come back
+ * through on_close. */
+static void slot_start_tunnel(struct slot *sl, evutil_socket_t fd) {
   struct proxy *px = sl->px;
-  const struct resolved *a = &px->agent[sl->attempt++ % px->nagent];
   SSL *ssl = tls_client_ssl_new(px->ssl);
   struct bufferevent *bev =
-      ssl ? bufferevent_openssl_socket_new(px->base, -1, ssl, BUFFEREVENT_SSL_CONNECTING,
+      ssl ? bufferevent_openssl_socket_new(px->base, fd, ssl, BUFFEREVENT_SSL_CONNECTING,
                                            BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS)
           : NULL;
   if (bev == NULL) {
     if (ssl) SSL_free(ssl);
+    evutil_closesocket(fd);
     slot_retry_later(sl, "out of memory creating the TLS connection");
     return;
   }
   static const struct tunnel_cbs cbs = {NULL, on_welcome, on_open, on_close};
   sl->state = SLOT_CONNECTING;
   sl->t = tunnel_new(px->base, bev, TUNNEL_CLIENT, &px->tcfg, &px->hello, &cbs, sl);
-  if (sl->t == NULL) { /* the tunnel freed bev */
+  if (sl->t == NULL) /* the tunnel freed bev */
     slot_retry_later(sl, "out of memory creating the tunnel");
+}
+
+/* Phase 1 finished: connected (hand the socket to phase 2) or failed (retry). */
+static void slot_tcp_event(struct bufferevent *bev, short what, void *arg) {
+  struct slot *sl = arg;
+  int e = EVUTIL_SOCKET_ERROR();
+  evutil_socket_t fd = bufferevent_getfd(bev);
+  sl->tcp = NULL;
+  if (what & BEV_EVENT_CONNECTED) {
+    bufferevent_free(bev); /* opened without CLOSE_ON_FREE: the socket stays open */
+    slot_start_tunnel(sl, fd);
     return;
   }
-  /* Errors, immediate ones included, reach the tunnel's event callback (deferred)
-   * and come back through on_close. */
+  bufferevent_free(bev);
+  if (fd >= 0) evutil_closesocket(fd);
+  char why[300];
+  if (what & BEV_EVENT_TIMEOUT)
+    snprintf(why, sizeof why, "could not connect: no answer within %d s", AGENT_CONNECT_TIMEOUT_S);
+  else
+    snprintf(why, sizeof why, "could not connect: %s",
+             e ? evutil_socket_error_to_string(e) : "connection failed");
+  slot_retry_later(sl, why);
+}
+
+/* Start one attempt: a plain TCP connect first, so that "connection refused" and
+ * timeouts are reported as such rather than as TLS errors. */
+static void slot_connect(struct slot *sl) {
+  struct proxy *px = sl->px;
+  const struct resolved *a = &px->agent[sl->attempt++ % px->nagent];
+  struct timeval tv = {AGENT_CONNECT_TIMEOUT_S, 0};
   char buf[128];
+  sl->tcp = bufferevent_socket_new(px->base, -1, BEV_OPT_DEFER_CALLBACKS);
+  if (sl->tcp == NULL) {
+    slot_retry_later(sl, "out of memory creating a socket");
+    return;
+  }
+  sl->state = SLOT_DIALING;
+  bufferevent_setcb(sl->tcp, NULL, NULL, slot_tcp_event, sl);
+  bufferevent_set_timeouts(sl->tcp, NULL, &tv); /* the write timeout bounds the connect */
   log_debug("tunnel %d: connecting to %s", sl->index,
             addr_format_sa((const struct sockaddr *)&a->ss, buf, sizeof buf));
-  bufferevent_socket_connect(bev, (const struct sockaddr *)&a->ss, (int)a->len);
+  /* Failures, immediate ones included, arrive in slot_tcp_event (deferred). An
+   * immediate failure may have closed the socket already: getfd is then -1. */
+  bufferevent_socket_connect(sl->tcp, (const struct sockaddr *)&a->ss, (int)a->len);
 }
 
 /* ---- inbound: cluster -> local process ----------------------------------------- */
@@ -569,9 +611,15 @@ static void proxy_stop(struct proxy *px, int code) {
   for (int i = 0; i < px->cfg->tunnels; i++) {
     struct slot *sl = &px->slots[i];
     evtimer_del(sl->retry);
+    if (sl->tcp) {
+      evutil_socket_t fd = bufferevent_getfd(sl->tcp);
+      bufferevent_free(sl->tcp);
+      if (fd >= 0) evutil_closesocket(fd);
+      sl->tcp = NULL;
+    }
     if (sl->t) {
       if (sl->state != SLOT_CLOSING)
-        tunnel_goaway(sl->t, 0, code ? "developer proxy giving up" : "developer proxy stopping");
+        tunnel_goaway(sl->t, FRAME_RESET_CANCEL, code ? "developer proxy giving up" : "developer proxy stopping");
       sl->state = SLOT_CLOSING;
       open++;
     } else {
@@ -693,6 +741,11 @@ out:
    * splices then free their sockets on the next loop pass. */
   while (px.dials) dial_free(px.dials);
   for (int i = 0; px.slots && i < cfg->tunnels; i++) {
+    if (px.slots[i].tcp) {
+      evutil_socket_t fd = bufferevent_getfd(px.slots[i].tcp);
+      bufferevent_free(px.slots[i].tcp);
+      if (fd >= 0) evutil_closesocket(fd);
+    }
     if (px.slots[i].t) tunnel_free(px.slots[i].t);
     if (px.slots[i].retry) event_free(px.slots[i].retry);
   }
