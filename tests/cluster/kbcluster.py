@@ -28,7 +28,6 @@ CACHE = os.environ.get("KBRIDGE_CACHE") or os.path.join(
     os.path.expanduser("~"), ".cache", "kbridge")
 BIN_DIR = os.path.join(CACHE, "k8s-" + K8S_VERSION, "bin")
 STATE_ROOT = os.environ.get("KBRIDGE_CLUSTER_ROOT", "/tmp")
-LOCK_FILE = os.path.join(STATE_ROOT, "kbridge-cluster.lock")
 MARK_ENV = "KBRIDGE_CLUSTER_MARK"
 
 
@@ -69,17 +68,18 @@ def net_for(index):
 
 
 class Lock:
-    """Global flock so two `up`/`down` runs do not pick the same index."""
+    """flock on the state root directory itself, so two `up`/`down` runs do
+    not pick the same index, and no lock file is left behind."""
 
     def __enter__(self):
         os.makedirs(STATE_ROOT, exist_ok=True)
-        self.f = open(LOCK_FILE, "a")
-        fcntl.flock(self.f, fcntl.LOCK_EX)
+        self.fd = os.open(STATE_ROOT, os.O_RDONLY | os.O_DIRECTORY)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
         return self
 
     def __exit__(self, *a):
-        fcntl.flock(self.f, fcntl.LOCK_UN)
-        self.f.close()
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
 
 
 def used_indexes():

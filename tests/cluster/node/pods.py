@@ -82,12 +82,12 @@ def resolve_image(image, state_dir):
     for pat in sorted(images, key=len, reverse=True):
         if fnmatch.fnmatchcase(norm, pat) or fnmatch.fnmatchcase(norm, "*/" + pat):
             ent = images[pat]
-            env = dict(defaults)
-            env.update({k: v for k, v in os.environ.items() if k in defaults})
-            env["REPO"] = REPO
+            env = {"REPO": REPO}
 
             def sub(s):
                 return re.sub(r"\$\{(\w+)\}", lambda m: env.get(m.group(1), os.environ.get(m.group(1), "")), s)
+            for k, v in defaults.items():
+                env[k] = os.environ.get(k) or sub(v)
             entry = [sub(x) for x in ent.get("entrypoint", [])]
             cmd = [sub(x) for x in ent.get("cmd", [])]
             prog = (entry or cmd or [""])[0]
