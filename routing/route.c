@@ -8,6 +8,7 @@
  * bytes) into a stack buffer only for validation. Nothing is allocated. */
 #include "route.h"
 
+#include <llhttp.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -186,7 +187,7 @@ static int target_authority(const struct http_head *h, const char **a, size_t *a
   size_t start;
   if (i > 0 && n - i >= 3 && memcmp(u + i, "://", 3) == 0)
     start = i + 3;
-  else if (h->method == 5 /* HTTP_CONNECT */)
+  else if (h->method == HTTP_CONNECT)
     start = 0;
   else
     return 0;
@@ -336,17 +337,18 @@ int route_inject(const struct route_config *cfg, const struct http_head *head,
   }
   char bname[sizeof(cfg->baggage_member)];
   lower_copy(bname, cfg->baggage_member, sizeof(bname));
-  size_t nbag = http_head_count(head, "baggage");
+  size_t nbag = 0;
   static const char prefix[] = "baggage: ";
   size_t plen = sizeof(prefix) - 1;
   if ((size_t)(end - p) < plen) return -1;
   struct baggage_out o = {bname, p + plen, end, 0, 0};
   /* The value may use at most BAGGAGE_MAX_BYTES (+ CRLF); past that we skip it. */
   if ((size_t)(o.end - o.p) > BAGGAGE_MAX_BYTES + 2) o.end = o.p + BAGGAGE_MAX_BYTES + 2;
-  for (size_t i = 0; i < nbag; i++) {
-    size_t vlen;
-    const char *v = http_head_get(head, "baggage", i, &vlen);
-    baggage_members(v, vlen, baggage_keep, &o);
+  for (size_t i = 0; i < head->nfields; i++) {
+    const struct http_field *f = &head->fields[i];
+    if (!ieq_lit(head->buf + f->name_off, f->name_len, "baggage")) continue;
+    nbag++;
+    baggage_members(head->buf + f->value_off, f->value_len, baggage_keep, &o);
   }
   if (o.members++) put(&o, ",", 1);
   put(&o, cfg->baggage_member, strlen(cfg->baggage_member));
