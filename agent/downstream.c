@@ -835,6 +835,9 @@ static void client_event(struct bufferevent *bev, short what, void *arg) {
       break;
     case DS_WAIT_RESPONSE:
       break; /* half-close after a full request: finish the response, then close */
+    case DS_IDLE:
+      start_closing(ds); /* flush the last response first */
+      break;
     default:
       ds_close(ds);
       break;
