@@ -1,0 +1,1074 @@
+/* tunnel.c: the frame protocol's state machine over one carrier bufferevent.
+ *
+ * Read path: frames are parsed straight from the carrier's input evbuffer; only
+ * the 9 header bytes are copied out, DATA payloads are moved whole into the
+ * stream's input with evbuffer_remove_buffer(), and control payloads (<= 1 KiB)
+ * are copied into a scratch buffer owned by the tunnel. No per-frame malloc.
+ *
+ * Write path: control frames (OPEN, WINDOW, RESET, PING, GOAWAY) go straight into
+ * the carrier's output. DATA and SHUTDOWN go through a round-robin scheduler: a
+ * ring of streams that have queued bytes and send window (or a pending
+ * SHUTDOWN), served one FRAME_DATA_CHUNK at a time while the carrier's output is
+ * below carrier_high; the carrier's write callback (low watermark carrier_high/2)
+ * resumes it. New work schedules a deferred event instead of writing at once, so
+ * user writes are batched and never reenter the user.
+ *
+ * Lifetimes: a stream is "on the wire" (in the id map) until both directions are
+ * finished or it is reset; it is "held" until the user calls tunnel_stream_free().
+ * Its memory goes when both are over. Every libevent entry point brackets its work
+ * with enter()/leave(); frees requested while depth > 0 are deferred to leave(),
+ * so any callback may free the stream or the tunnel it was called for. */
+#include "tunnel.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
+#include <openssl/err.h>
+
+#include "log.h"
+
+#define HANDSHAKE_TIMEOUT_MS 10000
+#define CONTROL_MAX 1024          /* largest non-DATA payload we accept */
+#define WINDOW_LIMIT 0x7fffffffu  /* no window may exceed 2^31-1 */
+
+enum tunnel_state {
+  TS_HANDSHAKE, /* CLIENT: HELLO sent, waiting for WELCOME; SERVER: waiting for HELLO */
+  TS_READY,     /* streams may be opened and carried */
+  TS_CLOSING,   /* GOAWAY (or a refusing WELCOME) queued; dies when output drains */
+  TS_DEAD,      /* on_close delivered (or tunnel_free called); nothing more happens */
+};
+
+struct tunnel_stream {
+  struct tunnel *t;                  /* NULL once the tunnel is gone */
+  uint32_t id;
+  struct tunnel_stream *hnext;       /* id map chain */
+  struct tunnel_stream *snext;       /* scheduler ring (singly linked, FIFO) */
+  struct tunnel_stream *aprev, *anext; /* all streams of the tunnel */
+  struct tunnel_stream *gnext;       /* deferred-free list */
+  struct evbuffer *in, *out;
+  int64_t send_window;   /* bytes we may still send */
+  uint32_t recv_window;  /* bytes the peer may still send */
+  uint32_t consumed;     /* drained by the user, not yet granted back */
+  unsigned on_wire : 1;  /* in the id map */
+  unsigned in_sched : 1;
+  unsigned shut_req : 1; /* user asked for half-close */
+  unsigned shut_sent : 1;
+  unsigned remote_eof : 1;
+  unsigned closed : 1;   /* reset (either side) or tunnel lost */
+  unsigned user_freed : 1;
+  unsigned above_high : 1;
+  unsigned garbage : 1;
+  unsigned peer_opened : 1;
+  unsigned in_all : 1;   /* linked in t->all */
+  tunnel_stream_read_cb rd;
+  tunnel_stream_event_cb ev;
+  void *arg;
+};
+
+struct tunnel {
+  struct event_base *base;
+  struct bufferevent *carrier;
+  enum tunnel_role role;
+  enum tunnel_state state;
+  struct tunnel_config cfg;
+  struct tunnel_cbs cbs;
+  void *arg;
+  struct frame_hello hello; /* CLIENT: ours; SERVER: the peer's */
+  uint32_t peer_window;     /* initial send window per stream, from the peer */
+  uint32_t next_id;         /* next id we open */
+  uint32_t last_peer_id;    /* highest id the peer opened */
+  struct tunnel_stream **map;
+  size_t map_size, on_wire, peer_streams;
+  struct tunnel_stream *all;
+  struct tunnel_stream *sched_head, *sched_tail;
+  struct tunnel_stream *garbage;
+  struct event *sched_ev, *ping_ev, *dead_ev, *hs_ev;
+  uint64_t last_rx_ms, ping_seq;
+  char closing_reason[600]; /* TS_CLOSING: what on_close will say */
+  int depth;
+  unsigned free_requested : 1;
+  unsigned sched_queued : 1;
+  unsigned in_sched : 1;
+  struct tunnel_stats stats;
+  uint8_t scratch[CONTROL_MAX];
+};
+
+static void stream_release(struct tunnel_stream *s);
+static void tunnel_die(struct tunnel *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void tunnel_destroy(struct tunnel *t);
+
+static uint64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static struct timeval ms_tv(uint64_t ms) {
+  struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+  return tv;
+}
+
+void tunnel_config_default(struct tunnel_config *cfg) {
+  cfg->stream_window = 256u * 1024u;
+  cfg->max_streams = 4096;
+  cfg->ping_interval_ms = 5000;
+  cfg->dead_after_ms = 15000;
+  cfg->carrier_high = 256u * 1024u;
+}
+
+/* ---- reentrancy guard ---------------------------------------------------- */
+
+static void enter(struct tunnel *t) { t->depth++; }
+
+/* Leave a callback frame. At depth 0, free what was deferred. Returns 1 if the
+ * tunnel itself was freed (the caller must not touch it). */
+static int leave(struct tunnel *t) {
+  if (--t->depth > 0) return 0;
+  while (t->garbage) {
+    struct tunnel_stream *s = t->garbage;
+    t->garbage = s->gnext;
+    s->garbage = 0;
+    stream_release(s);
+  }
+  if (t->free_requested) {
+    tunnel_destroy(t);
+    return 1;
+  }
+  return 0;
+}
+
+/* ---- id map --------------------------------------------------------------- */
+
+static size_t slot(const struct tunnel *t, uint32_t id) {
+  uint32_t h = id * 2654435761u;
+  return (h ^ (h >> 15)) & (t->map_size - 1);
+}
+
+static struct tunnel_stream *map_find(const struct tunnel *t, uint32_t id) {
+  for (struct tunnel_stream *s = t->map[slot(t, id)]; s; s = s->hnext)
+    if (s->id == id) return s;
+  return NULL;
+}
+
+static int map_grow(struct tunnel *t) {
+  size_t n = t->map_size * 2;
+  struct tunnel_stream **m = calloc(n, sizeof *m);
+  if (!m) return -1;
+  struct tunnel_stream **old = t->map;
+  size_t oldn = t->map_size;
+  t->map = m;
+  t->map_size = n;
+  for (size_t i = 0; i < oldn; i++) {
+    for (struct tunnel_stream *s = old[i], *next; s; s = next) {
+      next = s->hnext;
+      size_t k = slot(t, s->id);
+      s->hnext = m[k];
+      m[k] = s;
+    }
+  }
+  free(old);
+  return 0;
+}
+
+static int map_add(struct tunnel *t, struct tunnel_stream *s) {
+  if (t->on_wire >= t->map_size && map_grow(t) < 0) return -1;
+  size_t k = slot(t, s->id);
+  s->hnext = t->map[k];
+  t->map[k] = s;
+  s->on_wire = 1;
+  t->on_wire++;
+  if (s->peer_opened) t->peer_streams++;
+  return 0;
+}
+
+static void map_remove(struct tunnel *t, struct tunnel_stream *s) {
+  if (!s->on_wire) return;
+  for (struct tunnel_stream **pp = &t->map[slot(t, s->id)]; *pp; pp = &(*pp)->hnext) {
+    if (*pp == s) {
+      *pp = s->hnext;
+      break;
+    }
+  }
+  s->hnext = NULL;
+  s->on_wire = 0;
+  t->on_wire--;
+  if (s->peer_opened) t->peer_streams--;
+}
+
+/* ---- scheduler ring --------------------------------------------------------- */
+
+static int sched_eligible(const struct tunnel_stream *s) {
+  if (!s->on_wire || s->closed) return 0;
+  size_t out = evbuffer_get_length(s->out);
+  if (out > 0) return s->send_window > 0;
+  return s->shut_req && !s->shut_sent;
+}
+
+static void sched_push(struct tunnel *t, struct tunnel_stream *s) {
+  if (s->in_sched) return;
+  s->in_sched = 1;
+  s->snext = NULL;
+  if (t->sched_tail)
+    t->sched_tail->snext = s;
+  else
+    t->sched_head = s;
+  t->sched_tail = s;
+}
+
+static struct tunnel_stream *sched_pop(struct tunnel *t) {
+  struct tunnel_stream *s = t->sched_head;
+  if (!s) return NULL;
+  t->sched_head = s->snext;
+  if (!t->sched_head) t->sched_tail = NULL;
+  s->snext = NULL;
+  s->in_sched = 0;
+  return s;
+}
+
+static void sched_remove(struct tunnel *t, struct tunnel_stream *s) {
+  if (!s->in_sched) return;
+  struct tunnel_stream *prev = NULL;
+  for (struct tunnel_stream *x = t->sched_head; x; prev = x, x = x->snext) {
+    if (x != s) continue;
+    if (prev)
+      prev->snext = x->snext;
+    else
+      t->sched_head = x->snext;
+    if (t->sched_tail == x) t->sched_tail = prev;
+    break;
+  }
+  s->snext = NULL;
+  s->in_sched = 0;
+}
+
+/* Ask for a scheduler run from the event loop (batched, never reentrant). */
+static void kick(struct tunnel *t) {
+  if (t->sched_queued || t->state == TS_DEAD) return;
+  t->sched_queued = 1;
+  event_active(t->sched_ev, EV_WRITE, 0);
+}
+
+/* ---- stream lifetime ------------------------------------------------------------ */
+
+static void stream_in_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg);
+
+/* Free the memory if both the wire and the user are done with the stream;
+ * deferred while the tunnel is inside a callback. */
+static void stream_release(struct tunnel_stream *s) {
+  if (s->on_wire || !s->user_freed || s->garbage) return;
+  struct tunnel *t = s->t;
+  if (t && t->depth > 0) {
+    s->garbage = 1;
+    s->gnext = t->garbage;
+    t->garbage = s;
+    return;
+  }
+  if (t) sched_remove(t, s);
+  if (t && s->in_all) {
+    if (s->aprev)
+      s->aprev->anext = s->anext;
+    else
+      t->all = s->anext;
+    if (s->anext) s->anext->aprev = s->aprev;
+  }
+  evbuffer_free(s->in);
+  evbuffer_free(s->out);
+  free(s);
+}
+
+/* The stream leaves the wire (done both ways or reset): no more frames for it. */
+static void stream_detach(struct tunnel_stream *s) {
+  struct tunnel *t = s->t;
+  if (t) {
+    map_remove(t, s);
+    sched_remove(t, s);
+  }
+  stream_release(s);
+}
+
+static struct tunnel_stream *stream_new(struct tunnel *t, uint32_t id, int peer_opened) {
+  struct tunnel_stream *s = calloc(1, sizeof *s);
+  if (!s) return NULL;
+  s->t = t;
+  s->id = id;
+  s->peer_opened = peer_opened ? 1 : 0;
+  s->in = evbuffer_new();
+  s->out = evbuffer_new();
+  if (!s->in || !s->out || map_add(t, s) < 0) {
+    if (s->in) evbuffer_free(s->in);
+    if (s->out) evbuffer_free(s->out);
+    free(s);
+    return NULL;
+  }
+  s->send_window = t->peer_window;
+  s->recv_window = t->cfg.stream_window;
+  evbuffer_add_cb(s->in, stream_in_cb, s);
+  s->anext = t->all;
+  if (t->all) t->all->aprev = s;
+  t->all = s;
+  s->in_all = 1;
+  t->stats.streams_opened++;
+  return s;
+}
+
+/* Mark closed, drop queued output and tell the user (unless it already let go).
+ * The caller holds the tunnel's depth, so s stays valid across the callback. */
+static void stream_close_notify(struct tunnel_stream *s, uint32_t code, const char *err) {
+  s->closed = 1;
+  evbuffer_drain(s->out, evbuffer_get_length(s->out));
+  if (!s->user_freed && s->ev) s->ev(s, TUNNEL_STREAM_CLOSED, code, err, s->arg);
+}
+
+/* Reset a live stream from our side: RESET frame, then off the wire. */
+static void stream_reset_send(struct tunnel_stream *s, uint32_t code, const char *reason) {
+  struct tunnel *t = s->t;
+  s->closed = 1;
+  evbuffer_drain(s->out, evbuffer_get_length(s->out));
+  if (t && s->on_wire) {
+    frame_put_reset(bufferevent_get_output(t->carrier), s->id, code, reason);
+    t->stats.frames_out++;
+    t->stats.streams_reset++;
+  }
+  stream_detach(s);
+}
+
+/* Both directions finished cleanly? Then the stream leaves the wire. */
+static void stream_check_done(struct tunnel_stream *s) {
+  if (s->on_wire && s->shut_sent && s->remote_eof && evbuffer_get_length(s->out) == 0)
+    stream_detach(s);
+}
+
+/* The user drained its input: grant the bytes back once a quarter of the window
+ * has been consumed, so the peer never waits on small updates. */
+static void stream_in_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg) {
+  struct tunnel_stream *s = arg;
+  if (info->n_deleted == 0) return;
+  struct tunnel *t = s->t;
+  if (!t || !s->on_wire || s->closed || s->remote_eof || t->state == TS_DEAD) return;
+  s->consumed += (uint32_t)info->n_deleted;
+  if (s->consumed >= t->cfg.stream_window / 4) {
+    frame_put_window(bufferevent_get_output(t->carrier), s->id, s->consumed);
+    t->stats.frames_out++;
+    s->recv_window += s->consumed;
+    s->consumed = 0;
+  }
+}
+
+/* ---- dying ------------------------------------------------------------------------ */
+
+/* Every stream loses its tunnel: live ones get CLOSED(TUNNEL_LOST, err). The
+ * streams are unlinked one at a time before their callback runs, so a callback
+ * may free any stream (or call tunnel_free). */
+static void orphan_streams(struct tunnel *t, const char *err) {
+  char why[600];
+  snprintf(why, sizeof why, "tunnel lost: %s", err);
+  while (t->all) {
+    struct tunnel_stream *s = t->all;
+    t->all = s->anext;
+    if (t->all) t->all->aprev = NULL;
+    s->aprev = s->anext = NULL;
+    s->in_all = 0;
+    int live = s->on_wire && !s->closed;
+    map_remove(t, s);
+    sched_remove(t, s);
+    if (s->garbage) continue; /* already on the garbage list; freed by leave() */
+    s->t = NULL;
+    if (live) {
+      s->closed = 1;
+      evbuffer_drain(s->out, evbuffer_get_length(s->out));
+      if (!s->user_freed && s->ev) {
+        s->ev(s, TUNNEL_STREAM_CLOSED, FRAME_RESET_TUNNEL_LOST, why, s->arg);
+        continue; /* s may be gone now */
+      }
+    }
+    stream_release(s);
+  }
+}
+
+/* Garbage streams still point at t; after orphaning, keep only those. */
+static void stop_everything(struct tunnel *t) {
+  if (t->sched_ev) event_del(t->sched_ev);
+  if (t->ping_ev) event_del(t->ping_ev);
+  if (t->dead_ev) event_del(t->dead_ev);
+  if (t->hs_ev) event_del(t->hs_ev);
+  t->sched_queued = 0;
+  if (t->carrier) bufferevent_disable(t->carrier, EV_READ | EV_WRITE);
+}
+
+/* The tunnel is dead: stop, orphan streams, then on_close. Call only with the
+ * depth held (from an entry point). */
+static void tunnel_die(struct tunnel *t, const char *fmt, ...) {
+  if (t->state == TS_DEAD) return;
+  char err[600];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(err, sizeof err, fmt, ap);
+  va_end(ap);
+  t->state = TS_DEAD;
+  stop_everything(t);
+  log_debug("tunnel %p dead: %s", (void *)t, err);
+  orphan_streams(t, err);
+  if (t->cbs.on_close && !t->free_requested) t->cbs.on_close(t, err, t->arg);
+}
+
+/* Stop reading and scheduling, let the output (ending with a GOAWAY or refusing
+ * WELCOME) drain, then die with reason. A peer that never reads is cut off by
+ * the dead timer. */
+static void start_closing(struct tunnel *t, const char *reason) {
+  if (t->state == TS_DEAD || t->state == TS_CLOSING) return;
+  t->state = TS_CLOSING;
+  snprintf(t->closing_reason, sizeof t->closing_reason, "%s", reason);
+  bufferevent_disable(t->carrier, EV_READ);
+  if (evbuffer_get_length(bufferevent_get_output(t->carrier)) == 0) {
+    tunnel_die(t, "%s", t->closing_reason);
+    return;
+  }
+  bufferevent_setwatermark(t->carrier, EV_WRITE, 0, 0);
+  bufferevent_enable(t->carrier, EV_WRITE);
+}
+
+/* A connection-level protocol violation: GOAWAY(PROTOCOL), flush, die. */
+static void protocol_error(struct tunnel *t, const char *what) {
+  char why[600];
+  frame_put_goaway(bufferevent_get_output(t->carrier), FRAME_RESET_PROTOCOL, what);
+  t->stats.frames_out++;
+  snprintf(why, sizeof why, "protocol error: %s", what);
+  start_closing(t, why);
+}
+
+/* ---- write path ------------------------------------------------------------------------ */
+
+/* Serve streams round-robin while the carrier has room. Fires WRITABLE when a
+ * stream's queue falls to its low mark after having been above its high mark. */
+static void run_scheduler(struct tunnel *t) {
+  if (t->in_sched || t->state != TS_READY) return;
+  t->in_sched = 1;
+  struct evbuffer *cout = bufferevent_get_output(t->carrier);
+  size_t high = t->cfg.stream_window;
+  while (t->sched_head && evbuffer_get_length(cout) < t->cfg.carrier_high &&
+         t->state == TS_READY) {
+    struct tunnel_stream *s = sched_pop(t);
+    size_t len = evbuffer_get_length(s->out);
+    if (len > 0 && s->send_window > 0) {
+      size_t n = len < FRAME_DATA_CHUNK ? len : FRAME_DATA_CHUNK;
+      if ((int64_t)n > s->send_window) n = (size_t)s->send_window;
+      if (frame_put_data_buffer(cout, s->id, s->out, n) < 0) {
+        t->in_sched = 0;
+        tunnel_die(t, "out of memory writing to the carrier");
+        return;
+      }
+      s->send_window -= (int64_t)n;
+      t->stats.bytes_out += n;
+      t->stats.frames_out++;
+      len -= n;
+    }
+    if (len == 0 && s->shut_req && !s->shut_sent) {
+      frame_put_shutdown(cout, s->id);
+      t->stats.frames_out++;
+      s->shut_sent = 1;
+    }
+    if (sched_eligible(s)) sched_push(t, s);
+    if (s->above_high && len <= high / 2) {
+      s->above_high = 0;
+      if (!s->user_freed && !s->closed && s->ev) s->ev(s, TUNNEL_STREAM_WRITABLE, 0, NULL, s->arg);
+    }
+    if (t->state != TS_DEAD) stream_check_done(s);
+  }
+  t->in_sched = 0;
+}
+
+static void sched_cb(evutil_socket_t fd, short what, void *arg) {
+  struct tunnel *t = arg;
+  enter(t);
+  t->sched_queued = 0;
+  run_scheduler(t);
+  leave(t);
+}
+
+static void carrier_write_cb(struct bufferevent *bev, void *arg) {
+  struct tunnel *t = arg;
+  enter(t);
+  if (t->state == TS_CLOSING) {
+    if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+      tunnel_die(t, "%s", t->closing_reason);
+  } else {
+    run_scheduler(t);
+  }
+  leave(t);
+}
+
+/* ---- read path ---------------------------------------------------------------------------- */
+
+static void handle_hello(struct tunnel *t, const uint8_t *p, size_t n) {
+  struct frame_welcome w = {.version = FRAME_PROTOCOL_VERSION, .status = FRAME_WELCOME_OK};
+  struct evbuffer *cout = bufferevent_get_output(t->carrier);
+  if (t->role != TUNNEL_SERVER || t->state != TS_HANDSHAKE) {
+    protocol_error(t, "unexpected HELLO");
+    return;
+  }
+  event_del(t->hs_ev);
+  if (n < 1 || p[0] != FRAME_PROTOCOL_VERSION) {
+    w.status = FRAME_WELCOME_BAD_VERSION;
+    snprintf(w.message, sizeof w.message, "protocol version %u not supported (want %u)",
+             n ? p[0] : 0u, FRAME_PROTOCOL_VERSION);
+  } else if (frame_hello_decode(p, n, &t->hello) < 0) {
+    w.status = FRAME_WELCOME_BAD_KEY;
+    snprintf(w.message, sizeof w.message,
+             "malformed HELLO (the key must be a DNS label: 1-63 of [a-z0-9-])");
+  } else if (t->cbs.on_hello) {
+    w.status = (uint8_t)t->cbs.on_hello(t, &t->hello, w.message, sizeof w.message, t->arg);
+    if (t->state == TS_DEAD) return; /* freed from on_hello */
+  }
+  if (w.status != FRAME_WELCOME_OK) {
+    frame_put_welcome(cout, &w);
+    t->stats.frames_out++;
+    log_info("tunnel: refused HELLO (status %u): %s", w.status, w.message);
+    char why[600];
+    snprintf(why, sizeof why, "refused HELLO (status %u): %s", w.status, w.message);
+    start_closing(t, why);
+    return;
+  }
+  w.window = t->cfg.stream_window;
+  t->peer_window = t->hello.window;
+  frame_put_welcome(cout, &w);
+  t->stats.frames_out++;
+  t->state = TS_READY;
+}
+
+static void handle_welcome(struct tunnel *t, const uint8_t *p, size_t n) {
+  struct frame_welcome w;
+  if (t->role != TUNNEL_CLIENT || t->state != TS_HANDSHAKE) {
+    protocol_error(t, "unexpected WELCOME");
+    return;
+  }
+  if (frame_welcome_decode(p, n, &w) < 0) {
+    protocol_error(t, "malformed WELCOME");
+    return;
+  }
+  event_del(t->hs_ev);
+  if (w.status == FRAME_WELCOME_OK) {
+    t->peer_window = w.window;
+    t->state = TS_READY;
+  }
+  if (t->cbs.on_welcome) t->cbs.on_welcome(t, &w, t->arg);
+  if (t->state == TS_DEAD || w.status == FRAME_WELCOME_OK) return;
+  tunnel_die(t, "refused by agent (status %u): %s", w.status, w.message);
+}
+
+static void handle_open(struct tunnel *t, uint32_t id, const uint8_t *p, size_t n) {
+  struct evbuffer *cout = bufferevent_get_output(t->carrier);
+  struct frame_open o;
+  uint32_t parity = t->role == TUNNEL_CLIENT ? 0 : 1; /* ids the peer opens */
+  if (t->state != TS_READY && t->state != TS_CLOSING) {
+    protocol_error(t, "OPEN before the handshake completed");
+    return;
+  }
+  if (id == 0 || (id & 1) != parity || id <= t->last_peer_id) {
+    protocol_error(t, "OPEN with a stream id of the wrong parity or not increasing");
+    return;
+  }
+  t->last_peer_id = id;
+  const char *refuse = NULL;
+  uint32_t code = FRAME_RESET_REFUSED;
+  if (frame_open_decode(p, n, &o) < 0) {
+    refuse = "malformed OPEN";
+    code = FRAME_RESET_PROTOCOL;
+  } else if (t->state != TS_READY) {
+    refuse = "tunnel is closing";
+  } else if (t->peer_streams >= t->cfg.max_streams) {
+    refuse = "too many streams";
+    code = FRAME_RESET_INTERNAL;
+  } else if (!t->cbs.on_open) {
+    refuse = "this side accepts no streams";
+  }
+  struct tunnel_stream *s = refuse ? NULL : stream_new(t, id, 1);
+  if (!s) {
+    if (!refuse) {
+      refuse = "out of memory";
+      code = FRAME_RESET_INTERNAL;
+    }
+    frame_put_reset(cout, id, code, refuse);
+    t->stats.frames_out++;
+    t->stats.streams_reset++;
+    return;
+  }
+  t->cbs.on_open(t, s, &o, t->arg);
+}
+
+/* A DATA frame: the payload (len bytes, still in `in`) is moved to the stream's
+ * input, or discarded. Exceeding the window resets the stream. */
+static void handle_data(struct tunnel *t, uint32_t id, struct evbuffer *in, uint32_t len) {
+  struct tunnel_stream *s = id ? map_find(t, id) : NULL;
+  struct evbuffer *cout = bufferevent_get_output(t->carrier);
+  if (!s || s->closed) {
+    evbuffer_drain(in, len);
+    if (id == 0) {
+      protocol_error(t, "DATA on stream 0");
+      return;
+    }
+    frame_put_reset(cout, id, FRAME_RESET_CANCEL, "unknown stream");
+    t->stats.frames_out++;
+    return;
+  }
+  if (s->remote_eof) {
+    evbuffer_drain(in, len);
+    stream_reset_send(s, FRAME_RESET_PROTOCOL, "DATA after SHUTDOWN");
+    stream_close_notify(s, FRAME_RESET_PROTOCOL, "peer sent DATA after SHUTDOWN");
+    return;
+  }
+  if (len > s->recv_window) {
+    evbuffer_drain(in, len);
+    char why[128];
+    snprintf(why, sizeof why, "peer sent %u bytes with a window of %u", len, s->recv_window);
+    stream_reset_send(s, FRAME_RESET_FLOW_CONTROL, why);
+    stream_close_notify(s, FRAME_RESET_FLOW_CONTROL, why);
+    return;
+  }
+  s->recv_window -= len;
+  t->stats.bytes_in += len;
+  if (len == 0) return;
+  evbuffer_remove_buffer(in, s->in, len);
+  if (s->user_freed) {
+    evbuffer_drain(s->in, len); /* nobody will read; credit it back */
+  } else if (s->rd) {
+    s->rd(s, s->arg);
+  }
+}
+
+static void handle_shutdown(struct tunnel *t, uint32_t id) {
+  struct tunnel_stream *s = id ? map_find(t, id) : NULL;
+  if (!s || s->closed) {
+    if (id == 0) {
+      protocol_error(t, "SHUTDOWN on stream 0");
+      return;
+    }
+    frame_put_reset(bufferevent_get_output(t->carrier), id, FRAME_RESET_CANCEL, "unknown stream");
+    t->stats.frames_out++;
+    return;
+  }
+  if (s->remote_eof) return;
+  s->remote_eof = 1;
+  if (!s->user_freed && s->ev) s->ev(s, TUNNEL_STREAM_EOF, 0, NULL, s->arg);
+  if (t->state != TS_DEAD && s->on_wire) stream_check_done(s);
+}
+
+static void handle_reset(struct tunnel *t, uint32_t id, const uint8_t *p, size_t n) {
+  struct frame_reason r;
+  if (frame_reason_decode(p, n, &r) < 0) {
+    protocol_error(t, "malformed RESET");
+    return;
+  }
+  struct tunnel_stream *s = id ? map_find(t, id) : NULL;
+  if (!s) return; /* unknown or already finished: ignored */
+  t->stats.streams_reset++;
+  char why[600];
+  if (r.text[0])
+    snprintf(why, sizeof why, "%s", r.text);
+  else
+    snprintf(why, sizeof why, "reset by peer (%s)", frame_reset_name(r.code));
+  s->closed = 1;
+  map_remove(t, s);
+  sched_remove(t, s);
+  stream_close_notify(s, r.code, why);
+  stream_release(s);
+}
+
+static void handle_window(struct tunnel *t, uint32_t id, const uint8_t *p, size_t n) {
+  uint32_t inc;
+  if (frame_window_decode(p, n, &inc) < 0) {
+    protocol_error(t, "malformed WINDOW");
+    return;
+  }
+  struct tunnel_stream *s = id ? map_find(t, id) : NULL;
+  if (!s || s->closed) return;
+  if (s->send_window + inc > (int64_t)WINDOW_LIMIT) {
+    stream_reset_send(s, FRAME_RESET_FLOW_CONTROL, "window grown past 2^31-1");
+    stream_close_notify(s, FRAME_RESET_FLOW_CONTROL, "peer grew the window past 2^31-1");
+    return;
+  }
+  s->send_window += inc;
+  if (sched_eligible(s)) {
+    sched_push(t, s);
+    kick(t);
+  }
+}
+
+static void handle_frame(struct tunnel *t, const struct frame_header *h, struct evbuffer *in) {
+  t->stats.frames_in++;
+  if (h->type == FRAME_DATA) {
+    if (t->state == TS_HANDSHAKE) {
+      evbuffer_drain(in, h->length);
+      protocol_error(t, "DATA before the handshake completed");
+      return;
+    }
+    handle_data(t, h->stream, in, h->length);
+    return;
+  }
+  if (h->length > CONTROL_MAX) {
+    evbuffer_drain(in, h->length);
+    if (h->type >= FRAME_HELLO && h->type <= FRAME_GOAWAY) protocol_error(t, "control frame too long");
+    return; /* unknown types are ignored, whatever their size */
+  }
+  uint8_t *p = t->scratch;
+  evbuffer_remove(in, p, h->length);
+  size_t n = h->length;
+  if (t->state == TS_HANDSHAKE && h->type != FRAME_HELLO && h->type != FRAME_WELCOME &&
+      h->type != FRAME_PING && h->type != FRAME_GOAWAY) {
+    protocol_error(t, "frame before the handshake completed");
+    return;
+  }
+  int stream0 = h->type == FRAME_HELLO || h->type == FRAME_WELCOME || h->type == FRAME_PING ||
+                h->type == FRAME_GOAWAY;
+  if (stream0 && h->stream != 0) {
+    protocol_error(t, "connection frame on a non-zero stream");
+    return;
+  }
+  switch (h->type) {
+    case FRAME_HELLO: handle_hello(t, p, n); break;
+    case FRAME_WELCOME: handle_welcome(t, p, n); break;
+    case FRAME_OPEN: handle_open(t, h->stream, p, n); break;
+    case FRAME_SHUTDOWN:
+      if (n != 0)
+        protocol_error(t, "SHUTDOWN with a payload");
+      else
+        handle_shutdown(t, h->stream);
+      break;
+    case FRAME_RESET: handle_reset(t, h->stream, p, n); break;
+    case FRAME_WINDOW: handle_window(t, h->stream, p, n); break;
+    case FRAME_PING:
+      if (n != 8) {
+        protocol_error(t, "PING payload is not 8 bytes");
+      } else if (!(h->flags & FRAME_FLAG_ACK)) {
+        frame_put_ping(bufferevent_get_output(t->carrier), FRAME_FLAG_ACK, p);
+        t->stats.frames_out++;
+      }
+      break;
+    case FRAME_GOAWAY: {
+      struct frame_reason r;
+      if (frame_reason_decode(p, n, &r) < 0)
+        protocol_error(t, "malformed GOAWAY");
+      else
+        tunnel_die(t, "peer closed the tunnel (%s): %s", frame_reset_name(r.code),
+                   r.text[0] ? r.text : "no reason given");
+      break;
+    }
+    default: break; /* unknown frame types are ignored (docs/protocol.md) */
+  }
+}
+
+/* Parse every whole frame in the carrier's input. */
+static void carrier_read_cb(struct bufferevent *bev, void *arg) {
+  struct tunnel *t = arg;
+  struct evbuffer *in = bufferevent_get_input(bev);
+  enter(t);
+  t->last_rx_ms = now_ms();
+  while (t->state != TS_DEAD && t->state != TS_CLOSING) {
+    size_t have = evbuffer_get_length(in);
+    if (have < FRAME_HEADER_LEN) break;
+    uint8_t hb[FRAME_HEADER_LEN];
+    struct frame_header h;
+    evbuffer_copyout(in, hb, sizeof hb);
+    if (frame_header_decode(hb, &h) < 0) {
+      protocol_error(t, "frame longer than 65536 bytes");
+      break;
+    }
+    if (have < FRAME_HEADER_LEN + (size_t)h.length) {
+      /* Wake up only when the whole frame is there. */
+      bufferevent_setwatermark(bev, EV_READ, FRAME_HEADER_LEN + (size_t)h.length, 0);
+      leave(t);
+      return;
+    }
+    evbuffer_drain(in, FRAME_HEADER_LEN);
+    handle_frame(t, &h, in);
+  }
+  if (t->state != TS_DEAD) bufferevent_setwatermark(bev, EV_READ, 0, 0);
+  if (t->state != TS_DEAD && t->sched_head) run_scheduler(t);
+  leave(t);
+}
+
+static void carrier_event_cb(struct bufferevent *bev, short what, void *arg) {
+  struct tunnel *t = arg;
+  if (what & BEV_EVENT_CONNECTED) return;
+  enter(t);
+  char err[300] = "";
+  unsigned long ssl_err = bufferevent_get_openssl_error(bev);
+  if (ssl_err) {
+    char buf[256];
+    ERR_error_string_n(ssl_err, buf, sizeof buf);
+    snprintf(err, sizeof err, "TLS error: %s", buf);
+    while (bufferevent_get_openssl_error(bev)) {
+    }
+  }
+  if (t->state == TS_CLOSING) {
+    tunnel_die(t, "%s", t->closing_reason);
+  } else if (what & BEV_EVENT_EOF) {
+    tunnel_die(t, "carrier closed by peer%s%s", err[0] ? ": " : "", err);
+  } else if (what & BEV_EVENT_ERROR) {
+    int e = EVUTIL_SOCKET_ERROR();
+    if (err[0])
+      tunnel_die(t, "carrier error: %s", err);
+    else
+      tunnel_die(t, "carrier error: %s", e ? evutil_socket_error_to_string(e) : "unknown");
+  } else if (what & BEV_EVENT_TIMEOUT) {
+    tunnel_die(t, "carrier timed out");
+  }
+  leave(t);
+}
+
+/* ---- timers -------------------------------------------------------------------------------------- */
+
+static void ping_cb(evutil_socket_t fd, short what, void *arg) {
+  struct tunnel *t = arg;
+  enter(t);
+  if (t->state == TS_READY || t->state == TS_HANDSHAKE) {
+    uint8_t op[8];
+    uint64_t seq = ++t->ping_seq;
+    for (int i = 0; i < 8; i++) op[i] = (uint8_t)(seq >> (56 - 8 * i));
+    frame_put_ping(bufferevent_get_output(t->carrier), 0, op);
+    t->stats.frames_out++;
+  }
+  leave(t);
+}
+
+/* Fires dead_after after the last read; re-armed for the rest if bytes came since. */
+static void dead_cb(evutil_socket_t fd, short what, void *arg) {
+  struct tunnel *t = arg;
+  enter(t);
+  uint64_t idle = now_ms() - t->last_rx_ms;
+  if (t->state == TS_CLOSING && idle >= t->cfg.dead_after_ms) {
+    tunnel_die(t, "%s (the peer did not read the GOAWAY)", t->closing_reason);
+  } else if (idle >= t->cfg.dead_after_ms) {
+    tunnel_die(t, "peer silent for %llu s", (unsigned long long)(idle + 500) / 1000);
+  } else {
+    struct timeval tv = ms_tv(t->cfg.dead_after_ms - idle);
+    event_add(t->dead_ev, &tv);
+  }
+  leave(t);
+}
+
+static void hs_cb(evutil_socket_t fd, short what, void *arg) {
+  struct tunnel *t = arg;
+  enter(t);
+  if (t->state == TS_HANDSHAKE)
+    tunnel_die(t, "no %s within %d s", t->role == TUNNEL_SERVER ? "HELLO" : "WELCOME",
+               HANDSHAKE_TIMEOUT_MS / 1000);
+  leave(t);
+}
+
+/* ---- public: tunnel -------------------------------------------------------------------------------- */
+
+struct tunnel *tunnel_new(struct event_base *base, struct bufferevent *carrier,
+                          enum tunnel_role role, const struct tunnel_config *cfg,
+                          const struct frame_hello *hello, const struct tunnel_cbs *cbs,
+                          void *arg) {
+  struct tunnel *t = calloc(1, sizeof *t);
+  if (!t) {
+    bufferevent_free(carrier);
+    return NULL;
+  }
+  t->base = base;
+  t->carrier = carrier;
+  t->role = role;
+  t->state = TS_HANDSHAKE;
+  if (cfg)
+    t->cfg = *cfg;
+  else
+    tunnel_config_default(&t->cfg);
+  if (t->cfg.stream_window == 0 || t->cfg.stream_window > WINDOW_LIMIT)
+    t->cfg.stream_window = 256u * 1024u;
+  if (t->cfg.carrier_high < 2 * (FRAME_DATA_CHUNK + FRAME_HEADER_LEN))
+    t->cfg.carrier_high = 2 * (FRAME_DATA_CHUNK + FRAME_HEADER_LEN);
+  if (cbs) t->cbs = *cbs;
+  t->arg = arg;
+  t->next_id = role == TUNNEL_CLIENT ? 1 : 2;
+  t->map_size = 64;
+  t->map = calloc(t->map_size, sizeof *t->map);
+  t->sched_ev = event_new(base, -1, 0, sched_cb, t);
+  t->ping_ev = event_new(base, -1, EV_PERSIST, ping_cb, t);
+  t->dead_ev = event_new(base, -1, 0, dead_cb, t);
+  t->hs_ev = event_new(base, -1, 0, hs_cb, t);
+  if (!t->map || !t->sched_ev || !t->ping_ev || !t->dead_ev || !t->hs_ev) goto fail;
+  if (role == TUNNEL_CLIENT) {
+    if (!hello) goto fail;
+    t->hello = *hello;
+    t->hello.version = FRAME_PROTOCOL_VERSION;
+    t->hello.window = t->cfg.stream_window; /* the window we grant is our config's */
+    if (frame_put_hello(bufferevent_get_output(carrier), &t->hello) < 0) goto fail;
+    t->stats.frames_out++;
+  }
+  t->last_rx_ms = now_ms();
+  bufferevent_setcb(carrier, carrier_read_cb, carrier_write_cb, carrier_event_cb, t);
+  bufferevent_setwatermark(carrier, EV_WRITE, t->cfg.carrier_high / 2, 0);
+  bufferevent_set_max_single_read(carrier, 256 * 1024);
+  bufferevent_set_max_single_write(carrier, 256 * 1024);
+  bufferevent_enable(carrier, EV_READ | EV_WRITE);
+  struct timeval hs = ms_tv(HANDSHAKE_TIMEOUT_MS), ping = ms_tv(t->cfg.ping_interval_ms),
+                 dead = ms_tv(t->cfg.dead_after_ms);
+  event_add(t->hs_ev, &hs);
+  if (t->cfg.ping_interval_ms) event_add(t->ping_ev, &ping);
+  if (t->cfg.dead_after_ms) event_add(t->dead_ev, &dead);
+  return t;
+fail:
+  t->state = TS_DEAD;
+  tunnel_destroy(t);
+  return NULL;
+}
+
+/* Release everything: streams lose their tunnel, the carrier is freed. */
+static void tunnel_destroy(struct tunnel *t) {
+  orphan_streams(t, "tunnel freed");
+  while (t->garbage) { /* only reachable if destroy runs with garbage pending */
+    struct tunnel_stream *s = t->garbage;
+    t->garbage = s->gnext;
+    s->garbage = 0;
+    s->t = NULL;
+    stream_release(s);
+  }
+  if (t->sched_ev) event_free(t->sched_ev);
+  if (t->ping_ev) event_free(t->ping_ev);
+  if (t->dead_ev) event_free(t->dead_ev);
+  if (t->hs_ev) event_free(t->hs_ev);
+  if (t->carrier) bufferevent_free(t->carrier);
+  free(t->map);
+  free(t);
+}
+
+void tunnel_free(struct tunnel *t) {
+  if (!t || t->free_requested) return;
+  t->free_requested = 1;
+  enter(t);
+  if (t->state != TS_DEAD) {
+    if (t->state == TS_READY || t->state == TS_HANDSHAKE)
+      frame_put_goaway(bufferevent_get_output(t->carrier), FRAME_RESET_CANCEL, "tunnel closed");
+    t->state = TS_DEAD;
+    stop_everything(t);
+  }
+  orphan_streams(t, "tunnel closed locally");
+  leave(t); /* destroys now, or when the outermost callback returns */
+}
+
+void tunnel_goaway(struct tunnel *t, uint32_t code, const char *reason) {
+  if (t->state == TS_DEAD || t->state == TS_CLOSING) return;
+  char why[600];
+  frame_put_goaway(bufferevent_get_output(t->carrier), code, reason);
+  t->stats.frames_out++;
+  snprintf(why, sizeof why, "closed locally (GOAWAY %s): %s", frame_reset_name(code),
+           reason ? reason : "");
+  enter(t);
+  start_closing(t, why);
+  leave(t);
+}
+
+int tunnel_ready(const struct tunnel *t) { return t->state == TS_READY; }
+
+const struct frame_hello *tunnel_peer_hello(const struct tunnel *t) {
+  return t->role == TUNNEL_SERVER && t->state != TS_HANDSHAKE ? &t->hello : NULL;
+}
+
+struct bufferevent *tunnel_carrier(struct tunnel *t) { return t->carrier; }
+size_t tunnel_stream_count(const struct tunnel *t) { return t->on_wire; }
+void tunnel_set_arg(struct tunnel *t, void *arg) { t->arg = arg; }
+void tunnel_get_stats(const struct tunnel *t, struct tunnel_stats *out) { *out = t->stats; }
+
+/* ---- public: streams ----------------------------------------------------------------------------- */
+
+struct tunnel_stream *tunnel_stream_open(struct tunnel *t, const struct frame_open *o) {
+  if (t->state != TS_READY || t->next_id > WINDOW_LIMIT) return NULL;
+  struct tunnel_stream *s = stream_new(t, t->next_id, 0);
+  if (!s) return NULL;
+  if (frame_put_open(bufferevent_get_output(t->carrier), s->id, o) < 0) {
+    s->user_freed = 1; /* never seen by the peer or the user */
+    s->closed = 1;
+    t->stats.streams_opened--;
+    stream_detach(s);
+    return NULL;
+  }
+  t->next_id += 2;
+  t->stats.frames_out++;
+  return s;
+}
+
+void tunnel_stream_setcb(struct tunnel_stream *s, tunnel_stream_read_cb rd,
+                         tunnel_stream_event_cb ev, void *arg) {
+  s->rd = rd;
+  s->ev = ev;
+  s->arg = arg;
+}
+
+struct evbuffer *tunnel_stream_input(struct tunnel_stream *s) { return s->in; }
+
+static int can_write(const struct tunnel_stream *s) {
+  return s->t && s->on_wire && !s->closed && !s->shut_req && s->t->state == TS_READY;
+}
+
+static void after_write(struct tunnel_stream *s) {
+  if (evbuffer_get_length(s->out) > s->t->cfg.stream_window) s->above_high = 1;
+  if (sched_eligible(s)) {
+    sched_push(s->t, s);
+    kick(s->t);
+  }
+}
+
+int tunnel_stream_write(struct tunnel_stream *s, const void *data, size_t len) {
+  if (!can_write(s)) return -1;
+  if (len && evbuffer_add(s->out, data, len) < 0) return -1;
+  after_write(s);
+  return 0;
+}
+
+int tunnel_stream_write_buffer(struct tunnel_stream *s, struct evbuffer *src) {
+  if (!can_write(s)) return -1;
+  if (evbuffer_add_buffer(s->out, src) < 0) return -1;
+  after_write(s);
+  return 0;
+}
+
+size_t tunnel_stream_pending(const struct tunnel_stream *s) { return evbuffer_get_length(s->out); }
+
+size_t tunnel_stream_high(const struct tunnel_stream *s) {
+  return s->t ? s->t->cfg.stream_window : 256u * 1024u;
+}
+
+void tunnel_stream_shutdown(struct tunnel_stream *s) {
+  if (s->shut_req || s->closed || !s->t || !s->on_wire) return;
+  s->shut_req = 1;
+  if (sched_eligible(s)) {
+    sched_push(s->t, s);
+    kick(s->t);
+  }
+}
+
+void tunnel_stream_reset(struct tunnel_stream *s, uint32_t code, const char *reason) {
+  if (s->closed || !s->on_wire || !s->t) {
+    s->closed = 1;
+    return;
+  }
+  stream_reset_send(s, code, reason);
+}
+
+void tunnel_stream_free(struct tunnel_stream *s) {
+  if (!s || s->user_freed) return;
+  s->user_freed = 1;
+  s->rd = NULL;
+  s->ev = NULL;
+  evbuffer_remove_cb(s->in, stream_in_cb, s);
+  if (s->on_wire && !s->closed && !(s->shut_req && s->remote_eof)) {
+    stream_reset_send(s, FRAME_RESET_CANCEL, "stream closed");
+    return; /* released by stream_detach */
+  }
+  if (s->on_wire) evbuffer_drain(s->in, evbuffer_get_length(s->in));
+  stream_release(s);
+}
+
+uint32_t tunnel_stream_id(const struct tunnel_stream *s) { return s->id; }
+struct tunnel *tunnel_stream_tunnel(const struct tunnel_stream *s) { return s->t; }
+int tunnel_stream_closed(const struct tunnel_stream *s) { return s->closed; }
+int tunnel_stream_eof(const struct tunnel_stream *s) { return s->remote_eof; }
