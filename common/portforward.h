@@ -1,0 +1,138 @@
+/* portforward.h: a byte stream to one port of a pod, through the Kubernetes API
+ * server's port-forward WebSocket (the tunnel's default carrier).
+ *
+ * pf_connect() dials the API server (TCP, then TLS verified with the caller's
+ * SSL_CTX), sends
+ *   GET PREFIX/api/v1/namespaces/NS/pods/POD/portforward?ports=PORT
+ * as a WebSocket upgrade with subprotocol v4.channel.k8s.io (and a bearer token
+ * if one is given), checks the 101 answer, and hands back a bufferevent that
+ * reads and writes the raw bytes of the pod's port. The WebSocket framing is a
+ * bufferevent_filter over the API-server TLS bufferevent:
+ *   - input: server frames are decoded as a stream (a frame's payload is never
+ *     buffered whole), the channel byte and the two 2-byte port announcements are
+ *     stripped, channel 0 bytes go to the carrier's input, channel 1 bytes are the
+ *     kubelet's error text. Pings are answered with pongs; close frames with a
+ *     close frame. Fragmented messages, 7/16/64-bit lengths are handled; a
+ *     declared payload above max_frame is a protocol error.
+ *   - output: bytes written to the carrier are sent as masked binary frames
+ *     (fresh random key per frame) whose payload starts with channel byte 0.
+ * The tunnel then runs its own TLS on top:
+ *   bufferevent_openssl_filter_new(base, carrier, ssl, BUFFEREVENT_SSL_CONNECTING,
+ *                                  BEV_OPT_CLOSE_ON_FREE)
+ *
+ * Events on the carrier (its event callback, as for any bufferevent):
+ *   BEV_EVENT_EOF|READING    the server closed the WebSocket normally (close code
+ *                            1000/1001 or none), or the TCP/TLS connection ended.
+ *                            All data that came before it has been delivered.
+ *   BEV_EVENT_ERROR|READING  the kubelet sent an error on the error channel (e.g.
+ *                            "... dial tcp 127.0.0.1:5000: connect: connection
+ *                            refused"), the server closed with an error code, or
+ *                            the server broke the WebSocket protocol.
+ *                            pf_carrier_error() says which, in words.
+ *   BEV_EVENT_ERROR (other)  the API-server connection itself failed (passed up
+ *                            from the TLS bufferevent below).
+ * After an EOF/ERROR raised by this module nothing more is read.
+ *
+ * Backpressure: the carrier starts with read and write high watermarks of
+ * PF_DEFAULT_HIGH; the input filter never puts more than the room below the read
+ * high mark into the input (a frame's payload is moved in pieces), and the output
+ * filter stops when the API-server connection's output holds PF_DEFAULT_HIGH
+ * bytes (it may exceed that by at most one frame, PF_MAX_OUT_FRAME + 15 bytes).
+ * Callers may change the carrier's watermarks.
+ *
+ * Half-close: the port-forward protocol has no way to close only the sending
+ * direction, so there is none here. bufferevent_flush(carrier, EV_WRITE,
+ * BEV_FINISHED) sends a close frame after the pending bytes; freeing the carrier
+ * just closes the connection (the tunnel's TLS close_notify above says "done").
+ *
+ * Not supported: plain http:// servers (kubectl proxy), HTTP proxies
+ * (HTTPS_PROXY), the base64 subprotocol, several ports per connection. */
+#ifndef KB_PORTFORWARD_H
+#define KB_PORTFORWARD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <openssl/ssl.h>
+
+struct event_base;
+struct evdns_base;
+struct bufferevent;
+struct pf_connecting;
+
+#define PF_SUBPROTOCOL "v4.channel.k8s.io"
+#define PF_DEFAULT_HIGH (256 * 1024)       /* default carrier watermarks */
+#define PF_MAX_OUT_FRAME (64 * 1024)       /* largest payload of a frame we send */
+#define PF_DEFAULT_MAX_FRAME (16u << 20)   /* largest payload accepted from the server */
+#define PF_DEFAULT_TIMEOUT_MS 30000        /* connect + TLS + upgrade answer */
+
+/* Where to connect. Strings are copied by pf_connect(); the SSL_CTX is
+ * referenced (SSL_new) and must outlive the call only. */
+struct pf_target {
+  const char *server_url;      /* "https://host[:port][/prefix]", port 443 if absent;
+                                * host may be a name, IPv4 or [IPv6] */
+  SSL_CTX *ssl_ctx;            /* client context: verifies the API server (the caller
+                                * sets SSL_VERIFY_PEER and the cluster CA, or not for
+                                * insecure-skip-tls-verify) and holds the client
+                                * certificate/key if the kubeconfig has one */
+  const char *tls_server_name; /* name to verify and send as SNI; NULL: the URL host
+                                * (an IP host is checked against IP SANs, no SNI) */
+  const char *bearer_token;    /* "Authorization: Bearer ..." or NULL */
+  const char *ns;              /* namespace (DNS label) */
+  const char *pod;             /* pod name (DNS subdomain) */
+  uint16_t port;               /* pod port, 1..65535 */
+  unsigned timeout_ms;         /* 0: PF_DEFAULT_TIMEOUT_MS */
+  size_t max_frame;            /* 0: PF_DEFAULT_MAX_FRAME */
+};
+
+/* Called exactly once per successful pf_connect() (never for a cancelled one).
+ * Success: carrier != NULL, err == NULL, http_status == 101. The caller owns the
+ *   carrier (bufferevent_free() closes everything) and must set its callbacks
+ *   and enable EV_READ (the openssl filter on top does that). Bytes the server
+ *   sent right after the 101 are decoded once the carrier is read-enabled.
+ * Failure: carrier == NULL and err says what went wrong, for the user, e.g.
+ *   "port-forward to pod shop/api-7d9 port 5000: HTTP 403 Forbidden: pods
+ *   \"api-7d9\" is forbidden: User \"dev\" cannot get resource
+ *   \"pods/portforward\" in API group \"\" in the namespace \"shop\"";
+ *   http_status is the HTTP status if an HTTP answer came (401, 403, 404, ...),
+ *   else 0 (DNS, TCP, TLS, timeout). err is valid during the call only.
+ * The pf_connecting handle is invalid from the moment this is called. */
+typedef void (*pf_ready_cb)(struct bufferevent *carrier, const char *err, int http_status,
+                            void *arg);
+
+/* Start connecting. dns may be NULL (blocking getaddrinfo). Returns a handle for
+ * pf_connect_cancel(), or NULL with the reason in err (errlen bytes) when the
+ * target is invalid (bad URL, namespace/pod name, port, token with control
+ * characters, no ssl_ctx) or on allocation failure; cb is then never called. */
+struct pf_connecting *pf_connect(struct event_base *base, struct evdns_base *dns,
+                                 const struct pf_target *t, pf_ready_cb cb, void *arg,
+                                 char *err, size_t errlen);
+
+/* Abort a connect in progress: everything is freed and cb is never called. Must
+ * not be called once cb has been called (the handle is gone then). */
+void pf_connect_cancel(struct pf_connecting *c);
+
+/* Why the carrier reported EOF/ERROR, if this module raised it: the kubelet's
+ * error-channel text, the server's close code and reason, or the protocol
+ * violation. NULL if the carrier has ended for no such reason (yet), or if bev
+ * is not a carrier made by pf_connect(). Valid while the carrier lives; the
+ * tunnel above can reach it with
+ *   pf_carrier_error(bufferevent_get_underlying(tunnel_carrier(t)))
+ * from its on_close callback. */
+const char *pf_carrier_error(struct bufferevent *carrier);
+
+/* Counters of one carrier, for logs and tests. Returns 0, or -1 if bev is not a
+ * carrier made by pf_connect(). */
+struct pf_stats {
+  uint64_t frames_in, frames_out; /* WebSocket frames received / sent (all opcodes) */
+  uint64_t bytes_in, bytes_out;   /* channel-0 payload bytes delivered / sent */
+  uint64_t pings;                 /* pings answered */
+};
+int pf_carrier_stats(struct bufferevent *carrier, struct pf_stats *out);
+
+/* The Sec-WebSocket-Accept value for a Sec-WebSocket-Key (RFC 6455 4.2.2):
+ * base64(SHA-1(key + GUID)), NUL-terminated into out (>= 29 bytes). Exposed for
+ * tests. Returns 0, or -1 if out is too small. */
+int pf_ws_accept(const char *key, char *out, size_t outlen);
+
+#endif
