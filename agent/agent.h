@@ -24,6 +24,7 @@ struct route_table;
 struct ssl_ctx_st;
 struct agent_tunnel;
 struct evhttp;
+struct downstream;
 
 /* Write watermarks used on every forwarding path: stop reading the source when
  * the destination has more than AGENT_HIGH_WATER bytes queued, resume when it is
@@ -47,6 +48,8 @@ struct agent {
   struct metrics stats;
   struct pool fallback_pool;      /* idle keep-alive connections to --fallback */
   TAILQ_HEAD(, agent_tunnel) tunnels; /* every live tunnel, registered or not */
+  TAILQ_HEAD(ds_list, downstream) clients; /* HTTP/sniffing client connections */
+  TAILQ_HEAD(sp_list, agent_splice) splices; /* live raw pipes (raw, upgraded, outbound) */
   struct evbuffer *scratch;       /* temporary buffer for one call; always left empty */
 
   struct agent_listener listeners[AGENT_MAX_LISTEN];
@@ -69,5 +72,15 @@ struct agent {
  * stats.connections_open and the --max-conns cap. */
 void agent_conn_opened(struct agent *ag);
 void agent_conn_closed(struct agent *ag);
+
+/* Join a and b with a splice (splice.h) the agent keeps track of, so it can be
+ * aborted at exit. kind says what to count when it ends: a client connection
+ * (bytes + connections_open) or an outbound stream (streams_open). Returns 0, or
+ * -1 if the splice could not start. */
+enum agent_splice_kind { AGENT_SPLICE_CLIENT, AGENT_SPLICE_OUTBOUND };
+struct splice_end;
+int agent_splice(struct agent *ag, struct splice_end a, struct splice_end b,
+                 enum agent_splice_kind kind);
+void agent_splices_abort(struct agent *ag);
 
 #endif

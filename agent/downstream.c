@@ -79,6 +79,7 @@ struct downstream {
   char route[DNS_LABEL_MAX + 1]; /* the current request's key, "" = fallback */
   uint8_t method;
   unsigned busy;
+  TAILQ_ENTRY(downstream) link; /* in ag->clients until freed or handed off */
 
   unsigned dead : 1;         /* ds_close() called; freed when busy drops to 0 */
   unsigned handed_off : 1;   /* bev belongs to a splice now */
@@ -119,6 +120,7 @@ static void ds_close(struct downstream *ds) {
 }
 
 static void ds_free(struct downstream *ds) {
+  if (!ds->handed_off) TAILQ_REMOVE(&ds->ag->clients, ds, link);
   if (ds->timer) event_free(ds->timer);
   if (ds->up) upstream_free(ds->up);
   if (ds->bev && !ds->handed_off) bufferevent_free(ds->bev);
@@ -262,14 +264,6 @@ static const llhttp_settings_t resp_settings = {
 
 /* --- handing a connection to a splice -------------------------------------------- */
 
-static void splice_done(const char *err, size_t a_to_b, size_t b_to_a, void *arg) {
-  struct agent *ag = arg;
-  ag->stats.bytes_request += a_to_b;
-  ag->stats.bytes_response += b_to_a;
-  if (err) log_debug("spliced connection ended: %s", err);
-  agent_conn_closed(ag);
-}
-
 /* Client and upstream become one raw byte pipe (raw mode, or after a 101).
  * Bytes already buffered on either side are forwarded by the splice. */
 static void hand_to_splice(struct downstream *ds) {
@@ -281,8 +275,9 @@ static void hand_to_splice(struct downstream *ds) {
   struct splice_end a = {ds->bev, NULL};
   struct splice_end b = upstream_release(u);
   ds->handed_off = 1;
+  TAILQ_REMOVE(&ds->ag->clients, ds, link);
   ds->state = DS_UPGRADED;
-  if (!splice_new(a, b, splice_done, ds->ag)) {
+  if (agent_splice(ds->ag, a, b, AGENT_SPLICE_CLIENT) < 0) {
     log_err("%s: cannot start a splice (out of memory)", ds->peer);
     agent_conn_closed(ds->ag);
   }
@@ -895,9 +890,15 @@ int downstream_accept(struct agent *ag, evutil_socket_t fd, const struct sockadd
   ds->state = DS_SNIFF;
   addr_format_sa(sa, ds->peer, sizeof ds->peer);
   agent_conn_opened(ag);
+  TAILQ_INSERT_TAIL(&ag->clients, ds, link);
   bufferevent_setcb(ds->bev, client_read, client_write, client_event, ds);
   bufferevent_setwatermark(ds->bev, EV_WRITE, AGENT_LOW_WATER, 0);
   bufferevent_enable(ds->bev, EV_READ | EV_WRITE);
   set_timer(ds, ag->opt->sniff_timeout_ms);
   return 0;
+}
+
+void downstream_close_all(struct agent *ag) {
+  struct downstream *ds;
+  while ((ds = TAILQ_FIRST(&ag->clients))) ds_free(ds);
 }

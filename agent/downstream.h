@@ -20,4 +20,8 @@ struct sockaddr;
 int downstream_accept(struct agent *ag, evutil_socket_t fd, const struct sockaddr *sa,
                       uint16_t port);
 
+/* Free every client connection still owned here (at exit; spliced ones belong
+ * to their splice). */
+void downstream_close_all(struct agent *ag);
+
 #endif

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/dns.h>
 #include <event2/event.h>
 #include <event2/listener.h>
@@ -23,6 +24,8 @@
 #include "metrics.h"
 #include "options.h"
 #include "route_table.h"
+#include "splice.h"
+#include "tunnel.h"
 #include "tls.h"
 #include "tunnels.h"
 
@@ -51,6 +54,56 @@ void agent_conn_closed(struct agent *ag) {
     ag->accept_paused_cap = 0;
     update_listeners(ag);
   }
+}
+
+struct agent_splice {
+  struct agent *ag;
+  struct splice *sp;
+  enum agent_splice_kind kind;
+  TAILQ_ENTRY(agent_splice) link;
+};
+
+static void splice_done(const char *err, size_t a_to_b, size_t b_to_a, void *arg) {
+  struct agent_splice *as = arg;
+  struct agent *ag = as->ag;
+  TAILQ_REMOVE(&ag->splices, as, link);
+  if (as->kind == AGENT_SPLICE_CLIENT) {
+    ag->stats.bytes_request += a_to_b;
+    ag->stats.bytes_response += b_to_a;
+    agent_conn_closed(ag);
+  } else {
+    ag->stats.streams_open--;
+  }
+  if (err) log_debug("spliced connection ended: %s", err);
+  free(as);
+}
+
+int agent_splice(struct agent *ag, struct splice_end a, struct splice_end b,
+                 enum agent_splice_kind kind) {
+  struct agent_splice *as = calloc(1, sizeof *as);
+  if (!as) {
+    /* splice_new() would own and free the ends; without memory, free them here */
+    if (a.bev) bufferevent_free(a.bev);
+    if (a.stream) tunnel_stream_free(a.stream);
+    if (b.bev) bufferevent_free(b.bev);
+    if (b.stream) tunnel_stream_free(b.stream);
+    return -1;
+  }
+  as->ag = ag;
+  as->kind = kind;
+  TAILQ_INSERT_TAIL(&ag->splices, as, link);
+  as->sp = splice_new(a, b, splice_done, as);
+  if (!as->sp) {
+    TAILQ_REMOVE(&ag->splices, as, link);
+    free(as);
+    return -1;
+  }
+  return 0;
+}
+
+void agent_splices_abort(struct agent *ag) {
+  struct agent_splice *as;
+  while ((as = TAILQ_FIRST(&ag->splices))) splice_abort(as->sp, "agent exiting");
 }
 
 static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
@@ -160,6 +213,8 @@ int main(int argc, char **argv) {
   memset(&ag, 0, sizeof ag);
   ag.opt = &opt;
   TAILQ_INIT(&ag.tunnels);
+  TAILQ_INIT(&ag.clients);
+  TAILQ_INIT(&ag.splices);
   route_config_default(&ag.rcfg);
   snprintf(ag.rcfg.header, sizeof ag.rcfg.header, "%s", opt.route_header);
   int rc = 1;
@@ -238,6 +293,10 @@ int main(int argc, char **argv) {
 
   /* Orderly teardown so sanitizers see what is still owned. */
   for (size_t i = 0; i < ag.nlisteners; i++) evconnlistener_free(ag.listeners[i].lev);
+  downstream_close_all(&ag);
+  agent_splices_abort(&ag);
+  if (ag.tunnel_lev) evconnlistener_free(ag.tunnel_lev);
+  tunnels_free_all(&ag);
   pool_clear(&ag.fallback_pool);
   metrics_stop(&ag);
   event_free(sigint);
@@ -245,6 +304,11 @@ int main(int argc, char **argv) {
   event_free(ag.sweep);
   event_free(ag.accept_backoff);
   metrics_free(&ag.stats);
+  route_table_free(ag.routes);
+  SSL_CTX_free(ssl);
+  evbuffer_free(ag.scratch);
+  evdns_base_free(ag.dns, 0);
+  event_base_free(ag.base);
   log_info("stopped");
   return rc;
 }

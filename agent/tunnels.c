@@ -62,12 +62,6 @@ static void outbound_stream_event(struct tunnel_stream *s, int what, uint32_t co
   }
 }
 
-static void outbound_done(const char *err, size_t a_to_b, size_t b_to_a, void *arg) {
-  struct agent *ag = arg;
-  ag->stats.streams_open--;
-  if (err) log_debug("outbound stream ended: %s", err);
-}
-
 static void outbound_up_event(struct upstream *u, int what, void *arg) {
   struct outbound *ob = arg;
   struct agent *ag = ob->ag;
@@ -77,7 +71,7 @@ static void outbound_up_event(struct upstream *u, int what, void *arg) {
     struct splice_end a = {NULL, ob->s};
     struct splice_end b = upstream_release(u);
     free(ob);
-    if (!splice_new(a, b, outbound_done, ag)) ag->stats.streams_open--;
+    if (agent_splice(ag, a, b, AGENT_SPLICE_OUTBOUND) < 0) ag->stats.streams_open--;
     return;
   }
   if (what & (UPSTREAM_EV_ERROR | UPSTREAM_EV_EOF)) {
@@ -284,5 +278,20 @@ void tunnels_shutdown(struct agent *ag) {
   struct agent_tunnel *at;
   TAILQ_FOREACH(at, &ag->tunnels, link) {
     if (at->t) tunnel_goaway(at->t, 0, "agent shutting down");
+  }
+}
+
+void tunnels_free_all(struct agent *ag) {
+  struct agent_tunnel *at;
+  while ((at = TAILQ_FIRST(&ag->tunnels))) {
+    TAILQ_REMOVE(&ag->tunnels, at, link);
+    pool_clear(&at->pool);
+    if (at->registered) route_table_remove(ag->routes, at->key, at);
+    at->registered = 0;
+    struct tunnel *t = at->t;
+    at->t = NULL;
+    if (t) tunnel_free(t);
+    ag->stats.tunnels--;
+    agent_tunnel_unref(at);
   }
 }

@@ -42,5 +42,7 @@ void agent_tunnel_ref(struct agent_tunnel *at);
 void agent_tunnel_unref(struct agent_tunnel *at);
 /* Shutdown: stop accepting, GOAWAY every tunnel. */
 void tunnels_shutdown(struct agent *ag);
+/* At exit: free every tunnel without callbacks. */
+void tunnels_free_all(struct agent *ag);
 
 #endif
