@@ -193,16 +193,6 @@ static const char *trim(const char *s, size_t *len) {
   return s;
 }
 
-/* Does the Transfer-Encoding list (all its lines together) end in "chunked"?
- * Only the last coding of the last line matters. */
-static int te_ends_chunked(const char *v, size_t len) {
-  size_t start = len;
-  while (start > 0 && v[start - 1] != ',') start--;
-  size_t n = len - start;
-  const char *last = trim(v + start, &n);
-  return n == 7 && ieq(last, "chunked", 7);
-}
-
 /* RFC 9110 token: one or more tchar. */
 static int is_token(const char *s, size_t len) {
   static const char extra[] = "!#$%&'*+-.^_`|~";
@@ -214,6 +204,27 @@ static int is_token(const char *s, size_t len) {
       return 0;
   }
   return 1;
+}
+
+/* Walk one Transfer-Encoding line's codings, continuing *chunked (1 when the
+ * last coding so far is "chunked") across lines. Every coding must be a bare
+ * token and "chunked" may only come last: anything else is refused, since a
+ * parser that reads such a list differently (or an obs-fold llhttp joined
+ * into it) is how bodies get smuggled. Empty list elements are skipped
+ * (RFC 9110 5.6.1). Returns 0 or -1. */
+static int te_scan(const char *v, size_t len, int *chunked) {
+  size_t i = 0;
+  while (i < len) {
+    size_t j = i;
+    while (j < len && v[j] != ',') j++;
+    size_t n = j - i;
+    const char *c = trim(v + i, &n);
+    i = j + 1;
+    if (n == 0) continue;
+    if (*chunked || !is_token(c, n)) return -1;
+    *chunked = n == 7 && ieq(c, "chunked", 7);
+  }
+  return 0;
 }
 
 int http_head_check_request(const struct http_head *h, const char **err) {
@@ -258,7 +269,10 @@ int http_head_check_request(const struct http_head *h, const char **err) {
       cl_len = n;
     } else if (http_head_field_is(h, i, "transfer-encoding", 17)) {
       nte++;
-      te_chunked = te_ends_chunked(v, f->value_len);
+      if (te_scan(v, f->value_len, &te_chunked) < 0) {
+        *err = "Transfer-Encoding with a coding after chunked, or one that is not a token";
+        return -1;
+      }
     } else if (http_head_field_is(h, i, "host", 4)) {
       nhost++;
     }

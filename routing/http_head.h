@@ -69,8 +69,10 @@ int http_head_write_request_skip(const struct http_head *h, const char *skip, co
  * version other than 1.0 and 1.1; a field name that is not a token (llhttp 8.1
  * accepts "Name : value", RFC 9112 says reject); several
  * Content-Length lines that differ, or one that is not a plain number;
- * Transfer-Encoding together with Content-Length; a Transfer-Encoding whose last
- * coding is not "chunked"; Transfer-Encoding in HTTP/1.0; more than one Host;
+ * Transfer-Encoding together with Content-Length; a Transfer-Encoding (all its
+ * lines as one list) whose last coding is not "chunked", that has "chunked"
+ * anywhere else, or a coding that is not a bare token; Transfer-Encoding in
+ * HTTP/1.0; more than one Host;
  * a field value holding CR, LF or NUL (obsolete line folding). Returns 0, or -1
  * with *err naming the problem (the caller answers 400 and closes). */
 int http_head_check_request(const struct http_head *h, const char **err);

@@ -133,7 +133,16 @@ static void test_parse_cases(void) {
       {"POST / HTTP/1.1\r\nHost: a\r\nX-Anything : 1\r\n\r\n", -1, "token"},
       {"GET / HTTP/1.1\r\nHost : a\r\n\r\n", -1, "token"},
       {"GET / HTTP/2.0\r\nHost: a\r\n\r\n", -1, "version"},
+      {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+       -1, NULL},
+      {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip;q=1, chunked\r\n\r\n", -1, "token"},
+      {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: g\xff, chunked\r\n\r\n", -1, "token"},
+      /* obs-fold inside Transfer-Encoding: llhttp 8.1 accepts it and reads the
+       * folded list differently from the joined one (found by the fuzzer) */
+      {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: g\xc5gzip, chunked a\r\n \r\n"
+       "Transfer-Encoding: chunked\r\n\r\n", -1, NULL},
       /* accepted */
+      {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip,\r\nTransfer-Encoding: ,chunked\r\n\r\n", 1, NULL},
       {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 1, NULL},
       {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n", 1, NULL},
       {"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n", 1, NULL},
