@@ -28,6 +28,8 @@ typedef void (*splice_done_cb)(const char *err, size_t a_to_b, size_t b_to_a, vo
 
 #define SPLICE_HIGH_WATER (256u * 1024u)
 
+/* Returns NULL when the splice ended at once (out of memory, a stream already
+ * closed, or both sides already at EOF): done has been called by then. */
 struct splice *splice_new(struct splice_end a, struct splice_end b, splice_done_cb done,
                           void *arg);
 /* Abort both sides now (reset streams, close sockets); done is called. */
