@@ -340,7 +340,7 @@ int route_inject(const struct route_config *cfg, const struct http_head *head,
   size_t nbag = 0;
   static const char prefix[] = "baggage: ";
   size_t plen = sizeof(prefix) - 1;
-  if ((size_t)(end - p) < plen) return -1;
+  if ((size_t)(end - p) < plen) return (int)(p - out); /* no room for baggage */
   struct baggage_out o = {bname, p + plen, end, 0, 0};
   /* The value may use at most BAGGAGE_MAX_BYTES (+ CRLF); past that we skip it. */
   if ((size_t)(o.end - o.p) > BAGGAGE_MAX_BYTES + 2) o.end = o.p + BAGGAGE_MAX_BYTES + 2;

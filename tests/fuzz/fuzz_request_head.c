@@ -130,6 +130,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (n < 0 || (size_t)n != strlen(extra)) fail("route_inject length");
   if (m.source != ROUTE_SUBDOMAIN && (n != 0 || rep)) fail("injection without a subdomain route");
 
+  /* a small buffer: -1, or a consistent shorter answer */
+  char small[200];
+  int rep_small = 0;
+  size_t small_len = 1 + (size ? data[size - 1] : 0) % sizeof(small);
+  int ns = route_inject(&cfg, &h, &m, small, small_len, &rep_small);
+  if (ns >= 0 && ((size_t)ns >= small_len || (size_t)ns != strlen(small) ||
+                  (rep_small && !strstr(small, "baggage: "))))
+    fail("route_inject with a small buffer");
+
   evbuffer_drain(out, evbuffer_get_length(out));
   if (http_head_write_request_skip(&h, rep ? "baggage" : NULL, extra, out) != 0)
     fail("write_request failed");

@@ -313,9 +313,13 @@ static void test_inject(void) {
   route_decide(&cfg, &h, rt, &m);
   CHECK_EQ_INT(route_inject(&cfg, &h, &m, out, 10, &rep), -1);
   CHECK_EQ_INT(route_inject(&cfg, &h, &m, out, 0, &rep), -1);
+  CHECK_EQ_INT(route_inject(&cfg, &h, &m, out, 29, &rep), 28);
+  CHECK_EQ_STR(out, "kubernetes-route-as: alice\r\n");
+  CHECK_EQ_INT(rep, 0);
   CHECK_EQ_INT(route_inject(&cfg, &h, &m, out, 40, &rep), 28);
   CHECK_EQ_STR(out, "kubernetes-route-as: alice\r\n");
   CHECK_EQ_INT(rep, 0);
+  CHECK_EQ_INT(route_inject(&cfg, &h, &m, out, 28, &rep), -1);
 
   /* W3C limits: 8192 bytes of value, 180 members; past them the baggage stays as it was */
   static char hdrs[20000];
