@@ -10,6 +10,8 @@ tests/cluster/CMakeLists.txt, label `cluster`).
     test_cluster.py rbac        restricted user: allowed and refused operations
     test_cluster.py lifecycle   scaling, pod replacement, readiness, selector patch,
                                 image pull errors, restarts
+    test_cluster.py features    env/valueFrom, volumes, securityContext, exec probes,
+                                grace period, liveness restarts
     test_cluster.py down        down + nothing left behind (fixture cleanup)
     test_cluster.py all         up, every test, down
 
@@ -426,6 +428,162 @@ def t_lifecycle():
     wait("crashing container restarted twice with exit code 3 recorded", restarted, 30)
     kubectl("delete", "pod", "-n", "shop", "crasher", "--wait=true")
 
+FEATURE_SCRIPT = r"""
+import json, os, socket, time
+out = {"uid": os.getuid(), "gid": os.getgid(), "cwd": os.getcwd(), "hostname": socket.gethostname(), "env": {}, "files": {}}
+for k in ("POD_NAME", "POD_NS", "POD_UID", "NODE", "POD_IP", "HOST_IP", "APP_LABEL", "SA", "MEM_MI", "CPU_M",
+          "GREETING", "KEY", "MISSING", "CFG_GREETING", "EXPANDED", "KUBERNETES_SERVICE_HOST",
+          "KUBERNETES_SERVICE_PORT", "API_SERVICE_HOST", "API_SERVICE_PORT_HTTP", "API_PORT", "HOME"):
+    out["env"][k] = os.environ.get(k)
+for f in ("/etc/cfg/greeting.txt", "/etc/sec/key", "/etc/pod/labels", "/etc/pod/name", "/etc/proj/namespace",
+          "/etc/proj/ca.crt", "/etc/proj/token", "/var/run/secrets/kubernetes.io/serviceaccount/namespace",
+          "/var/run/secrets/kubernetes.io/serviceaccount/token", "/etc/single/settings.json"):
+    try:
+        out["files"][f] = open(f).read()
+    except Exception as e:
+        out["files"][f] = "ERR " + type(e).__name__
+try:
+    open("/kbridge-rootfs-write-test", "w")
+    out["rootfs_writable"] = True
+except OSError as e:
+    out["rootfs_writable"] = e.strerror
+open("/scratch/ready", "w").close()
+out["scratch_ok"] = os.path.exists("/scratch/ready")
+print("RESULT " + json.dumps(out), flush=True)
+time.sleep(600)
+"""
+
+
+def t_features():
+    """env/envFrom/valueFrom, volumes of every kind, securityContext, exec probe,
+    grace period, liveness restarts."""
+    ensure_demo()
+    k = admin()
+    pod = {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "features", "namespace": "shop", "labels": {"app": "features", "tier": "test"},
+                     "annotations": {"note": "hello"}},
+        "spec": {
+            "securityContext": {"runAsUser": 1000, "runAsNonRoot": True, "fsGroup": 2000},
+            "containers": [{
+                "name": "c", "image": "kbridge-demo/sh:1", "workingDir": "/scratch",
+                "command": ["python3", "-c", FEATURE_SCRIPT],
+                "resources": {"limits": {"memory": "64Mi", "cpu": "500m"}, "requests": {"cpu": "250m"}},
+                "securityContext": {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False},
+                "env": [
+                    {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                    {"name": "POD_NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                    {"name": "POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
+                    {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                    {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                    {"name": "HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}},
+                    {"name": "APP_LABEL", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+                    {"name": "SA", "valueFrom": {"fieldRef": {"fieldPath": "spec.serviceAccountName"}}},
+                    {"name": "MEM_MI", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}},
+                    {"name": "CPU_M", "valueFrom": {"resourceFieldRef": {"resource": "requests.cpu", "divisor": "1m"}}},
+                    {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "shop-config", "key": "GREETING"}}},
+                    {"name": "KEY", "valueFrom": {"secretKeyRef": {"name": "shop-secret", "key": "API_KEY"}}},
+                    {"name": "MISSING", "valueFrom": {"secretKeyRef": {"name": "shop-secret", "key": "nope", "optional": True}}},
+                    {"name": "EXPANDED", "value": "pod=$(POD_NAME) ns=$(POD_NS) keep=$$(X)"}],
+                "envFrom": [{"prefix": "CFG_", "configMapRef": {"name": "shop-config"}}],
+                "volumeMounts": [
+                    {"name": "cfg", "mountPath": "/etc/cfg", "readOnly": True},
+                    {"name": "sec", "mountPath": "/etc/sec"},
+                    {"name": "pod", "mountPath": "/etc/pod"},
+                    {"name": "proj", "mountPath": "/etc/proj"},
+                    {"name": "scratch", "mountPath": "/scratch"},
+                    {"name": "whole", "mountPath": "/etc/single/settings.json", "subPath": "settings.json"}],
+                "readinessProbe": {"exec": {"command": ["test", "-f", "/scratch/ready"]}, "periodSeconds": 1},
+            }],
+            "volumes": [
+                {"name": "cfg", "configMap": {"name": "shop-config", "items": [{"key": "GREETING", "path": "greeting.txt"}]}},
+                {"name": "sec", "secret": {"secretName": "shop-secret", "defaultMode": 0o440,
+                                           "items": [{"key": "API_KEY", "path": "key"}]}},
+                {"name": "pod", "downwardAPI": {"items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
+                                                          {"path": "name", "fieldRef": {"fieldPath": "metadata.name"}}]}},
+                {"name": "proj", "projected": {"sources": [
+                    {"serviceAccountToken": {"path": "token", "audience": "kbridge-test", "expirationSeconds": 3600}},
+                    {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                    {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}}]}},
+                {"name": "scratch", "emptyDir": {}},
+                {"name": "whole", "configMap": {"name": "shop-config"}}]}}
+    kubectl("delete", "pod", "-n", "shop", "features", "--ignore-not-found", "--grace-period=0")
+    kubectl("apply", "-f", "-", input=json.dumps(pod))
+    wait("features pod Ready (exec readiness probe inside the container's mounts)",
+         lambda: ready(k.get("/api/v1/namespaces/shop/pods/features")), 30)
+    p = k.get("/api/v1/namespaces/shop/pods/features")
+    out = kubectl("logs", "-n", "shop", "features").stdout
+    res = json.loads(out.split("RESULT ", 1)[1].splitlines()[0])
+    e, f = res["env"], res["files"]
+    check(res["uid"] == 1000 and res["gid"] == 1000, "runAsUser/runAsGroup applied (uid %s)" % res["uid"])
+    check(res["rootfs_writable"] is not True, "readOnlyRootFilesystem: / is read-only (%s)" % res["rootfs_writable"])
+    check(res["scratch_ok"] and res["cwd"] == "/scratch", "emptyDir writable, workingDir applied")
+    check(res["hostname"] == "features", "hostname is the pod name")
+    check(e["POD_NAME"] == "features" and e["POD_NS"] == "shop" and e["POD_UID"] == p["metadata"]["uid"] and
+          e["NODE"] == info()["node_name"] and e["POD_IP"] == p["status"]["podIP"] and
+          e["HOST_IP"] == info()["net"]["node_ip"] and e["APP_LABEL"] == "features" and e["SA"] == "default",
+          "fieldRef env vars")
+    check(e["MEM_MI"] == "64" and e["CPU_M"] == "250", "resourceFieldRef env vars (%s, %s)" % (e["MEM_MI"], e["CPU_M"]))
+    check(e["GREETING"] == "hello from the shop config" and e["KEY"] == "demo-api-key-not-a-real-secret" and
+          e["MISSING"] is None and e["CFG_GREETING"] == "hello from the shop config", "configMap/secret refs, envFrom prefix")
+    check(e["EXPANDED"] == "pod=features ns=shop keep=$(X)", "$(VAR) expansion: %r" % e["EXPANDED"])
+    svc = k.get("/api/v1/namespaces/shop/services/api")["spec"]["clusterIP"]
+    check(e["KUBERNETES_SERVICE_HOST"] == info()["net"]["kubernetes_ip"] and e["KUBERNETES_SERVICE_PORT"] == "443" and
+          e["API_SERVICE_HOST"] == svc and e["API_SERVICE_PORT_HTTP"] == "8080" and e["API_PORT"] == "tcp://%s:8080" % svc,
+          "service link env vars")
+    check(f["/etc/cfg/greeting.txt"] == "hello from the shop config" and f["/etc/sec/key"] == "demo-api-key-not-a-real-secret",
+          "configMap and secret (mode 0440, readable through fsGroup) volumes with items")
+    check('app="features"' in f["/etc/pod/labels"] and f["/etc/pod/name"] == "features", "downwardAPI volume")
+    check(f["/etc/proj/namespace"] == "shop" and "BEGIN CERTIFICATE" in f["/etc/proj/ca.crt"] and
+          f["/etc/proj/token"].count(".") == 2, "projected volume: token, kube-root-ca.crt, downwardAPI")
+    check(f["/var/run/secrets/kubernetes.io/serviceaccount/namespace"] == "shop" and
+          f["/var/run/secrets/kubernetes.io/serviceaccount/token"].count(".") == 2,
+          "service account token automounted at /var/run/secrets/kubernetes.io/serviceaccount")
+    check('"currency"' in f["/etc/single/settings.json"], "subPath mount of one file")
+    # TokenRequest token: valid for the API server (audience is checked: kbridge-test is not an API audience)
+    tok = f["/var/run/secrets/kubernetes.io/serviceaccount/token"]
+    st, body = Kube(info()["server"], info()["ca"], token=tok).request("GET", "/api")
+    check(st == 200, "automounted token authenticates to the API server")
+    # runAsNonRoot with a root image user is refused like kubelet does
+    bad = json.loads(json.dumps(pod))
+    bad["metadata"]["name"] = "nonroot-refused"
+    bad["spec"]["securityContext"] = {"runAsNonRoot": True}
+    bad["spec"]["containers"][0]["readinessProbe"] = None
+    kubectl("delete", "pod", "-n", "shop", "nonroot-refused", "--ignore-not-found", "--grace-period=0")
+    kubectl("apply", "-f", "-", input=json.dumps(bad))
+
+    def refused():
+        cs = (k.get("/api/v1/namespaces/shop/pods/nonroot-refused")["status"].get("containerStatuses") or [{}])[0]
+        return cs.get("state", {}).get("waiting", {}).get("reason") == "CreateContainerConfigError"
+    wait("runAsNonRoot + root image -> CreateContainerConfigError", refused, 20)
+    kubectl("delete", "pod", "-n", "shop", "nonroot-refused", "features", "--wait=true")
+    # grace period: a process ignoring SIGTERM is killed after terminationGracePeriodSeconds
+    kubectl("delete", "pod", "-n", "shop", "stubborn", "--ignore-not-found", "--grace-period=0")
+    kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "stubborn", "namespace": "shop"},
+        "spec": {"terminationGracePeriodSeconds": 3, "containers": [{
+            "name": "c", "image": "kbridge-demo/sh:1",
+            "command": ["python3", "-c", "import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(600)"]}]}}))
+    wait("stubborn pod running", lambda: k.get("/api/v1/namespaces/shop/pods/stubborn")["status"].get("phase") == "Running", 20)
+    time.sleep(0.5)
+    t = time.time()
+    kubectl("delete", "pod", "-n", "shop", "stubborn", "--wait=true", "--timeout=30s")
+    dt = time.time() - t
+    check(2.5 <= dt <= 10, "SIGTERM ignored: killed after the 3 s grace period (%.1fs)" % dt)
+    # liveness: a failing exec liveness probe restarts the container
+    kubectl("delete", "pod", "-n", "shop", "unlively", "--ignore-not-found", "--grace-period=0")
+    kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "unlively", "namespace": "shop"},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
+            "name": "c", "image": "kbridge-demo/sh:1", "command": ["/bin/sh", "-c", "sleep 600"],
+            "livenessProbe": {"exec": {"command": ["false"]}, "periodSeconds": 1, "failureThreshold": 2}}]}}))
+
+    def restarted():
+        cs = (k.get("/api/v1/namespaces/shop/pods/unlively")["status"].get("containerStatuses") or [{}])[0]
+        return cs.get("restartCount", 0) >= 1
+    wait("failing liveness probe restarts the container", restarted, 30)
+    kubectl("delete", "pod", "-n", "shop", "unlively", "--wait=true")
+
 
 def t_down():
     i = kc.read_cluster(NAME)
@@ -448,7 +606,7 @@ def t_down():
 
 
 TESTS = {"up": t_up, "demo": t_demo, "services": t_services, "portforward": t_portforward, "rbac": t_rbac,
-         "lifecycle": t_lifecycle, "down": t_down}
+         "lifecycle": t_lifecycle, "features": t_features, "down": t_down}
 
 
 def main():

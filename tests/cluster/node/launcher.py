@@ -4,7 +4,9 @@
 mount namespace with /etc/netns/<pod netns>/ bound over /etc). It then
  - enters a new UTS namespace and sets the pod's hostname,
  - bind-mounts each volume at its mountPath (read-only when asked),
- - changes to workingDir and execs the container's program with its env.
+ - changes to workingDir, makes / read-only (readOnlyRootFilesystem), sets
+   no_new_privs (allowPrivilegeEscalation: false), switches to runAsUser /
+   runAsGroup / supplemental groups, and execs the container's program.
 Mount points and working dirs that do not exist on the host are created and
 listed in SPEC['created_file'] so `down` can remove them (the mounts
 themselves are never visible outside the container)."""
@@ -17,6 +19,7 @@ import sys
 
 CLONE_NEWUTS = 0x04000000
 MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC = 1, 32, 4096, 16384
+PR_SET_NO_NEW_PRIVS = 38
 libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -73,6 +76,19 @@ def main():
         os.chdir(wd)
     except OSError as e:
         die("workingDir %s: %s" % (wd, e))
+    if spec.get("readOnlyRootFilesystem"):
+        # Only this mount namespace's view of / becomes read-only; the
+        # volumes are mount points of their own and keep their mode.
+        mount(None, "/", MS_BIND | MS_REMOUNT | MS_RDONLY)
+    if spec.get("noNewPrivs"):
+        libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    uid, gid = spec.get("uid"), spec.get("gid")
+    if uid is not None or gid is not None:
+        os.setgroups(spec.get("groups") or [])
+        if gid is not None:
+            os.setgid(gid)
+        if uid is not None:
+            os.setuid(uid)
     argv = spec["argv"]
     if not argv:
         die("no command to run")

@@ -96,7 +96,7 @@ def resolve_image(image, state_dir):
                                   % (image, prog))
             if prog and "/" not in prog and not shutil.which(prog):
                 raise LookupError("image %s maps to %s, not found in PATH" % (image, prog))
-            return entry, cmd
+            return entry, cmd, ent.get("user", 0)
     raise LookupError('pull access denied for %s: no local program for this image in the '
                       'test node image table' % image)
 
@@ -313,6 +313,7 @@ class PodWorker(threading.Thread):
         try:
             if open(path, "rb").read() == data:
                 os.chmod(path, mode)
+                self.apply_fs_group(path)
                 return
         except OSError:
             pass
@@ -320,7 +321,16 @@ class PodWorker(threading.Thread):
         with open(tmp, "wb") as f:
             f.write(data)
         os.chmod(tmp, mode)
+        self.apply_fs_group(tmp)
         os.replace(tmp, path)
+
+    def apply_fs_group(self, path):
+        """fsGroup: volume files belong to that group, readable by it (as kubelet does)."""
+        g = (self.pod["spec"].get("securityContext") or {}).get("fsGroup")
+        if g is not None:
+            os.chown(path, -1, g)
+            st = os.stat(path).st_mode & 0o7777
+            os.chmod(path, st | ((st & 0o600) >> 3))
 
     def kv_source(self, kind, name, optional):
         """data dict (bytes values) of a ConfigMap or Secret, or None when optional+missing."""
@@ -407,7 +417,10 @@ class PodWorker(threading.Thread):
                             tok = self.sa_token(src["serviceAccountToken"])
                             if tok:
                                 self.write_file(base, src["serviceAccountToken"]["path"], tok, mode)
-                elif "hostPath" in v or "emptyDir" in v:
+                elif "emptyDir" in v:
+                    os.chmod(base, 0o777)       # as Kubernetes makes emptyDir
+                    self.apply_fs_group(base)
+                elif "hostPath" in v:
                     pass
                 elif not refresh:
                     self.event("Warning", "FailedMount", "volume %s: type not supported by the test node"
@@ -524,11 +537,36 @@ class PodWorker(threading.Thread):
                 env[e["name"]] = self.resource_ref(vf["resourceFieldRef"], spec)
         return env
 
+    def security(self, spec, image_user):
+        """uid/gid/groups/readOnlyRootFilesystem/noNewPrivs for launcher.py from
+        the pod and container securityContext, as a kubelet would apply them."""
+        psc = self.pod["spec"].get("securityContext") or {}
+        csc = spec.get("securityContext") or {}
+
+        def pick(k):
+            return csc[k] if k in csc else psc.get(k)
+        uid = pick("runAsUser")
+        if uid is None:
+            uid = image_user
+        if pick("runAsNonRoot") and uid == 0:
+            raise ConfigError("container has runAsNonRoot and image will run as root (pod: \"%s_%s(%s)\", "
+                              "container: %s)" % (self.name, self.ns, self.uid, spec["name"]))
+        gid = pick("runAsGroup")
+        groups = list(psc.get("supplementalGroups") or [])
+        if psc.get("fsGroup") is not None:
+            groups.append(psc["fsGroup"])
+        out = {"uid": uid, "gid": gid if gid is not None else (uid if uid else None), "groups": groups,
+               "readOnlyRootFilesystem": bool(csc.get("readOnlyRootFilesystem")),
+               "noNewPrivs": csc.get("allowPrivilegeEscalation") is False}
+        if not uid and gid is None and not groups:
+            out["uid"] = out["gid"] = None      # stay root, keep root's groups
+        return out
+
     # ---- containers
     def start_container(self, c):
         spec = c.spec
         try:
-            entry, cmd = resolve_image(spec["image"], self.node.state_dir)
+            entry, cmd, image_user = resolve_image(spec["image"], self.node.state_dir)
         except LookupError as e:
             c.pull_failures += 1
             reason = "ErrImagePull" if c.pull_failures % 2 == 1 else "ImagePullBackOff"
@@ -550,10 +588,13 @@ class PodWorker(threading.Thread):
                     if not os.path.exists(src):
                         os.makedirs(src, exist_ok=True)
                 mounts.append({"source": src, "target": m["mountPath"], "readOnly": m.get("readOnly", False)})
+            sec = self.security(spec, image_user)
         except ConfigError as e:
             c.state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(e)}}
             c.next_start = time.time() + 2
             return
+        if sec.get("uid"):
+            env["HOME"] = "/"
         if "command" in spec:
             argv = list(spec["command"]) + list(spec.get("args", []))
         else:
@@ -562,7 +603,7 @@ class PodWorker(threading.Thread):
         specfile = os.path.join(self.dir, "%s.spec.json" % c.name)
         with open(specfile, "w") as f:
             json.dump({"hostname": self.hostname(), "mounts": mounts, "workingDir": spec.get("workingDir"),
-                       "argv": argv, "env": env,
+                       "argv": argv, "env": env, **sec,
                        "created_file": os.path.join(self.node.state_dir, "created-dirs")}, f)
         logf = open(os.path.join(self.node.state_dir, "logs", "%s_%s_%s.log" % (self.ns, self.name, c.name)), "ab")
         c.log_path = logf.name
