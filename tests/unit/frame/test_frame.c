@@ -65,6 +65,18 @@ static void test_data_bytes(void) {
   CHECK(memcmp(evbuffer_pullup(b, -1), want, sizeof want) == 0);
   evbuffer_drain(b, sizeof want);
 
+  /* The WINDOW and RESET examples of docs/protocol.md section 12. */
+  static const uint8_t win[] = {0, 0, 4, 7, 0, 0, 0, 0, 3, 0, 1, 0, 0};
+  CHECK_EQ_INT(frame_put_window(b, 3, 65536), 0);
+  CHECK_EQ_INT(evbuffer_get_length(b), sizeof win);
+  CHECK(memcmp(evbuffer_pullup(b, -1), win, sizeof win) == 0);
+  evbuffer_drain(b, sizeof win);
+  static const uint8_t rst[] = {0, 0, 8, 6, 0, 0, 0, 0, 2, 0, 0, 0, 4, 0, 2, 'n', 'o'};
+  CHECK_EQ_INT(frame_put_reset(b, 2, FRAME_RESET_REFUSED, "no"), 0);
+  CHECK_EQ_INT(evbuffer_get_length(b), sizeof rst);
+  CHECK(memcmp(evbuffer_pullup(b, -1), rst, sizeof rst) == 0);
+  evbuffer_drain(b, sizeof rst);
+
   /* frame_put_data_buffer moves exactly len bytes and leaves the rest. */
   static uint8_t big[40000];
   for (size_t i = 0; i < sizeof big; i++) big[i] = (uint8_t)(i * 7);
