@@ -29,8 +29,8 @@ def die(msg):
     os._exit(127)
 
 
-def record(spec, path):
-    with open(spec["created_file"], "a") as f:
+def record(spec, path, key="created_file"):
+    with open(spec[key], "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         f.write(path + "\n")
 
@@ -67,6 +67,7 @@ def main():
             if not os.path.exists(dst):
                 open(dst, "a").close()
                 record(spec, dst)
+        record(spec, dst, "used_file")     # so another cluster's `down` leaves it alone
         mount(src, dst, MS_BIND | MS_REC)
         if m.get("readOnly"):
             mount(None, dst, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC)

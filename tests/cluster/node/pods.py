@@ -604,7 +604,8 @@ class PodWorker(threading.Thread):
         with open(specfile, "w") as f:
             json.dump({"hostname": self.hostname(), "mounts": mounts, "workingDir": spec.get("workingDir"),
                        "argv": argv, "env": env, **sec,
-                       "created_file": os.path.join(self.node.state_dir, "created-dirs")}, f)
+                       "created_file": os.path.join(self.node.state_dir, "created-dirs"),
+                       "used_file": os.path.join(self.node.state_dir, "used-dirs")}, f)
         logf = open(os.path.join(self.node.state_dir, "logs", "%s_%s_%s.log" % (self.ns, self.name, c.name)), "ab")
         c.log_path = logf.name
         c.env = env
