@@ -467,6 +467,19 @@ static int finish(struct req *q, CURLcode cc, cJSON **out, struct kube_err *e) {
     msg = raw;
   }
   if (!msg || !*msg) msg = "no details";
+  /* details.causes may say more than message (e.g. field errors) */
+  char full[900];
+  snprintf(full, sizeof full, "%s", msg);
+  cJSON *causes = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(j, "details"), "causes");
+  cJSON *cause;
+  cJSON_ArrayForEach(cause, causes) {
+    const char *cm = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(cause, "message"));
+    const char *cf = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(cause, "field"));
+    if (!cm || strstr(full, cm)) continue;
+    size_t l = strlen(full);
+    snprintf(full + l, sizeof full - l, "; %s%s%s", cf ? cf : "", cf ? ": " : "", cm);
+  }
+  msg = full;
   const struct kubeconfig *kc = k->kc;
   switch (status) {
     case 401:
