@@ -214,6 +214,17 @@ def t_services():
           "api got ConfigMap env, Secret envFrom and the ConfigMap volume")
     r = http_from_pod("shop", fe, "http://api:8080/")
     check(r.get("service") == "api", "short name api resolves through the search path")
+    # a headless Service resolves to the ready endpoint addresses
+    kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "api-headless", "namespace": "shop"},
+        "spec": {"clusterIP": "None", "selector": {"app": "api"}, "ports": [{"port": 8080}]}}))
+    want = sorted(p["status"]["podIP"] for p in pods("shop", "app=api") if ready(p))
+
+    def headless():
+        r = pod_exec("shop", fe, "python3", "-c", "import socket;print(sorted({a[4][0] for a in socket.getaddrinfo('api-headless', 8080, proto=6)}))")
+        return r.stdout.strip() == str(want)
+    wait("headless Service resolves to %s" % want, headless, 10)
+    kubectl("delete", "service", "-n", "shop", "api-headless")
     # The root namespace (the CLI side) must not reach pods or ClusterIPs: it has
     # no route to them (its default route leads off the machine, so no traffic is
     # sent there), and even with a route through the node the node drops it.
@@ -583,6 +594,19 @@ def t_features():
         return cs.get("restartCount", 0) >= 1
     wait("failing liveness probe restarts the container", restarted, 30)
     kubectl("delete", "pod", "-n", "shop", "unlively", "--wait=true")
+    # init containers run first, to completion, sharing volumes
+    kubectl("delete", "pod", "-n", "shop", "initdemo", "--ignore-not-found", "--grace-period=0")
+    kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "initdemo", "namespace": "shop"},
+        "spec": {"restartPolicy": "Never", "volumes": [{"name": "w", "emptyDir": {}}],
+                 "initContainers": [{"name": "init", "image": "busybox:1", "volumeMounts": [{"name": "w", "mountPath": "/w"}],
+                                     "command": ["/bin/sh", "-c", "echo from-init > /w/msg"]}],
+                 "containers": [{"name": "main", "image": "busybox:1", "volumeMounts": [{"name": "w", "mountPath": "/w"}],
+                                 "command": ["/bin/sh", "-c", "cat /w/msg"]}]}}))
+    wait("init container pod Succeeded", lambda: k.get("/api/v1/namespaces/shop/pods/initdemo")["status"].get("phase") == "Succeeded", 30)
+    check(kubectl("logs", "-n", "shop", "initdemo", "-c", "main").stdout.strip() == "from-init",
+          "init container ran first and shared its emptyDir")
+    kubectl("delete", "pod", "-n", "shop", "initdemo", "--wait=true")
 
 
 def t_down():
