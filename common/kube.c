@@ -25,6 +25,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "kube_exec.h"
 #include "kubeconfig.h"
@@ -62,6 +63,7 @@ struct req {
   char curlerr[CURL_ERROR_SIZE];
   int auth_retried;     /* a 401 already led to fresh credentials */
   int cancelled;        /* async: do not call back; reaper frees it */
+  struct kube_err *failure; /* async: could not start; reaper reports it */
   kube_done_fn done;    /* REQ_ASYNC */
   void *arg;
   struct kube_watch *watch; /* REQ_WATCH */
@@ -423,6 +425,7 @@ static void req_free(struct req *q) {
   free(q->ctype);
   free(q->body);
   buf_free(&q->resp);
+  free(q->failure);
   free(q);
 }
 
@@ -484,10 +487,11 @@ static int finish(struct req *q, CURLcode cc, cJSON **out, struct kube_err *e) {
   switch (status) {
     case 401:
       set_err(e, status, reason[0] ? reason : "Unauthorized",
-              "%s: the API server %s rejected the credentials of %s%s%s%s%s (%s)", q->what,
+              "%s: the API server %s rejected the credentials of %s%s%s%s%s%s (%s)", q->what,
               kc->server, kc->user_name ? "user \"" : "the service account",
               kc->user_name ? kc->user_name : "", kc->user_name ? "\"" : "",
-              kc->context ? " of context " : "", kc->context ? kc->context : "", msg);
+              kc->context ? " of context \"" : "", kc->context ? kc->context : "",
+              kc->context ? "\"" : "", msg);
       break;
     case 403:
       set_err(e, status, reason[0] ? reason : "Forbidden",
@@ -840,6 +844,8 @@ int kube_watch(struct kube *k, const struct kube_ref *r, const char *label_selec
     if (cc == CURLE_OK && status == 200) {
       again = 1; /* the server closed the stream: go on from the last rv */
       w->auth_retried = 0;
+      if (!w->got_event) sleep(1); /* an empty stream: do not spin */
+      w->got_event = 0;
     } else if (cc == CURLE_OK && status == 401 && !w->auth_retried && refreshable(k)) {
       kube_credentials_rejected(k);
       w->auth_retried = 1;
@@ -1065,12 +1071,19 @@ static void check_done(struct kube *k) {
   }
 }
 
-/* Remove cancelled requests and stopped watches, outside curl's callbacks. */
+/* Remove cancelled requests and stopped watches, outside curl's callbacks,
+ * and report requests that could not be started. */
 static void on_reap(evutil_socket_t fd, short what, void *arg) {
   struct kube *k = arg;
   struct req *q = k->active, *next;
   for (; q; q = next) {
     next = q->next;
+    if (q->failure) { /* never on the multi handle */
+      active_del(k, q);
+      if (!q->cancelled) q->done(NULL, q->failure, q->arg);
+      req_free(q);
+      continue;
+    }
     int dead = q->kind == REQ_WATCH ? q->watch->stopped : q->cancelled;
     if (!dead) continue;
     curl_multi_remove_handle(k->multi, q->easy);
@@ -1121,10 +1134,12 @@ struct kube_call *kube_async_request(struct kube *k, const char *method, const c
   q->arg = arg;
   struct kube_err e;
   if (start_async(k, q, &e) < 0) {
-    /* Report like any failure, but from the loop, never re-entrantly. */
-    log_warn("kube: %s", e.msg);
-    req_free(q);
-    return NULL;
+    /* Report it like any failure, from the loop (never inside this call). */
+    q->failure = malloc(sizeof e);
+    if (!q->failure) abort();
+    *q->failure = e;
+    active_add(k, q);
+    event_active(k->reaper, 0, 0);
   }
   return c;
 }

@@ -131,9 +131,11 @@ typedef void (*kube_done_fn)(cJSON *obj, const struct kube_err *e, void *arg);
 struct kube_call;
 
 /* Start a request; the arguments are as for kube_request and copied. Returns a
- * handle valid until the callback has run (or kube_call_cancel), or NULL when
- * the request could not be started (e.g. not attached; then nothing is called).
- * An exec plugin, if one must be (re)run, runs synchronously here. */
+ * handle valid until the callback has run (or kube_call_cancel). The callback
+ * always runs later from the loop, never inside this call, also when the
+ * request cannot even start (e.g. the exec plugin failed). NULL only when k
+ * is not attached (programming error; nothing is called). An exec plugin, if
+ * one must be (re)run, runs synchronously here. */
 struct kube_call *kube_async_request(struct kube *k, const char *method, const char *verb,
                                      const struct kube_ref *r, const char *query,
                                      const char *content_type, const char *body, kube_done_fn cb,

@@ -17,7 +17,8 @@ client certificate signed by the CA authenticates as its CN (admin rights).
 Watches end after 1.5 s so that the client's reconnect is exercised.
 
 Usage: mock_apiserver.py DIR  -> writes DIR/ca.crt, DIR/client.crt/.key,
-prints "PORT <n>" on stdout when listening. GET /api/debug/stats gives
+prints "PORT <api> <mute> <proxy>" on stdout when listening (mute: accepts
+TCP and never answers; proxy: an HTTP CONNECT proxy). GET /api/debug/stats gives
 {"connections": N, "last_delete": {...}, "requests": N}.
 """
 import json
@@ -192,6 +193,7 @@ class Handler(BaseHTTPRequestHandler):
             with LOCK:
                 return self.send_json(200, {"connections": STATE["connections"],
                                             "requests": STATE["requests"],
+                                            "proxied": STATE.get("proxied", 0),
                                             "last_delete": STATE["last_delete"]})
         user, role = self.user()
         if not user:
@@ -335,6 +337,47 @@ class Handler(BaseHTTPRequestHandler):
         self.handle_any("DELETE")
 
 
+def connect_proxy(lsock):
+    """A minimal HTTP CONNECT proxy (for proxy-url): one thread per tunnel."""
+    def pipe(a, b):
+        try:
+            while True:
+                d = a.recv(65536)
+                if not d:
+                    break
+                b.sendall(d)
+        except OSError:
+            pass
+        for s in (a, b):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def serve(c):
+        head = b""
+        while b"\r\n\r\n" not in head:
+            d = c.recv(4096)
+            if not d:
+                return c.close()
+            head += d
+        parts = head.split(b"\r\n")[0].split()
+        if len(parts) < 2 or parts[0] != b"CONNECT":
+            c.sendall(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")
+            return c.close()
+        host, port = parts[1].decode().rsplit(":", 1)
+        with LOCK:
+            STATE["proxied"] = STATE.get("proxied", 0) + 1
+        u = socket.create_connection((host.strip("[]"), int(port)))
+        c.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        threading.Thread(target=pipe, args=(u, c), daemon=True).start()
+        pipe(c, u)
+
+    while True:
+        c, _ = lsock.accept()
+        threading.Thread(target=serve, args=(c,), daemon=True).start()
+
+
 def main():
     make_pki()
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -353,7 +396,12 @@ def main():
     mute = socket.socket()
     mute.bind(("127.0.0.1", 0))
     mute.listen(16)
-    print("PORT %d %d" % (srv.server_address[1], mute.getsockname()[1]), flush=True)
+    proxy = socket.socket()
+    proxy.bind(("127.0.0.1", 0))
+    proxy.listen(16)
+    threading.Thread(target=connect_proxy, args=(proxy,), daemon=True).start()
+    print("PORT %d %d %d" % (srv.server_address[1], mute.getsockname()[1], proxy.getsockname()[1]),
+          flush=True)
     # Exit when the test (our parent) closes stdin.
     threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()
     srv.serve_forever()

@@ -24,7 +24,7 @@
 #include "kubeconfig.h"
 
 static char dir[256];
-static int port, mute_port;
+static int port, mute_port, proxy_port;
 
 #define CHECK_HAS(s, sub)                                                           \
   do {                                                                              \
@@ -84,7 +84,7 @@ static int start_mock(const char *script) {
   mock_stdin = in[1];
   FILE *f = fdopen(out[0], "r");
   char line[128];
-  if (!fgets(line, sizeof line, f) || sscanf(line, "PORT %d %d", &port, &mute_port) != 2) {
+  if (!fgets(line, sizeof line, f) || sscanf(line, "PORT %d %d %d", &port, &mute_port, &proxy_port) != 3) {
     fprintf(stderr, "mock API server did not start\n");
     return -1;
   }
@@ -148,6 +148,8 @@ static void write_config(void) {
            "- {name: insecure, cluster: {server: 'https://127.0.0.1:%d', insecure-skip-tls-verify: true}}\n"
            "- {name: down, cluster: {server: 'https://127.0.0.1:1'}}\n"
            "- {name: mute, cluster: {server: 'https://127.0.0.1:%d', certificate-authority: ca.crt}}\n"
+           "- {name: proxied, cluster: {server: 'https://127.0.0.1:%d', certificate-authority: ca.crt, "
+           "proxy-url: 'http://127.0.0.1:%d'}}\n"
            "users:\n"
            "- {name: admin, user: {token: admin}}\n"
            "- {name: r, user: {token: restricted}}\n"
@@ -161,7 +163,11 @@ static void write_config(void) {
            "  user: {exec: {apiVersion: client.authentication.k8s.io/v1beta1, command: ./exec-short.sh}}\n"
            "- name: execcert\n"
            "  user: {exec: {apiVersion: client.authentication.k8s.io/v1beta1, command: ./exec-cert.sh}}\n"
+           "- name: execmissing\n"
+           "  user: {exec: {apiVersion: client.authentication.k8s.io/v1, command: kbridge-missing-plugin, "
+           "installHint: 'install it from example.com'}}\n"
            "contexts:\n"
+           "- {name: execmissing, context: {cluster: mock, user: execmissing}}\n"
            "- {name: admin, context: {cluster: mock, user: admin, namespace: t}}\n"
            "- {name: restricted, context: {cluster: mock, user: r, namespace: t}}\n"
            "- {name: nobody, context: {cluster: mock, user: nobody}}\n"
@@ -176,8 +182,9 @@ static void write_config(void) {
            "- {name: wrongca, context: {cluster: wrongca, user: admin}}\n"
            "- {name: insecure, context: {cluster: insecure, user: admin}}\n"
            "- {name: down, context: {cluster: down, user: admin}}\n"
-           "- {name: mute, context: {cluster: mute, user: admin}}\n",
-           port, port, cab64, port, port, port, port, mute_port);
+           "- {name: mute, context: {cluster: mute, user: admin}}\n"
+           "- {name: proxied, context: {cluster: proxied, user: admin}}\n",
+           port, port, cab64, port, port, port, port, mute_port, port, proxy_port);
   put("kubeconfig", y, 0600);
 }
 
@@ -371,7 +378,7 @@ static void test_errors(void) {
   k = client("nobody");
   CHECK_EQ_INT(kube_get(k, &r, NULL, &e), -1);
   CHECK_EQ_INT(e.status, 401);
-  CHECK_HAS(e.msg, "rejected the credentials of user \"nobody\" of context nobody");
+  CHECK_HAS(e.msg, "rejected the credentials of user \"nobody\" of context \"nobody\"");
   kube_free(k);
 
   k = client("down");
@@ -428,10 +435,20 @@ static void test_credentials(void) {
     if (rc) fprintf(stderr, "context %s: %s\n", ctxs[i], e.msg);
     kube_free(k);
   }
+  struct kube *k;
+
+  /* proxy-url: the request goes through the CONNECT proxy */
+  k = client("admin");
+  long proxied = stat_of(k, "proxied", NULL);
+  kube_free(k);
+  k = client("proxied");
+  CHECK_EQ_INT(kube_get(k, &r, NULL, &e), 0);
+  CHECK_EQ_INT(stat_of(k, "proxied", NULL), proxied + 1);
+  kube_free(k);
 
   /* exec: first token is rejected (401) -> plugin runs again -> success;
    * then the cached token is used. */
-  struct kube *k = client("exec401");
+  k = client("exec401");
   CHECK_EQ_INT(kube_get(k, &r, NULL, &e), 0);
   CHECK_EQ_INT(count_lines("exec-401.runs"), 2);
   CHECK_EQ_INT(kube_get(k, &r, NULL, &e), 0);
@@ -654,6 +671,68 @@ static void test_async(void) {
   event_base_free(a.base);
 }
 
+static void on_failed(cJSON *obj, const struct kube_err *e, void *arg) {
+  char *msg = arg;
+  snprintf(msg, 1100, "%s", e ? e->msg : "no error");
+}
+
+/* A request that cannot start (the exec plugin is missing) is reported
+ * through its callback, later, from the loop. */
+static void test_async_failure(void) {
+  struct event_base *base = event_base_new();
+  struct kube *k = client("execmissing");
+  char err[256], msg[1100] = "";
+  CHECK_EQ_INT(kube_attach(k, base, err, sizeof err), 0);
+  struct kube_ref r = {"v1", "configmaps", "t", "x", NULL};
+  CHECK(kube_async_get(k, &r, on_failed, msg) != NULL);
+  CHECK_EQ_STR(msg, "");
+  event_base_loop(base, EVLOOP_NONBLOCK);
+  CHECK_HAS(msg, "get configmaps \"x\" in namespace \"t\": no credentials: exec plugin "
+                 "\"kbridge-missing-plugin\" (user \"execmissing\") was not found: install it from example.com");
+  /* cancelled before the loop runs: never called */
+  msg[0] = 0;
+  kube_call_cancel(kube_async_get(k, &r, on_failed, msg));
+  event_base_loop(base, EVLOOP_NONBLOCK);
+  CHECK_EQ_STR(msg, "");
+  kube_free(k);
+  event_base_free(base);
+}
+
+/* In-cluster config (service account files) against the mock, with rotation. */
+static void test_incluster(void) {
+  char sa[512], cmd[1200], err[512], portstr[16];
+  snprintf(sa, sizeof sa, "%s/sa", dir);
+  mkdir(sa, 0700);
+  snprintf(cmd, sizeof cmd, "cp '%s' '%s/ca.crt'", p("ca.crt"), sa);
+  if (system(cmd) != 0) return;
+  put("sa/token", "good-sa-1", 0600);
+  put("sa/namespace", "t", 0600);
+  setenv("KBRIDGE_SA_DIR", sa, 1);
+  setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1", 1);
+  snprintf(portstr, sizeof portstr, "%d", port);
+  setenv("KUBERNETES_SERVICE_PORT", portstr, 1);
+  struct kubeconfig *kc;
+  CHECK_EQ_INT(kubeconfig_load_incluster(NULL, &kc, err, sizeof err), 0);
+  struct kube *k = kube_new(kc, err, sizeof err);
+  CHECK(k != NULL);
+  if (!k) return;
+  struct kube_err e;
+  struct kube_ref r = {"v1", "configmaps", kube_namespace(k), NULL, NULL};
+  CHECK_EQ_INT(kube_list(k, &r, NULL, NULL, &e), 0);
+  /* kubelet swaps the token through a symlink: write a new file, rename */
+  put("sa/token.new", "expired-sa", 0600);
+  if (rename(p("sa/token.new"), p("sa/token")) != 0) perror("rename");
+  CHECK_EQ_INT(kube_list(k, &r, NULL, NULL, &e), -1);
+  CHECK_HAS(e.msg, "rejected the credentials of the service account");
+  put("sa/token.new", "good-sa-2", 0600);
+  if (rename(p("sa/token.new"), p("sa/token")) != 0) perror("rename");
+  CHECK_EQ_INT(kube_list(k, &r, NULL, NULL, &e), 0);
+  kube_free(k);
+  unsetenv("KBRIDGE_SA_DIR");
+  unsetenv("KUBERNETES_SERVICE_HOST");
+  unsetenv("KUBERNETES_SERVICE_PORT");
+}
+
 /* The port-forward code's path: its own TLS connection with our credentials. */
 static void test_ssl_ctx(const char *context) {
   struct kube *k = client(context);
@@ -714,6 +793,8 @@ int main(int argc, char **argv) {
   test_credentials();
   test_watch_blocking();
   test_async();
+  test_async_failure();
+  test_incluster();
   test_ssl_ctx("admin");
   test_ssl_ctx("named");
   test_ssl_ctx("cert");
