@@ -14,6 +14,7 @@ import ctypes
 import fcntl
 import json
 import os
+import shutil
 import socket
 import sys
 
@@ -84,16 +85,33 @@ def main():
     if spec.get("noNewPrivs"):
         libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
     uid, gid = spec.get("uid"), spec.get("gid")
+    argv = spec["argv"]
+    if not argv:
+        die("no command to run")
+    prog_fd = None
+    if uid:
+        # Open an ELF program while still root and exec it by fd afterwards, so a
+        # binary under a directory the container user cannot traverse (e.g. a
+        # build tree in /root) still runs, as it would from an image.
+        path = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=spec["env"].get("PATH"))
+        if path:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                if os.read(fd, 4) == b"\x7fELF":
+                    prog_fd = fd
+                else:
+                    os.close(fd)
+            except OSError:
+                pass
     if uid is not None or gid is not None:
         os.setgroups(spec.get("groups") or [])
         if gid is not None:
             os.setgid(gid)
         if uid is not None:
             os.setuid(uid)
-    argv = spec["argv"]
-    if not argv:
-        die("no command to run")
     try:
+        if prog_fd is not None:
+            os.execve(prog_fd, argv, spec["env"])
         os.execvpe(argv[0], argv, spec["env"])
     except OSError as e:
         die("exec %s: %s" % (argv[0], e))
