@@ -438,24 +438,11 @@ static enum bufferevent_filter_result tx_filter(struct evbuffer *src, struct evb
     tx_header(p, 0x2, plen, key);
     p += hl;
     *p++ = key[0]; /* channel 0, masked */
-    /* Mask straight out of src's chains into the frame: one pass over the bytes. */
-    size_t done = 0;
-    struct evbuffer_ptr pos;
-    evbuffer_ptr_set(src, &pos, 0, EVBUFFER_PTR_SET);
-    while (done < n) {
-      struct evbuffer_iovec chunk[16];
-      int k = evbuffer_peek(src, (ev_ssize_t)(n - done), &pos, chunk, 16);
-      if (k > 16) k = 16;
-      for (int i = 0; i < k && done < n; i++) {
-        size_t take = chunk[i].iov_len < n - done ? chunk[i].iov_len : n - done;
-        mask_copy(p + done, chunk[i].iov_base, take, key, 1 + done);
-        done += take;
-      }
-      evbuffer_ptr_set(src, &pos, done, EVBUFFER_PTR_SET);
-    }
+    /* Copy the bytes into the frame, then mask them in place. */
+    evbuffer_remove(src, p, n);
+    mask_copy(p, p, n, key, 1);
     v.iov_len = hl + plen;
     evbuffer_commit_space(dst, &v, 1);
-    evbuffer_drain(src, n);
     made += hl + plen;
     c->stats.frames_out++;
     c->stats.bytes_out += n;
@@ -642,19 +629,26 @@ static void dial_fail(struct pf_connecting *d, int http_status, const char *fmt,
 
 static void describe_api_error(struct bufferevent *api, int sockerr, char *out, size_t len) {
   SSL *ssl = bufferevent_openssl_get_ssl(api);
-  unsigned long e = bufferevent_get_openssl_error(api), more;
   long v = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
   int dnserr = bufferevent_socket_get_dns_error(api);
-  while ((more = bufferevent_get_openssl_error(api)) != 0) e = more; /* keep the last */
+  unsigned long e, tls = 0;
+  /* libevent queues both OpenSSL error codes and bare SSL_get_error() values
+   * (SSL_ERROR_SYSCALL = 5, ...); only the former say something. Keep the first. */
+  while ((e = bufferevent_get_openssl_error(api)) != 0)
+    if (!tls && ERR_GET_LIB(e) != 0) tls = e;
   if (dnserr) {
     snprintf(out, len, "cannot resolve the host name: %s", evutil_gai_strerror(dnserr));
   } else if (v != X509_V_OK) {
     snprintf(out, len, "TLS: the API server's certificate was refused: %s",
              X509_verify_cert_error_string(v));
-  } else if (e) {
+  } else if (tls) {
+    const char *r = ERR_reason_error_string(tls);
     char buf[256];
-    ERR_error_string_n(e, buf, sizeof(buf));
-    snprintf(out, len, "TLS: %s", buf);
+    if (!r) {
+      ERR_error_string_n(tls, buf, sizeof(buf));
+      r = buf;
+    }
+    snprintf(out, len, "TLS: %s", r);
   } else if (sockerr) {
     snprintf(out, len, "%s", evutil_socket_error_to_string(sockerr));
   } else {
@@ -961,8 +955,11 @@ static void become_carrier(struct pf_connecting *d) {
   c->starved = 1;
   snprintf(c->what, sizeof(c->what), "pod %s/%s port %u", d->ns, d->pod, (unsigned)d->port);
   bufferevent_setcb(api, NULL, NULL, NULL, NULL);
-  struct bufferevent *bev =
-      bufferevent_filter_new(api, rx_filter, tx_filter, BEV_OPT_CLOSE_ON_FREE, carrier_free, c);
+  /* Deferred callbacks: an openssl filter on top writes into the carrier from
+   * inside SSL_write(); run synchronously, the filter's write callback would
+   * re-enter that SSL (OpenSSL 3 then crashes on a half-popped BIO chain). */
+  struct bufferevent *bev = bufferevent_filter_new(
+      api, rx_filter, tx_filter, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS, carrier_free, c);
   if (!bev) {
     free(c);
     dial_fail(d, 101, "out of memory");

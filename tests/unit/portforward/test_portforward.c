@@ -1,0 +1,678 @@
+/* test_portforward.c: the pod port-forward carrier against fake_apiserver.py.
+ *
+ * The test makes a throwaway server certificate with the openssl CLI, starts
+ * the fake API server/kubelet (Python, TLS, on 127.0.0.1:0), and runs its "pod
+ * ports" in this process: an echo server, a server that says hello and closes,
+ * and a TLS echo server (for TLS on top of the carrier, as the tunnel does).
+ *
+ * Checks: 20 MB both ways through the carrier with position-exact comparison
+ * and an FNV-1a checksum; fragmented messages with pings and a pong-waiting
+ * server; a reader that stalls (the carrier's input stays at its high mark and
+ * the data below stays bounded, then everything arrives); TLS on top; a normal
+ * close; the kubelet's error text (with a close frame, and with the connection
+ * dropped right after it); refusals (401, 403, 404 chunked, 200 HTML), bad 101
+ * answers, protocol violations (masked frame, huge frame, wrong port, close
+ * 1011), TLS refusals, a silent server (timeout), a refused TCP connect, cancel,
+ * invalid targets, and the RFC 6455 accept example.
+ *
+ * Usage: test_portforward PATH/fake_apiserver.py */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+#include "check.h"
+#include "log.h"
+#include "portforward.h"
+
+#define PATTERN_LEN 1048573u /* prime: a lost or doubled byte shifts everything after it */
+
+static struct event_base *base;
+static unsigned char *pattern;
+static char tmpdir[64];
+static char api_url[128], api_url_prefix[160];
+static uint16_t api_port, echo_port, hello_port, tls_echo_port, closed_port;
+static SSL_CTX *ctx_ok, *ctx_other, *srv_ctx;
+static pid_t server_pid;
+static struct evconnlistener *listeners[3];
+static int n_listeners;
+static int server_stdin = -1, server_stdout = -1;
+
+/* ---------------- pod ports, in this process ---------------- */
+
+static void echo_read(struct bufferevent *bev, void *arg) {
+  (void)arg;
+  evbuffer_add_buffer(bufferevent_get_output(bev), bufferevent_get_input(bev));
+  if (evbuffer_get_length(bufferevent_get_output(bev)) > (1u << 20))
+    bufferevent_disable(bev, EV_READ);
+}
+
+static void echo_write(struct bufferevent *bev, void *arg) {
+  (void)arg;
+  bufferevent_enable(bev, EV_READ);
+}
+
+static void echo_event(struct bufferevent *bev, short what, void *arg) {
+  (void)arg;
+  if (what & BEV_EVENT_CONNECTED) return; /* TLS handshake done */
+  bufferevent_free(bev);
+}
+
+static void hello_write(struct bufferevent *bev, void *arg) {
+  (void)arg;
+  if (evbuffer_get_length(bufferevent_get_output(bev)) == 0) bufferevent_free(bev);
+}
+
+static void accept_echo(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int len,
+                        void *arg) {
+  (void)l;
+  (void)sa;
+  (void)len;
+  struct bufferevent *bev;
+  if (arg == srv_ctx)
+    bev = bufferevent_openssl_socket_new(base, fd, SSL_new(srv_ctx), BUFFEREVENT_SSL_ACCEPTING,
+                                         BEV_OPT_CLOSE_ON_FREE);
+  else
+    bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
+  bufferevent_setwatermark(bev, EV_WRITE, 256 * 1024, 0);
+  bufferevent_setcb(bev, echo_read, echo_write, echo_event, NULL);
+  bufferevent_enable(bev, EV_READ | EV_WRITE);
+}
+
+static void accept_hello(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+                         int len, void *arg) {
+  (void)l;
+  (void)sa;
+  (void)len;
+  (void)arg;
+  struct bufferevent *bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
+  bufferevent_setcb(bev, NULL, hello_write, echo_event, NULL);
+  bufferevent_enable(bev, EV_WRITE);
+  evbuffer_add_printf(bufferevent_get_output(bev), "hello from the pod\n");
+}
+
+static uint16_t listen_on(evconnlistener_cb cb, void *arg) {
+  struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  struct evconnlistener *l =
+      evconnlistener_new_bind(base, cb, arg, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE, 64,
+                              (struct sockaddr *)&sin, sizeof(sin));
+  if (!l) {
+    perror("listen");
+    exit(2);
+  }
+  socklen_t sl = sizeof(sin);
+  getsockname(evconnlistener_get_fd(l), (struct sockaddr *)&sin, &sl);
+  listeners[n_listeners++] = l;
+  return ntohs(sin.sin_port);
+}
+
+static uint16_t unused_port(void) {
+  struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t sl = sizeof(sin);
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  bind(fd, (struct sockaddr *)&sin, sizeof(sin));
+  getsockname(fd, (struct sockaddr *)&sin, &sl);
+  close(fd);
+  return ntohs(sin.sin_port);
+}
+
+/* ---------------- setup: certificates and the fake server ---------------- */
+
+static void run(const char *cmd) {
+  if (system(cmd) != 0) {
+    fprintf(stderr, "command failed: %s\n", cmd);
+    exit(2);
+  }
+}
+
+static SSL_CTX *client_ctx(const char *ca) {
+  SSL_CTX *c = SSL_CTX_new(TLS_client_method());
+  SSL_CTX_set_verify(c, SSL_VERIFY_PEER, NULL);
+  if (SSL_CTX_load_verify_locations(c, ca, NULL) != 1) {
+    fprintf(stderr, "cannot load %s\n", ca);
+    exit(2);
+  }
+  return c;
+}
+
+static void setup(const char *script) {
+  char cmd[1024], a[200], b[200];
+  snprintf(tmpdir, sizeof(tmpdir), "/tmp/kb-pf-test-XXXXXX");
+  if (!mkdtemp(tmpdir)) {
+    perror("mkdtemp");
+    exit(2);
+  }
+#define GEN                                                                                  \
+  "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 "          \
+  "-subj /CN=%s -addext subjectAltName=%s -keyout %s/%s.key -out %s/%s.crt 2>/dev/null"
+  snprintf(cmd, sizeof(cmd), GEN, "localhost", "DNS:localhost,IP:127.0.0.1", tmpdir, "srv", tmpdir,
+           "srv");
+  run(cmd);
+  snprintf(cmd, sizeof(cmd), GEN, "other", "DNS:other", tmpdir, "other", tmpdir, "other");
+  run(cmd);
+  snprintf(a, sizeof(a), "%s/srv.crt", tmpdir);
+  snprintf(b, sizeof(b), "%s/srv.key", tmpdir);
+  ctx_ok = client_ctx(a);
+  snprintf(cmd, sizeof(cmd), "%s/other.crt", tmpdir);
+  ctx_other = client_ctx(cmd);
+  srv_ctx = SSL_CTX_new(TLS_server_method());
+  if (SSL_CTX_use_certificate_file(srv_ctx, a, SSL_FILETYPE_PEM) != 1 ||
+      SSL_CTX_use_PrivateKey_file(srv_ctx, b, SSL_FILETYPE_PEM) != 1) {
+    fprintf(stderr, "cannot load the server certificate\n");
+    exit(2);
+  }
+
+  int in[2], out[2];
+  if (pipe(in) < 0 || pipe(out) < 0) exit(2);
+  server_pid = fork();
+  if (server_pid == 0) {
+    dup2(in[0], 0);
+    dup2(out[1], 1);
+    close(in[1]);
+    close(out[0]);
+    execlp("python3", "python3", script, "--cert", a, "--key", b, "--token", "s3cret-token",
+           "--prefix", "/k8s/clusters/c1", (char *)NULL);
+    perror("python3");
+    _exit(127);
+  }
+  close(in[0]);
+  close(out[1]);
+  server_stdin = in[1];
+  char line[32] = {0};
+  ssize_t n = read(out[0], line, sizeof(line) - 1);
+  server_stdout = out[0];
+  if (n <= 0 || atoi(line) <= 0) {
+    fprintf(stderr, "the fake API server did not start\n");
+    exit(2);
+  }
+  api_port = (uint16_t)atoi(line);
+  snprintf(api_url, sizeof(api_url), "https://localhost:%u", api_port);
+  snprintf(api_url_prefix, sizeof(api_url_prefix), "https://127.0.0.1:%u/k8s/clusters/c1/",
+           api_port);
+
+  pattern = malloc(PATTERN_LEN);
+  srand(12345);
+  for (size_t i = 0; i < PATTERN_LEN; i++) pattern[i] = (unsigned char)(rand() >> 7);
+  if (getenv("PF_DUMP")) {
+    char f[256];
+    snprintf(f, sizeof(f), "%s.pattern", getenv("PF_DUMP"));
+    FILE *fp = fopen(f, "wb");
+    fwrite(pattern, 1, PATTERN_LEN, fp);
+    fclose(fp);
+  }
+  echo_port = listen_on(accept_echo, NULL);
+  hello_port = listen_on(accept_hello, NULL);
+  tls_echo_port = listen_on(accept_echo, srv_ctx);
+  closed_port = unused_port();
+}
+
+static void teardown(void) {
+  close(server_stdin); /* the server exits when its stdin closes */
+  close(server_stdout);
+  int st;
+  waitpid(server_pid, &st, 0);
+  char cmd[128];
+  snprintf(cmd, sizeof(cmd), "rm -rf %s", tmpdir);
+  if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
+}
+
+/* ---------------- connecting ---------------- */
+
+struct dial_result {
+  int done;
+  struct bufferevent *bev;
+  char err[2048];
+  int status;
+};
+
+static void on_ready(struct bufferevent *bev, const char *err, int status, void *arg) {
+  struct dial_result *r = arg;
+  r->done = 1;
+  r->bev = bev;
+  r->status = status;
+  snprintf(r->err, sizeof(r->err), "%s", err ? err : "");
+  event_base_loopbreak(base);
+}
+
+static void watchdog(evutil_socket_t fd, short what, void *arg) {
+  (void)fd;
+  (void)what;
+  *(int *)arg = 1;
+  event_base_loopbreak(base);
+}
+
+/* Run the loop until *flag or the watchdog (seconds). Returns 0, or -1 on timeout. */
+static int loop_until(int *flag, int seconds) {
+  int fired = 0;
+  struct event *wd = evtimer_new(base, watchdog, &fired);
+  struct timeval tv = {seconds, 0};
+  evtimer_add(wd, &tv);
+  while (!*flag && !fired) event_base_loop(base, EVLOOP_ONCE);
+  event_free(wd);
+  return *flag ? 0 : -1;
+}
+
+struct opts {
+  const char *url;
+  SSL_CTX *ctx;
+  const char *sni;
+  const char *token;
+  unsigned timeout_ms;
+};
+
+static struct bufferevent *dial(const char *pod, uint16_t port, const struct opts *o,
+                                struct dial_result *r) {
+  struct pf_target t = {
+      .server_url = o && o->url ? o->url : api_url,
+      .ssl_ctx = o && o->ctx ? o->ctx : ctx_ok,
+      .tls_server_name = o ? o->sni : NULL,
+      .bearer_token = o && o->token ? (o->token[0] ? o->token : NULL) : "s3cret-token",
+      .ns = "shop",
+      .pod = pod,
+      .port = port,
+      .timeout_ms = o ? o->timeout_ms : 0,
+  };
+  char err[256];
+  memset(r, 0, sizeof(*r));
+  struct pf_connecting *c = pf_connect(base, NULL, &t, on_ready, r, err, sizeof(err));
+  if (!c) {
+    snprintf(r->err, sizeof(r->err), "pf_connect: %s", err);
+    return NULL;
+  }
+  if (loop_until(&r->done, 20) < 0) {
+    pf_connect_cancel(c);
+    snprintf(r->err, sizeof(r->err), "no answer from pf_connect in 20 s");
+    return NULL;
+  }
+  return r->bev;
+}
+
+/* ---------------- a session over the carrier ---------------- */
+
+struct sess {
+  struct bufferevent *bev;     /* what we read and write: the carrier or TLS over it */
+  struct bufferevent *carrier;
+  struct evbuffer *got;        /* small tests: everything read */
+  int bulk;
+  uint64_t total, sent, recvd;
+  uint64_t fnv_sent, fnv_recv;
+  int mismatch;
+  int stalled;
+  size_t max_in, max_api_in;
+  short end;
+  char enderr[1500];
+  int done;
+};
+
+static uint64_t fnv(uint64_t h, const unsigned char *p, size_t n) {
+  for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 1099511628211ull;
+  return h;
+}
+
+static void fill(struct sess *s) {
+  struct evbuffer *out = bufferevent_get_output(s->bev);
+  while (s->sent < s->total && evbuffer_get_length(out) < 512 * 1024) {
+    size_t off = (size_t)(s->sent % PATTERN_LEN);
+    size_t n = PATTERN_LEN - off;
+    if (n > 65536) n = 65536;
+    if (n > s->total - s->sent) n = (size_t)(s->total - s->sent);
+    /* Count first: adding runs the carrier's filter, which may call sess_write
+     * (and so fill) again before evbuffer_add returns. */
+    s->fnv_sent = fnv(s->fnv_sent, pattern + off, n);
+    s->sent += n;
+    evbuffer_add(out, pattern + off, n);
+  }
+}
+
+static void consume(struct sess *s) {
+  struct evbuffer *in = bufferevent_get_input(s->bev);
+  size_t len;
+  while ((len = evbuffer_get_length(in)) > 0) {
+    struct evbuffer_iovec v;
+    evbuffer_peek(in, -1, NULL, &v, 1);
+    size_t n = v.iov_len;
+    size_t off = (size_t)(s->recvd % PATTERN_LEN);
+    if (n > PATTERN_LEN - off) n = PATTERN_LEN - off;
+    if (memcmp(v.iov_base, pattern + off, n) != 0 && !s->mismatch) {
+      s->mismatch = 1;
+      size_t k = 0;
+      while (((const unsigned char *)v.iov_base)[k] == pattern[off + k]) k++;
+      fprintf(stderr, "data mismatch at offset %llu:", (unsigned long long)(s->recvd + k));
+      for (size_t j = k; j < k + 8 && j < n; j++)
+        fprintf(stderr, " %02x/%02x", ((const unsigned char *)v.iov_base)[j], pattern[off + j]);
+      fprintf(stderr, "\n");
+    }
+    s->fnv_recv = fnv(s->fnv_recv, v.iov_base, n);
+    s->recvd += n;
+    evbuffer_drain(in, n);
+  }
+  if (s->recvd >= s->total && s->sent >= s->total) {
+    s->done = 1;
+    event_base_loopbreak(base);
+  }
+}
+
+static void sess_read(struct bufferevent *bev, void *arg) {
+  struct sess *s = arg;
+  struct evbuffer *in = bufferevent_get_input(bev);
+  if (!s->bulk) {
+    evbuffer_add_buffer(s->got, in);
+    return;
+  }
+  if (evbuffer_get_length(in) > s->max_in) s->max_in = evbuffer_get_length(in);
+  struct bufferevent *u = bufferevent_get_underlying(s->carrier);
+  if (u && evbuffer_get_length(bufferevent_get_input(u)) > s->max_api_in)
+    s->max_api_in = evbuffer_get_length(bufferevent_get_input(u));
+  if (!s->stalled) consume(s);
+}
+
+static void sess_write(struct bufferevent *bev, void *arg) {
+  (void)bev;
+  struct sess *s = arg;
+  if (s->bulk) fill(s);
+}
+
+static void sess_event(struct bufferevent *bev, short what, void *arg) {
+  struct sess *s = arg;
+  (void)bev;
+  if (what & BEV_EVENT_CONNECTED) return; /* TLS on top: handshake done */
+  s->end = what;
+  const char *e = pf_carrier_error(s->carrier);
+  snprintf(s->enderr, sizeof(s->enderr), "%s", e ? e : "");
+  s->done = 1;
+  event_base_loopbreak(base);
+}
+
+static void sess_start(struct sess *s, struct bufferevent *carrier, SSL *tls_on_top) {
+  memset(s, 0, sizeof(*s));
+  s->carrier = carrier;
+  s->bev = carrier;
+  s->got = evbuffer_new();
+  s->fnv_sent = s->fnv_recv = 14695981039346656037ull;
+  if (tls_on_top)
+    s->bev = bufferevent_openssl_filter_new(base, carrier, tls_on_top, BUFFEREVENT_SSL_CONNECTING,
+                                            BEV_OPT_CLOSE_ON_FREE);
+  bufferevent_setcb(s->bev, sess_read, sess_write, sess_event, s);
+  bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+}
+
+static void sess_free(struct sess *s) {
+  bufferevent_free(s->bev);
+  evbuffer_free(s->got);
+}
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* Echo `total` bytes through a carrier to pod `pod`: all must come back. */
+static void bulk(const char *name, const char *pod, uint16_t port, uint64_t total, int tls,
+                 const struct opts *o) {
+  struct dial_result r;
+  struct sess s;
+  struct bufferevent *c = dial(pod, port, o, &r);
+  CHECK(c != NULL);
+  if (!c) {
+    fprintf(stderr, "%s: %s\n", name, r.err);
+    return;
+  }
+  CHECK_EQ_INT(r.status, 101);
+  SSL *ssl = NULL;
+  if (tls) {
+    ssl = SSL_new(ctx_ok);
+    SSL_set1_host(ssl, "localhost");
+  }
+  sess_start(&s, c, ssl);
+  s.bulk = 1;
+  s.total = total;
+  double t0 = now_s();
+  fill(&s);
+  int rc = loop_until(&s.done, 120);
+  double dt = now_s() - t0;
+  CHECK_EQ_INT(rc, 0);
+  CHECK_EQ_INT(s.end, 0);
+  if (s.end) fprintf(stderr, "%s: ended early: %s\n", name, s.enderr);
+  CHECK_EQ_INT(s.recvd, total);
+  CHECK_EQ_INT(s.mismatch, 0);
+  CHECK(s.fnv_sent == s.fnv_recv);
+  struct pf_stats st;
+  CHECK_EQ_INT(pf_carrier_stats(c, &st), 0);
+  CHECK_EQ_INT(st.bytes_out, tls ? st.bytes_out : total);
+  CHECK(st.bytes_in >= total);
+  printf("%s: %.1f MB each way in %.2f s (%.0f MB/s each way), frames in %llu out %llu, "
+         "pings %llu, fnv %016llx\n",
+         name, total / 1e6, dt, total / 1e6 / dt, (unsigned long long)st.frames_in,
+         (unsigned long long)st.frames_out, (unsigned long long)st.pings,
+         (unsigned long long)s.fnv_recv);
+  if (strncmp(pod, "frag", 4) == 0) CHECK(st.pings > 0);
+  sess_free(&s);
+}
+
+/* Connect, read until the stream ends; returns the session's end flags and text. */
+static void expect_end(const char *name, const char *pod, uint16_t port, short want,
+                       const char *want_data, const char *want_err) {
+  struct dial_result r;
+  struct sess s;
+  struct bufferevent *c = dial(pod, port, NULL, &r);
+  CHECK(c != NULL);
+  if (!c) {
+    fprintf(stderr, "%s: %s\n", name, r.err);
+    return;
+  }
+  sess_start(&s, c, NULL);
+  CHECK_EQ_INT(loop_until(&s.done, 20), 0);
+  CHECK(s.end & want);
+  CHECK(s.end & BEV_EVENT_READING);
+  size_t n = evbuffer_get_length(s.got);
+  char *data = calloc(1, n + 1);
+  evbuffer_remove(s.got, data, n);
+  if (want_data) CHECK_EQ_STR(data, want_data);
+  if (want_err) {
+    CHECK(strstr(s.enderr, want_err) != NULL);
+    if (!strstr(s.enderr, want_err)) fprintf(stderr, "%s: error was \"%s\"\n", name, s.enderr);
+  } else {
+    CHECK_EQ_STR(s.enderr, "");
+  }
+  printf("%s: %s%s%s\n", name, s.end & BEV_EVENT_ERROR ? "ERROR" : "EOF",
+         s.enderr[0] ? ": " : "", s.enderr);
+  free(data);
+  sess_free(&s);
+}
+
+static void expect_refusal(const char *name, const char *pod, const struct opts *o,
+                           int want_status, const char *want1, const char *want2) {
+  struct dial_result r;
+  struct bufferevent *c = dial(pod, echo_port, o, &r);
+  CHECK(c == NULL);
+  if (c) bufferevent_free(c);
+  CHECK_EQ_INT(r.status, want_status);
+  CHECK(strstr(r.err, want1) != NULL);
+  if (want2) CHECK(strstr(r.err, want2) != NULL);
+  printf("%s: [%d] %s\n", name, r.status, r.err);
+}
+
+/* A reader that stops draining for a while: the carrier's input must stop at its
+ * high mark, the API-server connection below must stay small, and after the
+ * reader resumes every byte must arrive. */
+static void stall_resume(evutil_socket_t fd, short what, void *arg) {
+  struct sess *s = arg;
+  (void)fd;
+  (void)what;
+  s->stalled = 0;
+  consume(s);
+}
+
+static void test_stalled_reader(void) {
+  struct dial_result r;
+  struct sess s;
+  struct bufferevent *c = dial("echo-stall", echo_port, NULL, &r);
+  CHECK(c != NULL);
+  if (!c) return;
+  sess_start(&s, c, NULL);
+  s.bulk = 1;
+  s.total = 8u << 20;
+  s.stalled = 1;
+  fill(&s);
+  struct event *t = evtimer_new(base, stall_resume, &s);
+  struct timeval tv = {1, 500000};
+  evtimer_add(t, &tv);
+  CHECK_EQ_INT(loop_until(&s.done, 60), 0);
+  event_free(t);
+  CHECK_EQ_INT(s.recvd, s.total);
+  CHECK_EQ_INT(s.mismatch, 0);
+  CHECK(s.max_in <= PF_DEFAULT_HIGH);
+  CHECK(s.max_api_in <= 1024 * 1024);
+  printf("stalled reader: carrier input peaked at %zu bytes (high mark %d), API-server input at "
+         "%zu; all %llu bytes arrived after the stall\n",
+         s.max_in, PF_DEFAULT_HIGH, s.max_api_in, (unsigned long long)s.recvd);
+  sess_free(&s);
+}
+
+static void test_cancel(void) {
+  struct dial_result r;
+  memset(&r, 0, sizeof(r));
+  struct pf_target t = {.server_url = api_url, .ssl_ctx = ctx_ok, .ns = "shop",
+                        .pod = "echo-x", .port = echo_port};
+  char err[256];
+  struct pf_connecting *c = pf_connect(base, NULL, &t, on_ready, &r, err, sizeof(err));
+  CHECK(c != NULL);
+  pf_connect_cancel(c);
+  int never = 0;
+  loop_until(&never, 1);
+  CHECK_EQ_INT(r.done, 0);
+}
+
+static void test_invalid(void) {
+  struct pf_target good = {.server_url = api_url, .ssl_ctx = ctx_ok, .ns = "shop",
+                           .pod = "web-1.x", .port = 80};
+  struct {
+    const char *field, *value, *want;
+  } cases[] = {
+      {"url", "http://localhost:6443", "only https://"},
+      {"url", "https://", "missing or too long host"},
+      {"url", "https://[::1:6443", "unclosed"},
+      {"url", "https://h:99999", "bad port"},
+      {"url", "https://h:6443/a b", "path may not contain"},
+      {"ns", "Shop", "invalid namespace"},
+      {"ns", "a.b", "invalid namespace"},
+      {"pod", "web/../x", "invalid pod name"},
+      {"pod", "", "invalid pod name"},
+      {"token", "abc\r\nX-Evil: 1", "control characters"},
+      {"port", "0", "invalid pod port"},
+  };
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    struct pf_target t = good;
+    char err[256] = "";
+    if (!strcmp(cases[i].field, "url")) t.server_url = cases[i].value;
+    if (!strcmp(cases[i].field, "ns")) t.ns = cases[i].value;
+    if (!strcmp(cases[i].field, "pod")) t.pod = cases[i].value;
+    if (!strcmp(cases[i].field, "token")) t.bearer_token = cases[i].value;
+    if (!strcmp(cases[i].field, "port")) t.port = 0;
+    struct pf_connecting *c = pf_connect(base, NULL, &t, on_ready, NULL, err, sizeof(err));
+    CHECK(c == NULL);
+    if (c) pf_connect_cancel(c);
+    CHECK(strstr(err, cases[i].want) != NULL);
+    if (!strstr(err, cases[i].want)) fprintf(stderr, "invalid %s: got \"%s\"\n", cases[i].field, err);
+  }
+  struct pf_target t = good;
+  t.ssl_ctx = NULL;
+  char err[256];
+  CHECK(pf_connect(base, NULL, &t, on_ready, NULL, err, sizeof(err)) == NULL);
+  /* a URL with IPv6 host, port and prefix parses */
+  t = good;
+  t.server_url = "https://[::1]:6443/some/prefix/";
+  struct pf_connecting *c = pf_connect(base, NULL, &t, on_ready, NULL, err, sizeof(err));
+  CHECK(c != NULL);
+  pf_connect_cancel(c);
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    fprintf(stderr, "usage: %s fake_apiserver.py\n", argv[0]);
+    return 2;
+  }
+  signal(SIGPIPE, SIG_IGN);
+  setvbuf(stdout, NULL, _IOLBF, 0);
+  log_init("test_portforward", getenv("KB_DEBUG") ? LOGL_DEBUG : LOGL_WARN);
+  base = event_base_new();
+  setup(argv[1]);
+
+  char acc[32];
+  CHECK_EQ_INT(pf_ws_accept("dGhlIHNhbXBsZSBub25jZQ==", acc, sizeof(acc)), 0);
+  CHECK_EQ_STR(acc, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="); /* RFC 6455 section 1.3 */
+  CHECK(pf_carrier_error(NULL) == NULL);
+  test_invalid();
+  test_cancel();
+
+  bulk("echo 20 MB", "echo-big", echo_port, 20u << 20, 0, NULL);
+  struct opts prefixed = {.url = api_url_prefix};
+  bulk("echo via URL prefix + IP host", "echo-prefix", echo_port, 1u << 20, 0, &prefixed);
+  bulk("fragmented + pings", "frag-1", echo_port, 3u << 20, 0, NULL);
+  bulk("TLS on top", "echo-tls", tls_echo_port, 8u << 20, 1, NULL);
+  test_stalled_reader();
+
+  expect_end("pod closes", "echo-hello", hello_port, BEV_EVENT_EOF, "hello from the pod\n", NULL);
+  expect_end("dial refused in pod", "echo-refused", closed_port, BEV_EVENT_ERROR, "",
+             "error from the kubelet: error forwarding port");
+  expect_end("dial refused, connection dropped", "abrupt-1", closed_port, BEV_EVENT_ERROR, "",
+             "connection refused");
+  expect_end("close 1011", "close1011-x", echo_port, BEV_EVENT_ERROR, "",
+             "closed the WebSocket with code 1011: kubelet exploded");
+  expect_end("wrong port announced", "badport-x", echo_port, BEV_EVENT_ERROR, "",
+             "announced port");
+  expect_end("masked server frame", "masked-x", echo_port, BEV_EVENT_ERROR, "",
+             "the server masked a frame");
+  expect_end("huge frame", "huge-x", echo_port, BEV_EVENT_ERROR, "", "exceeds the limit");
+
+  expect_refusal("403", "forbidden-api-7d9", NULL, 403, "HTTP 403 Forbidden: pods \"forbidden-api-7d9\" is forbidden: User \"dev\" cannot get resource \"pods/portforward\"",
+                 "port-forward to pod shop/forbidden-api-7d9 port");
+  expect_refusal("404 chunked", "missing-x", NULL, 404, "HTTP 404 Not Found: pods \"missing-x\" not found", NULL);
+  struct opts notoken = {.token = ""};
+  expect_refusal("401", "echo-x", &notoken, 401, "HTTP 401 Unauthorized: Unauthorized", NULL);
+  expect_refusal("200 html", "html-x", NULL, 200, "HTTP 200 OK: <html><body> <h1>Welcome", "really the API server");
+  expect_refusal("bad accept", "badaccept-x", NULL, 101, "Sec-WebSocket-Accept", NULL);
+  expect_refusal("bad subprotocol", "badproto-x", NULL, 101, "chose subprotocol \"v4.base64.channel.k8s.io\"", NULL);
+  expect_refusal("no subprotocol", "noproto-x", NULL, 101, "no WebSocket subprotocol", NULL);
+  struct opts quick = {.timeout_ms = 500};
+  expect_refusal("silent server", "silent-x", &quick, 0, "timed out after 500 ms waiting for the API server to answer", NULL);
+  struct opts other = {.ctx = ctx_other};
+  expect_refusal("unknown CA", "echo-x", &other, 0, "certificate", "cannot connect to the API server localhost");
+  struct opts sni = {.sni = "api.example.com"};
+  expect_refusal("name mismatch", "echo-x", &sni, 0, "certificate", NULL);
+  char refused_url[64];
+  snprintf(refused_url, sizeof(refused_url), "https://127.0.0.1:%u", closed_port);
+  struct opts refused = {.url = refused_url};
+  expect_refusal("API server down", "echo-x", &refused, 0, "Connection refused", NULL);
+  struct opts nxdomain = {.url = "https://no-such-host.invalid:6443"};
+  expect_refusal("unknown host", "echo-x", &nxdomain, 0, "cannot resolve", NULL);
+
+  int never = 0;
+  loop_until(&never, 1); /* let the pod-side connections see their ends */
+  for (int i = 0; i < n_listeners; i++) evconnlistener_free(listeners[i]);
+  teardown();
+  SSL_CTX_free(ctx_ok);
+  SSL_CTX_free(ctx_other);
+  SSL_CTX_free(srv_ctx);
+  free(pattern);
+  event_base_free(base);
+  return check_done();
+}
