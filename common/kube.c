@@ -181,26 +181,38 @@ static void set_err(struct kube_err *e, long status, const char *reason, const c
   va_end(ap);
 }
 
+/* "/" + one path segment, percent-encoded (a name with '/' or '?' from the
+ * user cannot change which URL is requested). */
+static void add_segment(struct buf *b, const char *seg) {
+  char *esc = curl_easy_escape(NULL, seg, 0);
+  if (!esc) abort();
+  buf_add(b, "/", 1);
+  buf_add(b, esc, strlen(esc));
+  curl_free(esc);
+}
+
 /* "/api/v1/namespaces/ns/services/name/sub" */
 static char *ref_path(const struct kube_ref *r) {
   struct buf b = {0};
   const char *api = r->api && *r->api ? r->api : "v1";
-  buf_add(&b, strchr(api, '/') ? "/apis/" : "/api/", strchr(api, '/') ? 6 : 5);
-  buf_add(&b, api, strlen(api));
+  const char *slash = strchr(api, '/');
+  buf_add(&b, slash ? "/apis" : "/api", slash ? 5 : 4);
+  if (slash) {
+    char *group = strndup(api, (size_t)(slash - api));
+    if (!group) abort();
+    add_segment(&b, group);
+    free(group);
+    add_segment(&b, slash + 1);
+  } else {
+    add_segment(&b, api);
+  }
   if (r->namespace && *r->namespace) {
-    buf_add(&b, "/namespaces/", 12);
-    buf_add(&b, r->namespace, strlen(r->namespace));
+    buf_add(&b, "/namespaces", 11);
+    add_segment(&b, r->namespace);
   }
-  buf_add(&b, "/", 1);
-  buf_add(&b, r->resource, strlen(r->resource));
-  if (r->name && *r->name) {
-    buf_add(&b, "/", 1);
-    buf_add(&b, r->name, strlen(r->name));
-  }
-  if (r->subresource && *r->subresource) {
-    buf_add(&b, "/", 1);
-    buf_add(&b, r->subresource, strlen(r->subresource));
-  }
+  add_segment(&b, r->resource);
+  if (r->name && *r->name) add_segment(&b, r->name);
+  if (r->subresource && *r->subresource) add_segment(&b, r->subresource);
   return b.p;
 }
 
@@ -541,6 +553,11 @@ static int run_blocking(struct kube *k, struct req *q, cJSON **out, struct kube_
 int kube_request(struct kube *k, const char *method, const char *verb, const struct kube_ref *r,
                  const char *query, const char *content_type, const char *body, cJSON **out,
                  struct kube_err *e) {
+  if (out) *out = NULL;
+  if (!r || !r->resource || !*r->resource) {
+    set_err(e, 0, "", "%s: no resource given", verb);
+    return -1;
+  }
   struct req *q = req_new(k, REQ_BLOCKING, method, verb, r, query, content_type, body, sizeof *q);
   int rc = run_blocking(k, q, out, e);
   req_free(q);
@@ -596,6 +613,11 @@ static int send_obj(struct kube *k, const char *method, const char *verb, const 
 
 int kube_create(struct kube *k, const struct kube_ref *r, const cJSON *obj, cJSON **out,
                 struct kube_err *e) {
+  if (out) *out = NULL;
+  if (!r || !r->resource || !*r->resource) {
+    set_err(e, 0, "", "create: no resource given");
+    return -1;
+  }
   struct kube_ref coll = *r;
   const char *name =
       cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(obj, "metadata"), "name"));
@@ -815,6 +837,10 @@ static void watch_free(struct kube_watch *w) {
 
 int kube_watch(struct kube *k, const struct kube_ref *r, const char *label_selector,
                const char *resource_version, kube_event_fn cb, void *arg, struct kube_err *e) {
+  if (!r || !r->resource || !*r->resource) {
+    set_err(e, 0, "", "watch: no resource given");
+    return -1;
+  }
   struct kube_watch *w = watch_new(k, r, label_selector, resource_version, cb, arg);
   CURL *easy = curl_easy_init();
   int rc = -1;
@@ -1122,8 +1148,8 @@ struct kube_call *kube_async_request(struct kube *k, const char *method, const c
                                      const struct kube_ref *r, const char *query,
                                      const char *content_type, const char *body, kube_done_fn cb,
                                      void *arg) {
-  if (!k->multi) {
-    log_err("kube: async call before kube_attach");
+  if (!k->multi || !r || !r->resource || !*r->resource) {
+    log_err("kube: async %s %s", verb, k->multi ? "without a resource" : "before kube_attach");
     return NULL;
   }
   struct kube_call *c =
@@ -1185,8 +1211,8 @@ void kube_call_cancel(struct kube_call *c) {
 struct kube_watch *kube_async_watch(struct kube *k, const struct kube_ref *r,
                                     const char *label_selector, const char *resource_version,
                                     kube_event_fn cb, void *arg) {
-  if (!k->multi) {
-    log_err("kube: async watch before kube_attach");
+  if (!k->multi || !r || !r->resource || !*r->resource) {
+    log_err("kube: async watch %s", k->multi ? "without a resource" : "before kube_attach");
     return NULL;
   }
   struct kube_watch *w = watch_new(k, r, label_selector, resource_version, cb, arg);

@@ -300,6 +300,14 @@ static void test_crud(void) {
   CHECK(out == NULL);
   CHECK_EQ_INT(e.status, 404);
   CHECK_EQ_STR(e.msg, "get configmaps \"cm1\" in namespace \"t\": not found (configmaps \"cm1\" not found)");
+  /* a name with '/' stays one path segment */
+  struct kube_ref odd = {"v1", "configmaps", "t", "../secrets/x", NULL};
+  CHECK_EQ_INT(kube_get(k, &odd, NULL, &e), -1);
+  CHECK_EQ_INT(e.status, 404);
+  CHECK_HAS(e.msg, "get configmaps \"../secrets/x\" in namespace \"t\": not found");
+  struct kube_ref none = {"v1", NULL, "t", NULL, NULL};
+  CHECK_EQ_INT(kube_get(k, &none, NULL, &e), -1);
+  CHECK_EQ_STR(e.msg, "get: no resource given");
   struct kube_ref dep = {"apps/v1", "deployments", "t", "web", NULL};
   CHECK_EQ_INT(kube_delete(k, &dep, NULL, &e), -1);
   CHECK_HAS(e.msg, "delete deployments.apps \"web\" in namespace \"t\": not found");
