@@ -22,8 +22,10 @@ import json
 import os
 import random
 import shutil
+import struct
 import subprocess
 import sys
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -133,10 +135,10 @@ def ensure_demo():
         got = {}
         for p in ps:
             if ready(p):
-                app = p["metadata"]["labels"].get("app")
+                app = p["metadata"].get("labels", {}).get("app")
                 got[app] = got.get(app, 0) + 1
         return all(got.get(k) == v for k, v in want.items()) and \
-            all(ready(p) for p in ps if p["metadata"]["labels"].get("app") in want)
+            all(ready(p) for p in ps if p["metadata"].get("labels", {}).get("app") in want)
     return wait("demo pods Running+Ready", all_ready, 120)
 
 
@@ -310,6 +312,49 @@ def t_portforward():
     big = b"GET /" + b"x" * 200000 + b" HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
     ports, data, err = wsclient.port_forward(i["server"], i["ca"], "shop", pod, 8080, big, token=i["tokens"]["admin"])
     check(data.startswith(b"HTTP/1."), "200 kB request through the tunnel answered (%d bytes back)" % len(data))
+    # Bulk data both ways and parallel streams: an echo server that echoes N bytes, then closes.
+    echo = ("import socket, struct, threading\n"
+            "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+            "s.bind(('0.0.0.0', 9000)); s.listen(16)\n"
+            "def serve(c):\n"
+            "    f = c.makefile('rb'); n = struct.unpack('>Q', f.read(8))[0]\n"
+            "    while n > 0:\n"
+            "        d = f.read1(min(n, 65536))\n"
+            "        if not d: break\n"
+            "        c.sendall(d); n -= len(d)\n"
+            "    c.close()\n"
+            "print('echo ready', flush=True)\n"
+            "while True:\n"
+            "    c, _ = s.accept(); threading.Thread(target=serve, args=(c,)).start()\n")
+    kubectl("delete", "pod", "-n", "shop", "echo", "--ignore-not-found", "--grace-period=0")
+    kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "echo", "namespace": "shop"},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
+            "name": "echo", "image": "kbridge-demo/sh:1", "command": ["python3", "-c", echo],
+            "readinessProbe": {"tcpSocket": {"port": 9000}, "periodSeconds": 1}}]}}))
+    wait("echo pod ready", lambda: ready(admin().get("/api/v1/namespaces/shop/pods/echo")), 30)
+    blob = os.urandom(8 * 1024 * 1024)
+    t = time.time()
+    ports, data, err = wsclient.port_forward(i["server"], i["ca"], "shop", "echo", 9000,
+                                             struct.pack(">Q", len(blob)) + blob, token=i["tokens"]["restricted"],
+                                             timeout=60)
+    dt = time.time() - t
+    check(data == blob, "8 MiB echoed intact through API server + node port-forward (%.2fs, %.1f MB/s)"
+          % (dt, 2 * 8 / dt))
+    results = {}
+
+    def one(n):
+        b = os.urandom(100000 + n)
+        _, d, _ = wsclient.port_forward(i["server"], i["ca"], "shop", "echo", 9000, struct.pack(">Q", len(b)) + b,
+                                        token=i["tokens"]["admin"], timeout=60)
+        results[n] = d == b
+    ts = [threading.Thread(target=one, args=(n,)) for n in range(8)]
+    for th in ts:
+        th.start()
+    for th in ts:
+        th.join()
+    check(len(results) == 8 and all(results.values()), "8 parallel port-forward streams all echoed intact")
+    kubectl("delete", "pod", "-n", "shop", "echo", "--wait=true")
 
 
 def t_rbac():

@@ -15,6 +15,7 @@ import os
 import socket
 import ssl
 import struct
+import threading
 import urllib.parse
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -107,7 +108,15 @@ def port_forward(server, ca, ns, pod, port, payload, token=None, cert=None, key=
             op, m = _read_frame(f)
             if op == 2 and m:
                 ports[m[0]] = struct.unpack("<H", m[1:3])[0]
-        s.sendall(_frame(2, b"\x00" + payload))
+        # Send from a thread while reading, so a large payload to an echoing
+        # peer cannot deadlock on full buffers; 64 KiB per message.
+        def sender():
+            try:
+                for off in range(0, len(payload), 65536):
+                    s.sendall(_frame(2, b"\x00" + payload[off:off + 65536]))
+            except OSError:
+                pass
+        threading.Thread(target=sender, daemon=True).start()
         while True:
             op, m = _read_frame(f)
             if op == 8:
