@@ -455,6 +455,25 @@ def t_lifecycle():
     say("MEASURED selector switch effective after %.1fs" % (time.time() - t))
     kubectl("patch", "service", "-n", "shop", "api", "-p", '{"spec":{"selector":{"app":"api"}}}')
     wait("api Service answered by api again", lambda: {s for s, p in serving_pods(fe, "http://api:8080/", 4)} == {"api"}, 10, interval=0)
+    # scale to 0 (kbridge's exclusive mode): no endpoints -> refused at once, not a hang
+    kubectl("scale", "-n", "shop", "deployment/api", "--replicas=0")
+    wait("api scaled to 0 (pods gone)", lambda: not pods("shop", "app=api"), 60)
+
+    def refused_fast():
+        t = time.time()
+        r = http_from_pod("shop", fe, "http://api:8080/")
+        return "error" in r and time.time() - t < 3 and ("refused" in r["error"].lower() or "unreachable" in r["error"].lower())
+    wait("Service without endpoints refuses connections at once", refused_fast, 10)
+    kubectl("scale", "-n", "shop", "deployment/api", "--replicas=2")
+    wait("api back to 2 ready pods", lambda: len(ready_api_pods()) == 2, 60)
+    # rolling update: new pods with the new env replace the old ones
+    kubectl("set", "env", "-n", "shop", "deployment/api", "VERSION=2")
+    r = kubectl("rollout", "status", "-n", "shop", "deployment/api", "--timeout=90s")
+    check({r["version"] for r in (http_from_pod("shop", fe, "http://api:8080/") for _ in range(6))} == {"2"},
+          "rolling update done, all answers from version 2")
+    kubectl("set", "env", "-n", "shop", "deployment/api", "VERSION=1")
+    kubectl("rollout", "status", "-n", "shop", "deployment/api", "--timeout=90s")
+    wait("api back to 2 ready pods of version 1", lambda: len(ready_api_pods()) == 2 and len(pods("shop", "app=api")) == 2, 60)
     # unknown image and the agent image without a binary: ErrImagePull/ImagePullBackOff
     for pname, image in (("badimage", "example.com/no/such-image:1"), ("agentmissing", "kbridge/agent:0.0.1")):
         kubectl("delete", "pod", "-n", "shop", pname, "--ignore-not-found", "--grace-period=0")
