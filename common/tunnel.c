@@ -97,6 +97,8 @@ struct tunnel {
   unsigned free_requested : 1;
   unsigned sched_queued : 1;
   unsigned in_sched : 1;
+  unsigned in_read : 1, reread : 1; /* carrier_read_cb running / called again meanwhile */
+  unsigned read_wm : 1;             /* a read low watermark is set */
   struct tunnel_stats stats;
   uint8_t scratch[CONTROL_MAX];
 };
@@ -355,10 +357,13 @@ static void stream_in_cb(struct evbuffer *buf, const struct evbuffer_cb_info *in
   if (!t || !s->on_wire || s->closed || s->remote_eof || t->state == TS_DEAD) return;
   s->consumed += (uint32_t)info->n_deleted;
   if (s->consumed >= t->cfg.stream_window / 4) {
-    frame_put_window(bufferevent_get_output(t->carrier), s->id, s->consumed);
-    t->stats.frames_out++;
-    s->recv_window += s->consumed;
+    uint32_t grant = s->consumed;
+    s->recv_window += grant;
     s->consumed = 0;
+    t->stats.frames_out++;
+    enter(t); /* the write may run carrier callbacks synchronously (TLS) */
+    frame_put_window(bufferevent_get_output(t->carrier), s->id, grant);
+    leave(t);
   }
 }
 
@@ -764,33 +769,47 @@ static void handle_frame(struct tunnel *t, const struct frame_header *h, struct 
   }
 }
 
-/* Parse every whole frame in the carrier's input. */
+/* Parse every whole frame in the carrier's input. A nested call (a carrier that
+ * runs callbacks synchronously, e.g. TLS writing while we handle a frame) only
+ * flags that more input arrived; the outer call's loop picks it up. */
 static void carrier_read_cb(struct bufferevent *bev, void *arg) {
   struct tunnel *t = arg;
   struct evbuffer *in = bufferevent_get_input(bev);
-  enter(t);
-  t->last_rx_ms = now_ms();
-  while (t->state != TS_DEAD && t->state != TS_CLOSING) {
-    size_t have = evbuffer_get_length(in);
-    if (have < FRAME_HEADER_LEN) break;
-    uint8_t hb[FRAME_HEADER_LEN];
-    struct frame_header h;
-    evbuffer_copyout(in, hb, sizeof hb);
-    if (frame_header_decode(hb, &h) < 0) {
-      protocol_error(t, "frame longer than 65536 bytes");
-      break;
-    }
-    if (have < FRAME_HEADER_LEN + (size_t)h.length) {
-      /* Wake up only when the whole frame is there. */
-      bufferevent_setwatermark(bev, EV_READ, FRAME_HEADER_LEN + (size_t)h.length, 0);
-      leave(t);
-      return;
-    }
-    evbuffer_drain(in, FRAME_HEADER_LEN);
-    handle_frame(t, &h, in);
+  if (t->in_read) {
+    t->reread = 1;
+    return;
   }
-  if (t->state != TS_DEAD) bufferevent_setwatermark(bev, EV_READ, 0, 0);
-  if (t->state != TS_DEAD && t->sched_head) run_scheduler(t);
+  enter(t);
+  t->in_read = 1;
+  t->last_rx_ms = now_ms();
+  size_t want = 0; /* > 0: waiting for a frame of this many bytes */
+  do {
+    t->reread = 0;
+    while (t->state == TS_READY || t->state == TS_HANDSHAKE) {
+      size_t have = evbuffer_get_length(in);
+      if (have < FRAME_HEADER_LEN) break;
+      uint8_t hb[FRAME_HEADER_LEN];
+      struct frame_header h;
+      evbuffer_copyout(in, hb, sizeof hb);
+      if (frame_header_decode(hb, &h) < 0) {
+        protocol_error(t, "frame longer than 65536 bytes");
+        break;
+      }
+      if (have < FRAME_HEADER_LEN + (size_t)h.length) {
+        want = FRAME_HEADER_LEN + (size_t)h.length;
+        break;
+      }
+      evbuffer_drain(in, FRAME_HEADER_LEN);
+      handle_frame(t, &h, in);
+    }
+    if (t->state == TS_READY && t->sched_head) run_scheduler(t);
+  } while (t->reread && t->state != TS_DEAD && !want);
+  if (t->state != TS_DEAD) {
+    /* Wake up only when the whole pending frame is there. */
+    if (want || t->read_wm) bufferevent_setwatermark(bev, EV_READ, want, 0);
+    t->read_wm = want > 0;
+  }
+  t->in_read = 0;
   leave(t);
 }
 
@@ -984,15 +1003,23 @@ struct tunnel_stream *tunnel_stream_open(struct tunnel *t, const struct frame_op
   if (t->state != TS_READY || t->next_id > WINDOW_LIMIT) return NULL;
   struct tunnel_stream *s = stream_new(t, t->next_id, 0);
   if (!s) return NULL;
+  t->next_id += 2;
+  enter(t);
   if (frame_put_open(bufferevent_get_output(t->carrier), s->id, o) < 0) {
     s->user_freed = 1; /* never seen by the peer or the user */
     s->closed = 1;
     t->stats.streams_opened--;
     stream_detach(s);
-    return NULL;
+    s = NULL;
+  } else {
+    t->stats.frames_out++;
   }
-  t->next_id += 2;
-  t->stats.frames_out++;
+  if (s && t->state == TS_DEAD) { /* a synchronous carrier error killed the tunnel */
+    s->user_freed = 1;
+    stream_release(s);
+    s = NULL;
+  }
+  leave(t);
   return s;
 }
 
@@ -1051,7 +1078,10 @@ void tunnel_stream_reset(struct tunnel_stream *s, uint32_t code, const char *rea
     s->closed = 1;
     return;
   }
+  struct tunnel *t = s->t;
+  enter(t);
   stream_reset_send(s, code, reason);
+  leave(t);
 }
 
 void tunnel_stream_free(struct tunnel_stream *s) {
@@ -1061,8 +1091,11 @@ void tunnel_stream_free(struct tunnel_stream *s) {
   s->ev = NULL;
   evbuffer_remove_cb(s->in, stream_in_cb, s);
   if (s->on_wire && !s->closed && !(s->shut_req && s->remote_eof)) {
+    struct tunnel *t = s->t;
+    enter(t);
     stream_reset_send(s, FRAME_RESET_CANCEL, "stream closed");
-    return; /* released by stream_detach */
+    leave(t); /* the stream is released here or by the outer callback's leave */
+    return;
   }
   if (s->on_wire) evbuffer_drain(s->in, evbuffer_get_length(s->in));
   stream_release(s);
