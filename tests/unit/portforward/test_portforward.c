@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/resource.h>
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -49,6 +50,9 @@ static unsigned char *pattern;
 static char tmpdir[64];
 static char api_url[128], api_url_prefix[160];
 static uint16_t api_port, echo_port, hello_port, tls_echo_port, closed_port;
+/* What dial() uses unless told otherwise: the fake server, or a real cluster. */
+static const char *g_url = api_url, *g_ns = "shop", *g_token = "s3cret-token";
+static uint16_t g_refusal_port; /* port used by the refusal tests */
 static SSL_CTX *ctx_ok, *ctx_other, *srv_ctx;
 static pid_t server_pid;
 static struct evconnlistener *listeners[3];
@@ -280,11 +284,11 @@ struct opts {
 static struct bufferevent *dial(const char *pod, uint16_t port, const struct opts *o,
                                 struct dial_result *r) {
   struct pf_target t = {
-      .server_url = o && o->url ? o->url : api_url,
+      .server_url = o && o->url ? o->url : g_url,
       .ssl_ctx = o && o->ctx ? o->ctx : ctx_ok,
       .tls_server_name = o ? o->sni : NULL,
-      .bearer_token = o && o->token ? (o->token[0] ? o->token : NULL) : "s3cret-token",
-      .ns = "shop",
+      .bearer_token = o && o->token ? (o->token[0] ? o->token : NULL) : g_token,
+      .ns = g_ns,
       .pod = pod,
       .port = port,
       .timeout_ms = o ? o->timeout_ms : 0,
@@ -418,6 +422,13 @@ static void sess_free(struct sess *s) {
   evbuffer_free(s->got);
 }
 
+static double cpu_s(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
+         ru.ru_stime.tv_usec / 1e6;
+}
+
 static double now_s(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -444,10 +455,10 @@ static void bulk(const char *name, const char *pod, uint16_t port, uint64_t tota
   sess_start(&s, c, ssl);
   s.bulk = 1;
   s.total = total;
-  double t0 = now_s();
+  double t0 = now_s(), c0 = cpu_s();
   fill(&s);
   int rc = loop_until(&s.done, 120);
-  double dt = now_s() - t0;
+  double dt = now_s() - t0, cpu = cpu_s() - c0;
   CHECK_EQ_INT(rc, 0);
   CHECK_EQ_INT(s.end, 0);
   if (s.end) fprintf(stderr, "%s: ended early: %s\n", name, s.enderr);
@@ -458,9 +469,10 @@ static void bulk(const char *name, const char *pod, uint16_t port, uint64_t tota
   CHECK_EQ_INT(pf_carrier_stats(c, &st), 0);
   CHECK_EQ_INT(st.bytes_out, tls ? st.bytes_out : total);
   CHECK(st.bytes_in >= total);
-  printf("%s: %.1f MB each way in %.2f s (%.0f MB/s each way), frames in %llu out %llu, "
-         "pings %llu, fnv %016llx\n",
-         name, total / 1e6, dt, total / 1e6 / dt, (unsigned long long)st.frames_in,
+  printf("%s: %.1f MB each way in %.2f s (%.0f MB/s each way; this process %.2f CPU s, "
+         "%.1f CPU s per GB moved), frames in %llu out %llu, pings %llu, fnv %016llx\n",
+         name, total / 1e6, dt, total / 1e6 / dt, cpu, cpu / (2.0 * total / 1e9),
+         (unsigned long long)st.frames_in,
          (unsigned long long)st.frames_out, (unsigned long long)st.pings,
          (unsigned long long)s.fnv_recv);
   if (strncmp(pod, "frag", 4) == 0) CHECK(st.pings > 0);
@@ -501,7 +513,7 @@ static void expect_end(const char *name, const char *pod, uint16_t port, short w
 static void expect_refusal(const char *name, const char *pod, const struct opts *o,
                            int want_status, const char *want1, const char *want2) {
   struct dial_result r;
-  struct bufferevent *c = dial(pod, echo_port, o, &r);
+  struct bufferevent *c = dial(pod, g_refusal_port, o, &r);
   CHECK(c == NULL);
   if (c) bufferevent_free(c);
   CHECK_EQ_INT(r.status, want_status);
@@ -605,16 +617,70 @@ static void test_invalid(void) {
   pf_connect_cancel(c);
 }
 
-int main(int argc, char **argv) {
-  if (argc < 2) {
-    fprintf(stderr, "usage: %s fake_apiserver.py\n", argv[0]);
+/* Against a real API server (cluster_portforward.py passes the arguments):
+ * POD runs an echo server on PORT in namespace NS. */
+static int cluster_mode(char **a) {
+  const char *url = a[0], *ca = a[1], *cert = a[2], *key = a[3], *admin = a[4],
+             *restricted = a[5], *norbac = a[6], *ns = a[7], *pod = a[8];
+  uint16_t port = (uint16_t)atoi(a[9]);
+  g_url = url;
+  g_ns = ns;
+  g_token = admin;
+  g_refusal_port = port;
+  ctx_ok = client_ctx(ca);
+  ctx_other = SSL_CTX_new(TLS_client_method()); /* trusts no CA at all */
+  SSL_CTX_set_verify(ctx_other, SSL_VERIFY_PEER, NULL);
+  SSL_CTX *ctx_cert = client_ctx(ca);
+  if (SSL_CTX_use_certificate_file(ctx_cert, cert, SSL_FILETYPE_PEM) != 1 ||
+      SSL_CTX_use_PrivateKey_file(ctx_cert, key, SSL_FILETYPE_PEM) != 1) {
+    fprintf(stderr, "cannot load the client certificate %s\n", cert);
     return 2;
   }
+  pattern = malloc(PATTERN_LEN);
+  srand(777);
+  for (size_t i = 0; i < PATTERN_LEN; i++) pattern[i] = (unsigned char)(rand() >> 7);
+
+  bulk("cluster, admin token", pod, port, 20u << 20, 0, NULL);
+  struct opts by_cert = {.ctx = ctx_cert, .token = ""};
+  bulk("cluster, admin client certificate", pod, port, 2u << 20, 0, &by_cert);
+  struct opts by_restricted = {.token = restricted};
+  bulk("cluster, restricted user", pod, port, 2u << 20, 0, &by_restricted);
+  expect_end("cluster, closed port in the pod", pod, 9, BEV_EVENT_ERROR, "",
+             "error from the kubelet");
+  struct opts by_norbac = {.token = norbac};
+  expect_refusal("cluster, user without RBAC", pod, &by_norbac, 403, "HTTP 403 Forbidden: ",
+                 "pods/portforward");
+  expect_refusal("cluster, no such pod", "no-such-pod", NULL, 404, "HTTP 404 Not Found: ",
+                 "not found");
+  struct opts bad_token = {.token = "not-a-token"};
+  expect_refusal("cluster, bad token", pod, &bad_token, 401, "HTTP 401 Unauthorized", NULL);
+  struct opts untrusted = {.ctx = ctx_other};
+  expect_refusal("cluster, API server CA not trusted", pod, &untrusted, 0, "certificate", NULL);
+
+  int never = 0;
+  loop_until(&never, 1);
+  SSL_CTX_free(ctx_ok);
+  SSL_CTX_free(ctx_other);
+  SSL_CTX_free(ctx_cert);
+  free(pattern);
+  event_base_free(base);
+  return check_done();
+}
+
+int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
   setvbuf(stdout, NULL, _IOLBF, 0);
   log_init("test_portforward", getenv("KB_DEBUG") ? LOGL_DEBUG : LOGL_WARN);
   base = event_base_new();
+  if (argc == 12 && strcmp(argv[1], "--cluster") == 0) return cluster_mode(argv + 2);
+  if (argc != 2) {
+    fprintf(stderr, "usage: %s fake_apiserver.py\n"
+                    "       %s --cluster URL CA CERT KEY ADMIN-TOKEN RESTRICTED-TOKEN "
+                    "NORBAC-TOKEN NS POD PORT\n", argv[0], argv[0]);
+    return 2;
+  }
   setup(argv[1]);
+  g_refusal_port = echo_port;
 
   char acc[32];
   CHECK_EQ_INT(pf_ws_accept("dGhlIHNhbXBsZSBub25jZQ==", acc, sizeof(acc)), 0);
