@@ -817,6 +817,54 @@ static void test_goaway(void) {
            (double)(t1_.tv_sec - t0_.tv_sec) + (t1_.tv_usec - t0_.tv_usec) / 1e6); \
   } while (0)
 
+/* A carrier that runs callbacks synchronously: a bufferevent pair without
+ * BEV_OPT_DEFER_CALLBACKS. Writing a frame runs the peer's read callback at once,
+ * which may answer straight into ours: the nesting guards must hold. */
+static void test_synchronous_carrier(void) {
+  struct bufferevent *pair[2];
+  CHECK_EQ_INT(bufferevent_pair_new(base, BEV_OPT_CLOSE_ON_FREE, pair), 0);
+  struct side c = {0}, s = {0};
+  s.on_open_hook = echo_hook;
+  struct frame_hello h = hello_for("sync");
+  c.t = tunnel_new(base, pair[0], TUNNEL_CLIENT, NULL, &h, &cbs, &c);
+  s.t = tunnel_new(base, pair[1], TUNNEL_SERVER, NULL, NULL, &cbs, &s);
+  wait_for(&c.welcomed, 2000);
+  CHECK(tunnel_ready(c.t));
+  enum { N = 20 };
+  struct rec r[N];
+  static uint8_t blob[300000];
+  for (size_t i = 0; i < sizeof blob; i++) blob[i] = (uint8_t)(i % 239);
+  for (int i = 0; i < N; i++) {
+    rec_init(&r[i], tunnel_stream_open(c.t, &outbound));
+    tunnel_stream_write(r[i].s, blob, sizeof blob);
+    tunnel_stream_shutdown(r[i].s);
+  }
+  int done = 0;
+  for (int k = 0; k < 5000 && done < N; k++) {
+    spin(1);
+    done = 0;
+    for (int i = 0; i < N; i++) done += r[i].eof;
+  }
+  CHECK_EQ_INT(done, N);
+  int good = 0;
+  for (int i = 0; i < N; i++) {
+    good += evbuffer_get_length(r[i].got) == sizeof blob &&
+            memcmp(evbuffer_pullup(r[i].got, -1), blob, sizeof blob) == 0;
+    rec_clear(&r[i]);
+  }
+  CHECK_EQ_INT(good, N);
+  /* and a reset plus a tunnel free while the peer answers synchronously */
+  struct rec x;
+  rec_init(&x, tunnel_stream_open(c.t, &outbound));
+  tunnel_stream_write(x.s, "abc", 3);
+  spin(5);
+  tunnel_stream_reset(x.s, FRAME_RESET_CANCEL, "bye");
+  rec_clear(&x);
+  spin(5);
+  free_pair(&c, &s);
+  spin(5);
+}
+
 int main(void) {
   log_init("test_tunnel", LOGL_WARN);
   base = event_base_new();
@@ -831,6 +879,7 @@ int main(void) {
   RUN(test_silent_peer);
   RUN(test_free_inside_callbacks);
   RUN(test_goaway);
+  RUN(test_synchronous_carrier);
   event_base_free(base);
   return check_done();
 }
