@@ -50,7 +50,7 @@ struct tunnel_stream {
   struct tunnel *t;                  /* NULL once the tunnel is gone */
   uint32_t id;
   struct tunnel_stream *hnext;       /* id map chain */
-  struct tunnel_stream *snext;       /* scheduler ring (singly linked, FIFO) */
+  struct tunnel_stream *sprev, *snext; /* scheduler queue (FIFO) */
   struct tunnel_stream *aprev, *anext; /* all streams of the tunnel */
   struct tunnel_stream *gnext;       /* deferred-free list */
   struct evbuffer *in, *out;
@@ -205,7 +205,7 @@ static void map_remove(struct tunnel *t, struct tunnel_stream *s) {
   if (s->peer_opened) t->peer_streams--;
 }
 
-/* ---- scheduler ring --------------------------------------------------------- */
+/* ---- scheduler queue: served from the head, re-queued at the tail (round robin) */
 
 static int sched_eligible(const struct tunnel_stream *s) {
   if (!s->on_wire || s->closed) return 0;
@@ -218,6 +218,7 @@ static void sched_push(struct tunnel *t, struct tunnel_stream *s) {
   if (s->in_sched) return;
   s->in_sched = 1;
   s->snext = NULL;
+  s->sprev = t->sched_tail;
   if (t->sched_tail)
     t->sched_tail->snext = s;
   else
@@ -225,30 +226,24 @@ static void sched_push(struct tunnel *t, struct tunnel_stream *s) {
   t->sched_tail = s;
 }
 
-static struct tunnel_stream *sched_pop(struct tunnel *t) {
-  struct tunnel_stream *s = t->sched_head;
-  if (!s) return NULL;
-  t->sched_head = s->snext;
-  if (!t->sched_head) t->sched_tail = NULL;
-  s->snext = NULL;
-  s->in_sched = 0;
-  return s;
-}
-
 static void sched_remove(struct tunnel *t, struct tunnel_stream *s) {
   if (!s->in_sched) return;
-  struct tunnel_stream *prev = NULL;
-  for (struct tunnel_stream *x = t->sched_head; x; prev = x, x = x->snext) {
-    if (x != s) continue;
-    if (prev)
-      prev->snext = x->snext;
-    else
-      t->sched_head = x->snext;
-    if (t->sched_tail == x) t->sched_tail = prev;
-    break;
-  }
-  s->snext = NULL;
+  if (s->sprev)
+    s->sprev->snext = s->snext;
+  else
+    t->sched_head = s->snext;
+  if (s->snext)
+    s->snext->sprev = s->sprev;
+  else
+    t->sched_tail = s->sprev;
+  s->sprev = s->snext = NULL;
   s->in_sched = 0;
+}
+
+static struct tunnel_stream *sched_pop(struct tunnel *t) {
+  struct tunnel_stream *s = t->sched_head;
+  if (s) sched_remove(t, s);
+  return s;
 }
 
 /* Ask for a scheduler run from the event loop (batched, never reentrant). */
