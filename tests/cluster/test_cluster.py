@@ -12,6 +12,8 @@ tests/cluster/CMakeLists.txt, label `cluster`).
                                 image pull errors, restarts
     test_cluster.py features    env/valueFrom, volumes, securityContext, exec probes,
                                 grace period, liveness restarts
+    test_cluster.py second      a second cluster at the same time; its down
+                                leaves the first alone
     test_cluster.py down        down + nothing left behind (fixture cleanup)
     test_cluster.py all         up, every test, down
 
@@ -673,6 +675,36 @@ def t_features():
     kubectl("delete", "pod", "-n", "shop", "initdemo", "--wait=true")
 
 
+def t_second():
+    """A second cluster next to the first: own index, CIDRs, ports; its down
+    leaves the first untouched."""
+    ensure_demo()
+    other = NAME + "-b"
+    t = time.time()
+    r = subprocess.run([os.path.join(HERE, "up"), "--name", other], stdout=subprocess.PIPE, text=True)
+    check(r.returncode == 0, "second cluster %s up in %.1fs" % (other, time.time() - t))
+    try:
+        a, b = info(), kc.read_cluster(other)
+        check(a["index"] != b["index"] and a["net"]["pod_cidr"] != b["net"]["pod_cidr"] and
+              a["api_port"] != b["api_port"], "distinct index (%d, %d), pod CIDR and API port" % (a["index"], b["index"]))
+        kb = b["admin_kubeconfig"]
+        kubectl("apply", "-f", DEMO, kubeconfig=kb)
+        kb_api = Kube(b["server"], b["ca"], cert=b["admin_cert"], key=b["admin_key"])
+        wait("demo pods ready in the second cluster", lambda: len([p for p in kb_api.get("/api/v1/namespaces/shop/pods")["items"]
+                                                                  if ready(p)]) == 4, 120)
+        fe_b = next(p["metadata"]["name"] for p in kb_api.get("/api/v1/namespaces/shop/pods", labelSelector="app=frontend")["items"])
+        r = subprocess.run([os.path.join(HERE, "pod-exec"), "--name", other, "shop", fe_b, "--", "python3", "-c", GET_SCRIPT,
+                            "http://frontend.shop/", "{}"], capture_output=True, text=True)
+        ans = json.loads(r.stdout)
+        check(ans.get("next", {}).get("next", {}).get("service") == "store" and
+              ans["pod"] == fe_b, "second cluster serves its own demo")
+    finally:
+        subprocess.run([os.path.join(HERE, "down"), "--name", other])
+    check(not [n for n in kc.netns_list() if n.startswith("kb-%s-" % other)], "second cluster's namespaces gone")
+    r = http_from_pod("shop", one_pod("frontend"), "http://frontend.shop/")
+    check(r.get("next", {}).get("next", {}).get("service") == "store", "first cluster unaffected by the second one's down")
+
+
 def t_down():
     i = kc.read_cluster(NAME)
     r = subprocess.run([os.path.join(HERE, "down"), "--name", NAME])
@@ -694,7 +726,7 @@ def t_down():
 
 
 TESTS = {"up": t_up, "demo": t_demo, "services": t_services, "portforward": t_portforward, "rbac": t_rbac,
-         "lifecycle": t_lifecycle, "features": t_features, "down": t_down}
+         "lifecycle": t_lifecycle, "features": t_features, "second": t_second, "down": t_down}
 
 
 def main():
