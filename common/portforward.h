@@ -20,18 +20,25 @@
  *   bufferevent_openssl_filter_new(base, carrier, ssl, BUFFEREVENT_SSL_CONNECTING,
  *                                  BEV_OPT_CLOSE_ON_FREE)
  *
- * Events on the carrier (its event callback, as for any bufferevent):
+ * Events on the carrier (its event callback, as for any bufferevent). The
+ * carrier's callbacks are deferred (BEV_OPT_DEFER_CALLBACKS): an openssl filter
+ * on top would otherwise be re-entered from inside its own SSL_write(), which
+ * crashes OpenSSL 3. Every end is raised once, after all data before it:
  *   BEV_EVENT_EOF|READING    the server closed the WebSocket normally (close code
- *                            1000/1001 or none), or the TCP/TLS connection ended.
- *                            All data that came before it has been delivered.
+ *                            1000/1001 or none; pf_carrier_error() is NULL), or
+ *                            the connection ended without a close frame
+ *                            (pf_carrier_error() says so).
  *   BEV_EVENT_ERROR|READING  the kubelet sent an error on the error channel (e.g.
- *                            "... dial tcp 127.0.0.1:5000: connect: connection
- *                            refused"), the server closed with an error code, or
- *                            the server broke the WebSocket protocol.
- *                            pf_carrier_error() says which, in words.
- *   BEV_EVENT_ERROR (other)  the API-server connection itself failed (passed up
- *                            from the TLS bufferevent below).
- * After an EOF/ERROR raised by this module nothing more is read.
+ *                            "error from the kubelet: ... dial tcp4
+ *                            127.0.0.1:5000: connect: connection refused"), the
+ *                            server closed with an error code, the server broke
+ *                            the WebSocket protocol, the connection was cut in
+ *                            the middle of a frame, or the API-server connection
+ *                            failed (TLS alert, reset). pf_carrier_error() says
+ *                            which, in words.
+ * After an EOF/ERROR nothing more is read. Keep EV_READ enabled on the carrier
+ * and use watermarks for backpressure: with reading disabled, bytes and the end
+ * of stream wait in the connection below until the next read.
  *
  * Backpressure: the carrier starts with read and write high watermarks of
  * PF_DEFAULT_HIGH; the input filter never puts more than the room below the read
@@ -112,13 +119,15 @@ struct pf_connecting *pf_connect(struct event_base *base, struct evdns_base *dns
  * not be called once cb has been called (the handle is gone then). */
 void pf_connect_cancel(struct pf_connecting *c);
 
-/* Why the carrier reported EOF/ERROR, if this module raised it: the kubelet's
- * error-channel text, the server's close code and reason, or the protocol
- * violation. NULL if the carrier has ended for no such reason (yet), or if bev
- * is not a carrier made by pf_connect(). Valid while the carrier lives; the
- * tunnel above can reach it with
+/* Why the carrier reported EOF/ERROR, in words: the kubelet's error-channel
+ * text, the server's close code and reason, the protocol violation, or the
+ * API-server connection's TLS/socket error. NULL while the stream is alive,
+ * after a normal WebSocket close, or if carrier is not a bufferevent made by
+ * pf_connect() (it is found through the app data of the API-server SSL, which
+ * this module owns). Valid while the carrier lives; the tunnel above reaches it
+ * from its on_close callback with
  *   pf_carrier_error(bufferevent_get_underlying(tunnel_carrier(t)))
- * from its on_close callback. */
+ * (tunnel.c's own err then only says "carrier error"). */
 const char *pf_carrier_error(struct bufferevent *carrier);
 
 /* Counters of one carrier, for logs and tests. Returns 0, or -1 if bev is not a
