@@ -16,6 +16,7 @@ import fcntl
 import glob
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -177,3 +178,80 @@ def zombie(pid):
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def teardown(name, sd):
+    nodens = node_netns(name)
+    prefix = pod_netns_prefix(name)
+    namespaces = [ns for ns in netns_list() if ns == nodens or ns.startswith(prefix)]
+
+    # 1. the node first (it would otherwise restart containers), then the rest.
+    pids = []
+    try:
+        mark = open(os.path.join(sd, "mark")).read().strip()
+        pids += marked_pids(mark)
+    except OSError:
+        mark = None
+    piddir = os.path.join(sd, "pids")
+    if os.path.isdir(piddir):
+        for f in os.listdir(piddir):
+            try:
+                pid = int(open(os.path.join(piddir, f)).read())
+            except (OSError, ValueError):
+                continue
+            # Only a pid that still carries our marker (pids get reused).
+            if mark and pid in marked_pids(mark):
+                pids.append(pid)
+    node_pid = None
+    try:
+        node_pid = int(open(os.path.join(piddir, "node")).read())
+    except (OSError, ValueError):
+        pass
+    if node_pid in pids:
+        kill_pids([node_pid], grace=3)
+    for ns in namespaces:
+        pids += netns_pids(ns)
+    kill_pids(sorted(set(pids)), grace=1)  # the API server drains for >5 s otherwise
+    for ns in namespaces:  # anything started in between
+        kill_pids(netns_pids(ns), grace=1)
+
+    # 2. network namespaces, the root veth, /etc/netns entries.
+    for ns in namespaces:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        shutil.rmtree(os.path.join("/etc/netns", ns), ignore_errors=True)
+    for ent in (os.listdir("/etc/netns") if os.path.isdir("/etc/netns") else []):
+        if ent == nodens or ent.startswith(prefix):
+            shutil.rmtree(os.path.join("/etc/netns", ent), ignore_errors=True)
+    try:
+        os.rmdir("/etc/netns")      # only if empty (ip netns exec needs no such dir)
+    except OSError:
+        pass
+    try:
+        index = int(open(os.path.join(sd, "index")).read())
+        hv = host_veth(index)
+        if link_exists(hv):
+            subprocess.run(["ip", "link", "del", hv], capture_output=True)
+    except (OSError, ValueError):
+        pass
+
+    # 3. mount-point directories the node had to create on the host (deepest first).
+    created = os.path.join(sd, "created-dirs")
+    if os.path.exists(created):
+        dirs = set(open(created).read().split("\n")) - {""}
+        # Another cluster running at the same time may use the same mount points.
+        others = set()
+        for f in glob.glob(os.path.join(STATE_ROOT, "kbridge-cluster-*", "*-dirs")):
+            if os.path.dirname(f) != sd:
+                others |= set(open(f).read().split("\n"))
+        dirs = sorted(dirs - others, key=len, reverse=True)
+        for d in dirs:
+            try:
+                if os.path.isdir(d) and not os.path.islink(d):
+                    os.rmdir(d)           # only when empty
+                elif os.path.isfile(d) and os.path.getsize(d) == 0:
+                    os.unlink(d)          # an empty file made as a subPath mount point
+            except OSError:
+                pass
+
+    # 4. the state dir.
+    shutil.rmtree(sd, ignore_errors=True)
