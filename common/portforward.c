@@ -515,12 +515,51 @@ static void carrier_free(void *arg) {
   free(c);
 }
 
+struct bufferevent *pf_carrier_new(struct bufferevent *conn, uint16_t port, size_t max_frame,
+                                   const char *what) {
+  struct pf_carrier *c = calloc(1, sizeof(*c));
+  if (!c) return NULL;
+  c->magic = CARRIER_MAGIC;
+  c->api = conn;
+  c->port = port;
+  c->max_frame = max_frame ? max_frame : PF_DEFAULT_MAX_FRAME;
+  c->keys_used = sizeof(c->keys);
+  c->starved = 1;
+  snprintf(c->what, sizeof(c->what), "%s", what ? what : "carrier");
+  bufferevent_setcb(conn, NULL, NULL, NULL, NULL);
+  /* Deferred callbacks: an openssl filter on top writes into the carrier from
+   * inside SSL_write(); run synchronously, the filter's write callback would
+   * re-enter that SSL (OpenSSL 3 then crashes on a half-popped BIO chain). */
+  struct bufferevent *bev = bufferevent_filter_new(
+      conn, rx_filter, tx_filter, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS, carrier_free, c);
+  if (!bev) {
+    free(c);
+    return NULL;
+  }
+  c->bev = bev;
+  bufferevent_getcb(conn, &c->f_read, &c->f_write, &c->f_event, &c->f_arg);
+  bufferevent_setcb(conn, wrap_read, wrap_write, wrap_event, c);
+  bufferevent_setwatermark(conn, EV_WRITE, PF_DEFAULT_HIGH / 2, PF_DEFAULT_HIGH);
+  bufferevent_setwatermark(bev, EV_READ, 0, PF_DEFAULT_HIGH);
+  bufferevent_setwatermark(bev, EV_WRITE, 0, PF_DEFAULT_HIGH);
+  c->drain_cb = evbuffer_add_cb(bufferevent_get_input(bev), input_drained, c);
+  /* Frames already read (e.g. with the 101) are decoded from the loop, once the
+   * user has set the carrier's callbacks and enabled reading. */
+  if (evbuffer_get_length(bufferevent_get_input(conn)) > 0)
+    bufferevent_trigger(conn, EV_READ, BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
+  return bev;
+}
+
+/* The carrier behind bev: only pf_carrier_new() puts wrap_read on the
+ * connection under a filter, with the carrier as its argument. */
 static struct pf_carrier *carrier_of(struct bufferevent *bev) {
-  if (!bev) return NULL;
-  struct bufferevent *api = bufferevent_get_underlying(bev);
-  SSL *ssl = api ? bufferevent_openssl_get_ssl(api) : NULL;
-  struct pf_carrier *c = ssl ? SSL_get_app_data(ssl) : NULL;
-  return c && c->magic == CARRIER_MAGIC && c->bev == bev ? c : NULL;
+  bufferevent_data_cb rd = NULL;
+  void *arg = NULL;
+  struct bufferevent *conn = bev ? bufferevent_get_underlying(bev) : NULL;
+  if (!conn) return NULL;
+  bufferevent_getcb(conn, &rd, NULL, NULL, &arg);
+  struct pf_carrier *c = arg;
+  return rd == wrap_read && c && c->magic == CARRIER_MAGIC && c->bev == bev ? c : NULL;
 }
 
 const char *pf_carrier_error(struct bufferevent *carrier) {
@@ -941,44 +980,15 @@ static void dial_start(evutil_socket_t fd, short what, void *arg) {
 
 /* 101 checked: wrap api in the framing filter and hand it over. */
 static void become_carrier(struct pf_connecting *d) {
-  struct bufferevent *api = d->api;
-  struct pf_carrier *c = calloc(1, sizeof(*c));
-  if (!c) {
-    dial_fail(d, 101, "out of memory");
-    return;
-  }
-  c->magic = CARRIER_MAGIC;
-  c->api = api;
-  c->port = d->port;
-  c->max_frame = d->max_frame;
-  c->keys_used = sizeof(c->keys);
-  c->starved = 1;
-  snprintf(c->what, sizeof(c->what), "pod %s/%s port %u", d->ns, d->pod, (unsigned)d->port);
-  bufferevent_setcb(api, NULL, NULL, NULL, NULL);
-  /* Deferred callbacks: an openssl filter on top writes into the carrier from
-   * inside SSL_write(); run synchronously, the filter's write callback would
-   * re-enter that SSL (OpenSSL 3 then crashes on a half-popped BIO chain). */
-  struct bufferevent *bev = bufferevent_filter_new(
-      api, rx_filter, tx_filter, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS, carrier_free, c);
+  char what[336];
+  snprintf(what, sizeof(what), "pod %s/%s port %u", d->ns, d->pod, (unsigned)d->port);
+  struct bufferevent *bev = pf_carrier_new(d->api, d->port, d->max_frame, what);
   if (!bev) {
-    free(c);
     dial_fail(d, 101, "out of memory");
     return;
   }
-  c->bev = bev;
   d->api = NULL; /* owned by the carrier now */
-  bufferevent_getcb(api, &c->f_read, &c->f_write, &c->f_event, &c->f_arg);
-  bufferevent_setcb(api, wrap_read, wrap_write, wrap_event, c);
-  SSL_set_app_data(bufferevent_openssl_get_ssl(api), c);
-  bufferevent_setwatermark(api, EV_WRITE, PF_DEFAULT_HIGH / 2, PF_DEFAULT_HIGH);
-  bufferevent_setwatermark(bev, EV_READ, 0, PF_DEFAULT_HIGH);
-  bufferevent_setwatermark(bev, EV_WRITE, 0, PF_DEFAULT_HIGH);
-  c->drain_cb = evbuffer_add_cb(bufferevent_get_input(bev), input_drained, c);
-  /* Frames that came with the 101 are decoded from the loop, once the user has
-   * set the carrier's callbacks. */
-  if (evbuffer_get_length(bufferevent_get_input(api)) > 0)
-    bufferevent_trigger(api, EV_READ, BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
-  log_debug("port-forward %s: WebSocket open", c->what);
+  log_debug("port-forward %s: WebSocket open", what);
   pf_ready_cb cb = d->cb;
   void *arg = d->arg;
   dial_free(d);

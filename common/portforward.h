@@ -119,12 +119,23 @@ struct pf_connecting *pf_connect(struct event_base *base, struct evdns_base *dns
  * not be called once cb has been called (the handle is gone then). */
 void pf_connect_cancel(struct pf_connecting *c);
 
+/* Make a carrier over conn, a connection on which the port-forward WebSocket is
+ * already open (101 received; bytes after it may already be in conn's input).
+ * pf_connect() uses it; it is exported for other ways of opening the WebSocket
+ * and for tests and fuzzing (conn may be any bufferevent, e.g. one end of a
+ * bufferevent_pair). port is the pod port the server must announce; max_frame 0
+ * means PF_DEFAULT_MAX_FRAME; what names the stream in messages ("pod NS/POD
+ * port P"). The carrier takes conn over (its callbacks, watermarks) and frees it
+ * when freed. Returns NULL on allocation failure (conn is then untouched but its
+ * callbacks are cleared). */
+struct bufferevent *pf_carrier_new(struct bufferevent *conn, uint16_t port, size_t max_frame,
+                                   const char *what);
+
 /* Why the carrier reported EOF/ERROR, in words: the kubelet's error-channel
  * text, the server's close code and reason, the protocol violation, or the
  * API-server connection's TLS/socket error. NULL while the stream is alive,
  * after a normal WebSocket close, or if carrier is not a bufferevent made by
- * pf_connect() (it is found through the app data of the API-server SSL, which
- * this module owns). Valid while the carrier lives; the tunnel above reaches it
+ * pf_connect()/pf_carrier_new(). Valid while the carrier lives; the tunnel above reaches it
  * from its on_close callback with
  *   pf_carrier_error(bufferevent_get_underlying(tunnel_carrier(t)))
  * (tunnel.c's own err then only says "carrier error"). */
