@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/socket.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -393,7 +394,7 @@ static void orphan_streams(struct tunnel *t, const char *err) {
   }
 }
 
-/* Garbage streams still point at t; after orphaning, keep only those. */
+/* No more timers, scheduling or carrier events. */
 static void stop_everything(struct tunnel *t) {
   if (t->sched_ev) event_del(t->sched_ev);
   if (t->ping_ev) event_del(t->ping_ev);
@@ -955,13 +956,39 @@ static void tunnel_destroy(struct tunnel *t) {
   free(t);
 }
 
+/* Best effort, never blocking: hand a plain socket carrier's output (ending with
+ * our GOAWAY) to the kernel before the carrier is freed. The bufferevent keeps
+ * the start of its output frozen (no drain, no copyout), so the bytes are peeked
+ * and sent as they are. Only if everything fits in 16 chains, so the GOAWAY is
+ * sent whole or not at all. A TLS carrier would need the event loop: there the
+ * GOAWAY is usually lost. */
+static void flush_now(struct bufferevent *bev) {
+  struct evbuffer *out = bufferevent_get_output(bev);
+  evutil_socket_t fd = bufferevent_getfd(bev);
+  struct evbuffer_iovec v[16];
+  if (fd < 0 || bufferevent_openssl_get_ssl(bev)) return;
+  int n = evbuffer_peek(out, -1, NULL, v, 16);
+  if (n <= 0 || n > 16) return;
+  struct iovec iov[16];
+  for (int i = 0; i < n; i++) {
+    iov[i].iov_base = v[i].iov_base;
+    iov[i].iov_len = v[i].iov_len;
+  }
+  struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+  if (sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
+    log_debug("tunnel: final flush: %s", strerror(errno));
+}
+
 void tunnel_free(struct tunnel *t) {
   if (!t || t->free_requested) return;
   t->free_requested = 1;
   enter(t);
   if (t->state != TS_DEAD) {
-    if (t->state == TS_READY || t->state == TS_HANDSHAKE)
-      frame_put_goaway(bufferevent_get_output(t->carrier), FRAME_RESET_CANCEL, "tunnel closed");
+    if (t->state == TS_READY || t->state == TS_HANDSHAKE) {
+      struct evbuffer *out = bufferevent_get_output(t->carrier);
+      frame_put_goaway(out, FRAME_RESET_CANCEL, "tunnel closed");
+      flush_now(t->carrier);
+    }
     t->state = TS_DEAD;
     stop_everything(t);
   }
