@@ -12,6 +12,8 @@
 
 #include "agent.h"
 #include "log.h"
+#include "tunnel.h"
+#include "tunnels.h"
 #include "upstream.h"
 
 static uint64_t now_ms(void) {
@@ -58,7 +60,9 @@ struct upstream *pool_get(struct pool *p) {
 }
 
 void pool_put(struct pool *p, struct upstream *u) {
-  if ((long)p->n >= p->ag->opt->pool_max || p->ag->stopping || !u->connected ||
+  int dead_stream = u->kind == UPSTREAM_STREAM &&
+                    (!u->at->t || tunnel_stream_closed(u->stream) || tunnel_stream_eof(u->stream));
+  if ((long)p->n >= p->ag->opt->pool_max || p->ag->stopping || !u->connected || dead_stream ||
       evbuffer_get_length(upstream_input(u)) > 0) {
     upstream_free(u);
     return;
