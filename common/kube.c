@@ -345,7 +345,8 @@ static int setup(struct req *q, struct kube_err *e) {
   }
   curl_easy_setopt(c, CURLOPT_URL, url.p);
   buf_free(&url);
-  curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+  /* CURLOPT_NOSIGNAL stays 0: the resolver is threaded (no alarm()), and so
+   * libcurl ignores SIGPIPE while it writes to a connection the server closed. */
   curl_easy_setopt(c, CURLOPT_SHARE, k->share);
   curl_easy_setopt(c, CURLOPT_ERRORBUFFER, q->curlerr);
   q->curlerr[0] = 0;
@@ -1459,7 +1460,9 @@ int kube_ssl_prepare(const struct kube *k, SSL *ssl) {
   const char *name = kube_tls_name(k);
   unsigned char tmp[16];
   int is_ip = inet_pton(AF_INET, name, tmp) == 1 || inet_pton(AF_INET6, name, tmp) == 1;
-  if (!is_ip && SSL_set_tlsext_host_name(ssl, name) != 1) return -1;
+  char sni[256]; /* the OpenSSL macro casts away const */
+  if (snprintf(sni, sizeof sni, "%s", name) >= (int)sizeof sni) return -1;
+  if (!is_ip && SSL_set_tlsext_host_name(ssl, sni) != 1) return -1;
   if (k->kc->insecure_skip_tls_verify) return 0;
   X509_VERIFY_PARAM *vp = SSL_get0_param(ssl);
   if (is_ip) return X509_VERIFY_PARAM_set1_ip_asc(vp, name) == 1 ? 0 : -1;
