@@ -10,7 +10,7 @@ set style fill solid 0.85 border -1
 set boxwidth 0.9
 set grid ytics
 set yrange [0:*]
-set key top right
+set key outside top center horizontal
 set multiplot layout 2,2 title title font "sans,13"
 
 set title "requests/s, thousands (higher is better)"
