@@ -307,6 +307,22 @@ def t_portforward():
         raise Fail("restricted user got a port-forward in namespace default")
     except wsclient.PortForwardError as e:
         check(e.status == 403, "restricted user refused port-forward in another namespace (403)")
+    # The kubelet port is on the node address (reachable from the root netns like a
+    # real node's), but without a cluster-CA client certificate it refuses.
+    import socket
+    import ssl
+    node = admin().get("/api/v1/nodes/" + i["node_name"])
+    kport = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+    ctx = ssl.create_default_context(cafile=i["ca"])
+    ctx.check_hostname = False
+    try:
+        with ctx.wrap_socket(socket.create_connection((i["net"]["node_ip"], kport), 5)) as ks:
+            ks.sendall(("GET /portForward/shop/%s?port=8080 HTTP/1.1\r\nHost: x\r\n\r\n" % pod).encode())
+            got = ks.recv(100)
+    except (ssl.SSLError, OSError) as e:
+        got = b""
+        say("kubelet refused: %s" % e)
+    check(not got.startswith(b"HTTP"), "kubelet endpoint refuses callers without a client certificate")
     ports, data, err = wsclient.port_forward(i["server"], i["ca"], "shop", pod, 9, req, token=i["tokens"]["admin"])
     check(not data and "9" in err, "closed port: error channel says so (%r)" % err[:80])
     # A larger payload both ways (echo through the store of the pod's HTTP server is not

@@ -241,7 +241,7 @@ class Node:
     def run(self):
         signal.signal(signal.SIGTERM, self.shutdown)
         signal.signal(signal.SIGINT, self.shutdown)
-        self.kubelet = KubeletServer(self, self.cfg["kubelet_cert"], self.cfg["kubelet_key"])
+        self.kubelet = KubeletServer(self, self.cfg["kubelet_cert"], self.cfg["kubelet_key"], self.cfg["ca"])
         threading.Thread(target=self.kubelet.serve_forever, daemon=True, name="kubelet-server").start()
         self.proxy.start_dns()
         self.register()

@@ -10,7 +10,8 @@
   GET /healthz
 
 The listening socket lives in the node network namespace on the node's
-InternalIP; connections are served on threads of the node process.
+InternalIP; connections are served on threads of the node process. Clients
+must present a certificate from the cluster CA (the API server does).
 """
 import base64
 import hashlib
@@ -94,10 +95,15 @@ def _unmask(data, mask):
 
 
 class KubeletServer:
-    def __init__(self, node, cert, key):
+    def __init__(self, node, cert, key, client_ca):
         self.node = node
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.load_cert_chain(cert, key)
+        # Like a kubelet with --client-ca-file: only callers with a certificate
+        # from the cluster CA (the API server's kubelet client) get in, so the
+        # root namespace cannot bypass the API server's RBAC through this port.
+        self.ctx.verify_mode = ssl.CERT_REQUIRED
+        self.ctx.load_verify_locations(client_ca)
         self.lsock = nsutil.in_netns(node.node_netns, self._listen, node.net["node_ip"])
         self.port = self.lsock.getsockname()[1]
 
