@@ -62,6 +62,7 @@ struct req {
   struct buf resp;
   char curlerr[CURL_ERROR_SIZE];
   int auth_retried;     /* a 401 already led to fresh credentials */
+  unsigned cred_gen;    /* k->cred_gen when the request was set up */
   int cancelled;        /* async: do not call back; reaper frees it */
   struct kube_err *failure; /* async: could not start; reaper reports it */
   kube_done_fn done;    /* REQ_ASYNC */
@@ -110,6 +111,7 @@ struct kube {
   /* exec plugin state */
   struct kube_exec_cred exec;
   int exec_valid;
+  unsigned cred_gen; /* bumped whenever the credentials change */
   CURL *easy;
   CURLSH *share;
   /* async */
@@ -267,6 +269,7 @@ static int token_file_current(struct kube *k, char *err, size_t errlen) {
   k->file_token = t;
   k->file_st = st;
   k->file_stale = 0;
+  k->cred_gen++;
   return 0;
 }
 
@@ -286,6 +289,7 @@ int kube_credentials(struct kube *k, const char **token, const char **cert_pem,
       kube_exec_cred_clear(&k->exec);
       k->exec = c;
       k->exec_valid = 1;
+      k->cred_gen++;
       log_debug("kube: exec plugin %s gave a %s%s", kc->exec->command,
                 c.token ? "token" : "client certificate", c.expiry ? " with expiry" : "");
     }
@@ -314,6 +318,12 @@ static int refreshable(const struct kube *k) {
   return k->kc->exec || (!k->kc->token && k->kc->token_file);
 }
 
+/* q got a 401. Invalidate the credentials only if q used the current ones:
+ * when several requests fail with the same old token, the plugin runs once. */
+static void rejected(struct kube *k, const struct req *q) {
+  if (q->cred_gen == k->cred_gen) kube_credentials_rejected(k);
+}
+
 /* ---- request setup ---- */
 
 static size_t on_body(char *d, size_t sz, size_t n, void *ud) {
@@ -335,6 +345,7 @@ static int setup(struct req *q, struct kube_err *e) {
     set_err(e, 0, "CredentialsFailed", "%s: no credentials: %s", q->what, cerr);
     return -1;
   }
+  q->cred_gen = k->cred_gen;
   curl_easy_reset(c);
   struct buf url = {0};
   buf_add(&url, k->base_url, strlen(k->base_url));
@@ -544,7 +555,7 @@ static int run_blocking(struct kube *k, struct req *q, cJSON **out, struct kube_
     curl_easy_getinfo(q->easy, CURLINFO_RESPONSE_CODE, &status);
     if (cc == CURLE_OK && status == 401 && !q->auth_retried && refreshable(k)) {
       q->auth_retried = 1;
-      kube_credentials_rejected(k);
+      rejected(k, q);
       continue;
     }
     return finish(q, cc, out, e);
@@ -874,7 +885,7 @@ int kube_watch(struct kube *k, const struct kube_ref *r, const char *label_selec
       if (!w->got_event) sleep(1); /* an empty stream: do not spin */
       w->got_event = 0;
     } else if (cc == CURLE_OK && status == 401 && !w->auth_retried && refreshable(k)) {
-      kube_credentials_rejected(k);
+      rejected(k, q);
       w->auth_retried = 1;
       again = 1;
     } else if (cc == CURLE_OK && status == 410) {
@@ -1030,7 +1041,7 @@ static void watch_ended(struct kube_watch *w, struct req *q, CURLcode cc) {
       delay = w->got_event ? 0 : 1; /* normal end of stream: reconnect at once */
       w->auth_retried = 0;
     } else if (cc == CURLE_OK && status == 401 && refreshable(k) && !w->auth_retried) {
-      kube_credentials_rejected(k);
+      rejected(k, q);
       w->auth_retried = 1;
     } else if (cc == CURLE_OK && status == 410) {
       w->gone = 1;
@@ -1082,7 +1093,7 @@ static void check_done(struct kube *k) {
     struct kube_err e;
     if (cc == CURLE_OK && status == 401 && !q->auth_retried && refreshable(k)) {
       q->auth_retried = 1;
-      kube_credentials_rejected(k);
+      rejected(k, q);
       if (start_async(k, q, &e) == 0) continue;
       q->done(NULL, &e, q->arg);
       req_free(q);

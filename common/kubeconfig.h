@@ -75,8 +75,8 @@ int kubeconfig_load_incluster(const char *ns_override, struct kubeconfig **out,
 
 void kubeconfig_free(struct kubeconfig *kc);
 
-/* A path for messages: $HOME replaced by "~". Returns a static-free pointer
- * into buf. */
+/* A path for messages: a leading $HOME replaced by "~". Writes into buf and
+ * returns buf. */
 const char *kubeconfig_display_path(const char *path, char *buf, size_t buflen);
 
 #endif

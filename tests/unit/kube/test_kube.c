@@ -641,7 +641,8 @@ static void test_async(void) {
   struct astate a;
   memset(&a, 0, sizeof a);
   a.base = event_base_new();
-  a.k = client("exec401"); /* also: exec refresh on 401 from inside the loop */
+  unlink(p("exec-401.runs")); /* the plugin's first token is rejected again */
+  a.k = client("exec401");     /* so: exec refresh on 401 from inside the loop */
   char err[256];
   CHECK_EQ_INT(kube_attach(a.k, a.base, err, sizeof err), 0);
   struct kube_ref coll = {"v1", "configmaps", "a", NULL, NULL};
@@ -660,6 +661,7 @@ static void test_async(void) {
   CHECK_EQ_INT(a.got404, 1);
   CHECK_EQ_INT(a.cancelled_called, 0);
   CHECK_EQ_INT(a.step, 4);
+  CHECK_EQ_INT(count_lines("exec-401.runs"), 2);
 
   /* a forbidden watch reports ERROR and stops when the callback says so */
   struct kube *r = client("restricted");
