@@ -11,6 +11,8 @@
 
 #include <errno.h>
 #include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -182,6 +184,13 @@ static int resolve(const char *host, int port, int passive, struct resolved *out
   return 0;
 }
 
+/* Small writes (one HTTP head, a WINDOW frame) must leave at once: without this,
+ * Nagle's algorithm and delayed ACKs add ~40 ms to request/response exchanges. */
+static void set_nodelay(evutil_socket_t fd) {
+  int one = 1;
+  if (fd >= 0) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
 static struct timeval ms_tv(unsigned ms) {
   struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
   return tv;
@@ -310,6 +319,7 @@ static void slot_tcp_event(struct bufferevent *bev, short what, void *arg) {
   sl->tcp = NULL;
   if (what & BEV_EVENT_CONNECTED) {
     bufferevent_free(bev); /* opened without CLOSE_ON_FREE: the socket stays open */
+    set_nodelay(fd);
     slot_start_tunnel(sl, fd);
     return;
   }
@@ -380,6 +390,7 @@ static void dial_event_cb(struct bufferevent *bev, short what, void *arg) {
     struct splice_end a = {bev, NULL}, b = {NULL, d->s};
     bufferevent_setcb(bev, NULL, NULL, NULL, NULL);
     bufferevent_set_timeouts(bev, NULL, NULL);
+    set_nodelay(bufferevent_getfd(bev));
     if (l) snprintf(l->what, sizeof l->what, "stream %u from %s to %s", tunnel_stream_id(d->s),
                     d->peer, addr);
     log_debug("stream %u from %s: connected to %s", tunnel_stream_id(d->s), d->peer, addr);
@@ -502,6 +513,7 @@ static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct soc
   char peer[64];
   addr_format_sa(sa, peer, sizeof peer);
   struct tunnel *t = pick_tunnel(px);
+  set_nodelay(fd);
   if (t == NULL) {
     log_warn("forward %s: no tunnel to the agent is up; closing the connection from %s",
              fw->name, peer);
