@@ -723,6 +723,9 @@ def t_second():
 
 def t_down():
     i = kc.read_cluster(NAME)
+    made = set()
+    if i and os.path.exists(os.path.join(i["state_dir"], "created-dirs")):
+        made = set(open(os.path.join(i["state_dir"], "created-dirs")).read().split()) - {""}
     r = subprocess.run([os.path.join(HERE, "down"), "--name", NAME])
     check(r.returncode == 0, "down exits 0")
     left = [ns for ns in kc.netns_list() if ns.startswith("kb-%s-" % NAME)]
@@ -735,8 +738,12 @@ def t_down():
         check(i["state_dir"] not in ps, "no process refers to the state dir")
     check(not [e for e in os.listdir("/etc/netns") if e.startswith("kb-%s-" % NAME)] if os.path.isdir("/etc/netns") else True,
           "no /etc/netns entries left")
-    check(not os.path.exists("/run/secrets/kubernetes.io/serviceaccount") or os.listdir("/run/secrets/kubernetes.io/serviceaccount"),
-          "mount point dirs made for pods removed")
+    others = set()
+    for f in kc.glob.glob(os.path.join(kc.STATE_ROOT, "kbridge-cluster-*", "*-dirs")):
+        others |= set(open(f).read().split())
+    left = [d for d in made if os.path.exists(d) and d not in others]
+    check(not left, "mount point dirs made for pods removed (%d made, %d kept for other running clusters, left: %s)"
+          % (len(made), len(made & others), left))
     r = subprocess.run([os.path.join(HERE, "down"), "--name", NAME])
     check(r.returncode == 0, "down again is a no-op")
 
