@@ -20,6 +20,7 @@ import socket
 import ssl
 import struct
 import threading
+import time
 import urllib.parse
 
 import nsutil
@@ -166,6 +167,8 @@ class KubeletServer:
         sock.close()
 
     def logs(self, sock, ns, pod, ctr, q):
+        """The container's log file; tailLines=N; follow=true streams what is
+        appended until the pod is gone or the caller hangs up."""
         w = self.node.find_pod(ns, pod)
         f = os.path.join(self.node.state_dir, "logs", "%s_%s_%s.log" % (ns, pod, ctr))
         if w is None or not os.path.exists(f):
@@ -175,7 +178,25 @@ class KubeletServer:
         if "tailLines" in q:
             n = int(q["tailLines"][0])
             data = b"".join(data.splitlines(True)[-n:]) if n > 0 else b""
-        self.reply(sock, 200, data)
+        if q.get("follow", ["false"])[0] not in ("true", "1"):
+            self.reply(sock, 200, data)
+            return
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n" + data)
+        pos = os.path.getsize(f)
+        while self.node.find_pod(ns, pod) is not None:
+            try:
+                size = os.path.getsize(f)
+            except OSError:
+                break
+            if size > pos:
+                with open(f, "rb") as fh:
+                    fh.seek(pos)
+                    chunk = fh.read(size - pos)
+                pos += len(chunk)
+                sock.sendall(chunk)
+            else:
+                time.sleep(0.3)
+        sock.close()
 
     def port_forward(self, sock, rfile, headers, ns, pod, q):
         w = self.node.find_pod(ns, pod)
