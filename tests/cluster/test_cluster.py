@@ -633,6 +633,9 @@ def t_features():
           f["/var/run/secrets/kubernetes.io/serviceaccount/token"].count(".") == 2,
           "service account token automounted at /var/run/secrets/kubernetes.io/serviceaccount")
     check('"currency"' in f["/etc/single/settings.json"], "subPath mount of one file")
+    r = subprocess.run([os.path.join(HERE, "pod-exec"), "--name", NAME, "-c", "c", "shop", "features", "--",
+                        "cat", "/etc/pod/name"], capture_output=True, text=True)
+    check(r.returncode == 0 and r.stdout == "features", "pod-exec -c sees the container's volumes")
     # TokenRequest token: valid for the API server (audience is checked: kbridge-test is not an API audience)
     tok = f["/var/run/secrets/kubernetes.io/serviceaccount/token"]
     st, body = Kube(info()["server"], info()["ca"], token=tok).request("GET", "/api")
