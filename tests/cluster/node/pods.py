@@ -228,6 +228,8 @@ class PodWorker(threading.Thread):
         self.sandbox_error = None
         self.token_times = {}
         self.next_refresh = 0
+        self.volumes_ready = False
+        self.mount_error = None
 
     # ---- plumbing
     def wake(self):
@@ -273,7 +275,18 @@ class PodWorker(threading.Thread):
                 if self.gone or self.pod["metadata"].get("deletionTimestamp"):
                     self.terminate()
                     return
-                if self.sandbox_error is None:
+                if self.sandbox_error is None and not self.volumes_ready and time.time() >= self.next_refresh:
+                    try:
+                        self.render_volumes()
+                        self.volumes_ready = True
+                        self.next_refresh = time.time() + 20
+                    except ConfigError as e:
+                        # Like kubelet: FailedMount, retried until the ConfigMap/Secret exists.
+                        if str(e) != self.mount_error:
+                            self.event("Warning", "FailedMount", "MountVolume.SetUp failed: %s" % e)
+                            self.mount_error = str(e)
+                        self.next_refresh = time.time() + 2
+                if self.sandbox_error is None and self.volumes_ready:
                     self.step()
                     if time.time() >= self.next_refresh:
                         self.render_volumes(refresh=True)
@@ -291,7 +304,6 @@ class PodWorker(threading.Thread):
         nsutil.create_pod_netns(n.node_netns, self.podns, self.veth, self.ip, n.net["bridge_ip"],
                                 self.hostname(), n.net["dns_ip"],
                                 ["%s.svc.cluster.local" % self.ns, "svc.cluster.local", "cluster.local"])
-        self.render_volumes()
         log("pod %s/%s: sandbox %s ip %s" % (self.ns, self.name, self.podns, self.ip))
 
     def hostname(self):
