@@ -750,7 +750,10 @@ static void up_event(struct upstream *u, int what, void *arg) {
   struct downstream *ds = arg;
   ds_enter(ds);
   if (what & UPSTREAM_EV_WRITABLE) {
-    if (ds->wait_up_drain && upstream_pending(u) <= AGENT_LOW_WATER) {
+    /* The upstream decides when it is writable again (a TCP upstream at its
+     * write low-water mark, a tunnel stream at half its window): resume then;
+     * process_request() re-checks the high mark. */
+    if (ds->wait_up_drain) {
       ds->wait_up_drain = 0;
       bufferevent_enable(ds->bev, EV_READ);
       process_request(ds);
