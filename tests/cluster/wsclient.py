@@ -14,8 +14,9 @@ import hashlib
 import os
 import socket
 import ssl
+import select
 import struct
-import threading
+import time
 import urllib.parse
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -45,25 +46,6 @@ def _frame(opcode, payload):
     return bytes(hdr) + mask + masked
 
 
-def _read_exact(f, n):
-    b = f.read(n)
-    if len(b) < n:
-        raise EOFError
-    return b
-
-
-def _read_frame(f):
-    h = _read_exact(f, 2)
-    op, n = h[0] & 0x0F, h[1] & 0x7F
-    if n == 126:
-        n = struct.unpack(">H", _read_exact(f, 2))[0]
-    elif n == 127:
-        n = struct.unpack(">Q", _read_exact(f, 8))[0]
-    if h[1] & 0x80:
-        _read_exact(f, 4)     # servers do not mask; tolerate it anyway
-    return op, _read_exact(f, n)
-
-
 def port_forward(server, ca, ns, pod, port, payload, token=None, cert=None, key=None, timeout=15):
     """Returns (first_port_frames, data_bytes, error_text). Raises
     PortForwardError when the upgrade is refused (e.g. 403)."""
@@ -81,57 +63,122 @@ def port_forward(server, ca, ns, pod, port, payload, token=None, cert=None, key=
     if token:
         req += "Authorization: Bearer %s\r\n" % token
     s.sendall((req + "\r\n").encode())
-    f = s.makefile("rb")
-    status_line = f.readline().decode()
+    buf = bytearray()
+    while b"\r\n\r\n" not in buf:
+        d = s.recv(65536)
+        if not d:
+            raise PortForwardError(0, "connection closed before the answer")
+        buf += d
+    head, _, rest = bytes(buf).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
     headers = {}
-    while True:
-        line = f.readline().decode().rstrip("\r\n")
-        if not line:
-            break
+    for line in lines[1:]:
         k, _, v = line.partition(":")
         headers[k.strip().lower()] = v.strip()
-    code = int(status_line.split()[1])
+    code = int(lines[0].split()[1])
     if code != 101:
         n = int(headers.get("content-length", "0") or 0)
-        body = f.read(n).decode(errors="replace") if n else ""
+        body = bytearray(rest)
+        s.settimeout(5)
+        try:
+            while len(body) < n:
+                d = s.recv(65536)
+                if not d:
+                    break
+                body += d
+        except OSError:
+            pass
         s.close()
-        raise PortForwardError(code, body)
+        raise PortForwardError(code, body.decode(errors="replace"))
     want = base64.b64encode(hashlib.sha1((wkey + GUID).encode()).digest()).decode()
     if headers.get("sec-websocket-accept") != want:
         raise PortForwardError(code, "bad Sec-WebSocket-Accept")
     if headers.get("sec-websocket-protocol") != "v4.channel.k8s.io":
         raise PortForwardError(code, "subprotocol %r" % headers.get("sec-websocket-protocol"))
-    ports, data, err = {}, b"", ""
+    # One thread drives the TLS socket (OpenSSL connections must not be read
+    # and written from two threads at once): select() loop, payload sent in
+    # 64 KiB messages while answers are read, so an echoing peer cannot
+    # deadlock on full buffers.
+    ports, data, err = {}, bytearray(), ""
+    inbuf = bytearray(rest)
+    out = bytearray()
+    todo = memoryview(payload)
+    sent_all = False
+    s.setblocking(False)
+    deadline = time.time() + timeout
     try:
-        # The port header on both channels first.
-        while len(ports) < 2:
-            op, m = _read_frame(f)
-            if op == 2 and m:
-                ports[m[0]] = struct.unpack("<H", m[1:3])[0]
-        # Send from a thread while reading, so a large payload to an echoing
-        # peer cannot deadlock on full buffers; 64 KiB per message.
-        def sender():
-            try:
-                for off in range(0, len(payload), 65536):
-                    s.sendall(_frame(2, b"\x00" + payload[off:off + 65536]))
-            except OSError:
-                pass
-        threading.Thread(target=sender, daemon=True).start()
-        while True:
-            op, m = _read_frame(f)
-            if op == 8:
+        while time.time() < deadline:
+            closed = False
+            while True:
+                fr = _parse(inbuf)
+                if fr is None:
+                    break
+                op, m = fr
+                if op == 8:
+                    closed = True
+                    break
+                if op in (1, 2) and m:
+                    if len(ports) < 2 and len(m) >= 3 and m[0] not in ports:
+                        ports[m[0]] = struct.unpack("<H", m[1:3])[0]
+                    elif m[0] == 0:
+                        data += m[1:]
+                    elif m[0] == 1:
+                        err += m[1:].decode(errors="replace")
+            if closed:
                 break
-            if op in (1, 2) and m:
-                if m[0] == 0:
-                    data += m[1:]
-                elif m[0] == 1:
-                    err += m[1:].decode(errors="replace")
-    except (EOFError, OSError):
+            if len(ports) >= 2 and not sent_all and len(out) < (1 << 20):
+                chunk = todo[:65536]
+                todo = todo[65536:]
+                out += _frame(2, b"\x00" + bytes(chunk))
+                sent_all = len(todo) == 0
+            rl, wl = [s], [s] if out else []
+            if s.pending():
+                r, w = [s], []
+            else:
+                r, w, _ = select.select(rl, wl, [], 1)
+            if s in w and out:
+                try:
+                    n = s.send(out[:16384])
+                    del out[:n]
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    pass
+            if s in r:
+                try:
+                    d = s.recv(65536)
+                    if not d:
+                        break
+                    inbuf += d
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    continue
+    except OSError:
         pass
     finally:
         try:
+            s.setblocking(True)
             s.sendall(_frame(8, struct.pack(">H", 1000)))
         except OSError:
             pass
         s.close()
-    return ports, data, err
+    return ports, bytes(data), err
+
+
+def _parse(buf):
+    """(opcode, payload) of a whole frame at the front of buf, consumed; or None."""
+    if len(buf) < 2:
+        return None
+    op, n, pos = buf[0] & 0x0F, buf[1] & 0x7F, 2
+    if n == 126:
+        if len(buf) < 4:
+            return None
+        n, pos = struct.unpack(">H", bytes(buf[2:4]))[0], 4
+    elif n == 127:
+        if len(buf) < 10:
+            return None
+        n, pos = struct.unpack(">Q", bytes(buf[2:10]))[0], 10
+    if buf[1] & 0x80:
+        pos += 4          # servers do not mask; skip a mask anyway
+    if len(buf) < pos + n:
+        return None
+    m = bytes(buf[pos:pos + n])
+    del buf[:pos + n]
+    return op, m

@@ -6,16 +6,23 @@
       its channel byte; the first message on both channels is the port as
       2 bytes little-endian. The node dials localhost:P inside the pod's
       network namespace. An error text on the error channel ends that port.
-  GET /containerLogs/NS/POD/CONTAINER[?tailLines=N]   the container's log
+  GET /containerLogs/NS/POD/CONTAINER[?tailLines=N][&follow=true]
   GET /healthz
 
 The listening socket lives in the node network namespace on the node's
-InternalIP; connections are served on threads of the node process. Clients
-must present a certificate from the cluster CA (the API server does).
+InternalIP; each connection is served by one thread of the node process.
+Clients must present a certificate from the cluster CA (the API server does).
+
+A port-forward connection is pumped by a single thread with select() over the
+TLS socket and the target sockets (an OpenSSL connection must not be read and
+written from two threads at once), with per-direction buffers and
+backpressure: a side is not read while the buffer toward the other side is
+above HIGH_WATER.
 """
 import base64
 import hashlib
 import os
+import select
 import socket
 import ssl
 import struct
@@ -26,73 +33,83 @@ import urllib.parse
 import nsutil
 
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
-
-class WsConn:
-    """Server side of one WebSocket connection over a (TLS) socket."""
-
-    def __init__(self, sock, rfile):
-        self.sock = sock
-        self.rfile = rfile
-        self.wlock = threading.Lock()
-        self.closed = False
-
-    def send(self, opcode, payload):
-        hdr = bytearray([0x80 | opcode])
-        n = len(payload)
-        if n < 126:
-            hdr.append(n)
-        elif n < 65536:
-            hdr.append(126)
-            hdr += struct.pack(">H", n)
-        else:
-            hdr.append(127)
-            hdr += struct.pack(">Q", n)
-        with self.wlock:
-            if self.closed:
-                return
-            try:
-                self.sock.sendall(bytes(hdr) + payload)
-            except OSError:
-                self.closed = True
-
-    def recv(self):
-        """(opcode, payload) of the next complete message, or (None, b'') at EOF."""
-        buf, first_op = b"", None
-        while True:
-            h = self.rfile.read(2)
-            if len(h) < 2:
-                return None, b""
-            fin, op = h[0] & 0x80, h[0] & 0x0F
-            masked, n = h[1] & 0x80, h[1] & 0x7F
-            if n == 126:
-                n = struct.unpack(">H", self.rfile.read(2))[0]
-            elif n == 127:
-                n = struct.unpack(">Q", self.rfile.read(8))[0]
-            mask = self.rfile.read(4) if masked else None
-            data = self.rfile.read(n)
-            if len(data) < n:
-                return None, b""
-            if mask:
-                data = bytes(b ^ mask[i % 4] for i, b in enumerate(data)) if n < 64 else _unmask(data, mask)
-            if op >= 8:                   # control frames may come between fragments
-                if op == 9:
-                    self.send(10, data)
-                    continue
-                if op == 10:
-                    continue
-                return op, data
-            if first_op is None:
-                first_op = op
-            buf += data
-            if fin:
-                return first_op, buf
+HIGH_WATER = 1 << 20
+MAX_HEAD = 64 * 1024
 
 
 def _unmask(data, mask):
     """XOR with the 4-byte mask, done on big integers (fast in pure Python)."""
+    if not data:
+        return b""
     full = (mask * (len(data) // 4 + 1))[:len(data)]
     return (int.from_bytes(data, "big") ^ int.from_bytes(full, "big")).to_bytes(len(data), "big")
+
+
+def parse_frame(buf):
+    """One WebSocket frame from the front of buf (bytearray): (fin, opcode,
+    payload, consumed), or None when buf does not hold a whole frame yet."""
+    if len(buf) < 2:
+        return None
+    fin, op = buf[0] & 0x80, buf[0] & 0x0F
+    masked, n = buf[1] & 0x80, buf[1] & 0x7F
+    pos = 2
+    if n == 126:
+        if len(buf) < 4:
+            return None
+        n = struct.unpack(">H", bytes(buf[2:4]))[0]
+        pos = 4
+    elif n == 127:
+        if len(buf) < 10:
+            return None
+        n = struct.unpack(">Q", bytes(buf[2:10]))[0]
+        pos = 10
+    mask = None
+    if masked:
+        if len(buf) < pos + 4:
+            return None
+        mask = bytes(buf[pos:pos + 4])
+        pos += 4
+    if len(buf) < pos + n:
+        return None
+    payload = bytes(buf[pos:pos + n])
+    if mask:
+        payload = _unmask(payload, mask)
+    return bool(fin), op, payload, pos + n
+
+
+def frame(opcode, payload):
+    """A server-to-client (unmasked) frame."""
+    n = len(payload)
+    hdr = bytearray([0x80 | opcode])
+    if n < 126:
+        hdr.append(n)
+    elif n < 65536:
+        hdr.append(126)
+        hdr += struct.pack(">H", n)
+    else:
+        hdr.append(127)
+        hdr += struct.pack(">Q", n)
+    return bytes(hdr) + payload
+
+
+def linger_close(sock, timeout=2.0):
+    """Send FIN after all queued data, read (and drop) what the peer still
+    sends until it closes, then close: closing with unread input would send an
+    RST, which can make the peer discard data it has not read yet."""
+    try:
+        sock.setblocking(True)
+        sock.settimeout(timeout)
+        sock.shutdown(socket.SHUT_WR)
+        end = time.time() + timeout
+        while time.time() < end:
+            if not sock.recv(65536):
+                break
+    except (OSError, ValueError):
+        pass
+    try:
+        sock.close()
+    except OSError:
+        pass
 
 
 class KubeletServer:
@@ -122,21 +139,24 @@ class KubeletServer:
             threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
 
     def handle(self, raw):
+        sock = None
         try:
             raw.settimeout(30)
             sock = self.ctx.wrap_socket(raw, server_side=True)
-            rfile = sock.makefile("rb")
-            line = rfile.readline(8192).decode("latin-1").rstrip("\r\n")
+            buf = bytearray()
+            while b"\r\n\r\n" not in buf:
+                d = sock.recv(16384)
+                if not d or len(buf) > MAX_HEAD:
+                    return
+                buf += d
+            head, _, rest = bytes(buf).partition(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
             headers = {}
-            while True:
-                h = rfile.readline(8192).decode("latin-1").rstrip("\r\n")
-                if not h:
-                    break
+            for h in lines[1:]:
                 k, _, v = h.partition(":")
                 headers[k.strip().lower()] = v.strip()
-            parts = line.split()
+            parts = lines[0].split()
             if len(parts) < 2:
-                sock.close()
                 return
             method, target = parts[0], parts[1]
             u = urllib.parse.urlsplit(target)
@@ -146,7 +166,7 @@ class KubeletServer:
             if path[:1] == ["healthz"]:
                 self.reply(sock, 200, b"ok")
             elif path[:1] == ["portForward"] and len(path) == 3:
-                self.port_forward(sock, rfile, headers, path[1], path[2], q)
+                self.port_forward(sock, rest, headers, path[1], path[2], q)
             elif path[:1] == ["containerLogs"] and len(path) == 4 and method == "GET":
                 self.logs(sock, path[1], path[2], path[3], q)
             else:
@@ -154,17 +174,19 @@ class KubeletServer:
         except (OSError, ssl.SSLError, ValueError):
             pass
         finally:
-            try:
-                raw.close()
-            except OSError:
-                pass
+            if sock is not None:
+                linger_close(sock)
+            else:
+                try:
+                    raw.close()
+                except OSError:
+                    pass
 
     @staticmethod
     def reply(sock, code, body, ctype="text/plain"):
         reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 500: "Internal Server Error"}.get(code, "")
         sock.sendall(("HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
                       % (code, reason, ctype, len(body))).encode() + body)
-        sock.close()
 
     def logs(self, sock, ns, pod, ctr, q):
         """The container's log file; tailLines=N; follow=true streams what is
@@ -196,9 +218,8 @@ class KubeletServer:
                 sock.sendall(chunk)
             else:
                 time.sleep(0.3)
-        sock.close()
 
-    def port_forward(self, sock, rfile, headers, ns, pod, q):
+    def port_forward(self, sock, leftover, headers, ns, pod, q):
         w = self.node.find_pod(ns, pod)
         if w is None:
             self.reply(sock, 404, ("pod %s/%s not found on this node" % (ns, pod)).encode())
@@ -219,81 +240,152 @@ class KubeletServer:
             return
         accept = base64.b64encode(hashlib.sha1((headers.get("sec-websocket-key", "") + WS_GUID).encode())
                                   .digest()).decode()
-        sock.sendall(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                      "Sec-WebSocket-Accept: %s\r\nSec-WebSocket-Protocol: %s\r\n\r\n" % (accept, proto)).encode())
-        ws = WsConn(sock, rfile)
         b64 = proto.startswith("v4.base64")
+        out = bytearray(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                         "Sec-WebSocket-Accept: %s\r\nSec-WebSocket-Protocol: %s\r\n\r\n" % (accept, proto)).encode())
 
-        def send(ch, data):
+        def data_msg(ch, data):
             if b64:
-                ws.send(1, (chr(ord("0") + ch)).encode() + base64.b64encode(data))
-            else:
-                ws.send(2, bytes([ch]) + data)
+                return frame(1, (chr(ord("0") + ch)).encode() + base64.b64encode(data))
+            return frame(2, bytes([ch]) + data)
 
+        for i, port in enumerate(ports):
+            out += data_msg(2 * i, struct.pack("<H", port))
+            out += data_msg(2 * i + 1, struct.pack("<H", port))
         targets = {}
-        alive = {"n": 0}
-        lock = threading.Lock()
-
-        def pump(i, t):
+        for i, port in enumerate(ports):
             try:
+                targets[i] = nsutil.in_netns(w.podns, socket.create_connection, ("127.0.0.1", port), 5)
+            except OSError as e:
+                out += data_msg(2 * i + 1, ("error forwarding port %d to pod %s, uid : %s" % (port, pod, e)).encode())
+        if not targets:
+            out += frame(8, struct.pack(">H", 1000))
+            sock.sendall(bytes(out))
+            return
+        self.pump(sock, bytearray(leftover), out, targets, b64, data_msg)
+
+    def pump(self, sock, inbuf, wsout, targets, b64, data_msg):
+        """Move bytes between the WebSocket (sock) and the target sockets until
+        every target has closed (then a close frame goes out) or the client
+        closed. Single-threaded; see the module comment."""
+        sock.setblocking(False)
+        for t in targets.values():
+            t.setblocking(False)
+        tout = {i: bytearray() for i in targets}
+        t_eof = set()          # target sent EOF
+        t_dead = set()         # target failed; drop what goes to it
+        t_shut = set()         # we sent EOF to the target
+        client_done = False    # client sent close or EOF
+        closing = False        # close frame queued
+        frag = None            # (opcode, bytearray) of a fragmented message
+        while True:
+            if closing and not wsout:
+                break
+            if client_done:
+                for i, t in targets.items():
+                    if i not in t_shut and (not tout[i] or i in t_dead):
+                        t_shut.add(i)
+                        try:
+                            t.shutdown(socket.SHUT_WR)
+                        except OSError:
+                            pass
+                if len(t_shut) == len(targets):
+                    break
+            rl, wl = [], []
+            if not client_done and all(len(b) < HIGH_WATER for b in tout.values()):
+                rl.append(sock)
+            if not closing and len(wsout) < HIGH_WATER:
+                rl += [t for i, t in targets.items() if i not in t_eof]
+            if wsout:
+                wl.append(sock)
+            wl += [t for i, t in targets.items() if tout[i] and i not in t_dead]
+            pending = sock in rl and sock.pending() > 0
+            if not rl and not wl:
+                break
+            r, wr, _ = select.select(rl, wl, [], 0 if pending else 30)
+            if pending and sock not in r:
+                r.append(sock)
+            if sock in r:
+                try:
+                    d = sock.recv(65536)
+                    if not d:
+                        client_done = True
+                    inbuf += d
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    pass
+                except OSError:
+                    client_done = True
+                    wsout.clear()
                 while True:
-                    d = t.recv(65536)
-                    if not d or ws.closed:
+                    fr = parse_frame(inbuf)
+                    if fr is None:
                         break
-                    send(2 * i, d)
+                    fin, op, payload, used = fr
+                    del inbuf[:used]
+                    if op == 9:
+                        wsout += frame(10, payload)
+                        continue
+                    if op == 10:
+                        continue
+                    if op == 8:
+                        client_done = True
+                        if not closing:
+                            wsout += frame(8, payload[:2] or struct.pack(">H", 1000))
+                            closing = True
+                        continue
+                    if op == 0 and frag is not None:
+                        frag[1].extend(payload)
+                        if not fin:
+                            continue
+                        op, payload = frag[0], bytes(frag[1])
+                        frag = None
+                    elif not fin:
+                        frag = (op, bytearray(payload))
+                        continue
+                    if not payload:
+                        continue
+                    if b64:
+                        ch, data = payload[0] - ord("0"), base64.b64decode(payload[1:])
+                    else:
+                        ch, data = payload[0], payload[1:]
+                    if ch % 2 == 0 and ch // 2 in targets and ch // 2 not in t_dead and data:
+                        tout[ch // 2] += data
+            for i, t in list(targets.items()):
+                if t in r:
+                    try:
+                        d = t.recv(65536)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        d = b""
+                    if d:
+                        wsout += data_msg(2 * i, d)
+                    else:
+                        t_eof.add(i)
+                        if len(t_eof) == len(targets) and not closing:
+                            wsout += frame(8, struct.pack(">H", 1000))
+                            closing = True
+                if t in wr and tout[i]:
+                    try:
+                        n = t.send(tout[i])
+                        del tout[i][:n]
+                    except BlockingIOError:
+                        pass
+                    except OSError:
+                        t_dead.add(i)
+                        tout[i].clear()
+            if sock in wr and wsout:
+                try:
+                    n = sock.send(wsout[:16384])
+                    del wsout[:n]
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                    pass
+                except OSError:
+                    wsout.clear()
+                    client_done = True
+                    closing = True
+        for t in targets.values():
+            try:
+                t.close()
             except OSError:
                 pass
-            t.close()
-            with lock:
-                alive["n"] -= 1
-                last = alive["n"] <= 0
-            if last:
-                ws.send(8, struct.pack(">H", 1000))
-                with ws.wlock:
-                    ws.closed = True
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-        for i, port in enumerate(ports):
-            send(2 * i, struct.pack("<H", port))
-            send(2 * i + 1, struct.pack("<H", port))
-        for i, port in enumerate(ports):
-            try:
-                t = nsutil.in_netns(w.podns, socket.create_connection, ("127.0.0.1", port), 5)
-            except OSError as e:
-                send(2 * i + 1, ("error forwarding port %d to pod %s, uid : %s" % (port, pod, e)).encode())
-                continue
-            targets[i] = t
-        alive["n"] = len(targets)
-        if not targets:
-            ws.send(8, struct.pack(">H", 1000))
-            sock.close()
-            return
-        for i, t in targets.items():
-            threading.Thread(target=pump, args=(i, t), daemon=True).start()
-        try:
-            while True:
-                op, data = ws.recv()
-                if op is None or op == 8:
-                    break
-                if b64:
-                    if not data:
-                        continue
-                    ch, data = data[0] - ord("0"), base64.b64decode(data[1:])
-                else:
-                    if not data:
-                        continue
-                    ch, data = data[0], data[1:]
-                t = targets.get(ch // 2)
-                if t is not None and ch % 2 == 0 and data:
-                    t.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for t in targets.values():
-                try:
-                    t.shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass
