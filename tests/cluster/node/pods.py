@@ -183,6 +183,8 @@ class ProbeThread(threading.Thread):
             return
         while not self.stop.is_set():
             ok, why = self.w.run_probe(self.c, p, timeout)
+            if self.stop.is_set():      # the container run ended meanwhile
+                return
             if ok:
                 succ, fail = succ + 1, 0
             else:
