@@ -85,6 +85,8 @@ struct pf_carrier {
   int errtext_any;        /* bytes arrived on the error channel */
 
   int starved;            /* rx_filter last stopped for want of input (not for room) */
+  size_t rx_high;         /* the carrier's input never holds more than this */
+  int rx_blocked;         /* input full: reading from api is disabled until drained */
   struct evbuffer_cb_entry *drain_cb; /* on the carrier's input */
 
   char err[1400]; /* why the stream ended, for pf_carrier_error(); "" if clean */
@@ -378,9 +380,11 @@ static enum bufferevent_filter_result rx_filter(struct evbuffer *src, struct evb
                                                 ev_ssize_t limit,
                                                 enum bufferevent_flush_mode mode, void *arg) {
   struct pf_carrier *c = arg;
-  size_t produced = 0, max = limit < 0 ? SIZE_MAX : (size_t)limit;
+  size_t have = evbuffer_get_length(dst);
+  size_t max = have >= c->rx_high ? 0 : c->rx_high - have, produced = 0;
   int starved = 0;
   (void)mode;
+  if (limit >= 0 && (size_t)limit < max) max = (size_t)limit; /* a user's read high mark */
   while (!starved) {
     int progress = 0;
     if (c->rx == RX_DONE) {
@@ -402,6 +406,13 @@ static enum bufferevent_filter_result rx_filter(struct evbuffer *src, struct evb
     }
   }
   c->starved = starved;
+  if (!starved && c->rx != RX_DONE && evbuffer_get_length(dst) >= c->rx_high && !c->rx_blocked) {
+    /* Full: stop reading from the API server until the reader drains (not
+     * libevent's read watermark: on a deferred bufferevent that re-runs the read
+     * callback on every loop turn while the reader holds the bytes). */
+    c->rx_blocked = 1;
+    bufferevent_disable(c->api, EV_READ);
+  }
   /* Everything that arrived before the API-server connection ended is decoded. */
   if (c->api_end && starved) finish_from_api(c, evbuffer_get_length(src));
   return produced ? BEV_OK : BEV_NEED_MORE;
@@ -463,6 +474,11 @@ static int still_ours(struct bufferevent *api, struct pf_carrier *c) {
 
 static void wrap_read(struct bufferevent *api, void *arg) {
   struct pf_carrier *c = arg;
+  if (c->rx_blocked && c->rx != RX_DONE &&
+      evbuffer_get_length(bufferevent_get_input(c->bev)) < c->rx_high) {
+    c->rx_blocked = 0; /* the reader drained (input_drained sent us here) */
+    bufferevent_enable(api, EV_READ);
+  }
   c->f_read(api, c->f_arg);
   if (!still_ours(api, c)) return;
   /* The API-server connection ended with nothing left to decode, but the
@@ -471,15 +487,14 @@ static void wrap_read(struct bufferevent *api, void *arg) {
     finish_from_api(c, 0);
 }
 
-/* The reader drained the carrier's input. If rx_filter stopped for lack of room
- * with bytes still in api's input, decode on: libevent itself only does that
- * when the input was still at its high mark after the read callback, so bytes
- * could otherwise wait for the next network read, which may never come. */
+/* The reader drained the carrier's input. If rx_filter stopped for lack of room,
+ * decode on from the loop (wrap_read): the bytes still in api's input would
+ * otherwise wait for the next network read, which may never come, and reading
+ * from api is re-enabled there if it was stopped. */
 static void input_drained(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg) {
   struct pf_carrier *c = arg;
   (void)buf;
   if (info->n_deleted == 0 || c->starved || c->rx == RX_DONE) return;
-  if (evbuffer_get_length(bufferevent_get_input(c->api)) == 0) return;
   c->starved = 1; /* one nudge per stop */
   bufferevent_trigger(c->api, EV_READ, BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
 }
@@ -525,6 +540,7 @@ struct bufferevent *pf_carrier_new(struct bufferevent *conn, uint16_t port, size
   c->max_frame = max_frame ? max_frame : PF_DEFAULT_MAX_FRAME;
   c->keys_used = sizeof(c->keys);
   c->starved = 1;
+  c->rx_high = PF_DEFAULT_HIGH;
   snprintf(c->what, sizeof(c->what), "%s", what ? what : "carrier");
   bufferevent_setcb(conn, NULL, NULL, NULL, NULL);
   /* Deferred callbacks: an openssl filter on top writes into the carrier from
@@ -540,7 +556,6 @@ struct bufferevent *pf_carrier_new(struct bufferevent *conn, uint16_t port, size
   bufferevent_getcb(conn, &c->f_read, &c->f_write, &c->f_event, &c->f_arg);
   bufferevent_setcb(conn, wrap_read, wrap_write, wrap_event, c);
   bufferevent_setwatermark(conn, EV_WRITE, PF_DEFAULT_HIGH / 2, PF_DEFAULT_HIGH);
-  bufferevent_setwatermark(bev, EV_READ, 0, PF_DEFAULT_HIGH);
   bufferevent_setwatermark(bev, EV_WRITE, 0, PF_DEFAULT_HIGH);
   c->drain_cb = evbuffer_add_cb(bufferevent_get_input(bev), input_drained, c);
   /* Frames already read (e.g. with the 101) are decoded from the loop, once the

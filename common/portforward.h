@@ -36,16 +36,22 @@
  *                            the middle of a frame, or the API-server connection
  *                            failed (TLS alert, reset). pf_carrier_error() says
  *                            which, in words.
- * After an EOF/ERROR nothing more is read. Keep EV_READ enabled on the carrier
- * and use watermarks for backpressure: with reading disabled, bytes and the end
- * of stream wait in the connection below until the next read.
+ * After an EOF/ERROR nothing more is read.
  *
- * Backpressure: the carrier starts with read and write high watermarks of
- * PF_DEFAULT_HIGH; the input filter never puts more than the room below the read
- * high mark into the input (a frame's payload is moved in pieces), and the output
- * filter stops when the API-server connection's output holds PF_DEFAULT_HIGH
- * bytes (it may exceed that by at most one frame, PF_MAX_OUT_FRAME + 15 bytes).
- * Callers may change the carrier's watermarks.
+ * Reading: keep EV_READ enabled. To pause, just leave bytes in the input: the
+ * carrier never holds more than PF_DEFAULT_HIGH bytes there (or a read high
+ * watermark, if one is set lower), reading from the API server stops while it
+ * is full, and resumes by itself when the reader drains. (With EV_READ disabled,
+ * bytes already read from the API server wait there until the next network
+ * read; and a read high watermark on this deferred bufferevent makes libevent
+ * re-run the read callback every loop turn while the input stays above it.)
+ *
+ * Backpressure: the input filter never puts more than the room below
+ * PF_DEFAULT_HIGH into the carrier's input (a frame's payload is moved in
+ * pieces); the carrier has a write high watermark of PF_DEFAULT_HIGH (a
+ * bufferevent_openssl filter on top stops writing there), and the output filter
+ * stops when the API-server connection's output holds PF_DEFAULT_HIGH bytes (it
+ * may exceed that by at most one frame, PF_MAX_OUT_FRAME + 14 bytes).
  *
  * Half-close: the port-forward protocol has no way to close only the sending
  * direction, so there is none here. bufferevent_flush(carrier, EV_WRITE,

@@ -562,6 +562,203 @@ static void test_stalled_reader(void) {
   sess_free(&s);
 }
 
+/* ---------------- framing, byte-exact, over a bufferevent pair ---------------- *
+ * pf_carrier_new() over one end of a pair; the test plays the server on the
+ * other end with hand-made frames and decodes what the client sends. */
+
+struct pairt {
+  struct bufferevent *peer; /* the server's end */
+  struct sess s;
+};
+
+static void pair_open(struct pairt *p, size_t max_frame) {
+  struct bufferevent *pair[2];
+  bufferevent_pair_new(base, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS, pair);
+  struct bufferevent *c = pf_carrier_new(pair[0], 5000, max_frame, "pod t/p port 5000");
+  CHECK(c != NULL);
+  sess_start(&p->s, c, NULL);
+  p->peer = pair[1];
+  bufferevent_enable(p->peer, EV_READ | EV_WRITE);
+}
+
+static void pair_close(struct pairt *p) {
+  sess_free(&p->s);
+  bufferevent_free(p->peer);
+}
+
+/* A server frame (never masked). */
+static void sframe(struct pairt *p, int b0, const void *payload, size_t len) {
+  uint8_t h[10];
+  size_t hl = 2;
+  h[0] = (uint8_t)b0;
+  if (len < 126) {
+    h[1] = (uint8_t)len;
+  } else if (len < 65536) {
+    h[1] = 126, h[2] = (uint8_t)(len >> 8), h[3] = (uint8_t)len, hl = 4;
+  } else {
+    h[1] = 127, hl = 10;
+    for (int i = 0; i < 8; i++) h[2 + i] = (uint8_t)((uint64_t)len >> (56 - 8 * i));
+  }
+  evbuffer_add(bufferevent_get_output(p->peer), h, hl);
+  evbuffer_add(bufferevent_get_output(p->peer), payload, len);
+}
+
+/* One binary message: channel byte + len bytes of data. */
+static void sdata(struct pairt *p, uint8_t ch, const void *data, size_t len) {
+  uint8_t *m = malloc(len + 1);
+  m[0] = ch;
+  memcpy(m + 1, data, len);
+  sframe(p, 0x82, m, len + 1);
+  free(m);
+}
+
+static void announce(struct pairt *p) {
+  sframe(p, 0x82, "\x00\x88\x13", 3); /* 5000 little-endian on channel 0 ... */
+  sframe(p, 0x82, "\x01\x88\x13", 3); /* ... and on channel 1 */
+}
+
+static void spin(void) { /* run the loop until nothing is left to do */
+  for (int i = 0; i < 50; i++) event_base_loop(base, EVLOOP_NONBLOCK);
+}
+
+/* Decode one client frame from the peer's input. Returns the opcode (-1 if
+ * none complete), the unmasked payload in out (len in *n), its key in key. */
+static int cframe(struct pairt *p, uint8_t *out, size_t cap, size_t *n, uint8_t key[4],
+                  int *fin) {
+  struct evbuffer *in = bufferevent_get_input(p->peer);
+  uint8_t h[14];
+  size_t avail = evbuffer_get_length(in);
+  if (avail < 2) return -1;
+  evbuffer_copyout(in, h, avail < 14 ? avail : 14);
+  CHECK(h[1] & 0x80); /* masked */
+  uint64_t len = h[1] & 0x7f;
+  size_t hl = 2;
+  if (len == 126) len = (uint64_t)h[2] << 8 | h[3], hl = 4;
+  else if (len == 127) {
+    len = 0;
+    for (int i = 0; i < 8; i++) len = len << 8 | h[2 + i];
+    hl = 10;
+  }
+  if (avail < hl + 4 + len || len > cap) return -1;
+  memcpy(key, h + hl, 4);
+  evbuffer_drain(in, hl + 4);
+  evbuffer_remove(in, out, (size_t)len);
+  for (size_t i = 0; i < len; i++) out[i] ^= key[i & 3];
+  *n = (size_t)len;
+  *fin = (h[0] & 0x80) != 0;
+  return h[0] & 0x0f;
+}
+
+static void test_framing(void) {
+  static uint8_t big[200000], out[70000];
+  struct pairt p;
+  size_t n;
+  uint8_t key[4], key2[4];
+  int fin;
+
+  /* The port announcement split over two messages, then data. */
+  pair_open(&p, 0);
+  sframe(&p, 0x82, "\x00\x88", 2);
+  sframe(&p, 0x82, "\x00\x13" "abc", 5);
+  sframe(&p, 0x82, "\x01\x88\x13", 3);
+  spin();
+  CHECK_EQ_INT(evbuffer_get_length(p.s.got), 3);
+  CHECK_EQ_INT(p.s.end, 0);
+
+  /* A fragmented message whose first fragment is empty, a ping between the
+   * fragments; then 16- and 64-bit lengths. */
+  sframe(&p, 0x02, "", 0);
+  sframe(&p, 0x00, "\x00hel", 4);
+  sframe(&p, 0x89, "pi", 2);
+  sframe(&p, 0x80, "lo", 2);
+  for (size_t i = 0; i < sizeof(big); i++) big[i] = (uint8_t)(i * 7);
+  big[0] = 0;
+  sframe(&p, 0x82, big, 301);
+  sframe(&p, 0x82, big, 70001);
+  spin();
+  CHECK_EQ_INT(evbuffer_get_length(p.s.got), 3 + 5 + 300 + 70000);
+  uint8_t *g = evbuffer_pullup(p.s.got, -1);
+  CHECK(memcmp(g, "abchello", 8) == 0);
+  CHECK(memcmp(g + 8, big + 1, 300) == 0 && memcmp(g + 308, big + 1, 70000) == 0);
+  CHECK_EQ_INT(cframe(&p, out, sizeof(out), &n, key, &fin), 0xA); /* the pong */
+  CHECK(n == 2 && memcmp(out, "pi", 2) == 0 && fin);
+
+  /* What the client sends: masked binary frames, channel 0, a fresh key per frame,
+   * at most 65535 data bytes each, then a close frame when finished. */
+  bufferevent_write(p.s.bev, "xyz", 3);
+  bufferevent_write(p.s.bev, big, 100000);
+  bufferevent_flush(p.s.bev, EV_WRITE, BEV_FINISHED);
+  spin();
+  CHECK_EQ_INT(cframe(&p, out, sizeof(out), &n, key, &fin), 0x2);
+  CHECK(fin && n == 4 && memcmp(out, "\x00xyz", 4) == 0);
+  CHECK_EQ_INT(cframe(&p, out, sizeof(out), &n, key2, &fin), 0x2);
+  CHECK(fin && n == 65536 && out[0] == 0 && memcmp(out + 1, big, 65535) == 0);
+  CHECK(memcmp(key, key2, 4) != 0);
+  CHECK_EQ_INT(cframe(&p, out, sizeof(out), &n, key, &fin), 0x2);
+  CHECK(n == 100000 - 65535 + 1 && memcmp(out + 1, big + 65535, n - 1) == 0);
+  CHECK_EQ_INT(cframe(&p, out, sizeof(out), &n, key, &fin), 0x8);
+  CHECK(n == 2 && out[0] == 0x03 && out[1] == 0xe8); /* 1000 */
+
+  /* Normal close from the server: answered, EOF, no error text. */
+  sframe(&p, 0x88, "\x03\xe8", 2);
+  spin();
+  CHECK(p.s.end & BEV_EVENT_EOF);
+  CHECK(pf_carrier_error(p.s.carrier) == NULL);
+  pair_close(&p);
+
+  /* An error text in two fragments on channel 1 ends the stream with it. */
+  pair_open(&p, 0);
+  announce(&p);
+  sframe(&p, 0x02, "\x01" "dial tcp4 ", 11);
+  sframe(&p, 0x80, "127.0.0.1:5000: refused", 23);
+  spin();
+  CHECK(p.s.end & BEV_EVENT_ERROR);
+  CHECK_EQ_STR(p.s.enderr, "error from the kubelet: dial tcp4 127.0.0.1:5000: refused");
+  pair_close(&p);
+
+  /* A reader that stops draining: the carrier's input stops at PF_DEFAULT_HIGH
+   * (the rest waits below), and everything arrives once it drains again. */
+  pair_open(&p, 0);
+  p.s.bulk = 1, p.s.stalled = 1, p.s.total = 3 * 200000, p.s.sent = p.s.total;
+  announce(&p);
+  for (int i = 0; i < 3; i++) sdata(&p, 0, pattern + i * 200000, 200000);
+  spin();
+  CHECK_EQ_INT(evbuffer_get_length(bufferevent_get_input(p.s.bev)), PF_DEFAULT_HIGH);
+  CHECK(p.s.max_in <= PF_DEFAULT_HIGH);
+  p.s.stalled = 0;
+  for (int i = 0; i < 100 && !p.s.done; i++) {
+    consume(&p.s);
+    event_base_loop(base, EVLOOP_NONBLOCK);
+  }
+  CHECK_EQ_INT(p.s.recvd, p.s.total);
+  CHECK_EQ_INT(p.s.mismatch, 0);
+  pair_close(&p);
+
+  /* The connection ends in the middle of a frame. */
+  pair_open(&p, 0);
+  announce(&p);
+  evbuffer_add(bufferevent_get_output(p.peer), "\x82\x7e\x01\x00\x00partial", 12);
+  spin();
+  bufferevent_flush(p.peer, EV_WRITE, BEV_FINISHED); /* a pair's way to say EOF */
+  spin();
+  bufferevent_free(p.peer);
+  p.peer = NULL;
+  CHECK(p.s.end & BEV_EVENT_ERROR);
+  CHECK(strstr(p.s.enderr, "in the middle of a frame") != NULL);
+  CHECK_EQ_INT(evbuffer_get_length(p.s.got), 7);
+  sess_free(&p.s);
+
+  /* max_frame: a frame above it is refused before any of it is read. */
+  pair_open(&p, 1000);
+  announce(&p);
+  sframe(&p, 0x82, big, 1001);
+  spin();
+  CHECK(strstr(p.s.enderr, "1001 bytes exceeds the limit of 1000") != NULL);
+  pair_close(&p);
+  printf("framing: port split, empty first fragment, ping between fragments, 7/16/64-bit "
+         "lengths, client frame format, close, error text, high mark, truncation, max_frame\n");
+}
+
 static void test_cancel(void) {
   struct dial_result r;
   memset(&r, 0, sizeof(r));
@@ -923,6 +1120,7 @@ int main(int argc, char **argv) {
   CHECK(pf_carrier_error(NULL) == NULL);
   test_invalid();
   test_cancel();
+  test_framing();
 
   bulk("echo 20 MB", "echo-big", echo_port, 20u << 20, 0, NULL);
   struct opts prefixed = {.url = api_url_prefix};
