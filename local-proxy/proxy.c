@@ -123,6 +123,7 @@ struct forward {
 
 /* What a finished splice logs. */
 struct link {
+  struct proxy *px;
   char what[800];
 };
 
@@ -360,10 +361,11 @@ static void slot_connect(struct slot *sl) {
 
 static void link_done(const char *err, size_t a_to_b, size_t b_to_a, void *arg) {
   struct link *l = arg;
-  if (err)
+  if (err && !l->px->stopping) /* at exit every idle pooled stream ends this way */
     log_info("%s: ended: %s (%zu bytes out, %zu in)", l->what, err, a_to_b, b_to_a);
   else
-    log_debug("%s: done (%zu bytes out, %zu in)", l->what, a_to_b, b_to_a);
+    log_debug("%s: done%s%s (%zu bytes out, %zu in)", l->what, err ? ": " : "", err ? err : "",
+              a_to_b, b_to_a);
   free(l);
 }
 
@@ -391,8 +393,11 @@ static void dial_event_cb(struct bufferevent *bev, short what, void *arg) {
     bufferevent_setcb(bev, NULL, NULL, NULL, NULL);
     bufferevent_set_timeouts(bev, NULL, NULL);
     set_nodelay(bufferevent_getfd(bev));
-    if (l) snprintf(l->what, sizeof l->what, "stream %u from %s to %s", tunnel_stream_id(d->s),
-                    d->peer, addr);
+    if (l) {
+      l->px = px;
+      snprintf(l->what, sizeof l->what, "stream %u from %s to %s", tunnel_stream_id(d->s), d->peer,
+               addr);
+    }
     log_debug("stream %u from %s: connected to %s", tunnel_stream_id(d->s), d->peer, addr);
     d->bev = NULL;
     d->s = NULL;
@@ -543,6 +548,7 @@ static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct soc
     }
     return;
   }
+  l->px = px;
   snprintf(l->what, sizeof l->what, "forward %s: connection from %s (stream %u)", fw->name, peer,
            tunnel_stream_id(s));
   log_debug("%s: opened", l->what);
