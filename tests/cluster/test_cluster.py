@@ -631,6 +631,14 @@ def t_features():
     r = subprocess.run([os.path.join(HERE, "pod-exec"), "--name", NAME, "-c", "c", "shop", "features", "--",
                         "cat", "/etc/pod/name"], capture_output=True, text=True)
     check(r.returncode == 0 and r.stdout == "features", "pod-exec -c sees the container's volumes")
+    # kubectl exec (WebSocket v5/v4 through the API server to the node)
+    r = kubectl("exec", "-n", "shop", "features", "--", "sh", "-c", "cat /etc/pod/name; id -u; echo oops >&2; exit 7",
+                check_rc=False)
+    check(r.stdout == "features1000\n" and "oops" in r.stderr and r.returncode == 7,
+          "kubectl exec: stdout, stderr, exit code (%d), runs as the container user" % r.returncode)
+    blob = "".join(chr(97 + (i * 7) % 26) for i in range(100000))
+    r = kubectl("exec", "-i", "-n", "shop", "features", "--", "cat", input=blob, check_rc=False)
+    check(r.returncode == 0 and r.stdout == blob, "kubectl exec -i: 100 kB of stdin echoed back")
     # TokenRequest token: valid for the API server (audience is checked: kbridge-test is not an API audience)
     tok = f["/var/run/secrets/kubernetes.io/serviceaccount/token"]
     st, body = Kube(info()["server"], info()["ca"], token=tok).request("GET", "/api")

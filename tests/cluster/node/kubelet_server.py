@@ -6,6 +6,12 @@
       its channel byte; the first message on both channels is the port as
       2 bytes little-endian. The node dials localhost:P inside the pod's
       network namespace. An error text on the error channel ends that port.
+  GET /exec/NS/POD/CONTAINER?command=..&input=1&output=1&error=1[&tty=1]
+      WebSocket upgrade, subprotocol v5.channel.k8s.io or v4.channel.k8s.io
+      (what `kubectl exec` speaks over WebSocket): channel 0 stdin, 1 stdout,
+      2 stderr, 3 the final metav1.Status as JSON, 4 terminal resize,
+      255 (v5) end of stdin. The command runs with nsenter in the container's
+      network, mount and UTS namespaces, as the container's user.
   GET /containerLogs/NS/POD/CONTAINER[?tailLines=N][&follow=true]
   GET /healthz
 
@@ -167,6 +173,8 @@ class KubeletServer:
                 self.reply(sock, 200, b"ok")
             elif path[:1] == ["portForward"] and len(path) == 3:
                 self.port_forward(sock, rest, headers, path[1], path[2], q)
+            elif path[:1] == ["exec"] and len(path) == 4:
+                self.exec_ws(sock, rest, headers, path[1], path[2], path[3], q)
             elif path[:1] == ["containerLogs"] and len(path) == 4 and method == "GET":
                 self.logs(sock, path[1], path[2], path[3], q)
             else:
@@ -389,3 +397,158 @@ class KubeletServer:
                 t.close()
             except OSError:
                 pass
+
+
+    def exec_ws(self, sock, leftover, headers, ns, pod, ctr, q):
+        """`kubectl exec` over WebSocket (see the module comment)."""
+        import fcntl
+        import json
+        import pty
+        import subprocess
+        import termios
+        w = self.node.find_pod(ns, pod)
+        c = None if w is None else next((x for x in w.ctrs if x.name == ctr), None)
+        proc = None if c is None else c.proc
+        if proc is None or proc.poll() is not None:
+            self.reply(sock, 404, ("container %s not running in pod %s/%s" % (ctr, ns, pod)).encode())
+            return
+        offered = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
+        proto = next((p for p in ("v5.channel.k8s.io", "v4.channel.k8s.io") if p in offered), None)
+        if "websocket" not in headers.get("upgrade", "").lower() or proto is None:
+            self.reply(sock, 400, b"WebSocket with subprotocol v5.channel.k8s.io or v4.channel.k8s.io required")
+            return
+        cmd = q.get("command", [])
+        if not cmd:
+            self.reply(sock, 400, b"command required")
+            return
+        flag = lambda *names: any(q.get(n, ["0"])[0] in ("1", "true") for n in names)  # noqa: E731
+        want_in, want_out, want_err, tty = flag("input", "stdin"), flag("output", "stdout"), \
+            flag("error", "stderr"), flag("tty")
+        accept = base64.b64encode(hashlib.sha1((headers.get("sec-websocket-key", "") + WS_GUID).encode())
+                                  .digest()).decode()
+        sock.sendall(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      "Sec-WebSocket-Accept: %s\r\nSec-WebSocket-Protocol: %s\r\n\r\n" % (accept, proto)).encode())
+        from pods import nsenter_argv
+        argv = nsenter_argv(proc.pid, c) + cmd
+        env = dict(getattr(c, "env", {}) or {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"})
+        master = None
+        try:
+            if tty:
+                master, slave = pty.openpty()
+                p = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True,
+                                     preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+                os.close(slave)
+                outs = {master: 1}
+                stdin_fd = master
+            else:
+                p = subprocess.Popen(argv, stdin=subprocess.PIPE if want_in else subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE if want_out else subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE if want_err else subprocess.DEVNULL, env=env)
+                outs = {}
+                if p.stdout:
+                    outs[p.stdout.fileno()] = 1
+                if p.stderr:
+                    outs[p.stderr.fileno()] = 2
+                stdin_fd = p.stdin.fileno() if p.stdin else None
+        except OSError as e:
+            sock.sendall(frame(2, b"\x03" + json.dumps({"metadata": {}, "status": "Failure",
+                                                          "message": str(e)}).encode()))
+            return
+        sock.setblocking(False)
+        inbuf, wsout, inq = bytearray(leftover), bytearray(), bytearray()
+        stdin_open = stdin_fd is not None
+        stdin_eof = False
+        client_done = False
+        while outs or (wsout and not client_done):
+            rl = list(outs) if len(wsout) < HIGH_WATER else []
+            if not client_done and len(inq) < HIGH_WATER:
+                rl.append(sock)
+            wl = ([sock] if wsout and not client_done else []) + ([stdin_fd] if inq and stdin_open else [])
+            pending = sock in rl and sock.pending() > 0
+            r, wr, _ = select.select(rl, wl, [], 0 if pending else 30)
+            if pending and sock not in r:
+                r.append(sock)
+            if sock in r:
+                try:
+                    d = sock.recv(65536)
+                    if not d:
+                        client_done = True
+                    inbuf += d
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    pass
+                except OSError:
+                    client_done = True
+                while True:
+                    fr = parse_frame(inbuf)
+                    if fr is None:
+                        break
+                    _, op, payload, used = fr
+                    del inbuf[:used]
+                    if op == 8:
+                        client_done = True
+                    elif op == 9:
+                        wsout += frame(10, payload)
+                    elif op in (1, 2) and payload:
+                        ch, data = payload[0], payload[1:]
+                        if ch == 0 and stdin_open:
+                            inq += data
+                        elif ch == 4 and tty:
+                            try:
+                                size = json.loads(data)
+                                fcntl.ioctl(master, termios.TIOCSWINSZ,
+                                            struct.pack("HHHH", size.get("Height", 24), size.get("Width", 80), 0, 0))
+                            except (ValueError, OSError):
+                                pass
+                        elif ch == 255 and data[:1] == b"\x00" and stdin_open and not tty:
+                            stdin_eof = True         # v5: client closed stdin
+            if stdin_open and stdin_fd in wr and inq:
+                try:
+                    n = os.write(stdin_fd, inq)
+                    del inq[:n]
+                except OSError:
+                    inq.clear()
+            if stdin_eof and stdin_open and not inq:
+                p.stdin.close()
+                stdin_open = False
+            for fd in list(outs):
+                if fd in r:
+                    try:
+                        d = os.read(fd, 65536)
+                    except OSError:
+                        d = b""
+                    if d:
+                        wsout += frame(2, bytes([outs[fd]]) + d)
+                    else:
+                        del outs[fd]
+            if sock in wr and wsout:
+                try:
+                    n = sock.send(wsout[:16384])
+                    del wsout[:n]
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                    pass
+                except OSError:
+                    client_done = True
+            if client_done and p.poll() is None and not outs:
+                break
+        if client_done and p.poll() is None:
+            p.kill()
+        if p.stdin and stdin_open:
+            try:
+                p.stdin.close()
+            except OSError:
+                pass
+        code = p.wait()
+        if master is not None:
+            os.close(master)
+        if code == 0:
+            status = {"metadata": {}, "status": "Success"}
+        else:
+            status = {"metadata": {}, "status": "Failure", "reason": "NonZeroExitCode",
+                      "message": "command terminated with non-zero exit code: exit status %d" % code,
+                      "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]}}
+        wsout += frame(2, b"\x03" + json.dumps(status).encode()) + frame(8, struct.pack(">H", 1000))
+        sock.setblocking(True)
+        try:
+            sock.sendall(bytes(wsout))
+        except OSError:
+            pass

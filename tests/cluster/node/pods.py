@@ -136,6 +136,18 @@ class ConfigError(Exception):
 
 
 # ------------------------------------------------------------ containers ---
+def nsenter_argv(pid, c):
+    """nsenter into a container's network, mount and UTS namespaces as its user
+    (exec probes and `kubectl exec` run like the container's own processes)."""
+    argv = ["nsenter", "-t", str(pid), "-n", "-m", "-u"]
+    sec = getattr(c, "sec", None) or {}
+    if sec.get("gid") is not None:
+        argv += ["-G", str(sec["gid"])]
+    if sec.get("uid") is not None:
+        argv += ["-S", str(sec["uid"])]
+    return argv + ["--"]
+
+
 class Container:
     def __init__(self, spec, init=False):
         self.spec = spec
@@ -609,6 +621,7 @@ class PodWorker(threading.Thread):
             return
         if sec.get("uid"):
             env["HOME"] = "/"
+        c.sec = sec
         if "command" in spec:
             argv = list(spec["command"]) + list(spec.get("args", []))
         else:
@@ -792,7 +805,7 @@ class PodWorker(threading.Thread):
                 proc = c.proc
                 if proc is None:
                     return False, "container not running"
-                r = subprocess.run(["nsenter", "-t", str(proc.pid), "-n", "-m", "-u", "--"] + p["exec"]["command"],
+                r = subprocess.run(nsenter_argv(proc.pid, c) + p["exec"]["command"],
                                    capture_output=True, timeout=max(timeout, 1), env=c.env)
                 return r.returncode == 0, "exit code %d: %s" % (r.returncode, r.stdout[-200:] + r.stderr[-200:])
             if "tcpSocket" in p:
