@@ -86,6 +86,14 @@ int main(int argc, char **argv) {
         return 0;
       }
     }
+    int shown = 0; /* "help certs": every "certs ..." command */
+    for (size_t i = 0; argc == 3 && i < NCOMMANDS; i++) {
+      if (commands[i].word2 && strcmp(argv[2], commands[i].word1) == 0) {
+        if (shown++) printf("\n");
+        opt_help(commands[i].opts, stdout);
+      }
+    }
+    if (shown) return 0;
     fprintf(stderr, "kbridge: help: unknown command \"%s\" (try kbridge help)\n", argv[2]);
     return 2;
   }
@@ -104,6 +112,13 @@ int main(int argc, char **argv) {
       return 2;
     }
     return c->run(c->cfg);
+  }
+  if (strcmp(w, "certs") == 0 && argc == 3 &&
+      (strcmp(argv[2], "--help") == 0 || strcmp(argv[2], "-h") == 0)) {
+    opt_help(&certs_init_cmd, stdout);
+    printf("\n");
+    opt_help(&certs_issue_cmd, stdout);
+    return 0;
   }
   if (strcmp(w, "certs") == 0)
     fprintf(stderr, "kbridge: certs: expected init or issue, got %s%s%s (see kbridge help)\n",
