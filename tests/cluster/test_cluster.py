@@ -248,6 +248,22 @@ def t_services():
     finally:
         subprocess.run(["ip", "route", "del", i["net"]["pod_cidr"]])
         subprocess.run(["ip", "route", "del", i["net"]["service_cidr"]])
+    # A NodePort Service is reachable from the root netns on the node address
+    # (the way a direct tunnel address would be exposed), ClusterIPs still are not.
+    kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "api-nodeport", "namespace": "shop"},
+        "spec": {"type": "NodePort", "selector": {"app": "api"}, "ports": [{"port": 8080, "targetPort": 8080}]}}))
+    np = admin().get("/api/v1/namespaces/shop/services/api-nodeport")["spec"]["ports"][0]["nodePort"]
+
+    def via_nodeport():
+        import urllib.request
+        try:
+            with urllib.request.urlopen("http://%s:%d/" % (i["net"]["node_ip"], np), timeout=3) as r:
+                return json.load(r).get("service") == "api"
+        except OSError:
+            return False
+    wait("NodePort %d on the node address answers from the root netns" % np, via_nodeport, 10)
+    kubectl("delete", "service", "-n", "shop", "api-nodeport")
     # In-pod API access: KUBERNETES_SERVICE_HOST, SA token and ca.crt, real TLS.
     script = r"""
 import json, os, ssl, urllib.request, urllib.error

@@ -7,7 +7,8 @@ cluster), all inside the node network namespace:
   host link is masqueraded (so pod-to-self and pod-to-pod through a Service
   work without br_netfilter, and the API server sees the node address).
 - filter rules: nothing from the root namespace (host0) is forwarded to pods
-  unless it answers a connection a pod opened.
+  unless it answers a connection a pod opened, or it was DNATed by a
+  NodePort rule (node address:nodePort -> ready endpoints, as on a node).
 - dnsmasq on the bridge address answers <svc>.<ns>.svc.cluster.local from a
   hosts file this module rewrites (SIGHUP on change); the kube-dns Service
   (ClusterIP .10) points at it. Headless Services resolve to their ready
@@ -103,6 +104,14 @@ class Proxy:
                 nat.append(":%s - [0:0]" % ch)
                 body.append(("nat", "-A KB-SERVICES -d %s/32 -p %s -m %s --dport %d -m comment --comment %s -j %s"
                              % (ip, p, p, sp["port"], "%s/%s:%s" % (ns, name, sp.get("name") or sp["port"]), ch)))
+                if sp.get("nodePort") and s["spec"].get("type") in ("NodePort", "LoadBalancer"):
+                    # NodePort on the node address: the one way in from the root netns
+                    # besides the API server, as on a real node.
+                    body.append(("nat", "-A KB-SERVICES -d %s/32 -p %s -m %s --dport %d -m comment --comment %s "
+                                 "-j MARK --or-mark 0x4000" % (self.net["node_ip"], p, p, sp["nodePort"],
+                                                               "%s/%s:nodePort" % (ns, name))))
+                    body.append(("nat", "-A KB-SERVICES -d %s/32 -p %s -m %s --dport %d -j %s"
+                                 % (self.net["node_ip"], p, p, sp["nodePort"], ch)))
                 n = len(targets)
                 for i, t in enumerate(targets):
                     stat = ("-m statistic --mode random --probability %.10f " % (1.0 / (n - i))) if i < n - 1 else ""
@@ -118,6 +127,8 @@ class Proxy:
                                                          "-A FORWARD -j KB-FORWARD", "-A INPUT -j KB-INPUT",
                                                          "-A KB-FORWARD -i host0 -m conntrack --ctstate "
                                                          "ESTABLISHED,RELATED -j ACCEPT",
+                                                         "-A KB-FORWARD -i host0 -m mark --mark 0x4000/0x4000 "
+                                                         "-m comment --comment nodeport -j ACCEPT",
                                                          "-A KB-FORWARD -i host0 -j DROP"]
         rules += [r for t, r in body if t == "filter"] + ["COMMIT"]
         text = "\n".join(rules) + "\n"
