@@ -25,6 +25,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 
 #include <event2/buffer.h>
@@ -505,7 +507,7 @@ static void process_request(struct downstream *ds) {
     if (ds->dead) return;
     if (ds->state != DS_IDLE && ds->state != DS_READ_HEAD && ds->state != DS_FORWARD_BODY)
       return;
-    if (ds->state == DS_FORWARD_BODY && upstream_pending(ds->up) > AGENT_HIGH_WATER) {
+    if (ds->state == DS_FORWARD_BODY && upstream_pending(ds->up) > upstream_high(ds->up)) {
       ds->wait_up_drain = 1; /* resumed by up_event(WRITABLE) */
       bufferevent_disable(ds->bev, EV_READ);
       return;
@@ -894,6 +896,8 @@ int downstream_accept(struct agent *ag, evutil_socket_t fd, const struct sockadd
   addr_format_sa(sa, ds->peer, sizeof ds->peer);
   agent_conn_opened(ag);
   TAILQ_INSERT_TAIL(&ag->clients, ds, link);
+  int one = 1; /* responses are relayed as they come: no Nagle delay on them */
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   bufferevent_setcb(ds->bev, client_read, client_write, client_event, ds);
   bufferevent_setwatermark(ds->bev, EV_WRITE, AGENT_LOW_WATER, 0);
   bufferevent_enable(ds->bev, EV_READ | EV_WRITE);

@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -201,6 +203,8 @@ static void on_close(struct tunnel *t, const char *err, void *arg) {
 static void tunnel_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
                           int socklen, void *arg) {
   struct agent *ag = arg;
+  int one = 1; /* many small frames (WINDOW, PING, short responses): no Nagle */
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   struct agent_tunnel *at = calloc(1, sizeof *at);
   SSL *ssl = at ? SSL_new((SSL_CTX *)ag->ssl) : NULL;
   struct bufferevent *bev =

@@ -254,6 +254,10 @@ size_t upstream_pending(const struct upstream *u) {
   return evbuffer_get_length(bufferevent_get_output(u->bev));
 }
 
+size_t upstream_high(const struct upstream *u) {
+  return u->kind == UPSTREAM_STREAM ? tunnel_stream_high(u->stream) : AGENT_HIGH_WATER;
+}
+
 void upstream_pause_read(struct upstream *u, int paused) {
   if (u->kind == UPSTREAM_TCP && u->connected) {
     if (paused)

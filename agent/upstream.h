@@ -87,6 +87,8 @@ struct evbuffer *upstream_input(struct upstream *u);
  * them (closed). */
 int upstream_write(struct upstream *u, struct evbuffer *src, size_t n);
 size_t upstream_pending(const struct upstream *u);
+/* Above this much pending output, stop feeding the upstream until WRITABLE. */
+size_t upstream_high(const struct upstream *u);
 /* Stop / resume reading from the server (TCP: the socket; streams rely on flow
  * control, so only the callback is held back by the caller). */
 void upstream_pause_read(struct upstream *u, int paused);
