@@ -1092,7 +1092,9 @@ static int set_peer_name(SSL *ssl, const char *name) {
   if (inet_pton(AF_INET, name, tmp) == 1 || inet_pton(AF_INET6, name, tmp) == 1)
     return X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), name) == 1 ? 0 : -1;
   if (SSL_set1_host(ssl, name) != 1) return -1;
-  return SSL_set_tlsext_host_name(ssl, name) == 1 ? 0 : -1;
+  char sni[256]; /* the macro casts away const */
+  if (snprintf(sni, sizeof(sni), "%s", name) >= (int)sizeof(sni)) return -1;
+  return SSL_set_tlsext_host_name(ssl, sni) == 1 ? 0 : -1;
 }
 
 struct pf_connecting *pf_connect(struct event_base *base, struct evdns_base *dns,
