@@ -486,6 +486,16 @@ class AgentHTTP(unittest.TestCase):
         self.assertEqual(f.read(len(payload)), payload)
         s.close()
 
+    def test_upgrade_declined_stays_http(self):
+        s, f = self.agent.connect()
+        s.sendall(b"GET /not-ws HTTP/1.1\r\nHost: svc\r\nUpgrade: websocket\r\n"
+                  b"Connection: Upgrade\r\n\r\n")
+        st, h, body, _ = read_response(f)
+        self.assertEqual((st, json.loads(body)["path"]), (200, "/not-ws"))
+        s.sendall(get("/next"))  # the connection goes on as HTTP
+        self.assertEqual(json.loads(read_response(f)[2])["path"], "/next")
+        s.close()
+
     # -- malformed and hostile requests --------------------------------------------------
 
     def bad(self, raw, code):
