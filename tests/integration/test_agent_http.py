@@ -634,6 +634,33 @@ class AgentEdges(unittest.TestCase):
             self.assertEqual(a.stop(), 0)
             e.close()
 
+    def test_max_conns_pauses_accepting(self):
+        b = Backend()
+        a = Agent(self.tls, "127.0.0.1:%d" % b.port, ["--max-conns", "2"])
+        try:
+            held = []
+            for i in range(2):
+                s, f = a.connect()
+                s.sendall(get("/held%d" % i))
+                self.assertEqual(read_response(f)[0], 200)
+                held.append((s, f))
+            s3 = socket.create_connection(("127.0.0.1", a.port), timeout=1)
+            s3.sendall(get("/third"))  # the kernel backlog takes it; the agent does not
+            with self.assertRaises(socket.timeout):
+                s3.recv(1)
+            held[0][1].close()
+            held[0][0].close()  # below the cap again: the third is accepted and served
+            s3.settimeout(5)
+            f3 = s3.makefile("rb")
+            st, _, body, _ = read_response(f3)
+            self.assertEqual(json.loads(body)["path"], "/third")
+            for s, f in [held[1], (s3, f3)]:
+                f.close()
+                s.close()
+        finally:
+            self.assertEqual(a.stop(), 0)
+            b.close()
+
     def test_bad_flags_exit_2(self):
         for argv in (["--max-conns", "zero"], ["--listen", "nohost"], ["--bogus"],
                      ["--log-level", "loud"]):
