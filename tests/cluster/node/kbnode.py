@@ -61,6 +61,7 @@ class Node:
         self.pod_netns_prefix = "kb-%s-p-" % cfg["name"]
         self.kube = Kube(cfg["server"], cfg["ca"], cert=cfg["node_cert"], key=cfg["node_key"])
         self.workers = {}
+        self.done = set()
         self.wlock = threading.Lock()
         self.ips = {}
         self.next_ip = 0
@@ -97,6 +98,7 @@ class Node:
     def forget(self, uid):
         with self.wlock:
             self.workers.pop(uid, None)
+            self.done.add(uid)      # a list taken before the deletion must not revive it
 
     def find_pod(self, ns, name):
         with self.wlock:
@@ -198,11 +200,21 @@ class Node:
                 uid = p["metadata"]["uid"]
                 seen.add(uid)
                 with self.wlock:
+                    if uid in self.done:
+                        continue
                     w = self.workers.get(uid)
                     if w is None:
                         if p.get("status", {}).get("phase") in ("Succeeded", "Failed") and \
                                 not p["metadata"].get("deletionTimestamp"):
                             continue   # finished before this node started
+                        if p["metadata"].get("deletionTimestamp"):
+                            # Being deleted and never started here: finalize at once.
+                            self.done.add(uid)
+                            self.kube.delete("/api/v1/namespaces/%s/pods/%s" % (p["metadata"]["namespace"],
+                                                                                 p["metadata"]["name"]),
+                                             {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
+                                              "preconditions": {"uid": uid}}, allow=(404, 409))
+                            continue
                         w = self.workers[uid] = pods.PodWorker(self, p)
                         w.start()
                         continue
