@@ -101,11 +101,12 @@ class Node:
             self.done.add(uid)      # a list taken before the deletion must not revive it
 
     def find_pod(self, ns, name):
+        """The worker of pod ns/name; a pod of the same name still shutting
+        down only when there is no newer one."""
         with self.wlock:
-            for w in self.workers.values():
-                if w.ns == ns and w.name == name and not w.gone:
-                    return w
-        return None
+            ws = [w for w in self.workers.values() if w.ns == ns and w.name == name and not w.gone]
+        ws.sort(key=lambda w: bool(w.pod["metadata"].get("deletionTimestamp")))
+        return ws[0] if ws else None
 
     # ---- events
     def event(self, pod, etype, reason, msg):
