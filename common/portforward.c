@@ -432,7 +432,7 @@ static enum bufferevent_filter_result tx_filter(struct evbuffer *src, struct evb
     return BEV_NEED_MORE;
   }
   while ((len = evbuffer_get_length(src)) > 0 && made < max) {
-    size_t n = len < PF_MAX_OUT_FRAME - 1 ? len : PF_MAX_OUT_FRAME - 1;
+    size_t n = len < PF_MAX_OUT_FRAME - 1 ? len : PF_MAX_OUT_FRAME - 1; /* + channel byte */
     size_t plen = n + 1, hl = tx_header_len(plen);
     struct evbuffer_iovec v;
     uint8_t key[4];

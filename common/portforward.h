@@ -51,7 +51,7 @@
  * pieces); the carrier has a write high watermark of PF_DEFAULT_HIGH (a
  * bufferevent_openssl filter on top stops writing there), and the output filter
  * stops when the API-server connection's output holds PF_DEFAULT_HIGH bytes (it
- * may exceed that by at most one frame, PF_MAX_OUT_FRAME + 14 bytes).
+ * may exceed that by at most one frame, PF_MAX_OUT_FRAME + 8 bytes).
  *
  * Half-close: the port-forward protocol has no way to close only the sending
  * direction, so there is none here. bufferevent_flush(carrier, EV_WRITE,
@@ -75,7 +75,8 @@ struct pf_connecting;
 
 #define PF_SUBPROTOCOL "v4.channel.k8s.io"
 #define PF_DEFAULT_HIGH (256 * 1024)       /* default carrier watermarks */
-#define PF_MAX_OUT_FRAME (64 * 1024)       /* largest payload of a frame we send */
+#define PF_MAX_OUT_FRAME 65535             /* largest payload of a frame we send: channel
+                                            * byte + 65534 data bytes, a 16-bit length */
 #define PF_DEFAULT_MAX_FRAME (16u << 20)   /* largest payload accepted from the server */
 #define PF_DEFAULT_TIMEOUT_MS 30000        /* connect + TLS + upgrade answer */
 
