@@ -1035,6 +1035,10 @@ static int parse_url(struct pf_connecting *d, const char *url, char *err, size_t
     return -1;
   }
   s += 8;
+  if (memchr(s, '@', strcspn(s, "/?#"))) {
+    snprintf(err, errlen, "API server URL \"%s\": user info in the URL is not supported", url);
+    return -1;
+  }
   if (*s == '[') {
     hb = s + 1;
     he = strchr(hb, ']');

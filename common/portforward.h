@@ -74,7 +74,7 @@ struct bufferevent;
 struct pf_connecting;
 
 #define PF_SUBPROTOCOL "v4.channel.k8s.io"
-#define PF_DEFAULT_HIGH (256 * 1024)       /* default carrier watermarks */
+#define PF_DEFAULT_HIGH (256 * 1024)       /* bound of the carrier's input; write high marks */
 #define PF_MAX_OUT_FRAME 65535             /* largest payload of a frame we send: channel
                                             * byte + 65534 data bytes, a 16-bit length */
 #define PF_DEFAULT_MAX_FRAME (16u << 20)   /* largest payload accepted from the server */

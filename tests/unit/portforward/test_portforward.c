@@ -851,6 +851,7 @@ static void test_invalid(void) {
       {"url", "https://[::1:6443", "unclosed"},
       {"url", "https://h:99999", "bad port"},
       {"url", "https://h:6443/a b", "path may not contain"},
+      {"url", "https://user:pw@h:6443", "user info"},
       {"ns", "Shop", "invalid namespace"},
       {"ns", "a.b", "invalid namespace"},
       {"pod", "web/../x", "invalid pod name"},
