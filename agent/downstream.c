@@ -324,14 +324,16 @@ static void go_raw(struct downstream *ds) {
   if (!ds->up) ds_close(ds);
 }
 
-/* First bytes: "TOKEN " where TOKEN is an upper-case method name -> HTTP.
+/* First bytes: "TOKEN " where TOKEN is an upper-case method name -> HTTP,
+ * except the HTTP/2 connection preface.
  * Returns 1 (HTTP), 0 (raw), -1 (undecided: need more bytes). */
 static int sniff(struct evbuffer *in) {
   char buf[SNIFF_MAX_METHOD + 1];
   ev_ssize_t n = evbuffer_copyout(in, buf, sizeof buf);
   for (ev_ssize_t i = 0; i < n; i++) {
     char c = buf[i];
-    if (c == ' ') return i > 0;
+    if (c == ' ') /* "PRI * HTTP/2.0": HTTP/2 prior knowledge (gRPC h2c) is passed raw */
+      return i > 0 && !(i == 3 && memcmp(buf, "PRI", 3) == 0);
     if (!((c >= 'A' && c <= 'Z') || c == '-' || c == '_')) return 0;
   }
   return n > SNIFF_MAX_METHOD ? 0 : -1;

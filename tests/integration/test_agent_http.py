@@ -619,6 +619,20 @@ class AgentEdges(unittest.TestCase):
             self.assertEqual(a.stop(), 0)
             e.close()
 
+    def test_http2_prior_knowledge_is_raw(self):
+        e = RawEcho()
+        a = Agent(self.tls, "127.0.0.1:%d" % e.port)
+        try:
+            s, f = a.connect()
+            preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+            s.sendall(preface)
+            self.assertEqual(f.read(len(preface)), preface)
+            f.close()
+            s.close()
+        finally:
+            self.assertEqual(a.stop(), 0)
+            e.close()
+
     def test_raw_tcp_server_speaks_first(self):
         e = RawEcho(banner=b"220 smtp ready\r\n")
         a = Agent(self.tls, "127.0.0.1:%d" % e.port, ["--sniff-timeout-ms", "200"])
