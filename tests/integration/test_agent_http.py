@@ -28,6 +28,17 @@ KBRIDGE = None
 
 # --- a fallback server with exact control over response shapes ----------------------
 
+class Conn:
+    """A socket with room for per-connection flags."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.drop_next = False
+
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
+
+
 class Backend:
     """Threaded HTTP/1.1 server on 127.0.0.1:0. Knows these paths:
     /              JSON: method, path, headers, body length and sha256, conn id
@@ -59,7 +70,7 @@ class Backend:
             with self.lock:
                 self.conns += 1
                 cid = self.conns
-            threading.Thread(target=self._serve, args=(c, cid), daemon=True).start()
+            threading.Thread(target=self._serve, args=(Conn(c), cid), daemon=True).start()
 
     def close(self):
         self.sock.close()
@@ -81,6 +92,8 @@ class Backend:
         line = f.readline()
         if not line:
             return False
+        if getattr(c, "drop_next", False):
+            return False  # a keep-alive timeout racing the next request: close, no answer
         method, path, version = line.decode("latin-1").split()
         headers = {}
         while True:
@@ -139,6 +152,8 @@ class Backend:
         if path == "/eof":
             send("200 OK", [], b"until-the-end" * 100, keep_alive=False)
             return False
+        if path == "/drop-next":  # answer, then drop the connection at the next request
+            c.drop_next = True
         if path == "/hints":
             c.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
         p = json.dumps({"method": method, "path": path, "headers": headers,
@@ -389,6 +404,16 @@ class AgentHTTP(unittest.TestCase):
         dt = time.monotonic() - t0
         self.assertEqual(j["sha256"], hashlib.sha256(data).hexdigest())
         print("\n  8 MiB upload through the agent: %.0f ms" % (dt * 1000))
+        s.close()
+
+    def test_pooled_upstream_closed_under_us_is_retried(self):
+        s, f = self.agent.connect()
+        s.sendall(get("/drop-next"))
+        first = json.loads(read_response(f)[2])["conn"]
+        s.sendall(get("/again"))  # the pooled connection will be closed without an answer
+        st, _, body, _ = read_response(f)
+        self.assertEqual(st, 200)
+        self.assertNotEqual(json.loads(body)["conn"], first)
         s.close()
 
     def test_chunked_response_relayed_raw(self):
