@@ -6,7 +6,8 @@ Starts an echo pod `pf-echo` in the restricted namespace (shop), then runs
 `test_portforward --cluster ...`, which reaches the pod's port through
 kube-apiserver 1.20.2 and the test node's kubelet with the C carrier: 20 MB both
 ways with the admin token, 2 MB with the admin client certificate and with the
-restricted user's token; the kubelet's error for a closed port; 403 for a user
+restricted user's token; TLS on top of the carrier (as the tunnel runs it) to a
+TLS echo in the pod; the kubelet's error for a closed port; 403 for a user
 without RBAC, 404 for a missing pod, 401 for a bad token, a TLS refusal for an
 untrusted API server CA. The pod is deleted afterwards.
 
@@ -14,8 +15,10 @@ Usage: cluster_portforward.py PATH/test_portforward
 The cluster name is $KBRIDGE_TEST_CLUSTER (default ctest). Exit 77 (skip) when
 not root or the cluster is not up."""
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -26,18 +29,30 @@ from kubeapi import Kube  # noqa: E402
 SKIP = 77
 POD = "pf-echo"
 PORT = 9100
+TLS_PORT = 9443
+# A plain echo on PORT and a TLS echo on TLS_PORT (cert/key paths in argv).
 ECHO = (
-    "import socket, threading\n"
-    "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-    "s.bind(('', %d)); s.listen(16)\n"
+    "import socket, ssl, sys, threading\n"
     "def serve(c):\n"
-    "    while True:\n"
-    "        d = c.recv(262144)\n"
-    "        if not d: break\n"
-    "        c.sendall(d)\n"
+    "    try:\n"
+    "        while True:\n"
+    "            d = c.recv(262144)\n"
+    "            if not d: break\n"
+    "            c.sendall(d)\n"
+    "    except OSError: pass\n"
     "    c.close()\n"
-    "while True:\n"
-    "    c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()\n" % PORT)
+    "def listen(port, ctx):\n"
+    "    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+    "    s.bind(('', port)); s.listen(16)\n"
+    "    while True:\n"
+    "        c, _ = s.accept()\n"
+    "        if ctx:\n"
+    "            try: c = ctx.wrap_socket(c, server_side=True)\n"
+    "            except (OSError, ssl.SSLError): c.close(); continue\n"
+    "        threading.Thread(target=serve, args=(c,), daemon=True).start()\n"
+    "ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain(sys.argv[1], sys.argv[2])\n"
+    "threading.Thread(target=listen, args=(%d, ctx), daemon=True).start()\n"
+    "listen(%d, None)\n" % (TLS_PORT, PORT))
 
 
 def main():
@@ -63,10 +78,17 @@ def main():
             time.sleep(0.2)
         except Exception:
             break
+    tmp = tempfile.mkdtemp(prefix="kb-pf-cluster-")
+    os.chmod(tmp, 0o755)
+    crt, key = os.path.join(tmp, "tls.crt"), os.path.join(tmp, "tls.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+                    "-keyout", key, "-out", crt], check=True, capture_output=True)
+    os.chmod(key, 0o644)  # read by the pod's process; a throwaway key
     k.create("/api/v1/namespaces/%s/pods" % ns, {
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": POD, "namespace": ns},
         "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
-            "name": "echo", "image": "kbridge-demo/sh:1", "command": ["python3", "-c", ECHO],
+            "name": "echo", "image": "kbridge-demo/sh:1", "command": ["python3", "-c", ECHO, crt, key],
             "readinessProbe": {"tcpSocket": {"port": PORT}, "periodSeconds": 1}}]}})
     try:
         t = time.time()
@@ -83,10 +105,11 @@ def main():
         tok = i["tokens"]
         r = subprocess.run([sys.argv[1], "--cluster", i["server"], i["ca"], i["admin_cert"],
                             i["admin_key"], tok["admin"], tok["restricted"], tok["norbac"], ns, POD,
-                            str(PORT)], timeout=300)
+                            str(PORT), crt, str(TLS_PORT)], timeout=300)
         return r.returncode
     finally:
         k.delete(path, body={"gracePeriodSeconds": 0})
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

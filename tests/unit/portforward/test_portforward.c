@@ -56,6 +56,7 @@ static uint16_t api_port, echo_port, hello_port, tls_echo_port, closed_port;
 /* What dial() uses unless told otherwise: the fake server, or a real cluster. */
 static const char *g_url = api_url, *g_ns = "shop", *g_token = "s3cret-token";
 static uint16_t g_refusal_port; /* port used by the refusal tests */
+static SSL_CTX *g_inner_ctx;      /* TLS on top of the carrier; NULL: ctx_ok */
 static SSL_CTX *ctx_ok, *ctx_other, *srv_ctx;
 static pid_t server_pid;
 static struct evconnlistener *listeners[4];
@@ -452,7 +453,7 @@ static void bulk(const char *name, const char *pod, uint16_t port, uint64_t tota
   CHECK_EQ_INT(r.status, 101);
   SSL *ssl = NULL;
   if (tls) {
-    ssl = SSL_new(ctx_ok);
+    ssl = SSL_new(g_inner_ctx ? g_inner_ctx : ctx_ok);
     SSL_set1_host(ssl, "localhost");
   }
   sess_start(&s, c, ssl);
@@ -838,6 +839,16 @@ static void test_cancel(void) {
   int never = 0;
   loop_until(&never, 1);
   CHECK_EQ_INT(r.done, 0);
+  /* Cancelled while waiting for the answer (connected, TLS done, request sent). */
+  t.pod = "silent-x";
+  t.bearer_token = "s3cret-token";
+  c = pf_connect(base, NULL, &t, on_ready, &r, err, sizeof(err));
+  CHECK(c != NULL);
+  loop_until(&never, 1);
+  CHECK_EQ_INT(r.done, 0);
+  pf_connect_cancel(c);
+  loop_until(&never, 1);
+  CHECK_EQ_INT(r.done, 0);
 }
 
 static void test_invalid(void) {
@@ -1105,8 +1116,9 @@ static void test_tunnel_on_carrier(uint16_t tunnel_port) {
 #endif
 
 /* Against a real API server (cluster_portforward.py passes the arguments):
- * POD runs an echo server on PORT in namespace NS. */
-static int cluster_mode(char **a) {
+ * POD runs an echo server on PORT in namespace NS, and optionally a TLS echo
+ * server on TLS-PORT whose certificate TLS-CA verifies (name "localhost"). */
+static int cluster_mode(char **a, const char *tls_ca, uint16_t tls_port) {
   const char *url = a[0], *ca = a[1], *cert = a[2], *key = a[3], *admin = a[4],
              *restricted = a[5], *norbac = a[6], *ns = a[7], *pod = a[8];
   uint16_t port = (uint16_t)atoi(a[9]);
@@ -1132,6 +1144,12 @@ static int cluster_mode(char **a) {
   bulk("cluster, admin client certificate", pod, port, 2u << 20, 0, &by_cert);
   struct opts by_restricted = {.token = restricted};
   bulk("cluster, restricted user", pod, port, 2u << 20, 0, &by_restricted);
+  if (tls_ca) { /* TLS on top, as the tunnel runs it, through the real API server */
+    g_inner_ctx = client_ctx(tls_ca);
+    bulk("cluster, TLS on top of the carrier", pod, tls_port, 8u << 20, 1, NULL);
+    SSL_CTX_free(g_inner_ctx);
+    g_inner_ctx = NULL;
+  }
   expect_end("cluster, closed port in the pod", pod, 9, BEV_EVENT_ERROR, "",
              "error from the kubelet");
   struct opts by_norbac = {.token = norbac};
@@ -1159,11 +1177,13 @@ int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   log_init("test_portforward", getenv("KB_DEBUG") ? LOGL_DEBUG : LOGL_WARN);
   base = event_base_new();
-  if (argc == 12 && strcmp(argv[1], "--cluster") == 0) return cluster_mode(argv + 2);
+  if (argc == 12 && strcmp(argv[1], "--cluster") == 0) return cluster_mode(argv + 2, NULL, 0);
+  if (argc == 14 && strcmp(argv[1], "--cluster") == 0)
+    return cluster_mode(argv + 2, argv[12], (uint16_t)atoi(argv[13]));
   if (argc != 2) {
     fprintf(stderr, "usage: %s fake_apiserver.py\n"
                     "       %s --cluster URL CA CERT KEY ADMIN-TOKEN RESTRICTED-TOKEN "
-                    "NORBAC-TOKEN NS POD PORT\n", argv[0], argv[0]);
+                    "NORBAC-TOKEN NS POD PORT [TLS-CA TLS-PORT]\n", argv[0], argv[0]);
     return 2;
   }
   setup(argv[1]);
