@@ -355,7 +355,7 @@ static void upstream_failed(struct downstream *ds, struct upstream *u, const cha
                     "kbridge: original pods unreachable at %s: %s", fb, u->err);
     else
       respond_error(ds, 502, "Bad Gateway", MERR_UPSTREAM_CLOSED,
-                    "kbridge: original pods at %s %s", fb, what);
+                    "kbridge: original pods at %s: %s", fb, what);
     return;
   }
   const char *cause;
@@ -766,7 +766,11 @@ static void up_event(struct upstream *u, int what, void *arg) {
     ds->up_eof = 1;
     if (!ds->wait_client_drain) process_response(ds);
   } else if (what & UPSTREAM_EV_ERROR) {
-    if (!maybe_retry(ds)) upstream_failed(ds, u, u->err);
+    if (!maybe_retry(ds)) {
+      char what[300];
+      snprintf(what, sizeof what, "connection failed: %s", u->err);
+      upstream_failed(ds, u, what);
+    }
   }
   ds_leave(ds);
 }
