@@ -767,9 +767,9 @@ static void up_event(struct upstream *u, int what, void *arg) {
     if (!ds->wait_client_drain) process_response(ds);
   } else if (what & UPSTREAM_EV_ERROR) {
     if (!maybe_retry(ds)) {
-      char what[300];
-      snprintf(what, sizeof what, "connection failed: %s", u->err);
-      upstream_failed(ds, u, what);
+      char why[300];
+      snprintf(why, sizeof why, "connection failed: %s", u->err);
+      upstream_failed(ds, u, why);
     }
   }
   ds_leave(ds);
