@@ -144,6 +144,8 @@ class Env:
             p.stop()
         for p in self.procs:
             p.err.close()
+            if p.p.stdout:
+                p.p.stdout.close()
         if os.environ.get("KBTEST_KEEP"):
             print("kept", self.dir)
         else:

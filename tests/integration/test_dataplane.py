@@ -218,7 +218,6 @@ class DataPlane(unittest.TestCase):
         # alice has one tunnel, so both requests share it.
         n = 50 * MB
         stalled = socket.create_connection(("127.0.0.1", self.agent.port), timeout=60)
-        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         stalled.sendall(b"GET /bytes/%d HTTP/1.1\r\nHost: x\r\nkubernetes-route-as: alice\r\n\r\n" % n)
         time.sleep(0.5)  # let it fill every buffer on the way
         t0 = time.monotonic()
@@ -370,5 +369,7 @@ class Failures(unittest.TestCase):
 
 
 if __name__ == "__main__":
+    import faulthandler
+    faulthandler.dump_traceback_later(int(os.environ.get("KBTEST_HANG_DUMP", "600")), exit=True)
     KBRIDGE, AGENT = kbtest.binaries_from_args()
     unittest.main(verbosity=2)
