@@ -20,6 +20,10 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,6 +43,7 @@
 #include <openssl/rand.h>
 #include <openssl/x509v3.h>
 
+#include "addr.h"
 #include "log.h"
 
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -46,6 +51,7 @@
 #define BODY_MAX 65536       /* largest error body we keep (the rest is read and dropped) */
 #define ERRTEXT_MAX 1024     /* largest kubelet error text we keep */
 #define CARRIER_MAGIC 0x6b627066u
+#define PF_ADDR_TIMEOUT_MS 3000 /* per address while more addresses remain */
 
 /* ------------------------------------------------------------------------ */
 /* Carrier: the WebSocket framing filter                                      */
@@ -595,7 +601,9 @@ int pf_carrier_stats(struct bufferevent *carrier, struct pf_stats *out) {
 
 enum dial_state {
   DIAL_START,      /* scheduled: the connect starts from the loop, never inside pf_connect() */
-  DIAL_CONNECTING, /* TCP connect and TLS handshake with the API server running */
+  DIAL_RESOLVING,  /* looking up the API server's host name */
+  DIAL_TCP,        /* TCP connect to one of its addresses (the next one if it fails) */
+  DIAL_TLS,        /* TLS handshake with the API server */
   DIAL_HEAD,       /* upgrade request sent; waiting for the whole answer head */
   DIAL_BODY,       /* a non-101 answer: reading its body for the Status message */
 };
@@ -606,8 +614,14 @@ struct pf_connecting {
   struct bufferevent *api;
   struct event *timer; /* first the start, then the deadline */
   enum dial_state state;
-  int starting;        /* inside bufferevent_socket_connect_hostname() */
-  int failed;          /* a failure was recorded while starting */
+  SSL *ssl;            /* for the API-server TLS, until the TCP connect succeeds */
+  struct evdns_getaddrinfo_request *dns_req; /* DIAL_RESOLVING with a dns base */
+  struct evutil_addrinfo *ai_list, *ai_next; /* the addresses, the next to try */
+  evutil_socket_t fd;  /* DIAL_TCP: the socket being connected, else -1 */
+  struct event *conn_ev; /* DIAL_TCP: writable (connected or failed) or timeout */
+  char addr[80];       /* the address being tried, "ip:port" */
+  char last_err[200];  /* why the last address failed */
+  int n_tried;
   pf_ready_cb cb;
   void *arg;
 
@@ -636,10 +650,14 @@ struct pf_connecting {
   size_t body_len;
   int body_done;
   char err[2048];
-  int err_status;
 };
 
 static void dial_free(struct pf_connecting *d) {
+  if (d->dns_req) evdns_getaddrinfo_cancel(d->dns_req); /* resolved() ignores the cancel */
+  if (d->ai_list) evutil_freeaddrinfo(d->ai_list);
+  if (d->conn_ev) event_free(d->conn_ev);
+  if (d->fd >= 0) evutil_closesocket(d->fd);
+  if (d->ssl) SSL_free(d->ssl);
   if (d->api) bufferevent_free(d->api);
   if (d->timer) event_free(d->timer);
   free(d->prefix);
@@ -655,21 +673,15 @@ void pf_connect_cancel(struct pf_connecting *c) {
   if (c) dial_free(c);
 }
 
-/* Report failure to the user and free everything (not while starting: then the
- * failure is only recorded, and dial_start() reports it). */
+/* Report failure to the user and free everything. */
 static void dial_fail(struct pf_connecting *d, int http_status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static void dial_fail(struct pf_connecting *d, int http_status, const char *fmt, ...) {
-  if (!d->failed) {
-    va_list ap;
-    int n = snprintf(d->err, sizeof(d->err), "%s: ", d->what);
-    va_start(ap, fmt);
-    vsnprintf(d->err + n, sizeof(d->err) - (size_t)n, fmt, ap);
-    va_end(ap);
-    d->err_status = http_status;
-    d->failed = 1;
-  }
-  if (d->starting) return;
+  va_list ap;
+  int n = snprintf(d->err, sizeof(d->err), "%s: ", d->what);
+  va_start(ap, fmt);
+  vsnprintf(d->err + n, sizeof(d->err) - (size_t)n, fmt, ap);
+  va_end(ap);
   pf_ready_cb cb = d->cb;
   void *arg = d->arg;
   /* The api connection goes first: nothing of it may call us during cb. */
@@ -677,7 +689,7 @@ static void dial_fail(struct pf_connecting *d, int http_status, const char *fmt,
     bufferevent_free(d->api);
     d->api = NULL;
   }
-  cb(NULL, d->err, d->err_status, arg);
+  cb(NULL, d->err, http_status, arg);
   dial_free(d);
 }
 
@@ -715,7 +727,9 @@ static void dial_timeout(evutil_socket_t fd, short what, void *arg) {
   (void)fd;
   (void)what;
   dial_fail(d, 0, "timed out after %u ms %s", d->timeout_ms,
-            d->state == DIAL_CONNECTING ? "connecting to the API server (TCP + TLS)"
+            d->state == DIAL_RESOLVING ? "resolving the API server's host name"
+            : d->state == DIAL_TCP     ? "connecting to the API server"
+            : d->state == DIAL_TLS     ? "in the TLS handshake with the API server"
             : d->state == DIAL_HEAD     ? "waiting for the API server to answer the upgrade"
                                         : "reading the API server's error answer");
 }
@@ -960,17 +974,112 @@ static void dial_event(struct bufferevent *api, short what, void *arg) {
   }
   char why[300];
   describe_api_error(api, EVUTIL_SOCKET_ERROR(), why, sizeof(why));
-  if (d->state == DIAL_CONNECTING)
-    dial_fail(d, 0, "cannot connect to the API server %s:%u: %s", d->host, (unsigned)d->hport,
-              why);
+  if (d->state == DIAL_TLS)
+    dial_fail(d, 0, "TLS with the API server %s:%u (%s) failed: %s", d->host,
+              (unsigned)d->hport, d->addr, why);
   else
     dial_fail(d, 0, "the API server closed the connection before answering the upgrade: %s",
               why);
 }
 
+/* TCP connected: TLS on the socket, then the upgrade (dial_event CONNECTED). */
+static void start_tls(struct pf_connecting *d, evutil_socket_t fd) {
+  d->api = bufferevent_openssl_socket_new(d->base, fd, d->ssl, BUFFEREVENT_SSL_CONNECTING,
+                                          BEV_OPT_CLOSE_ON_FREE);
+  if (!d->api) {
+    evutil_closesocket(fd);
+    dial_fail(d, 0, "cannot create the API server connection");
+    return;
+  }
+  d->ssl = NULL; /* owned by d->api */
+  d->state = DIAL_TLS;
+  bufferevent_openssl_set_allow_dirty_shutdown(d->api, 1);
+  bufferevent_setcb(d->api, dial_read, NULL, dial_event, d);
+  bufferevent_enable(d->api, EV_READ | EV_WRITE);
+}
+
+static void try_next_address(struct pf_connecting *d);
+
+static void tcp_done(evutil_socket_t fd, short what, void *arg) {
+  struct pf_connecting *d = arg;
+  int err = 0;
+  socklen_t len = sizeof(err);
+  event_free(d->conn_ev);
+  d->conn_ev = NULL;
+  d->fd = -1;
+  if (what & EV_TIMEOUT)
+    err = ETIMEDOUT;
+  else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+    err = errno;
+  if (err) {
+    snprintf(d->last_err, sizeof(d->last_err), "%s: %s", d->addr,
+             evutil_socket_error_to_string(err));
+    evutil_closesocket(fd);
+    try_next_address(d);
+    return;
+  }
+  start_tls(d, fd);
+}
+
+/* Connect to the next address of the list; when none is left, fail with the
+ * last reason. An address gets PF_ADDR_TIMEOUT_MS while others remain (so a
+ * blackholed IPv6 address does not eat the whole timeout). */
+static void try_next_address(struct pf_connecting *d) {
+  while (d->ai_next) {
+    struct evutil_addrinfo *ai = d->ai_next;
+    d->ai_next = ai->ai_next;
+    if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6) continue;
+    addr_format_sa(ai->ai_addr, d->addr, sizeof(d->addr));
+    d->n_tried++;
+    evutil_socket_t fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+      snprintf(d->last_err, sizeof(d->last_err), "%s: %s", d->addr, strerror(errno));
+      continue;
+    }
+    int one = 1; /* small frames (interactive requests) must not wait for Nagle */
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (connect(fd, ai->ai_addr, (socklen_t)ai->ai_addrlen) == 0 || errno == EINPROGRESS) {
+      struct timeval tv = {PF_ADDR_TIMEOUT_MS / 1000, (PF_ADDR_TIMEOUT_MS % 1000) * 1000};
+      d->fd = fd;
+      d->state = DIAL_TCP;
+      d->conn_ev = event_new(d->base, fd, EV_WRITE, tcp_done, d);
+      if (!d->conn_ev || event_add(d->conn_ev, d->ai_next ? &tv : NULL) < 0) {
+        dial_fail(d, 0, "out of memory");
+        return;
+      }
+      return;
+    }
+    snprintf(d->last_err, sizeof(d->last_err), "%s: %s", d->addr,
+             evutil_socket_error_to_string(errno));
+    evutil_closesocket(fd);
+  }
+  if (d->n_tried > 1)
+    dial_fail(d, 0, "cannot connect to the API server %s:%u (%d addresses tried; last %s)",
+              d->host, (unsigned)d->hport, d->n_tried, d->last_err);
+  else
+    dial_fail(d, 0, "cannot connect to the API server %s:%u (%s)", d->host, (unsigned)d->hport,
+              d->n_tried ? d->last_err : "no IPv4/IPv6 address");
+}
+
+static void resolved(int result, struct evutil_addrinfo *res, void *arg) {
+  struct pf_connecting *d = arg;
+  if (result == EVUTIL_EAI_CANCEL) return; /* dial_free() is cancelling the lookup */
+  d->dns_req = NULL;
+  if (result != 0) {
+    dial_fail(d, 0, "cannot resolve the API server host \"%s\": %s", d->host,
+              evutil_gai_strerror(result));
+    return;
+  }
+  d->ai_list = d->ai_next = res;
+  try_next_address(d);
+}
+
 static void dial_start(evutil_socket_t fd, short what, void *arg) {
   struct pf_connecting *d = arg;
   struct timeval tv = {(time_t)(d->timeout_ms / 1000), (suseconds_t)(d->timeout_ms % 1000) * 1000};
+  struct evutil_addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                                  .ai_protocol = IPPROTO_TCP};
+  char port[8];
   (void)fd;
   (void)what;
   event_free(d->timer);
@@ -979,18 +1088,19 @@ static void dial_start(evutil_socket_t fd, short what, void *arg) {
     dial_fail(d, 0, "out of memory");
     return;
   }
-  d->state = DIAL_CONNECTING;
-  d->starting = 1;
-  int rc = bufferevent_socket_connect_hostname(d->api, d->dns, AF_UNSPEC, d->host, d->hport);
-  d->starting = 0;
-  if (rc < 0 && !d->failed) {
-    char why[300];
-    describe_api_error(d->api, EVUTIL_SOCKET_ERROR(), why, sizeof(why));
-    dial_fail(d, 0, "cannot connect to the API server %s:%u: %s", d->host, (unsigned)d->hport,
-              why);
-  } else if (d->failed) {
-    dial_fail(d, d->err_status, "%s", ""); /* recorded while starting: report it now */
+  snprintf(port, sizeof(port), "%u", (unsigned)d->hport);
+  d->state = DIAL_RESOLVING;
+  if (d->dns) {
+    /* May answer at once (IP literal, hosts file): resolved() then runs inside
+     * this call and d may be gone when it returns NULL. */
+    struct evdns_getaddrinfo_request *req =
+        evdns_getaddrinfo(d->dns, d->host, port, &hints, resolved, d);
+    if (req) d->dns_req = req;
+    return;
   }
+  struct evutil_addrinfo *res = NULL;
+  int rc = evutil_getaddrinfo(d->host, port, &hints, &res); /* blocking, as documented */
+  resolved(rc, rc == 0 ? res : NULL, d);
 }
 
 /* 101 checked: wrap api in the framing filter and hand it over. */
@@ -1112,6 +1222,7 @@ struct pf_connecting *pf_connect(struct event_base *base, struct evdns_base *dns
   }
   d->base = base;
   d->dns = dns;
+  d->fd = -1;
   d->cb = cb;
   d->arg = arg;
   if (!t->server_url || parse_url(d, t->server_url, err, errlen) < 0) {
@@ -1171,16 +1282,8 @@ struct pf_connecting *pf_connect(struct event_base *base, struct evdns_base *dns
     snprintf(err, errlen, "cannot set the API server name \"%s\" on the TLS session", name);
     goto fail;
   }
-  d->api = bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_CONNECTING,
-                                          BEV_OPT_CLOSE_ON_FREE);
-  if (!d->api) {
-    snprintf(err, errlen, "cannot create the API server connection");
-    goto fail;
-  }
-  ssl = NULL; /* owned by d->api */
-  bufferevent_openssl_set_allow_dirty_shutdown(d->api, 1);
-  bufferevent_setcb(d->api, dial_read, NULL, dial_event, d);
-  bufferevent_enable(d->api, EV_READ | EV_WRITE);
+  d->ssl = ssl;
+  ssl = NULL; /* owned by d */
   /* Start from the loop, so that cb never runs inside this call. */
   d->state = DIAL_START;
   d->timer = evtimer_new(base, dial_start, d);

@@ -52,11 +52,11 @@ struct takeover_report {
  * Deployment, Secret, RBAC objects and ServiceAccount, and remove the
  * annotations. Idempotent: running it again, or on a Service never taken over,
  * changes nothing and returns 0.
- * keep_agent: 1 when called by the agent itself, which deletes its own
- * Deployment last (so that it is not killed before it has finished).
+ * The agent's Deployment is deleted last, so an agent restoring itself is not
+ * stopped before it has finished.
  * Returns 0 (report filled), or -1 with err set when an API call failed in a way
  * that left work undone (running it again will finish it). */
-int takeover_restore(struct kube *k, const char *ns, const char *service, int keep_agent,
+int takeover_restore(struct kube *k, const char *ns, const char *service,
                      struct takeover_report *rep, char *err, size_t errlen);
 
 #endif

@@ -34,6 +34,7 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
+#include <event2/dns.h>
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <openssl/err.h>
@@ -278,6 +279,7 @@ static int loop_until(int *flag, int seconds) {
 }
 
 struct opts {
+  struct evdns_base *dns;
   const char *url;
   SSL_CTX *ctx;
   const char *sni;
@@ -299,7 +301,8 @@ static struct bufferevent *dial(const char *pod, uint16_t port, const struct opt
   };
   char err[256];
   memset(r, 0, sizeof(*r));
-  struct pf_connecting *c = pf_connect(base, NULL, &t, on_ready, r, err, sizeof(err));
+  struct pf_connecting *c =
+      pf_connect(base, o ? o->dns : NULL, &t, on_ready, r, err, sizeof(err));
   if (!c) {
     snprintf(r->err, sizeof(r->err), "pf_connect: %s", err);
     return NULL;
@@ -1243,7 +1246,7 @@ int main(int argc, char **argv) {
   struct opts quick = {.timeout_ms = 500};
   expect_refusal("silent server", "silent-x", &quick, 0, "timed out after 500 ms waiting for the API server to answer", NULL);
   struct opts other = {.ctx = ctx_other};
-  expect_refusal("unknown CA", "echo-x", &other, 0, "certificate", "cannot connect to the API server localhost");
+  expect_refusal("unknown CA", "echo-x", &other, 0, "certificate", "TLS with the API server localhost");
   struct opts sni = {.sni = "api.example.com"};
   expect_refusal("name mismatch", "echo-x", &sni, 0, "certificate", NULL);
   char refused_url[64];
@@ -1252,6 +1255,25 @@ int main(int argc, char **argv) {
   expect_refusal("API server down", "echo-x", &refused, 0, "Connection refused", NULL);
   struct opts nxdomain = {.url = "https://no-such-host.invalid:6443"};
   expect_refusal("unknown host", "echo-x", &nxdomain, 0, "cannot resolve", NULL);
+
+  /* A name with several addresses: the refused ones are skipped. The names come
+   * from a hosts file given to an evdns base (asynchronous resolution). */
+  char hosts[128], urlbuf[128];
+  snprintf(hosts, sizeof(hosts), "%s/hosts", tmpdir);
+  FILE *hf = fopen(hosts, "w");
+  fprintf(hf, "127.0.0.2 pf-multi.test\n127.0.0.1 pf-multi.test\n"
+              "127.0.0.2 pf-down.test\n127.0.0.3 pf-down.test\n");
+  fclose(hf);
+  struct evdns_base *dns = evdns_base_new(base, 0);
+  CHECK_EQ_INT(evdns_base_load_hosts(dns, hosts), 0);
+  snprintf(urlbuf, sizeof(urlbuf), "https://pf-multi.test:%u", api_port);
+  struct opts multi = {.dns = dns, .url = urlbuf, .sni = "localhost"};
+  bulk("second address of a name", "echo-multi", echo_port, 1u << 20, 0, &multi);
+  snprintf(urlbuf, sizeof(urlbuf), "https://pf-down.test:%u", api_port);
+  struct opts down = {.dns = dns, .url = urlbuf, .sni = "localhost"};
+  expect_refusal("all addresses refused", "echo-x", &down, 0, "2 addresses tried; last 127.0.0.3:",
+                 "Connection refused");
+  evdns_base_free(dns, 0);
 
   int never = 0;
   loop_until(&never, 1); /* let the pod-side connections see their ends */
