@@ -68,8 +68,8 @@ static const struct opt_def opt_table[] = {
    "N  timeout for connecting to the fallback and to outbound targets"},
   {"pool-idle-ms", OPT_LONG, OFF(pool_idle_ms), 0, NOSET, 0, "4000", 1, 3600000,
    "N  idle upstream connections kept this long for reuse"},
-  {"pool-max", OPT_LONG, OFF(pool_max), 0, NOSET, 0, "64", 0, 100000,
-   "N  idle upstream connections kept per destination (0: no reuse)"},
+  {"pool-max", OPT_LONG, OFF(pool_max), 0, NOSET, 0, "10000", 0, 1000000,
+   "N  idle upstream connections kept per destination (0: no reuse); --pool-idle-ms trims"},
 };
 #define NOPTS (sizeof opt_table / sizeof opt_table[0])
 

@@ -31,7 +31,7 @@ struct agent_options {
   long sniff_timeout_ms;                    /* --sniff-timeout-ms, default 500 */
   long connect_timeout_ms;                  /* --connect-timeout-ms, default 5000 */
   long pool_idle_ms;                        /* --pool-idle-ms, default 4000 */
-  long pool_max;                            /* --pool-max, default 64 per destination */
+  long pool_max;                            /* --pool-max, default 10000 per destination */
 };
 
 enum options_result { OPTIONS_OK = 0, OPTIONS_EXIT_OK = 1, OPTIONS_ERROR = 2 };
