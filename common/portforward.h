@@ -1,8 +1,8 @@
 /* portforward.h: a byte stream to one port of a pod, through the Kubernetes API
  * server's port-forward WebSocket (the tunnel's default carrier).
  *
- * pf_connect() dials the API server (TCP, then TLS verified with the caller's
- * SSL_CTX), sends
+ * pf_connect() dials the API server (each address of its name in turn until a
+ * TCP connect succeeds, then TLS verified with the caller's SSL_CTX), sends
  *   GET PREFIX/api/v1/namespaces/NS/pods/POD/portforward?ports=PORT
  * as a WebSocket upgrade with subprotocol v4.channel.k8s.io (and a bearer token
  * if one is given), checks the 101 answer, and hands back a bufferevent that
