@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import shutil
 import socket
 import subprocess
@@ -260,12 +261,15 @@ def make_tls_dir(d):
 
 
 class Agent:
-    def __init__(self, tls_dir, fallback, extra=()):
+    def __init__(self, tls_dir, fallback, extra=(), max_fds=None):
         self.errf = tempfile.NamedTemporaryFile(prefix="agent-", suffix=".stderr", delete=False)
         self.p = subprocess.Popen([AGENT, "--listen", "127.0.0.1:0", "--fallback", fallback,
                                    "--tunnel-listen", "127.0.0.1:0", "--tls-dir", tls_dir,
                                    "--metrics", "127.0.0.1:0"] + list(extra),
-                                  stdout=subprocess.PIPE, stderr=self.errf, text=True)
+                                  stdout=subprocess.PIPE, stderr=self.errf, text=True,
+                                  preexec_fn=(lambda: resource.setrlimit(
+                                      resource.RLIMIT_NOFILE, (max_fds, max_fds)))
+                                  if max_fds else None)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             line = self.p.stdout.readline()
@@ -696,6 +700,27 @@ class AgentEdges(unittest.TestCase):
             for s, f in [held[1], (s3, f3)]:
                 f.close()
                 s.close()
+        finally:
+            self.assertEqual(a.stop(), 0)
+            b.close()
+
+    def test_out_of_descriptors_backs_off_and_recovers(self):
+        b = Backend()
+        a = Agent(self.tls, "127.0.0.1:%d" % b.port, ["--sniff-timeout-ms", "5000"], max_fds=40)
+        try:
+            silent = [socket.create_connection(("127.0.0.1", a.port)) for _ in range(60)]
+            time.sleep(1.2)
+            self.assertIsNone(a.p.poll(), "agent died on EMFILE")
+            self.assertIn("pausing accepts", a.stderr())
+            for s in silent:
+                s.close()
+            time.sleep(1.5)  # the back-off ends; the agent accepts again
+            s, f = a.connect()
+            s.sendall(get("/after-emfile"))
+            self.assertEqual(json.loads(read_response(f)[2])["path"], "/after-emfile")
+            f.close()
+            s.close()
+            print("\n  60 connections against 40 descriptors: accept paused, then served again")
         finally:
             self.assertEqual(a.stop(), 0)
             b.close()
