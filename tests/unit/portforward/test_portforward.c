@@ -5,15 +5,23 @@
  * ports" in this process: an echo server, a server that says hello and closes,
  * and a TLS echo server (for TLS on top of the carrier, as the tunnel does).
  *
- * Checks: 20 MB both ways through the carrier with position-exact comparison
- * and an FNV-1a checksum; fragmented messages with pings and a pong-waiting
- * server; a reader that stalls (the carrier's input stays at its high mark and
- * the data below stays bounded, then everything arrives); TLS on top; a normal
- * close; the kubelet's error text (with a close frame, and with the connection
- * dropped right after it); refusals (401, 403, 404 chunked, 200 HTML), bad 101
- * answers, protocol violations (masked frame, huge frame, wrong port, close
- * 1011), TLS refusals, a silent server (timeout), a refused TCP connect, cancel,
- * invalid targets, and the RFC 6455 accept example.
+ * Checks: byte-exact framing over a bufferevent pair (pf_carrier_new; split
+ * port announcement, empty first fragment, ping between fragments, 7/16/64-bit
+ * lengths, the client's frame format and masks, close, fragmented error text,
+ * the input bound, truncation, max_frame) and the framing's throughput alone;
+ * through the fake server: 20 MB both ways with position-exact comparison and an
+ * FNV-1a checksum; fragmented messages with pings and a pong-waiting server; a
+ * reader that stalls (the carrier's input stays at its bound and the data below
+ * stays small, then everything arrives); TLS on top; a normal close; the
+ * kubelet's error text (with a close frame, and with the connection dropped
+ * right after it); refusals (401, 403, 404 chunked, 200 HTML), bad 101 answers,
+ * protocol violations (masked frame, huge frame, wrong port, close 1011), TLS
+ * refusals, a silent server (timeout), a refused TCP connect, a name with a
+ * refused first address, cancel, invalid targets, the RFC 6455 accept example.
+ *
+ * Built with PF_TUNNEL_TEST (test_portforward_tunnel) it runs the tunnel over
+ * TLS over the carrier instead. With --cluster it runs against a real API
+ * server (cluster_portforward.py).
  *
  * Usage: test_portforward PATH/fake_apiserver.py */
 #include <arpa/inet.h>
