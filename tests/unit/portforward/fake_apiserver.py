@@ -29,7 +29,10 @@ Every client frame is checked (masked, channel 0, known opcode); a bad one gets
 an error text on channel 1, so the client test fails loudly.
 
 Usage: fake_apiserver.py --cert C --key K [--token T] [--prefix /p]
-Prints the port it listens on (127.0.0.1) and serves until stdin closes."""
+Prints the port it listens on (127.0.0.1) and serves until stdin closes.
+Debugging: with PF_DUMP=PATH in the environment, the bytes relayed to and from
+the pod port are appended to PATH.up and PATH.down (test_portforward then
+writes its pattern to PATH.pattern for comparison)."""
 import argparse
 import asyncio
 import base64
