@@ -16,6 +16,10 @@
  *   kbridge.dev/original-selector   JSON of the selector before the takeover
  *   kbridge.dev/agent-selector      JSON of the selector kbridge put there
  *   kbridge.dev/takeover            JSON: {"mode","since","by","agent","workload"}
+ *                                   (workload: {"kind","name"}; kind "Pods" for bare pods)
+ *   kbridge.dev/route-<key>         JSON: {"by","since","pid","host"} one per connected
+ *                                   developer, removed at disconnect (for kbridge list)
+ * Restore removes every kbridge.dev/ annotation from the Service.
  * Annotation on the workload (exclusive mode only):
  *   kbridge.dev/original-replicas   the replica count before scaling to 0
  *
@@ -53,10 +57,37 @@ struct takeover_report {
  * annotations. Idempotent: running it again, or on a Service never taken over,
  * changes nothing and returns 0.
  * The agent's Deployment is deleted last, so an agent restoring itself is not
- * stopped before it has finished.
+ * stopped before it has finished. While it exists, its ServiceAccount, Role and
+ * RoleBinding are left to the garbage collector (they carry an ownerReference
+ * to it, set by connect): an agent deleting its own RoleBinding would lose the
+ * right to delete the rest. Once it is gone they are deleted directly.
  * Returns 0 (report filled), or -1 with err set when an API call failed in a way
  * that left work undone (running it again will finish it). */
 int takeover_restore(struct kube *k, const char *ns, const char *service,
                      struct takeover_report *rep, char *err, size_t errlen);
+
+/* ---- helpers shared with the apply side (kbridge connect) ---- */
+
+struct cJSON;
+
+/* The longest Service name that can be taken over: "<svc>-kbridge-origin" must
+ * still be a Service name (63 characters). */
+#define TAKEOVER_MAX_SERVICE 48
+
+/* The names of the kbridge objects of a Service. */
+struct takeover_names {
+  char agent[80];  /* kbridge-agent-<svc>: Deployment, ServiceAccount, Role, RoleBinding */
+  char secret[88]; /* kbridge-agent-<svc>-tls */
+  char origin[80]; /* <svc>-kbridge-origin: the shadow Service */
+};
+/* 0, or -1 when service is empty or longer than TAKEOVER_MAX_SERVICE. */
+int takeover_names(const char *service, struct takeover_names *out);
+
+/* metadata.annotations[key] of obj as a string, or NULL. Borrowed from obj. */
+const char *takeover_annotation(const struct cJSON *obj, const char *key);
+/* 1 if obj carries app.kubernetes.io/managed-by=kbridge. */
+int takeover_is_managed(const struct cJSON *obj);
+/* "Deployment"/"StatefulSet"/"ReplicaSet" -> its apps/v1 plural; else NULL. */
+const char *takeover_workload_resource(const char *kind);
 
 #endif

@@ -1,0 +1,314 @@
+/* takeover.c: putting the cluster back after `kbridge connect` (see takeover.h).
+ *
+ * takeover_restore() works from what is stored in the cluster: the annotations
+ * on the Service (original selector, agent selector, which workload), the
+ * annotation on the workload (replicas) and the deterministic names of the
+ * kbridge objects. Order, chosen so that a restore cut off at any point can be
+ * finished by running it again, and so that the agent can run it on itself:
+ *   1. the workload's replica count (exclusive mode), found through the
+ *      Service's takeover annotation, which is still there at this point;
+ *   2. the Service: selector back (unless someone else changed it) and every
+ *      kbridge.dev/ annotation removed, in one update;
+ *   3. the shadow Service and the Secret;
+ *   4. if the agent's Deployment still exists: it is deleted last; its
+ *      ServiceAccount, Role and RoleBinding carry an ownerReference to it, so
+ *      the garbage collector removes them after it (the agent deleting its own
+ *      RoleBinding first would lose the right to finish). If it is already
+ *      gone, they are deleted here.
+ * Objects are only deleted when they carry app.kubernetes.io/managed-by=kbridge:
+ * a Service of the user's that happens to be called <svc>-kbridge-origin is
+ * left alone (and reported). */
+#include "takeover.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "kube.h"
+
+int takeover_names(const char *service, struct takeover_names *out) {
+  size_t n = strlen(service);
+  if (n == 0 || n > TAKEOVER_MAX_SERVICE) return -1;
+  snprintf(out->agent, sizeof out->agent, "kbridge-agent-%s", service);
+  snprintf(out->secret, sizeof out->secret, "kbridge-agent-%s-tls", service);
+  snprintf(out->origin, sizeof out->origin, "%s-kbridge-origin", service);
+  return 0;
+}
+
+static void say(struct takeover_report *rep, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void say(struct takeover_report *rep, const char *fmt, ...) {
+  size_t l = strlen(rep->text);
+  if (l + 2 >= sizeof rep->text) return;
+  if (l) rep->text[l++] = '\n';
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(rep->text + l, sizeof rep->text - l, fmt, ap);
+  va_end(ap);
+}
+
+static cJSON *path2(const cJSON *o, const char *a, const char *b) {
+  return cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(o, a), b);
+}
+
+const char *takeover_annotation(const cJSON *obj, const char *key) {
+  cJSON *ann = path2(obj, "metadata", "annotations");
+  return cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(ann, key));
+}
+
+int takeover_is_managed(const cJSON *obj) {
+  cJSON *labels = path2(obj, "metadata", "labels");
+  const char *v = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(labels, TAKEOVER_LABEL_MANAGED));
+  return v && strcmp(v, "kbridge") == 0;
+}
+
+/* ---- 1. workload replicas ---- */
+
+struct replicas_arg {
+  int conflict;
+  long original, current;
+};
+
+static int replicas_mutate(cJSON *obj, void *arg, char *err, size_t errlen) {
+  struct replicas_arg *ra = arg;
+  cJSON *ann = path2(obj, "metadata", "annotations");
+  const char *orig = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(ann, TAKEOVER_ANN_ORIGINAL_REPLICAS));
+  ra->conflict = 0;
+  ra->original = -1;
+  if (orig == NULL) return 1; /* done already, or never scaled */
+  char *end;
+  long n = strtol(orig, &end, 10);
+  if (*orig == '\0' || *end != '\0' || n < 0 || n > 1000000) {
+    snprintf(err, errlen, "annotation %s is not a replica count: \"%.40s\"",
+             TAKEOVER_ANN_ORIGINAL_REPLICAS, orig);
+    return -1;
+  }
+  ra->original = n;
+  cJSON *spec = cJSON_GetObjectItemCaseSensitive(obj, "spec");
+  cJSON *rep = cJSON_GetObjectItemCaseSensitive(spec, "replicas");
+  ra->current = cJSON_IsNumber(rep) ? (long)rep->valuedouble : 1;
+  if (ra->current != 0)
+    ra->conflict = 1; /* someone scaled it meanwhile: theirs stands */
+  else if (rep)
+    cJSON_SetNumberValue(rep, (double)n);
+  else
+    cJSON_AddNumberToObject(spec, "replicas", (double)n);
+  cJSON_DeleteItemFromObjectCaseSensitive(ann, TAKEOVER_ANN_ORIGINAL_REPLICAS);
+  return 0;
+}
+
+/* kind "Deployment" | "StatefulSet" | "ReplicaSet" -> plural, or NULL. */
+const char *takeover_workload_resource(const char *kind) {
+  if (kind == NULL) return NULL;
+  if (strcmp(kind, "Deployment") == 0) return "deployments";
+  if (strcmp(kind, "StatefulSet") == 0) return "statefulsets";
+  if (strcmp(kind, "ReplicaSet") == 0) return "replicasets";
+  return NULL;
+}
+
+static int restore_workload(struct kube *k, const char *ns, cJSON *takeover,
+                            struct takeover_report *rep, char *err, size_t errlen) {
+  cJSON *wl = cJSON_GetObjectItemCaseSensitive(takeover, "workload");
+  const char *kind = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(wl, "kind"));
+  const char *name = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(wl, "name"));
+  const char *res = takeover_workload_resource(kind);
+  if (res == NULL || name == NULL) return 0; /* bare pods, or nothing recorded */
+  struct kube_ref r = {"apps/v1", res, ns, name, NULL};
+  struct replicas_arg ra = {0, -1, 0};
+  struct kube_err e;
+  if (kube_update_retry(k, &r, replicas_mutate, &ra, NULL, &e) < 0) {
+    if (e.status == 404) return 0; /* the workload is gone: nothing to scale */
+    snprintf(err, errlen, "%s", e.msg);
+    return -1;
+  }
+  if (ra.original < 0) return 0;
+  if (ra.conflict) {
+    rep->conflicts++;
+    say(rep, "%s %s/%s: left at %ld replicas (someone scaled it while it was taken over; it "
+        "had %ld before)", kind, ns, name, ra.current, ra.original);
+  } else {
+    rep->changed++;
+    say(rep, "%s %s/%s: scaled back to %ld replicas", kind, ns, name, ra.original);
+  }
+  return 0;
+}
+
+/* ---- 2. the Service ---- */
+
+struct service_arg {
+  int had_takeover;   /* some kbridge.dev/ annotation was there */
+  int conflict;       /* selector changed by someone else */
+  int restored;       /* selector set back */
+  char original[512]; /* the original selector, as stored */
+  char current[512];  /* the selector found, when in conflict */
+};
+
+/* Are a and b the same JSON value (objects compared key by key)? */
+static int json_equal(const cJSON *a, const cJSON *b) {
+  return cJSON_Compare(a, b, 1);
+}
+
+static int service_mutate(cJSON *obj, void *arg, char *err, size_t errlen) {
+  struct service_arg *sa = arg;
+  cJSON *ann = path2(obj, "metadata", "annotations");
+  memset(sa, 0, sizeof *sa);
+  cJSON *a;
+  cJSON_ArrayForEach(a, ann) {
+    if (strncmp(a->string, "kbridge.dev/", 12) == 0) sa->had_takeover = 1;
+  }
+  if (!sa->had_takeover) return 1;
+  const char *orig = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(ann, TAKEOVER_ANN_ORIGINAL_SELECTOR));
+  const char *mine = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(ann, TAKEOVER_ANN_AGENT_SELECTOR));
+  cJSON *spec = cJSON_GetObjectItemCaseSensitive(obj, "spec");
+  cJSON *sel = cJSON_GetObjectItemCaseSensitive(spec, "selector");
+  if (orig && mine) {
+    cJSON *oj = cJSON_Parse(orig), *mj = cJSON_Parse(mine);
+    snprintf(sa->original, sizeof sa->original, "%s", orig);
+    if (!cJSON_IsObject(oj) || !cJSON_IsObject(mj)) {
+      cJSON_Delete(oj);
+      cJSON_Delete(mj);
+      snprintf(err, errlen, "annotation %s or %s is not a JSON object",
+               TAKEOVER_ANN_ORIGINAL_SELECTOR, TAKEOVER_ANN_AGENT_SELECTOR);
+      return -1;
+    }
+    if (sel && json_equal(sel, mj)) {
+      cJSON_ReplaceItemInObjectCaseSensitive(spec, "selector", oj);
+      sa->restored = 1;
+    } else if (sel == NULL && cJSON_GetArraySize(mj) == 0) {
+      cJSON_AddItemToObject(spec, "selector", oj);
+      sa->restored = 1;
+    } else {
+      char *cur = sel ? cJSON_PrintUnformatted(sel) : NULL;
+      snprintf(sa->current, sizeof sa->current, "%s", cur ? cur : "none");
+      free(cur);
+      cJSON_Delete(oj);
+      sa->conflict = 1;
+    }
+    cJSON_Delete(mj);
+  }
+  /* Remove every annotation of ours (takeover record, selectors, routes). */
+  for (cJSON *it = ann ? ann->child : NULL; it;) {
+    cJSON *next = it->next;
+    if (strncmp(it->string, "kbridge.dev/", 12) == 0) cJSON_Delete(cJSON_DetachItemViaPointer(ann, it));
+    it = next;
+  }
+  return 0;
+}
+
+/* ---- 3, 4: objects ---- */
+
+/* Delete one object if it is ours. Returns 0 (deleted, gone, or not ours:
+ * reported), or -1 with err. */
+static int delete_managed(struct kube *k, const char *api, const char *res, const char *kind,
+                          const char *ns, const char *name, struct takeover_report *rep,
+                          char *err, size_t errlen) {
+  struct kube_ref r = {api, res, ns, name, NULL};
+  struct kube_err e;
+  cJSON *obj = NULL;
+  if (kube_get(k, &r, &obj, &e) < 0) {
+    if (e.status == 404) return 0;
+    snprintf(err, errlen, "%s", e.msg);
+    return -1;
+  }
+  int ours = takeover_is_managed(obj);
+  cJSON_Delete(obj);
+  if (!ours) {
+    rep->conflicts++;
+    say(rep, "%s %s/%s: not labelled %s=kbridge, left alone", kind, ns, name,
+        TAKEOVER_LABEL_MANAGED);
+    return 0;
+  }
+  if (kube_delete(k, &r, "Background", &e) < 0 && e.status != 404) {
+    snprintf(err, errlen, "%s", e.msg);
+    return -1;
+  }
+  rep->changed++;
+  say(rep, "%s %s/%s: deleted", kind, ns, name);
+  return 0;
+}
+
+int takeover_restore(struct kube *k, const char *ns, const char *service,
+                     struct takeover_report *rep, char *err, size_t errlen) {
+  struct takeover_names nm;
+  memset(rep, 0, sizeof *rep);
+  if (takeover_names(service, &nm) < 0) {
+    snprintf(err, errlen, "service name \"%s\": expected 1-%d characters", service,
+             TAKEOVER_MAX_SERVICE);
+    return -1;
+  }
+  struct kube_ref sref = {"v1", "services", ns, service, NULL};
+  struct kube_err e;
+  cJSON *svc = NULL;
+  if (kube_get(k, &sref, &svc, &e) < 0) {
+    if (e.status != 404) {
+      snprintf(err, errlen, "%s", e.msg);
+      return -1;
+    }
+    svc = NULL; /* the Service is gone: still remove our objects */
+  }
+
+  /* 1. workload */
+  const char *tk = svc ? takeover_annotation(svc, TAKEOVER_ANN_TAKEOVER) : NULL;
+  cJSON *takeover = tk ? cJSON_Parse(tk) : NULL;
+  int rc = 0;
+  if (takeover) rc = restore_workload(k, ns, takeover, rep, err, errlen);
+  cJSON_Delete(takeover);
+  cJSON_Delete(svc);
+  if (rc < 0) return -1;
+
+  /* 2. the Service */
+  struct service_arg sa;
+  memset(&sa, 0, sizeof sa);
+  if (kube_update_retry(k, &sref, service_mutate, &sa, NULL, &e) < 0) {
+    if (e.status != 404) {
+      snprintf(err, errlen, "%s", e.msg);
+      return -1;
+    }
+  } else if (sa.had_takeover) {
+    rep->changed++;
+    if (sa.restored)
+      say(rep, "service %s/%s: selector restored to %s", ns, service, sa.original);
+    else if (sa.conflict) {
+      rep->conflicts++;
+      say(rep, "service %s/%s: selector left as %s: it was changed by someone else while taken "
+          "over (the selector before the takeover was %s)", ns, service, sa.current, sa.original);
+    } else {
+      say(rep, "service %s/%s: kbridge annotations removed", ns, service);
+    }
+  }
+
+  /* 3. shadow Service, Secret */
+  if (delete_managed(k, "v1", "services", "service", ns, nm.origin, rep, err, errlen) < 0 ||
+      delete_managed(k, "v1", "secrets", "secret", ns, nm.secret, rep, err, errlen) < 0)
+    return -1;
+
+  /* 4. the agent, last */
+  struct kube_ref dref = {"apps/v1", "deployments", ns, nm.agent, NULL};
+  cJSON *dep = NULL;
+  int agent_exists = 0;
+  if (kube_get(k, &dref, &dep, &e) == 0) {
+    agent_exists = takeover_is_managed(dep);
+    cJSON_Delete(dep);
+  } else if (e.status != 404) {
+    snprintf(err, errlen, "%s", e.msg);
+    return -1;
+  }
+  if (!agent_exists) {
+    /* Leftovers of an agent deleted earlier (or never created). */
+    if (delete_managed(k, "rbac.authorization.k8s.io/v1", "rolebindings", "rolebinding", ns,
+                       nm.agent, rep, err, errlen) < 0 ||
+        delete_managed(k, "rbac.authorization.k8s.io/v1", "roles", "role", ns, nm.agent, rep,
+                       err, errlen) < 0 ||
+        delete_managed(k, "v1", "serviceaccounts", "serviceaccount", ns, nm.agent, rep, err,
+                       errlen) < 0)
+      return -1;
+  }
+  if (delete_managed(k, "apps/v1", "deployments", "deployment", ns, nm.agent, rep, err, errlen) < 0)
+    return -1;
+  if (agent_exists)
+    say(rep, "serviceaccount, role and rolebinding %s/%s: removed with the deployment (garbage "
+        "collector)", ns, nm.agent);
+  return 0;
+}
