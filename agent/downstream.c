@@ -264,6 +264,14 @@ static const llhttp_settings_t resp_settings = {
     .on_message_complete = resp_message_complete,
 };
 
+/* Responses are parsed only to find where they end; odd bytes in a header value
+ * of a real server's answer must not turn it into a 502 (requests stay strict). */
+static void init_resp_parser(struct downstream *ds) {
+  llhttp_init(ds->resp, HTTP_RESPONSE, &resp_settings);
+  llhttp_set_lenient_headers(ds->resp, 1);
+  ds->resp->data = ds;
+}
+
 /* --- handing a connection to a splice -------------------------------------------- */
 
 /* Client and upstream become one raw byte pipe (raw mode, or after a 101).
@@ -475,8 +483,7 @@ static void begin_forward(struct downstream *ds) {
       return;
     }
   }
-  llhttp_init(ds->resp, HTTP_RESPONSE, &resp_settings);
-  ds->resp->data = ds;
+  init_resp_parser(ds);
   ds->state = DS_FORWARD_BODY;
 }
 
@@ -646,8 +653,7 @@ static int maybe_retry(struct downstream *ds) {
   ds->up = u;
   ds->retried = 1;
   ds->up_eof = 0;
-  llhttp_init(ds->resp, HTTP_RESPONSE, &resp_settings);
-  ds->resp->data = ds;
+  init_resp_parser(ds);
   if (send_head(ds, u, NULL) < 0) {
     upstream_failed(ds, u, "refused the request head");
     return 1;

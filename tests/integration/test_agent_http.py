@@ -153,6 +153,9 @@ class Backend:
         if path == "/eof":
             send("200 OK", [], b"until-the-end" * 100, keep_alive=False)
             return False
+        if path == "/odd-header":  # sloppy but common: control bytes in a value
+            c.sendall(b"HTTP/1.1 200 OK\r\nX-Odd: a\x01b\x7fc\r\nContent-Length: 2\r\n\r\nok")
+            return True
         if path == "/drop-next":  # answer, then drop the connection at the next request
             c.drop_next = True
         if path == "/hints":
@@ -418,6 +421,13 @@ class AgentHTTP(unittest.TestCase):
         st, _, body, _ = read_response(f)
         self.assertEqual(st, 200)
         self.assertNotEqual(json.loads(body)["conn"], first)
+        s.close()
+
+    def test_sloppy_response_header_relayed(self):
+        s, f = self.agent.connect()
+        s.sendall(get("/odd-header"))
+        st, h, body, _ = read_response(f)
+        self.assertEqual((st, body, h["x-odd"]), (200, b"ok", "a\x01b\x7fc"))
         s.close()
 
     def test_chunked_response_relayed_raw(self):
