@@ -98,6 +98,7 @@ struct slot {
   enum slot_state state;
   struct tunnel *t;
   struct bufferevent *tcp; /* SLOT_DIALING: the plain socket being connected */
+  void *pending;         /* SLOT_DIALING with hooks: the carrier being opened */
   struct event *retry;   /* backoff timer */
   unsigned backoff_ms;   /* next delay; BACKOFF_MIN_MS after a registration */
   unsigned attempt;      /* picks the agent address, round-robin */
@@ -246,6 +247,9 @@ static void on_welcome(struct tunnel *t, const struct frame_welcome *w, void *ar
     fprintf(stderr, "kbridge: the agent refused route \"%s\": %s\n", px->cfg->key,
             w->message[0] ? w->message : welcome_status_name(w->status));
     sl->state = SLOT_CLOSING; /* the tunnel closes by itself after a refusal */
+    if (px->cfg->hooks && px->cfg->hooks->welcome)
+      px->cfg->hooks->welcome(px->cfg->hooks->arg, 0,
+                              w->message[0] ? w->message : welcome_status_name(w->status));
     proxy_stop(px, 1);
     return;
   }
@@ -256,9 +260,13 @@ static void on_welcome(struct tunnel *t, const struct frame_welcome *w, void *ar
            w->message[0] ? "; agent says: " : "", w->message);
   if (!px->announced) {
     px->announced = 1;
-    printf("ready: route %s -> %s (%d of %d tunnel%s up)\n", px->cfg->key, px->local_name, ready,
-           px->cfg->tunnels, px->cfg->tunnels == 1 ? "" : "s");
-    fflush(stdout);
+    if (px->cfg->hooks && px->cfg->hooks->welcome) {
+      px->cfg->hooks->welcome(px->cfg->hooks->arg, 1, w->message);
+    } else {
+      printf("ready: route %s -> %s (%d of %d tunnel%s up)\n", px->cfg->key, px->local_name,
+             ready, px->cfg->tunnels, px->cfg->tunnels == 1 ? "" : "s");
+      fflush(stdout);
+    }
   }
 }
 
@@ -267,6 +275,15 @@ static void on_close(struct tunnel *t, const char *err, void *arg) {
   struct proxy *px = sl->px;
   if (sl->t != t) return;
   int was_ready = sl->state == SLOT_READY;
+  const char *cerr = NULL;
+  if (px->cfg->hooks && px->cfg->hooks->carrier_error && err)
+    cerr = px->cfg->hooks->carrier_error(px->cfg->hooks->arg,
+                                         bufferevent_get_underlying(tunnel_carrier(t)));
+  char errbuf[600];
+  if (cerr) {
+    snprintf(errbuf, sizeof errbuf, "%s (%s)", err, cerr);
+    err = errbuf;
+  }
   sl->t = NULL;
   tunnel_free(t); /* deferred by the tunnel until this callback returns */
   if (px->stopping) {
@@ -289,6 +306,38 @@ static void on_close(struct tunnel *t, const char *err, void *arg) {
 static void on_open(struct tunnel *t, struct tunnel_stream *s, const struct frame_open *o,
                     void *arg);
 
+static void slot_start_tls(struct slot *sl, struct bufferevent *bev);
+
+/* A hook's carrier is open (or failed): TLS on top of it, then the tunnel. */
+static void slot_carrier_done(struct bufferevent *carrier, const char *err, void *arg) {
+  struct slot *sl = arg;
+  struct proxy *px = sl->px;
+  sl->pending = NULL;
+  if (carrier == NULL) {
+    char why[700];
+    snprintf(why, sizeof why, "could not connect: %s", err ? err : "carrier failed");
+    slot_retry_later(sl, why);
+    return;
+  }
+  if (px->stopping) {
+    bufferevent_free(carrier);
+    sl->state = SLOT_DONE;
+    return;
+  }
+  SSL *ssl = tls_client_ssl_new(px->ssl);
+  struct bufferevent *bev =
+      ssl ? bufferevent_openssl_filter_new(px->base, carrier, ssl, BUFFEREVENT_SSL_CONNECTING,
+                                           BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS)
+          : NULL;
+  if (bev == NULL) {
+    if (ssl) SSL_free(ssl);
+    bufferevent_free(carrier);
+    slot_retry_later(sl, "out of memory creating the TLS connection");
+    return;
+  }
+  slot_start_tls(sl, bev);
+}
+
 /* Phase 2: TCP is up; put TLS on the socket and start the tunnel (which sends
  * HELLO as soon as the handshake allows). TLS and protocol failures come back
  * through on_close. */
@@ -305,6 +354,12 @@ static void slot_start_tunnel(struct slot *sl, evutil_socket_t fd) {
     slot_retry_later(sl, "out of memory creating the TLS connection");
     return;
   }
+  slot_start_tls(sl, bev);
+}
+
+/* Start the tunnel on bev, a TLS bufferevent (on a socket or on a carrier). */
+static void slot_start_tls(struct slot *sl, struct bufferevent *bev) {
+  struct proxy *px = sl->px;
   static const struct tunnel_cbs cbs = {NULL, on_welcome, on_open, on_close};
   sl->state = SLOT_CONNECTING;
   sl->t = tunnel_new(px->base, bev, TUNNEL_CLIENT, &px->tcfg, &px->hello, &cbs, sl);
@@ -339,6 +394,18 @@ static void slot_tcp_event(struct bufferevent *bev, short what, void *arg) {
  * timeouts are reported as such rather than as TLS errors. */
 static void slot_connect(struct slot *sl) {
   struct proxy *px = sl->px;
+  if (px->cfg->hooks) {
+    char err[600] = "";
+    sl->state = SLOT_DIALING;
+    sl->pending = px->cfg->hooks->open(px->cfg->hooks->arg, px->base, slot_carrier_done, sl, err,
+                                       sizeof err);
+    if (sl->pending == NULL) {
+      char why[700];
+      snprintf(why, sizeof why, "could not connect: %s", err);
+      slot_retry_later(sl, why);
+    }
+    return;
+  }
   const struct resolved *a = &px->agent[sl->attempt++ % px->nagent];
   struct timeval tv = {AGENT_CONNECT_TIMEOUT_S, 0};
   char buf[128];
@@ -629,6 +696,10 @@ static void proxy_stop(struct proxy *px, int code) {
   for (int i = 0; i < px->cfg->tunnels; i++) {
     struct slot *sl = &px->slots[i];
     evtimer_del(sl->retry);
+    if (sl->pending) {
+      px->cfg->hooks->cancel(px->cfg->hooks->arg, sl->pending);
+      sl->pending = NULL;
+    }
     if (sl->tcp) {
       evutil_socket_t fd = bufferevent_getfd(sl->tcp);
       bufferevent_free(sl->tcp);
@@ -651,6 +722,8 @@ static void proxy_stop(struct proxy *px, int code) {
   struct timeval tv = ms_tv(STOP_GRACE_MS);
   evtimer_add(px->stop_timer, &tv);
 }
+
+void proxy_shutdown(struct proxy *px, int code) { proxy_stop(px, code); }
 
 static void signal_cb(evutil_socket_t sig, short what, void *arg) {
   struct proxy *px = arg;
@@ -681,14 +754,18 @@ int proxy_run(struct proxy_config *cfg) {
   px.cfg = cfg;
   signal(SIGPIPE, SIG_IGN);
 
-  snprintf(px.agent_name, sizeof px.agent_name, "%s", addr_format(&cfg->agent, err, sizeof err));
+  if (cfg->agent_label)
+    snprintf(px.agent_name, sizeof px.agent_name, "%s", cfg->agent_label);
+  else
+    snprintf(px.agent_name, sizeof px.agent_name, "%s", addr_format(&cfg->agent, err, sizeof err));
   {
     struct hostport lh;
     snprintf(lh.host, sizeof lh.host, "%s", cfg->local_host);
     lh.port = (uint16_t)cfg->local_port;
     addr_format(&lh, px.local_name, sizeof px.local_name);
   }
-  if (resolve(cfg->agent.host, cfg->agent.port, 0, px.agent, &px.nagent, err, sizeof err) < 0) {
+  if (cfg->hooks == NULL &&
+      resolve(cfg->agent.host, cfg->agent.port, 0, px.agent, &px.nagent, err, sizeof err) < 0) {
     log_err("--agent: %s", err);
     return 1;
   }
@@ -696,7 +773,12 @@ int proxy_run(struct proxy_config *cfg) {
     log_err("--local-host: %s", err);
     return 1;
   }
-  px.ssl = tls_client_ctx_from_dir(cfg->tls_dir, cfg->key, err, sizeof err);
+  if (cfg->ssl_ctx) {
+    px.ssl = cfg->ssl_ctx;
+    SSL_CTX_up_ref(px.ssl);
+  } else {
+    px.ssl = tls_client_ctx_from_dir(cfg->tls_dir, cfg->key, err, sizeof err);
+  }
   if (px.ssl == NULL) {
     log_err("--tls-dir: %s (certificates for a key are made with: kbridge certs issue %s --key %s)",
             err, cfg->tls_dir, cfg->key);
@@ -733,6 +815,7 @@ int proxy_run(struct proxy_config *cfg) {
     px.exit_code = 1;
     goto out;
   }
+  if (cfg->hooks && cfg->hooks->started) cfg->hooks->started(cfg->hooks->arg, &px, px.base);
   log_info("route %s -> %s via agent %s, %d tunnel%s%s (%s)", cfg->key, px.local_name,
            px.agent_name, cfg->tunnels, cfg->tunnels == 1 ? "" : "s",
            cfg->exclusive ? ", exclusive" : "", px.hello.label);
@@ -759,6 +842,7 @@ out:
    * splices then free their sockets on the next loop pass. */
   while (px.dials) dial_free(px.dials);
   for (int i = 0; px.slots && i < cfg->tunnels; i++) {
+    if (px.slots[i].pending) cfg->hooks->cancel(cfg->hooks->arg, px.slots[i].pending);
     if (px.slots[i].tcp) {
       evutil_socket_t fd = bufferevent_getfd(px.slots[i].tcp);
       bufferevent_free(px.slots[i].tcp);

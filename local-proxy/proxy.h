@@ -18,6 +18,32 @@
 #include "log.h"
 #include "options.h"
 
+struct proxy;
+struct event_base;
+struct bufferevent;
+typedef struct ssl_ctx_st SSL_CTX;
+
+/* How `kbridge connect` runs the same tunnels over another carrier (the pod
+ * port-forward): all NULL for `kbridge proxy`. */
+typedef void (*proxy_carrier_done)(struct bufferevent *carrier, const char *err, void *slot);
+struct proxy_hooks {
+  void *arg;
+  /* Start opening a carrier to the agent's tunnel port. done(carrier, NULL, slot)
+   * or done(NULL, err, slot) is called exactly once, later, unless cancelled.
+   * Returns a handle for cancel, or NULL with err (then done is not called). */
+  void *(*open)(void *arg, struct event_base *base, proxy_carrier_done done, void *slot,
+                char *err, size_t errlen);
+  void (*cancel)(void *arg, void *handle);
+  /* Why a carrier ended, in words, or NULL (called from the tunnel's close). */
+  const char *(*carrier_error)(void *arg, struct bufferevent *carrier);
+  /* The loop is about to run: the caller may add its own events to base and
+   * later call proxy_shutdown(px, code). */
+  void (*started)(void *arg, struct proxy *px, struct event_base *base);
+  /* The first registration (ok 1) or a final refusal (ok 0), with the agent's
+   * message. */
+  void (*welcome)(void *arg, int ok, const char *message);
+};
+
 struct proxy_config {
   struct hostport agent;    /* --agent */
   const char *tls_dir;      /* --tls-dir: ca.crt, KEY.crt, KEY.key */
@@ -28,11 +54,19 @@ struct proxy_config {
   struct opt_forwards forwards;
   int exclusive;            /* --exclusive: ask for all of the service's traffic */
   enum log_level log_level; /* --log-level */
+  /* connect only: */
+  const struct proxy_hooks *hooks; /* carrier other than TCP to --agent */
+  SSL_CTX *ssl_ctx;         /* client TLS context (borrowed); tls_dir unused */
+  const char *agent_label;  /* names the agent in logs */
 };
 
 extern const struct opt_cmd proxy_cmd; /* the option table of `kbridge proxy` */
 
 /* Run until SIGINT/SIGTERM (returns 0) or a fatal error (logs it, returns 1). */
 int proxy_run(struct proxy_config *cfg);
+
+/* Close the tunnels (GOAWAY) and end proxy_run with status code; from a hook's
+ * event in the loop. */
+void proxy_shutdown(struct proxy *px, int code);
 
 #endif
