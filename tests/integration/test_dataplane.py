@@ -269,6 +269,26 @@ class DataPlane(unittest.TestCase):
             self.assertIn("alice", r.read().decode())
 
 
+    def test_developer_tunnels_are_all_registered(self):
+        with urllib.request.urlopen("http://127.0.0.1:%d/healthz" % self.agent.metrics_port, timeout=10) as r:
+            text = r.read().decode()
+        health = json.loads(text.split("\n", 1)[1])
+        self.assertEqual(health["keys"].get("bob"), 2, text)
+        self.assertEqual(health["keys"].get("alice"), 1, text)
+        # many concurrent requests over bob's two tunnels all land at bob's process
+        results = []
+
+        def one(i):
+            results.append(served_by(self.agent.port, headers={"kubernetes-route-as": "bob"},
+                                     path="/c/%d" % i)["served_by"])
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(40)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        self.assertEqual(results, ["bob-local"] * 40)
+
+
 class Failures(unittest.TestCase):
     """Each test gets its own agent, so a failure cannot leak into another test."""
 
@@ -309,6 +329,29 @@ class Failures(unittest.TestCase):
         self.assertEqual(served_by(self.agent.port, headers={"kubernetes-route-as": "bob"})["served_by"], "bob-local")
         self.assertEqual(served_by(self.agent.port, headers={"kubernetes-route-as": "alice"})["served_by"], "origin")
         print("\n  proxy killed mid-transfer: client connection ended %.2fs later" % waited)
+
+    def test_proxy_reconnects_when_agent_comes_back(self):
+        e = self.env
+        p = e.proxy(self.agent, self.tls, "alice", self.local.port, extra=["--tunnels", "2"])
+        self.assertEqual(served_by(self.agent.port, headers={"kubernetes-route-as": "alice"})["served_by"],
+                         "alice-local")
+        svc, tun = self.agent.port, self.agent.tunnel_port
+        self.agent.stop()
+        time.sleep(0.5)
+        # same ports again (read back from the first run, not fixed by the test)
+        agent2 = e.start("agent2", [AGENT, "--listen", "127.0.0.1:%d" % svc,
+                                    "--fallback", "127.0.0.1:%d" % self.origin.port,
+                                    "--tunnel-listen", "127.0.0.1:%d" % tun, "--tls-dir", self.tls])
+        agent2.wait_line(r"^ready")
+        t0 = time.monotonic()
+        while True:
+            who = served_by(svc, headers={"kubernetes-route-as": "alice"})["served_by"]
+            if who == "alice-local":
+                break
+            self.assertLess(time.monotonic() - t0, 15, "proxy did not re-register\n" + p.tail())
+            time.sleep(0.1)
+        print("\n  agent restarted: alice's route back after %.2fs" % (time.monotonic() - t0))
+        self.assertIsNone(p.p.poll(), "proxy must keep running across agent restarts")
 
     def test_request_to_dead_local_process_is_502_naming_route(self):
         e = self.env
