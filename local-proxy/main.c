@@ -3,6 +3,7 @@
  *
  * Exit status: 0 success, 1 the command failed, 2 the command line was wrong
  * (with a one-line error on stderr naming the flag and what it expects). */
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -10,6 +11,7 @@
 #include <openssl/crypto.h>
 
 #include "certs.h"
+#include "connect.h"
 #include "log.h"
 #include "options.h"
 #include "proxy.h"
@@ -21,10 +23,17 @@ static int run_proxy(void *cfg) {
 }
 static int run_certs_init(void *cfg) { return certs_init_run(cfg); }
 static int run_certs_issue(void *cfg) { return certs_issue_run(cfg); }
+static int run_connect(void *cfg) { return connect_run(cfg); }
+static int run_restore(void *cfg) { return restore_run(cfg); }
+static int run_list(void *cfg) { return list_run(cfg); }
+static int run_status(void *cfg) { return status_run(cfg); }
+static int run_disconnect(void *cfg) { return disconnect_run(cfg); }
 
 /* Subcommands: the words that select them, their table, their config. */
 static struct proxy_config proxy_cfg;
 static struct certs_config certs_cfg;
+static struct connect_config connect_cfg;
+static struct restore_config restore_cfg;
 static const struct command {
   const char *word1, *word2; /* "certs" "init"; word2 NULL for one-word commands */
   const struct opt_cmd *opts;
@@ -35,6 +44,11 @@ static const struct command {
     {"proxy", NULL, &proxy_cmd, &proxy_cfg, sizeof proxy_cfg, run_proxy},
     {"certs", "init", &certs_init_cmd, &certs_cfg, sizeof certs_cfg, run_certs_init},
     {"certs", "issue", &certs_issue_cmd, &certs_cfg, sizeof certs_cfg, run_certs_issue},
+    {"connect", NULL, &connect_cmd, &connect_cfg, sizeof connect_cfg, run_connect},
+    {"restore", NULL, &restore_cmd, &restore_cfg, sizeof restore_cfg, run_restore},
+    {"list", NULL, &list_cmd, &restore_cfg, sizeof restore_cfg, run_list},
+    {"status", NULL, &status_cmd, &restore_cfg, sizeof restore_cfg, run_status},
+    {"disconnect", NULL, &disconnect_cmd, &restore_cfg, sizeof restore_cfg, run_disconnect},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 
@@ -102,7 +116,19 @@ int main(int argc, char **argv) {
     int used = match(c, argc - 1, argv + 1);
     if (used == 0) continue;
     memset(c->cfg, 0, c->cfgsize);
-    int rc = opt_parse(c->opts, argc - 1 - used, argv + 1 + used, c->cfg, err, sizeof err);
+    /* kubectl habits: "-n NS" is --namespace; for connect, what follows "--" is
+     * the command to run, not arguments of ours. */
+    int nargs = argc - 1 - used;
+    char **args = argv + 1 + used;
+    for (int j = 0; j < nargs; j++) {
+      if (strcmp(args[j], "--") == 0 && c->cfg == (void *)&connect_cfg) {
+        connect_cfg.cmd = j + 1 < nargs ? args + j + 1 : NULL;
+        nargs = j;
+        break;
+      }
+      if (strcmp(args[j], "-n") == 0) args[j] = (char *)(uintptr_t)"--namespace";
+    }
+    int rc = opt_parse(c->opts, nargs, args, c->cfg, err, sizeof err);
     if (rc == 1) {
       opt_help(c->opts, stdout);
       return 0;

@@ -1,0 +1,1602 @@
+/* connect.c: `kbridge connect` (see connect.h).
+ *
+ * The run, in order; every read and check comes before the first write, and
+ * once something was written, any failure puts the cluster back with
+ * takeover_restore() before exiting:
+ *   1. inspect   Service, selector, pods, owning workload, target ports (named
+ *                ones resolved against the pod template)
+ *   2. agent     a fresh takeover creates the agent Deployment (0 replicas),
+ *                then its ServiceAccount, Role, RoleBinding, Secret (CA + agent
+ *                certificate, minted here) and, in routing mode, the shadow
+ *                Service, all owned by the Deployment; then scales it to 1 and
+ *                waits for the pod to be Ready (image pull errors and the like
+ *                end the wait with the pod's reason). An existing takeover is
+ *                reused: the CA comes from its Secret.
+ *   3. switch    the Service's selector goes to the agent pods, the original
+ *                selector and the takeover record into annotations (only after
+ *                the agent is Ready: the Service never points at nothing);
+ *                exclusive mode then scales the workload to 0.
+ *   4. tunnels   this developer's client certificate (CN = route key) is minted
+ *                from the CA; proxy.c runs the tunnels, each carried by a
+ *                port-forward to the current agent pod (looked up again on every
+ *                reconnect, so a replaced pod is found).
+ *   5. leave     on SIGINT/SIGTERM, `kbridge disconnect` (SIGTERM) or the end of
+ *                the command after "--": GOAWAY, remove our route annotation,
+ *                and when no other developer holds a route, restore the cluster
+ *                and wait until the agent is gone.
+ * Output: progress lines (text), or with --output json one JSON object per line:
+ * {"event":"progress"|"ready"|"error"|"disconnected",...}. */
+#include "connect.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+
+#include "dnslabel.h"
+#include "kube.h"
+#include "kubeconfig.h"
+#include "portforward.h"
+#include "proxy.h"
+#include "session.h"
+#include "takeover.h"
+#include "tls.h"
+
+#define TLS_MOUNT "/etc/kbridge/tls"
+#define AGENT_UID 65532
+#define MAX_PORTS 16
+
+extern char **environ;
+
+#define CFG_OFF(field) offsetof(struct connect_config, field)
+static const struct opt_def connect_opts[] = {
+    {"namespace", OPT_STRING, CFG_OFF(kf.namespace), 0, 0, NULL, "NS", 0, 0,
+     "namespace of the Service (-n; default: the context's)"},
+    {"service", OPT_STRING, CFG_OFF(service), 0, 1, NULL, "SVC", 0, 0,
+     "the Service to take over"},
+    {"local-port", OPT_PORT, CFG_OFF(local_port), 0, 1, NULL, NULL, 0, 0,
+     "port your local process listens on"},
+    {"local-host", OPT_HOST, CFG_OFF(local_host), 0, 0, "127.0.0.1", NULL, 0, 0,
+     "host your local process listens on"},
+    {"route-as", OPT_KEY, CFG_OFF(key), 0, 0, NULL, NULL, 0, 0,
+     "your route key (default: your user name and 4 random characters)"},
+    {"replace", OPT_FLAG, CFG_OFF(replace), 0, 0, NULL, NULL, 0, 0,
+     "exclusive mode: all of the Service's traffic to you, its workload scaled to 0"},
+    {"env-file", OPT_PATH, CFG_OFF(env_file), 0, 0, NULL, NULL, 0, 0,
+     "write the original container's environment here (KEY=VALUE lines)"},
+    {"agent-image", OPT_STRING, CFG_OFF(agent_image), 0, 0, NULL, "IMAGE", 0, 0,
+     "agent image (default $KBRIDGE_AGENT_IMAGE, else " CONNECT_DEFAULT_IMAGE ")"},
+    {"output", OPT_STRING, CFG_OFF(output), 0, 0, "text", "text|json", 0, 0,
+     "json: one JSON event per line on stdout"},
+    {"tunnels", OPT_INT, CFG_OFF(tunnels), 0, 0, "2", NULL, 1, 16,
+     "parallel tunnel connections"},
+    {"lease-seconds", OPT_INT, CFG_OFF(lease_seconds), 0, 0, "60", NULL, 5, 86400,
+     "the agent restores the cluster after this long without any developer"},
+    {"timeout", OPT_INT, CFG_OFF(timeout), 0, 0, "120", NULL, 5, 3600,
+     "seconds to wait for the agent pod to become ready"},
+    {"kubeconfig", OPT_PATH, CFG_OFF(kf.kubeconfig), 0, 0, NULL, NULL, 0, 0,
+     "kubeconfig file (default $KUBECONFIG, else ~/.kube/config)"},
+    {"context", OPT_STRING, CFG_OFF(kf.context), 0, 0, NULL, NULL, 0, 0,
+     "kubeconfig context (default: current-context)"},
+    {"log-level", OPT_LOGLEVEL, CFG_OFF(log_level), 0, 0, "warn", NULL, 0, 0,
+     "error, warn, info or debug (logs go to stderr)"},
+};
+
+const struct opt_cmd connect_cmd = {
+    "connect",
+    "Take over a Service in the cluster and route your requests to a local process.",
+    "Creates (or reuses) the kbridge agent for the Service, switches the Service to it\n"
+    "and tunnels requests carrying your route key (header kubernetes-route-as: KEY,\n"
+    "baggage kbridge-route=KEY, or Host KEY.<anything>) to --local-host:--local-port;\n"
+    "everything else still reaches the original pods. With --replace all traffic is\n"
+    "yours and the workload is scaled to 0. Stays until SIGINT/SIGTERM, `kbridge\n"
+    "disconnect`, or the end of the command given after \"--\" (run with the\n"
+    "original container's environment); the last developer to leave restores the\n"
+    "cluster. Usage: kbridge connect -n NS --service SVC --local-port P [-- CMD ARGS...]",
+    connect_opts,
+    sizeof connect_opts / sizeof connect_opts[0],
+};
+
+/* Set from a signal handler while the blocking setup and teardown run (the
+ * event loop's own signal events take over while tunnels are up). */
+static volatile sig_atomic_t interrupted;
+static void on_interrupt(int sig) {
+  (void)sig;
+  interrupted = 1;
+}
+
+struct port {
+  char name[64];    /* the Service port's name ("" if none) */
+  int port;         /* Service port */
+  int target;       /* resolved container port */
+  char tname[64];   /* targetPort's name when named */
+  char proto[8];
+};
+
+struct conn {
+  struct connect_config *cfg;
+  int json;
+  struct kube *k;
+  const char *ns;
+  const char *svc;
+  struct takeover_names nm;
+  char image[512];
+  /* what inspect found */
+  cJSON *service;          /* the Service as read */
+  cJSON *orig_selector;    /* borrowed from service */
+  char wl_kind[32], wl_name[256];
+  cJSON *pod_template;     /* a pod spec of the workload (owned), or NULL */
+  struct port ports[MAX_PORTS];
+  int nports;
+  int tunnel_port, metrics_port;
+  /* state */
+  int created;             /* we started a fresh takeover: undo on failure */
+  int fresh;
+  int routed;              /* our route annotation is on the Service */
+  char by[200];            /* user@host */
+  struct tls_pem ca, me;
+  SSL_CTX *api_ssl;        /* to the API server, for port-forwards */
+  SSL_CTX *tun_ssl;        /* the tunnel's client context */
+  struct proxy *px;
+  struct event *sigchld;
+  pid_t child;
+  int child_status;
+  int ready_announced;
+  char session_path[512];
+  double t0;
+};
+
+/* ---- output ---- */
+
+static double now_s(void) {
+  struct timeval tv;
+  gettimeofday(&tv, NULL);
+  return (double)tv.tv_sec + tv.tv_usec / 1e6;
+}
+
+static void emit_json(cJSON *o) {
+  char *s = cJSON_PrintUnformatted(o);
+  if (s) {
+    printf("%s\n", s);
+    fflush(stdout);
+    free(s);
+  }
+  cJSON_Delete(o);
+}
+
+static void progress(struct conn *c, const char *step, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void progress(struct conn *c, const char *step, const char *fmt, ...) {
+  char msg[1200];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  if (c->json) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "event", "progress");
+    cJSON_AddStringToObject(o, "step", step);
+    cJSON_AddStringToObject(o, "message", msg);
+    cJSON_AddNumberToObject(o, "elapsed", now_s() - c->t0);
+    emit_json(o);
+  } else {
+    printf("[%5.1fs] %s\n", now_s() - c->t0, msg);
+    fflush(stdout);
+  }
+}
+
+static void fail(struct conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void fail(struct conn *c, const char *fmt, ...) {
+  char msg[2000];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  if (c->json) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "event", "error");
+    cJSON_AddStringToObject(o, "message", msg);
+    emit_json(o);
+  }
+  fprintf(stderr, "kbridge: %s\n", msg);
+}
+
+/* ---- small JSON helpers ---- */
+
+static cJSON *jget(const cJSON *o, const char *path) {
+  /* "a.b.c" */
+  char buf[200];
+  snprintf(buf, sizeof buf, "%s", path);
+  const cJSON *cur = o;
+  for (char *save = NULL, *p = strtok_r(buf, ".", &save); p && cur; p = strtok_r(NULL, ".", &save))
+    cur = cJSON_GetObjectItemCaseSensitive(cur, p);
+  return (cJSON *)(uintptr_t)cur;
+}
+static const char *jstr(const cJSON *o, const char *path) {
+  return cJSON_GetStringValue(jget(o, path));
+}
+
+/* Base64 (Secret data) into a fresh NUL-terminated buffer; NULL if invalid. */
+static char *b64dec(const char *in, size_t *outlen) {
+  size_t n = strlen(in);
+  if (n % 4) return NULL;
+  unsigned char *out = malloc(n / 4 * 3 + 1);
+  if (!out) return NULL;
+  int m = n ? EVP_DecodeBlock(out, (const unsigned char *)in, (int)n) : 0;
+  if (m < 0) {
+    free(out);
+    return NULL;
+  }
+  if (n >= 1 && in[n - 1] == '=') m--;
+  if (n >= 2 && in[n - 2] == '=') m--;
+  out[m] = '\0';
+  if (outlen) *outlen = (size_t)m;
+  return (char *)out;
+}
+
+/* ---- 1. inspect ---- */
+
+static void iso_now(char *out, size_t len) {
+  time_t t = time(NULL);
+  struct tm tm;
+  gmtime_r(&t, &tm);
+  strftime(out, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+static char *selector_string(const cJSON *sel) {
+  static char buf[1024];
+  buf[0] = '\0';
+  const cJSON *it;
+  cJSON_ArrayForEach(it, sel) {
+    size_t l = strlen(buf);
+    snprintf(buf + l, sizeof buf - l, "%s%s=%s", l ? "," : "", it->string,
+             cJSON_GetStringValue(it) ? cJSON_GetStringValue(it) : "");
+  }
+  return buf;
+}
+
+/* Follow the controller ownerReference of a pod up to its workload. */
+static int find_workload(struct conn *c, const cJSON *pod) {
+  const cJSON *ref;
+  snprintf(c->wl_kind, sizeof c->wl_kind, "Pods");
+  c->wl_name[0] = '\0';
+  cJSON_ArrayForEach(ref, jget(pod, "metadata.ownerReferences")) {
+    if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(ref, "controller"))) continue;
+    const char *kind = jstr(ref, "kind"), *name = jstr(ref, "name");
+    if (!kind || !name) continue;
+    if (strcmp(kind, "ReplicaSet") == 0) {
+      struct kube_ref r = {"apps/v1", "replicasets", c->ns, name, NULL};
+      struct kube_err e;
+      cJSON *rs = NULL;
+      if (kube_get(c->k, &r, &rs, &e) < 0) {
+        fail(c, "%s", e.msg);
+        return -1;
+      }
+      snprintf(c->wl_kind, sizeof c->wl_kind, "ReplicaSet");
+      snprintf(c->wl_name, sizeof c->wl_name, "%s", name);
+      const cJSON *r2;
+      cJSON_ArrayForEach(r2, jget(rs, "metadata.ownerReferences")) {
+        const char *k2 = jstr(r2, "kind"), *n2 = jstr(r2, "name");
+        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r2, "controller")) && k2 && n2 &&
+            strcmp(k2, "Deployment") == 0) {
+          snprintf(c->wl_kind, sizeof c->wl_kind, "Deployment");
+          snprintf(c->wl_name, sizeof c->wl_name, "%s", n2);
+        }
+      }
+      cJSON_Delete(rs);
+    } else if (strcmp(kind, "StatefulSet") == 0) {
+      snprintf(c->wl_kind, sizeof c->wl_kind, "StatefulSet");
+      snprintf(c->wl_name, sizeof c->wl_name, "%s", name);
+    } else {
+      snprintf(c->wl_kind, sizeof c->wl_kind, "%s", kind); /* DaemonSet, Job...: not scalable */
+      snprintf(c->wl_name, sizeof c->wl_name, "%s", name);
+    }
+    break;
+  }
+  /* The pod template of a workload we know, for named ports and the env. */
+  const char *res = takeover_workload_resource(c->wl_kind);
+  if (res) {
+    struct kube_ref r = {"apps/v1", res, c->ns, c->wl_name, NULL};
+    struct kube_err e;
+    cJSON *w = NULL;
+    if (kube_get(c->k, &r, &w, &e) < 0) {
+      fail(c, "%s", e.msg);
+      return -1;
+    }
+    c->pod_template = cJSON_Duplicate(jget(w, "spec.template.spec"), 1);
+    cJSON_Delete(w);
+  } else {
+    c->pod_template = cJSON_Duplicate(jget(pod, "spec"), 1);
+  }
+  return 0;
+}
+
+/* A named targetPort: the containerPort of that name in the pod spec. */
+static int resolve_named(const cJSON *spec, const char *name) {
+  const cJSON *ctr, *p;
+  cJSON_ArrayForEach(ctr, jget(spec, "containers")) {
+    cJSON_ArrayForEach(p, cJSON_GetObjectItemCaseSensitive(ctr, "ports")) {
+      const char *n = jstr(p, "name");
+      const cJSON *cp = cJSON_GetObjectItemCaseSensitive(p, "containerPort");
+      if (n && strcmp(n, name) == 0 && cJSON_IsNumber(cp)) return cp->valueint;
+    }
+  }
+  return -1;
+}
+
+static int inspect_ports(struct conn *c) {
+  const cJSON *p;
+  c->nports = 0;
+  cJSON_ArrayForEach(p, jget(c->service, "spec.ports")) {
+    if (c->nports == MAX_PORTS) {
+      fail(c, "service %s/%s has more than %d ports", c->ns, c->svc, MAX_PORTS);
+      return -1;
+    }
+    struct port *q = &c->ports[c->nports++];
+    memset(q, 0, sizeof *q);
+    snprintf(q->name, sizeof q->name, "%s", jstr(p, "name") ? jstr(p, "name") : "");
+    snprintf(q->proto, sizeof q->proto, "%s", jstr(p, "protocol") ? jstr(p, "protocol") : "TCP");
+    const cJSON *port = cJSON_GetObjectItemCaseSensitive(p, "port");
+    const cJSON *tp = cJSON_GetObjectItemCaseSensitive(p, "targetPort");
+    q->port = cJSON_IsNumber(port) ? port->valueint : 0;
+    if (strcmp(q->proto, "TCP") != 0) {
+      fail(c, "service %s/%s port %d is %s: kbridge carries TCP only", c->ns, c->svc, q->port,
+           q->proto);
+      return -1;
+    }
+    if (cJSON_IsString(tp)) {
+      snprintf(q->tname, sizeof q->tname, "%s", tp->valuestring);
+      q->target = c->pod_template ? resolve_named(c->pod_template, tp->valuestring) : -1;
+      if (q->target < 0) {
+        fail(c, "service %s/%s port %d: targetPort \"%s\" names no container port of %s %s",
+             c->ns, c->svc, q->port, tp->valuestring, c->wl_kind,
+             c->wl_name[0] ? c->wl_name : "(no pods selected)");
+        return -1;
+      }
+    } else {
+      q->target = cJSON_IsNumber(tp) ? tp->valueint : q->port;
+    }
+  }
+  if (c->nports == 0) {
+    fail(c, "service %s/%s has no ports", c->ns, c->svc);
+    return -1;
+  }
+  /* The agent's own ports must not collide with the service's. */
+  int cand_t[] = {7443, 17443, 27443}, cand_m[] = {9090, 19090, 29090};
+  c->tunnel_port = c->metrics_port = 0;
+  for (int i = 0; i < 3 && !c->tunnel_port; i++) {
+    int used = 0;
+    for (int j = 0; j < c->nports; j++) used |= c->ports[j].target == cand_t[i];
+    if (!used) c->tunnel_port = cand_t[i];
+  }
+  for (int i = 0; i < 3 && !c->metrics_port; i++) {
+    int used = 0;
+    for (int j = 0; j < c->nports; j++) used |= c->ports[j].target == cand_m[i];
+    if (!used) c->metrics_port = cand_m[i];
+  }
+  return 0;
+}
+
+/* ---- 2. the agent ---- */
+
+/* Image references never contain these; they would break the JSON we build. */
+static int image_ok(const char *s) {
+  if (!*s || strlen(s) > 400) return 0;
+  for (; *s; s++)
+    if (*s <= ' ' || *s == '"' || *s == '\\' || *s == 127) return 0;
+  return 1;
+}
+
+static cJSON *owner_ref(const char *name, const char *uid) {
+  char buf[600];
+  snprintf(buf, sizeof buf,
+           "[{\"apiVersion\":\"apps/v1\",\"kind\":\"Deployment\",\"name\":\"%s\",\"uid\":\"%s\"}]",
+           name, uid);
+  return cJSON_Parse(buf);
+}
+
+static cJSON *labels(const struct conn *c) {
+  char buf[300];
+  snprintf(buf, sizeof buf, "{\"%s\":\"kbridge\",\"%s\":\"%s\"}", TAKEOVER_LABEL_MANAGED,
+           TAKEOVER_LABEL_SERVICE, c->svc);
+  return cJSON_Parse(buf);
+}
+
+static cJSON *meta(const struct conn *c, const char *name, const char *owner_uid) {
+  cJSON *m = cJSON_CreateObject();
+  cJSON_AddStringToObject(m, "name", name);
+  cJSON_AddStringToObject(m, "namespace", c->ns);
+  cJSON_AddItemToObject(m, "labels", labels(c));
+  if (owner_uid) cJSON_AddItemToObject(m, "ownerReferences", owner_ref(c->nm.agent, owner_uid));
+  return m;
+}
+
+static cJSON *agent_deployment(const struct conn *c) {
+  cJSON *d = cJSON_CreateObject();
+  cJSON_AddStringToObject(d, "apiVersion", "apps/v1");
+  cJSON_AddStringToObject(d, "kind", "Deployment");
+  cJSON_AddItemToObject(d, "metadata", meta(c, c->nm.agent, NULL));
+  char buf[4096];
+  int low_port = 0;
+  for (int i = 0; i < c->nports; i++) low_port |= c->ports[i].target < 1024;
+  snprintf(buf, sizeof buf,
+           "{\"replicas\":0,\"selector\":{\"matchLabels\":{\"%s\":\"%s\"}},"
+           "\"template\":{\"metadata\":{\"labels\":{\"%s\":\"%s\",\"%s\":\"kbridge\",\"%s\":\"%s\"}},"
+           "\"spec\":{\"serviceAccountName\":\"%s\",\"automountServiceAccountToken\":true,"
+           "\"terminationGracePeriodSeconds\":10,"
+           "\"securityContext\":{\"runAsNonRoot\":true,\"runAsUser\":%d,\"runAsGroup\":%d,"
+           "\"fsGroup\":%d,\"seccompProfile\":{\"type\":\"RuntimeDefault\"}},"
+           "\"volumes\":[{\"name\":\"tls\",\"secret\":{\"secretName\":\"%s\",\"defaultMode\":288,"
+           "\"items\":[{\"key\":\"ca.crt\",\"path\":\"ca.crt\"},{\"key\":\"agent.crt\",\"path\":"
+           "\"agent.crt\"},{\"key\":\"agent.key\",\"path\":\"agent.key\"}]}}],"
+           "\"containers\":[{\"name\":\"agent\",\"imagePullPolicy\":\"IfNotPresent\","
+           "\"securityContext\":{\"allowPrivilegeEscalation\":false,\"readOnlyRootFilesystem\":true,"
+           "\"runAsNonRoot\":true,\"capabilities\":{\"drop\":[\"ALL\"]%s}},"
+           "\"readinessProbe\":{\"httpGet\":{\"path\":\"/healthz\",\"port\":%d},"
+           "\"periodSeconds\":1,\"failureThreshold\":2},"
+           "\"resources\":{\"requests\":{\"cpu\":\"50m\",\"memory\":\"32Mi\"}},"
+           "\"volumeMounts\":[{\"name\":\"tls\",\"mountPath\":\"" TLS_MOUNT "\",\"readOnly\":true}]"
+           "}]}}}",
+           TAKEOVER_LABEL_AGENT, c->svc, TAKEOVER_LABEL_AGENT, c->svc, TAKEOVER_LABEL_MANAGED,
+           TAKEOVER_LABEL_SERVICE, c->svc, c->nm.agent, AGENT_UID, AGENT_UID, AGENT_UID,
+           c->nm.secret, low_port ? ",\"add\":[\"NET_BIND_SERVICE\"]" : "", c->metrics_port);
+  cJSON *spec = cJSON_Parse(buf);
+  cJSON *ctr = cJSON_GetArrayItem(jget(spec, "template.spec.containers"), 0);
+  cJSON_AddStringToObject(ctr, "image", c->image);
+  cJSON *args = cJSON_AddArrayToObject(ctr, "args");
+  cJSON *ports = cJSON_AddArrayToObject(ctr, "ports");
+  int distinct = 0;
+  for (int i = 0; i < c->nports; i++) {
+    int dup = 0;
+    for (int j = 0; j < i; j++) dup |= c->ports[j].target == c->ports[i].target;
+    distinct += !dup;
+  }
+  for (int i = 0; i < c->nports; i++) {
+    const struct port *q = &c->ports[i];
+    int dup = 0; /* two Service ports may share a target */
+    for (int j = 0; j < i; j++) dup |= c->ports[j].target == q->target;
+    if (dup) continue;
+    /* One port: --listen + --fallback; several: one --port-map each, so every
+     * port's unrouted traffic goes to the same port of the original pods. */
+    if (distinct == 1) {
+      snprintf(buf, sizeof buf, "0.0.0.0:%d", q->target);
+      cJSON_AddItemToArray(args, cJSON_CreateString("--listen"));
+      cJSON_AddItemToArray(args, cJSON_CreateString(buf));
+      snprintf(buf, sizeof buf, "%s.%s.svc.cluster.local:%d", c->nm.origin, c->ns, q->target);
+      cJSON_AddItemToArray(args, cJSON_CreateString("--fallback"));
+    } else {
+      snprintf(buf, sizeof buf, "0.0.0.0:%d=%s.%s.svc.cluster.local:%d", q->target,
+               c->nm.origin, c->ns, q->target);
+      cJSON_AddItemToArray(args, cJSON_CreateString("--port-map"));
+    }
+    cJSON_AddItemToArray(args, cJSON_CreateString(buf));
+    cJSON *p = cJSON_CreateObject();
+    /* Named like the original container port, so named targetPorts resolve. */
+    if (q->tname[0]) cJSON_AddStringToObject(p, "name", q->tname);
+    cJSON_AddNumberToObject(p, "containerPort", q->target);
+    cJSON_AddItemToArray(ports, p);
+  }
+  const char *fixed[] = {"--tunnel-listen", NULL, "--tls-dir", TLS_MOUNT, "--metrics", NULL,
+                         "--namespace", c->ns, "--service", c->svc, "--lease-seconds", NULL};
+  char tl[32], ml[32], ls[16];
+  snprintf(tl, sizeof tl, "0.0.0.0:%d", c->tunnel_port);
+  snprintf(ml, sizeof ml, "0.0.0.0:%d", c->metrics_port);
+  snprintf(ls, sizeof ls, "%d", c->cfg->lease_seconds);
+  fixed[1] = tl;
+  fixed[5] = ml;
+  fixed[11] = ls;
+  for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
+    cJSON_AddItemToArray(args, cJSON_CreateString(fixed[i]));
+  if (c->cfg->replace) cJSON_AddItemToArray(args, cJSON_CreateString("--exclusive"));
+  cJSON *p = cJSON_CreateObject();
+  cJSON_AddStringToObject(p, "name", "kb-tunnel");
+  cJSON_AddNumberToObject(p, "containerPort", c->tunnel_port);
+  cJSON_AddItemToArray(ports, p);
+  p = cJSON_CreateObject();
+  cJSON_AddStringToObject(p, "name", "kb-metrics");
+  cJSON_AddNumberToObject(p, "containerPort", c->metrics_port);
+  cJSON_AddItemToArray(ports, p);
+  cJSON_AddItemToObject(d, "spec", spec);
+  return d;
+}
+
+/* The agent's Role: only what its own restore needs (takeover.c), by name. */
+static cJSON *agent_role(const struct conn *c, const char *uid) {
+  cJSON *r = cJSON_CreateObject();
+  cJSON_AddStringToObject(r, "apiVersion", "rbac.authorization.k8s.io/v1");
+  cJSON_AddStringToObject(r, "kind", "Role");
+  cJSON_AddItemToObject(r, "metadata", meta(c, c->nm.agent, uid));
+  char buf[2048], wl[400] = "";
+  const char *res = takeover_workload_resource(c->wl_kind);
+  if (res)
+    snprintf(wl, sizeof wl,
+             ",{\"apiGroups\":[\"apps\"],\"resources\":[\"%s\"],\"resourceNames\":[\"%s\"],"
+             "\"verbs\":[\"get\",\"update\",\"patch\"]}",
+             res, c->wl_name);
+  snprintf(buf, sizeof buf,
+           "[{\"apiGroups\":[\"\"],\"resources\":[\"services\"],\"resourceNames\":[\"%s\"],"
+           "\"verbs\":[\"get\",\"update\",\"patch\"]},"
+           "{\"apiGroups\":[\"\"],\"resources\":[\"services\"],\"resourceNames\":[\"%s\"],"
+           "\"verbs\":[\"get\",\"delete\"]},"
+           "{\"apiGroups\":[\"\"],\"resources\":[\"secrets\"],\"resourceNames\":[\"%s\"],"
+           "\"verbs\":[\"get\",\"delete\"]},"
+           "{\"apiGroups\":[\"\"],\"resources\":[\"serviceaccounts\"],\"resourceNames\":[\"%s\"],"
+           "\"verbs\":[\"get\",\"delete\"]},"
+           "{\"apiGroups\":[\"rbac.authorization.k8s.io\"],\"resources\":[\"roles\",\"rolebindings\"],"
+           "\"resourceNames\":[\"%s\"],\"verbs\":[\"get\",\"delete\"]},"
+           "{\"apiGroups\":[\"apps\"],\"resources\":[\"deployments\"],\"resourceNames\":[\"%s\"],"
+           "\"verbs\":[\"get\",\"delete\"]}%s]",
+           c->svc, c->nm.origin, c->nm.secret, c->nm.agent, c->nm.agent, c->nm.agent, wl);
+  cJSON_AddItemToObject(r, "rules", cJSON_Parse(buf));
+  return r;
+}
+
+static cJSON *agent_rolebinding(const struct conn *c, const char *uid) {
+  cJSON *r = cJSON_CreateObject();
+  cJSON_AddStringToObject(r, "apiVersion", "rbac.authorization.k8s.io/v1");
+  cJSON_AddStringToObject(r, "kind", "RoleBinding");
+  cJSON_AddItemToObject(r, "metadata", meta(c, c->nm.agent, uid));
+  char buf[600];
+  snprintf(buf, sizeof buf,
+           "[{\"kind\":\"ServiceAccount\",\"name\":\"%s\",\"namespace\":\"%s\"}]", c->nm.agent,
+           c->ns);
+  cJSON_AddItemToObject(r, "subjects", cJSON_Parse(buf));
+  snprintf(buf, sizeof buf,
+           "{\"apiGroup\":\"rbac.authorization.k8s.io\",\"kind\":\"Role\",\"name\":\"%s\"}",
+           c->nm.agent);
+  cJSON_AddItemToObject(r, "roleRef", cJSON_Parse(buf));
+  return r;
+}
+
+static cJSON *simple_object(const struct conn *c, const char *api, const char *kind,
+                            const char *name, const char *uid) {
+  cJSON *r = cJSON_CreateObject();
+  cJSON_AddStringToObject(r, "apiVersion", api);
+  cJSON_AddStringToObject(r, "kind", kind);
+  cJSON_AddItemToObject(r, "metadata", meta(c, name, uid));
+  return r;
+}
+
+static cJSON *shadow_service(const struct conn *c, const char *uid) {
+  cJSON *s = simple_object(c, "v1", "Service", c->nm.origin, uid);
+  cJSON *spec = cJSON_AddObjectToObject(s, "spec");
+  cJSON_AddItemToObject(spec, "selector", cJSON_Duplicate(c->orig_selector, 1));
+  cJSON *ports = cJSON_AddArrayToObject(spec, "ports");
+  for (int i = 0; i < c->nports; i++) {
+    int dup = 0;
+    for (int j = 0; j < i; j++) dup |= c->ports[j].target == c->ports[i].target;
+    if (dup) continue;
+    cJSON *p = cJSON_CreateObject();
+    char name[32];
+    snprintf(name, sizeof name, "p%d", c->ports[i].target);
+    cJSON_AddStringToObject(p, "name", name);
+    cJSON_AddNumberToObject(p, "port", c->ports[i].target);
+    cJSON_AddNumberToObject(p, "targetPort", c->ports[i].target);
+    cJSON_AddItemToArray(ports, p);
+  }
+  return s;
+}
+
+static int create(struct conn *c, const char *api, const char *res, cJSON *obj, cJSON **out) {
+  struct kube_ref r = {api, res, c->ns, NULL, NULL};
+  struct kube_err e;
+  int rc = kube_create(c->k, &r, obj, out, &e);
+  cJSON_Delete(obj);
+  if (rc < 0) fail(c, "%s", e.msg);
+  return rc;
+}
+
+/* Why the agent pod is not ready, when it is hopeless (image cannot be pulled,
+ * crash loop, bad config): a sentence into why and 1; 0 while it may still come. */
+static int pod_hopeless(const cJSON *pod, char *why, size_t len) {
+  const cJSON *cs;
+  cJSON_ArrayForEach(cs, jget(pod, "status.containerStatuses")) {
+    const char *reason = jstr(cs, "state.waiting.reason");
+    const char *msg = jstr(cs, "state.waiting.message");
+    if (!reason) continue;
+    if (strcmp(reason, "ErrImagePull") == 0 || strcmp(reason, "ImagePullBackOff") == 0 ||
+        strcmp(reason, "InvalidImageName") == 0 || strcmp(reason, "CrashLoopBackOff") == 0 ||
+        strcmp(reason, "CreateContainerConfigError") == 0 ||
+        strcmp(reason, "CreateContainerError") == 0) {
+      const char *last = jstr(cs, "lastState.terminated.reason");
+      const cJSON *code = jget(cs, "lastState.terminated.exitCode");
+      snprintf(why, len, "agent pod %s: %s%s%s%s%s", jstr(pod, "metadata.name"), reason,
+               msg ? ": " : "", msg ? msg : "", last ? "; last exit: " : "", last ? last : "");
+      if (cJSON_IsNumber(code)) {
+        size_t l = strlen(why);
+        snprintf(why + l, len - l, " (code %d)", code->valueint);
+      }
+      return 1;
+    }
+  }
+  return 0;
+}
+
+static int pod_ready(const cJSON *pod) {
+  if (jget(pod, "metadata.deletionTimestamp")) return 0;
+  const char *phase = jstr(pod, "status.phase");
+  if (!phase || strcmp(phase, "Running") != 0) return 0;
+  const cJSON *cond;
+  cJSON_ArrayForEach(cond, jget(pod, "status.conditions")) {
+    const char *t = jstr(cond, "type"), *s = jstr(cond, "status");
+    if (t && s && strcmp(t, "Ready") == 0) return strcmp(s, "True") == 0;
+  }
+  return 0;
+}
+
+/* Find a Ready agent pod; name into out. 0, 1 (none ready yet), -1 (err). */
+static int ready_agent_pod(struct conn *c, char *out, size_t len, char *why, size_t whylen,
+                           int *hopeless) {
+  char sel[200];
+  snprintf(sel, sizeof sel, "%s=%s", TAKEOVER_LABEL_AGENT, c->svc);
+  struct kube_ref r = {"v1", "pods", c->ns, NULL, NULL};
+  struct kube_err e;
+  cJSON *list = NULL;
+  if (kube_list(c->k, &r, sel, &list, &e) < 0) {
+    snprintf(why, whylen, "%s", e.msg);
+    return -1;
+  }
+  const cJSON *pod;
+  int rc = 1;
+  if (hopeless) *hopeless = 0;
+  snprintf(why, whylen, "no agent pod yet");
+  cJSON_ArrayForEach(pod, jget(list, "items")) {
+    if (pod_ready(pod)) {
+      snprintf(out, len, "%s", jstr(pod, "metadata.name"));
+      rc = 0;
+      break;
+    }
+    if (jget(pod, "metadata.deletionTimestamp")) continue;
+    if (pod_hopeless(pod, why, whylen)) {
+      if (hopeless) *hopeless = 1;
+    } else {
+      snprintf(why, whylen, "agent pod %s is %s", jstr(pod, "metadata.name"),
+               jstr(pod, "status.phase") ? jstr(pod, "status.phase") : "pending");
+    }
+  }
+  cJSON_Delete(list);
+  return rc;
+}
+
+static int wait_agent_ready(struct conn *c) {
+  double deadline = now_s() + c->cfg->timeout;
+  char pod[256], why[1200];
+  int hopeless = 0, hopeless_seen = 0;
+  for (;;) {
+    int rc = ready_agent_pod(c, pod, sizeof pod, why, sizeof why, &hopeless);
+    if (rc == 0) {
+      progress(c, "agent-ready", "agent pod %s is ready", pod);
+      return 0;
+    }
+    if (rc < 0) {
+      fail(c, "%s", why);
+      return -1;
+    }
+    /* An image pull error is reported at once; give a crash two looks. */
+    if (hopeless && (strstr(why, "Image") || strstr(why, "Config") || ++hopeless_seen >= 2)) {
+      fail(c, "the agent did not start: %s", why);
+      return -1;
+    }
+    if (interrupted) {
+      fail(c, "interrupted while waiting for the agent");
+      return -1;
+    }
+    if (now_s() > deadline) {
+      fail(c, "the agent was not ready within %d s: %s", c->cfg->timeout, why);
+      return -1;
+    }
+    usleep(250 * 1000);
+  }
+}
+
+/* Secret data -> the CA (cert + key). */
+static int read_ca(struct conn *c) {
+  struct kube_ref r = {"v1", "secrets", c->ns, c->nm.secret, NULL};
+  struct kube_err e;
+  cJSON *s = NULL;
+  if (kube_get(c->k, &r, &s, &e) < 0) {
+    fail(c, "%s", e.msg);
+    return -1;
+  }
+  cJSON *data = jget(s, "data");
+  const char *cb = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(data, "ca.crt"));
+  const char *kb = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(data, "ca.key"));
+  c->ca.cert = cb ? b64dec(cb, NULL) : NULL;
+  c->ca.key = kb ? b64dec(kb, NULL) : NULL;
+  cJSON_Delete(s);
+  if (!c->ca.cert || !c->ca.key) {
+    fail(c, "secret %s/%s lacks a valid ca.crt or ca.key", c->ns, c->nm.secret);
+    return -1;
+  }
+  return 0;
+}
+
+static int create_agent(struct conn *c) {
+  char err[600];
+  struct tls_pem agent = {NULL, NULL};
+  if (tls_ca_create(c->svc, TLS_KEY_P256, &c->ca, err, sizeof err) < 0 ||
+      tls_issue(&c->ca, TLS_AGENT_NAME, 1, TLS_KEY_P256, 3650, &agent, err, sizeof err) < 0) {
+    fail(c, "cannot make the CA: %s", err);
+    tls_pem_clear(&agent);
+    return -1;
+  }
+  progress(c, "create-agent", "creating the agent: deployment %s (image %s)", c->nm.agent,
+           c->image);
+  c->created = 1;
+  cJSON *dep = NULL;
+  if (create(c, "apps/v1", "deployments", agent_deployment(c), &dep) < 0) {
+    tls_pem_clear(&agent);
+    return -1;
+  }
+  char uid[100];
+  snprintf(uid, sizeof uid, "%s", jstr(dep, "metadata.uid") ? jstr(dep, "metadata.uid") : "");
+  cJSON_Delete(dep);
+
+  cJSON *sec = simple_object(c, "v1", "Secret", c->nm.secret, uid);
+  cJSON_AddStringToObject(sec, "type", "Opaque");
+  cJSON *sd = cJSON_AddObjectToObject(sec, "stringData");
+  cJSON_AddStringToObject(sd, "ca.crt", c->ca.cert);
+  cJSON_AddStringToObject(sd, "ca.key", c->ca.key);
+  cJSON_AddStringToObject(sd, "agent.crt", agent.cert);
+  cJSON_AddStringToObject(sd, "agent.key", agent.key);
+  tls_pem_clear(&agent);
+  if (create(c, "v1", "serviceaccounts",
+             simple_object(c, "v1", "ServiceAccount", c->nm.agent, uid), NULL) < 0 ||
+      create(c, "rbac.authorization.k8s.io/v1", "roles", agent_role(c, uid), NULL) < 0 ||
+      create(c, "rbac.authorization.k8s.io/v1", "rolebindings", agent_rolebinding(c, uid), NULL) < 0 ||
+      create(c, "v1", "secrets", sec, NULL) < 0)
+    return -1;
+  if (!c->cfg->replace) {
+    if (create(c, "v1", "services", shadow_service(c, uid), NULL) < 0) return -1;
+    progress(c, "shadow-service", "shadow service %s selects the original pods (%s)",
+             c->nm.origin, selector_string(c->orig_selector));
+  }
+  struct kube_ref r = {"apps/v1", "deployments", c->ns, c->nm.agent, NULL};
+  struct kube_err e;
+  if (kube_patch(c->k, &r, KUBE_PATCH_MERGE, "{\"spec\":{\"replicas\":1}}", NULL, &e) < 0) {
+    fail(c, "%s", e.msg);
+    return -1;
+  }
+  progress(c, "wait-agent", "waiting for the agent pod to be ready (up to %d s)", c->cfg->timeout);
+  return 0;
+}
+
+/* ---- 3. switch ---- */
+
+struct switch_arg {
+  struct conn *c;
+  const cJSON *expect; /* the selector inspect saw */
+};
+
+static int switch_mutate(cJSON *obj, void *arg, char *err, size_t errlen) {
+  struct switch_arg *sa = arg;
+  struct conn *c = sa->c;
+  cJSON *spec = cJSON_GetObjectItemCaseSensitive(obj, "spec");
+  cJSON *sel = cJSON_GetObjectItemCaseSensitive(spec, "selector");
+  if (!sel || !cJSON_Compare(sel, sa->expect, 1)) {
+    snprintf(err, errlen, "its selector changed while kbridge was preparing (now %s)",
+             sel ? selector_string(sel) : "none");
+    return -1;
+  }
+  cJSON *md = cJSON_GetObjectItemCaseSensitive(obj, "metadata");
+  cJSON *ann = cJSON_GetObjectItemCaseSensitive(md, "annotations");
+  if (!ann) ann = cJSON_AddObjectToObject(md, "annotations");
+  char *orig = cJSON_PrintUnformatted(sel);
+  char agent_sel[200], since[40], tk[1200];
+  snprintf(agent_sel, sizeof agent_sel, "{\"%s\":\"%s\"}", TAKEOVER_LABEL_AGENT, c->svc);
+  iso_now(since, sizeof since);
+  cJSON *t = cJSON_CreateObject();
+  cJSON_AddStringToObject(t, "mode", c->cfg->replace ? "exclusive" : "routing");
+  cJSON_AddStringToObject(t, "since", since);
+  cJSON_AddStringToObject(t, "by", c->by);
+  cJSON_AddStringToObject(t, "agent", c->nm.agent);
+  cJSON *wl = cJSON_AddObjectToObject(t, "workload");
+  cJSON_AddStringToObject(wl, "kind", c->wl_kind);
+  cJSON_AddStringToObject(wl, "name", c->wl_name);
+  char *ts = cJSON_PrintUnformatted(t);
+  snprintf(tk, sizeof tk, "%s", ts ? ts : "{}");
+  free(ts);
+  cJSON_Delete(t);
+  cJSON_DeleteItemFromObjectCaseSensitive(ann, TAKEOVER_ANN_ORIGINAL_SELECTOR);
+  cJSON_DeleteItemFromObjectCaseSensitive(ann, TAKEOVER_ANN_AGENT_SELECTOR);
+  cJSON_DeleteItemFromObjectCaseSensitive(ann, TAKEOVER_ANN_TAKEOVER);
+  cJSON_AddStringToObject(ann, TAKEOVER_ANN_ORIGINAL_SELECTOR, orig ? orig : "{}");
+  cJSON_AddStringToObject(ann, TAKEOVER_ANN_AGENT_SELECTOR, agent_sel);
+  cJSON_AddStringToObject(ann, TAKEOVER_ANN_TAKEOVER, tk);
+  free(orig);
+  cJSON_ReplaceItemInObjectCaseSensitive(spec, "selector", cJSON_Parse(agent_sel));
+  return 0;
+}
+
+struct scale_arg {
+  long was;
+};
+
+static int scale_mutate(cJSON *obj, void *arg, char *err, size_t errlen) {
+  struct scale_arg *sa = arg;
+  (void)err;
+  (void)errlen;
+  cJSON *md = cJSON_GetObjectItemCaseSensitive(obj, "metadata");
+  cJSON *ann = cJSON_GetObjectItemCaseSensitive(md, "annotations");
+  if (!ann) ann = cJSON_AddObjectToObject(md, "annotations");
+  cJSON *spec = cJSON_GetObjectItemCaseSensitive(obj, "spec");
+  cJSON *rep = cJSON_GetObjectItemCaseSensitive(spec, "replicas");
+  sa->was = cJSON_IsNumber(rep) ? (long)rep->valuedouble : 1;
+  if (cJSON_GetObjectItemCaseSensitive(ann, TAKEOVER_ANN_ORIGINAL_REPLICAS)) return 1;
+  char n[24];
+  snprintf(n, sizeof n, "%ld", sa->was);
+  cJSON_AddStringToObject(ann, TAKEOVER_ANN_ORIGINAL_REPLICAS, n);
+  if (rep)
+    cJSON_SetNumberValue(rep, 0);
+  else
+    cJSON_AddNumberToObject(spec, "replicas", 0);
+  return 0;
+}
+
+static int switch_service(struct conn *c) {
+  struct kube_ref r = {"v1", "services", c->ns, c->svc, NULL};
+  struct kube_err e;
+  struct switch_arg sa = {c, c->orig_selector};
+  if (kube_update_retry(c->k, &r, switch_mutate, &sa, NULL, &e) < 0) {
+    fail(c, "%s", e.msg);
+    return -1;
+  }
+  progress(c, "switch-selector", "service %s/%s now selects the agent (was %s)", c->ns, c->svc,
+           selector_string(c->orig_selector));
+  if (c->cfg->replace) {
+    const char *res = takeover_workload_resource(c->wl_kind);
+    if (res == NULL) {
+      progress(c, "scale-workload", "%s %s cannot be scaled; its pods keep running but get no "
+               "traffic", c->wl_kind, c->wl_name);
+      return 0;
+    }
+    struct kube_ref w = {"apps/v1", res, c->ns, c->wl_name, NULL};
+    struct scale_arg sc = {0};
+    if (kube_update_retry(c->k, &w, scale_mutate, &sc, NULL, &e) < 0) {
+      fail(c, "%s", e.msg);
+      return -1;
+    }
+    progress(c, "scale-workload", "%s %s scaled from %ld to 0 replicas", c->wl_kind, c->wl_name,
+             sc.was);
+  }
+  return 0;
+}
+
+/* ---- route annotations: who is connected (for list and "am I the last") ---- */
+
+struct route_arg {
+  struct conn *c;
+  int add;       /* 1: add ours; 0: remove ours */
+  int others;    /* remaining live routes of others */
+  char holders[600];
+};
+
+static int route_live(const char *value, const char *myhost) {
+  cJSON *v = cJSON_Parse(value);
+  const char *host = jstr(v, "host");
+  const cJSON *pid = jget(v, "pid");
+  int live = 1;
+  /* Same machine and the pid is gone: a CLI that died without a word. */
+  if (host && myhost && strcmp(host, myhost) == 0 && cJSON_IsNumber(pid) &&
+      kill((pid_t)pid->valueint, 0) < 0 && errno == ESRCH)
+    live = 0;
+  cJSON_Delete(v);
+  return live;
+}
+
+static int route_mutate(cJSON *obj, void *arg, char *err, size_t errlen) {
+  struct route_arg *ra = arg;
+  struct conn *c = ra->c;
+  (void)err;
+  (void)errlen;
+  cJSON *md = cJSON_GetObjectItemCaseSensitive(obj, "metadata");
+  cJSON *ann = cJSON_GetObjectItemCaseSensitive(md, "annotations");
+  if (!ann) ann = cJSON_AddObjectToObject(md, "annotations");
+  char mine[128], host[128] = "";
+  snprintf(mine, sizeof mine, "kbridge.dev/route-%s", c->cfg->key);
+  gethostname(host, sizeof host - 1);
+  ra->others = 0;
+  ra->holders[0] = '\0';
+  if (!cJSON_GetObjectItemCaseSensitive(ann, TAKEOVER_ANN_TAKEOVER) && ra->add) return 1;
+  cJSON *it;
+  cJSON_ArrayForEach(it, ann) {
+    if (strncmp(it->string, "kbridge.dev/route-", 18) != 0 || strcmp(it->string, mine) == 0)
+      continue;
+    if (cJSON_IsString(it) && route_live(it->valuestring, host)) {
+      ra->others++;
+      size_t l = strlen(ra->holders);
+      snprintf(ra->holders + l, sizeof ra->holders - l, "%s%s", l ? ", " : "", it->string + 18);
+    }
+  }
+  cJSON_DeleteItemFromObjectCaseSensitive(ann, mine);
+  if (ra->add) {
+    char since[40], v[400];
+    iso_now(since, sizeof since);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "by", c->by);
+    cJSON_AddStringToObject(o, "since", since);
+    cJSON_AddStringToObject(o, "host", host);
+    cJSON_AddNumberToObject(o, "pid", (double)getpid());
+    char *s = cJSON_PrintUnformatted(o);
+    snprintf(v, sizeof v, "%s", s ? s : "{}");
+    free(s);
+    cJSON_Delete(o);
+    cJSON_AddStringToObject(ann, mine, v);
+  }
+  return 0;
+}
+
+static int set_route(struct conn *c, int add, int *others) {
+  struct kube_ref r = {"v1", "services", c->ns, c->svc, NULL};
+  struct kube_err e;
+  struct route_arg ra = {c, add, 0, ""};
+  if (kube_update_retry(c->k, &r, route_mutate, &ra, NULL, &e) < 0) {
+    if (e.status == 404 && !add) {
+      *others = 0;
+      return 0;
+    }
+    fail(c, "%s", e.msg);
+    return -1;
+  }
+  *others = ra.others;
+  if (!add && ra.others)
+    progress(c, "others-remain", "other developers still connected (%s): the takeover stays",
+             ra.holders);
+  return 0;
+}
+
+/* ---- env of the original container ---- */
+
+static char *lookup_ref(struct conn *c, const char *res, const char *name, const char *key,
+                        int *missing) {
+  struct kube_ref r = {"v1", res, c->ns, name, NULL};
+  struct kube_err e;
+  cJSON *o = NULL;
+  *missing = 0;
+  if (kube_get(c->k, &r, &o, &e) < 0) {
+    *missing = 1;
+    log_warn("env: %s", e.msg);
+    return NULL;
+  }
+  const char *v = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(jget(o, "data"), key));
+  char *out = NULL;
+  if (v) out = strcmp(res, "secrets") == 0 ? b64dec(v, NULL) : strdup(v);
+  else *missing = 1;
+  cJSON_Delete(o);
+  return out;
+}
+
+/* env object {NAME: VALUE} of the workload's first container. */
+static cJSON *resolve_env(struct conn *c) {
+  cJSON *env = cJSON_CreateObject();
+  const cJSON *ctr = cJSON_GetArrayItem(jget(c->pod_template, "containers"), 0);
+  if (!ctr) return env;
+  const cJSON *ef;
+  cJSON_ArrayForEach(ef, cJSON_GetObjectItemCaseSensitive(ctr, "envFrom")) {
+    const char *prefix = jstr(ef, "prefix") ? jstr(ef, "prefix") : "";
+    int secret = jget(ef, "secretRef") != NULL;
+    const char *name = jstr(ef, secret ? "secretRef.name" : "configMapRef.name");
+    if (!name) continue;
+    struct kube_ref r = {"v1", secret ? "secrets" : "configmaps", c->ns, name, NULL};
+    struct kube_err e;
+    cJSON *o = NULL;
+    if (kube_get(c->k, &r, &o, &e) < 0) {
+      log_warn("env: %s", e.msg);
+      continue;
+    }
+    const cJSON *kv;
+    cJSON_ArrayForEach(kv, jget(o, "data")) {
+      char n[300];
+      snprintf(n, sizeof n, "%s%s", prefix, kv->string);
+      char *v = secret ? b64dec(kv->valuestring, NULL) : strdup(kv->valuestring);
+      cJSON_DeleteItemFromObjectCaseSensitive(env, n);
+      cJSON_AddStringToObject(env, n, v ? v : "");
+      free(v);
+    }
+    cJSON_Delete(o);
+  }
+  const cJSON *ev;
+  cJSON_ArrayForEach(ev, cJSON_GetObjectItemCaseSensitive(ctr, "env")) {
+    const char *name = jstr(ev, "name");
+    if (!name) continue;
+    char *val = NULL;
+    int missing = 0;
+    if (jstr(ev, "value")) {
+      val = strdup(jstr(ev, "value"));
+    } else if (jget(ev, "valueFrom.configMapKeyRef")) {
+      val = lookup_ref(c, "configmaps", jstr(ev, "valueFrom.configMapKeyRef.name"),
+                       jstr(ev, "valueFrom.configMapKeyRef.key"), &missing);
+    } else if (jget(ev, "valueFrom.secretKeyRef")) {
+      val = lookup_ref(c, "secrets", jstr(ev, "valueFrom.secretKeyRef.name"),
+                       jstr(ev, "valueFrom.secretKeyRef.key"), &missing);
+    } else if (jstr(ev, "valueFrom.fieldRef.fieldPath")) {
+      const char *fp = jstr(ev, "valueFrom.fieldRef.fieldPath");
+      if (strcmp(fp, "metadata.namespace") == 0) val = strdup(c->ns);
+      else if (strcmp(fp, "metadata.name") == 0) val = strdup("kbridge-local");
+      else missing = 1;
+    } else {
+      missing = 1;
+    }
+    if (val) {
+      cJSON_DeleteItemFromObjectCaseSensitive(env, name);
+      cJSON_AddStringToObject(env, name, val);
+      free(val);
+    } else if (missing) {
+      log_info("env %s: not resolved locally", name);
+    }
+  }
+  return env;
+}
+
+static int write_env_file(struct conn *c, const cJSON *env) {
+  FILE *f = fopen(c->cfg->env_file, "w");
+  if (!f) {
+    fail(c, "--env-file %s: %s", c->cfg->env_file, strerror(errno));
+    return -1;
+  }
+  fchmod(fileno(f), 0600);
+  const cJSON *kv;
+  cJSON_ArrayForEach(kv, env) {
+    fprintf(f, "%s=", kv->string);
+    for (const char *p = kv->valuestring; *p; p++) {
+      if (*p == '\n') fputs("\\n", f);
+      else fputc(*p, f);
+    }
+    fputc('\n', f);
+  }
+  fclose(f);
+  return 0;
+}
+
+/* ---- 4. tunnels (hooks for proxy.c) ---- */
+
+struct pf_open {
+  struct conn *c;
+  struct pf_connecting *h;
+  proxy_carrier_done done;
+  void *slot;
+};
+
+static void pf_ready(struct bufferevent *carrier, const char *err, int status, void *arg) {
+  struct pf_open *po = arg;
+  (void)status;
+  proxy_carrier_done done = po->done;
+  void *slot = po->slot;
+  free(po);
+  done(carrier, err, slot);
+}
+
+static void *hook_open(void *arg, struct event_base *base, proxy_carrier_done done, void *slot,
+                       char *err, size_t errlen) {
+  struct conn *c = arg;
+  char pod[256], why[1200];
+  int rc = ready_agent_pod(c, pod, sizeof pod, why, sizeof why, NULL);
+  if (rc != 0) {
+    snprintf(err, errlen, "%s", rc > 0 ? "no ready agent pod (yet)" : why);
+    if (rc > 0) log_info("%s", why);
+    return NULL;
+  }
+  const char *token = NULL, *cert = NULL, *key = NULL;
+  if (kube_credentials(c->k, &token, &cert, &key, err, errlen) < 0) return NULL;
+  struct pf_open *po = calloc(1, sizeof *po);
+  if (!po) {
+    snprintf(err, errlen, "out of memory");
+    return NULL;
+  }
+  struct pf_target t;
+  memset(&t, 0, sizeof t);
+  t.server_url = kube_server_url(c->k);
+  t.ssl_ctx = c->api_ssl;
+  t.tls_server_name = kube_tls_name(c->k);
+  t.bearer_token = token;
+  t.ns = c->ns;
+  t.pod = pod;
+  t.port = (uint16_t)c->tunnel_port;
+  po->c = c;
+  po->done = done;
+  po->slot = slot;
+  log_info("tunnel: port-forward to pod %s/%s port %d", c->ns, pod, c->tunnel_port);
+  po->h = pf_connect(base, NULL, &t, pf_ready, po, err, errlen);
+  if (!po->h) {
+    free(po);
+    return NULL;
+  }
+  return po;
+}
+
+static void hook_cancel(void *arg, void *handle) {
+  struct pf_open *po = handle;
+  (void)arg;
+  pf_connect_cancel(po->h);
+  free(po);
+}
+
+static const char *hook_carrier_error(void *arg, struct bufferevent *carrier) {
+  (void)arg;
+  return carrier ? pf_carrier_error(carrier) : NULL;
+}
+
+static void sigchld_cb(evutil_socket_t fd, short what, void *arg) {
+  struct conn *c = arg;
+  int st;
+  (void)fd;
+  (void)what;
+  if (c->child > 0 && waitpid(c->child, &st, WNOHANG) == c->child) {
+    c->child = -1;
+    c->child_status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    progress(c, "command-exited", "the command exited with status %d", c->child_status);
+    proxy_shutdown(c->px, 0);
+  }
+}
+
+static void hook_started(void *arg, struct proxy *px, struct event_base *base) {
+  struct conn *c = arg;
+  c->px = px;
+  if (c->cfg->cmd) {
+    c->sigchld = evsignal_new(base, SIGCHLD, sigchld_cb, c);
+    if (c->sigchld) event_add(c->sigchld, NULL);
+  }
+}
+
+static void start_child(struct conn *c, const cJSON *env) {
+  pid_t pid = fork();
+  if (pid < 0) {
+    fail(c, "cannot start %s: %s", c->cfg->cmd[0], strerror(errno));
+    proxy_shutdown(c->px, 1);
+    return;
+  }
+  if (pid == 0) {
+    const cJSON *kv;
+    cJSON_ArrayForEach(kv, env) setenv(kv->string, kv->valuestring, 1);
+    setenv("KBRIDGE_ROUTE_KEY", c->cfg->key, 1);
+    signal(SIGPIPE, SIG_DFL);
+    execvp(c->cfg->cmd[0], c->cfg->cmd);
+    fprintf(stderr, "kbridge: cannot run %s: %s\n", c->cfg->cmd[0], strerror(errno));
+    _exit(127);
+  }
+  c->child = pid;
+  progress(c, "command-started", "started %s (pid %ld)", c->cfg->cmd[0], (long)pid);
+}
+
+static void hook_welcome(void *arg, int ok, const char *message) {
+  struct conn *c = arg;
+  if (!ok) {
+    fail(c, "the agent refused route \"%s\": %s", c->cfg->key, message);
+    return;
+  }
+  if (c->ready_announced) return;
+  c->ready_announced = 1;
+  double dt = now_s() - c->t0;
+  char host[300], hdr[120];
+  snprintf(host, sizeof host, "%s.%s.svc.cluster.local", c->svc, c->ns);
+  snprintf(hdr, sizeof hdr, "kubernetes-route-as: %s", c->cfg->key);
+  cJSON *env = resolve_env(c);
+  if (c->cfg->env_file && write_env_file(c, env) == 0)
+    progress(c, "env-file", "environment of the original container written to %s",
+             c->cfg->env_file);
+  cJSON *urls = cJSON_CreateArray();
+  for (int i = 0; i < c->nports; i++) {
+    char u[600];
+    snprintf(u, sizeof u, "http://%s.%s:%d/", c->cfg->key, host, c->ports[i].port);
+    cJSON_AddItemToArray(urls, cJSON_CreateString(u));
+    snprintf(u, sizeof u, "http://%s:%d/", host, c->ports[i].port);
+    cJSON_AddItemToArray(urls, cJSON_CreateString(u));
+  }
+  if (c->json) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "event", "ready");
+    cJSON_AddStringToObject(o, "route", c->cfg->key);
+    cJSON_AddStringToObject(o, "mode", c->cfg->replace ? "exclusive" : "routing");
+    cJSON_AddItemToObject(o, "urls", cJSON_Duplicate(urls, 1));
+    cJSON_AddStringToObject(o, "header", hdr);
+    cJSON_AddNumberToObject(o, "local_port", c->cfg->local_port);
+    cJSON_AddItemToObject(o, "env", cJSON_Duplicate(env, 1));
+    cJSON_AddNumberToObject(o, "seconds", dt);
+    if (message && *message) cJSON_AddStringToObject(o, "agent", message);
+    emit_json(o);
+  } else {
+    printf("ready in %.2f s: route %s -> %s:%d%s%s\n", dt, c->cfg->key, c->cfg->local_host,
+           c->cfg->local_port, c->cfg->replace ? " (exclusive: all traffic)" : "", "");
+    if (!c->cfg->replace) {
+      printf("  subdomain: http://%s.%s:%d/\n", c->cfg->key, host, c->ports[0].port);
+      printf("  header:    curl -H '%s' http://%s:%d/\n", hdr, host, c->ports[0].port);
+    }
+    printf("  stop with Ctrl-C or: kbridge disconnect -n %s --service %s\n", c->ns, c->svc);
+    fflush(stdout);
+  }
+  cJSON_Delete(urls);
+  if (c->cfg->cmd) start_child(c, env);
+  cJSON_Delete(env);
+}
+
+/* ---- the run ---- */
+
+static void default_key(char *out, size_t len) {
+  const char *user = getenv("USER");
+  struct passwd *pw = user ? NULL : getpwuid(getuid());
+  if (!user && pw) user = pw->pw_name;
+  char base[40] = "";
+  size_t n = 0;
+  for (const char *p = user ? user : "dev"; *p && n < 30; p++) {
+    char ch = *p >= 'A' && *p <= 'Z' ? (char)(*p - 'A' + 'a') : *p;
+    if ((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9')) base[n++] = ch;
+    else if (n && base[n - 1] != '-') base[n++] = '-';
+  }
+  while (n && base[n - 1] == '-') n--;
+  base[n] = '\0';
+  if (!n) snprintf(base, sizeof base, "dev");
+  unsigned char r[4];
+  RAND_bytes(r, sizeof r);
+  const char *al = "abcdefghijklmnopqrstuvwxyz0123456789";
+  snprintf(out, len, "%s-%c%c%c%c", base, al[r[0] % 36], al[r[1] % 36], al[r[2] % 36],
+           al[r[3] % 36]);
+}
+
+int connect_kube_open(const struct kube_flags *kf, struct kube **out, char *err, size_t errlen) {
+  struct kubeconfig_opts ko = {kf->kubeconfig, kf->context, kf->namespace};
+  struct kubeconfig *kc = NULL;
+  if (kubeconfig_load(&ko, &kc, err, errlen) < 0) return -1;
+  *out = kube_new(kc, err, errlen);
+  if (!*out) return -1;
+  const char *ns = kube_namespace(*out);
+  if (!dns_label_valid(ns, strlen(ns))) {
+    snprintf(err, errlen, "namespace \"%s\" is not a valid namespace name", ns);
+    kube_free(*out);
+    *out = NULL;
+    return -1;
+  }
+  return 0;
+}
+
+/* Wait until the agent and everything the garbage collector removes after it
+ * (pods, ServiceAccount, Role, RoleBinding) are gone. 0, or -1 after seconds. */
+static int wait_gone(struct conn *c, int seconds) {
+  double deadline = now_s() + seconds;
+  const struct kube_ref refs[] = {
+      {"apps/v1", "deployments", c->ns, c->nm.agent, NULL},
+      {"rbac.authorization.k8s.io/v1", "rolebindings", c->ns, c->nm.agent, NULL},
+      {"rbac.authorization.k8s.io/v1", "roles", c->ns, c->nm.agent, NULL},
+      {"v1", "serviceaccounts", c->ns, c->nm.agent, NULL},
+  };
+  char sel[200];
+  snprintf(sel, sizeof sel, "%s=%s", TAKEOVER_LABEL_AGENT, c->svc);
+  for (;;) {
+    int left = 0;
+    struct kube_err e;
+    for (size_t i = 0; i < sizeof refs / sizeof refs[0]; i++) {
+      cJSON *d = NULL;
+      if (kube_get(c->k, &refs[i], &d, &e) == 0) left++;
+      else if (e.status != 404) return -1;
+      cJSON_Delete(d);
+    }
+    struct kube_ref pr = {"v1", "pods", c->ns, NULL, NULL};
+    cJSON *pods = NULL;
+    if (kube_list(c->k, &pr, sel, &pods, &e) < 0) return -1;
+    left += cJSON_GetArraySize(jget(pods, "items"));
+    cJSON_Delete(pods);
+    if (left == 0) return 0;
+    if (now_s() > deadline) return -1;
+    usleep(250 * 1000);
+  }
+}
+
+static int undo(struct conn *c, const char *why) {
+  struct takeover_report rep;
+  char err[1200];
+  progress(c, "undo", "undoing the takeover (%s)", why);
+  if (takeover_restore(c->k, c->ns, c->svc, &rep, err, sizeof err) < 0) {
+    fail(c, "restore failed: %s; run `kbridge restore -n %s --service %s`", err, c->ns, c->svc);
+    return -1;
+  }
+  if (rep.text[0]) progress(c, "restored", "%s", rep.text);
+  return 0;
+}
+
+int connect_run(struct connect_config *cfg) {
+  struct conn cc, *c = &cc;
+  char err[1200];
+  int rc = 1;
+  memset(c, 0, sizeof *c);
+  c->cfg = cfg;
+  c->t0 = now_s();
+  c->child = -1;
+  c->child_status = -1;
+  c->svc = cfg->service;
+  if (strcmp(cfg->output, "json") == 0) {
+    c->json = 1;
+  } else if (strcmp(cfg->output, "text") != 0) {
+    fprintf(stderr, "kbridge: --output: expected text or json, got \"%s\"\n", cfg->output);
+    return 2;
+  }
+  log_init("kbridge", cfg->log_level);
+  signal(SIGPIPE, SIG_IGN);
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_interrupt;
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGTERM, &sa, NULL);
+
+  if (!dns_label_valid(c->svc, strlen(c->svc)) || takeover_names(c->svc, &c->nm) < 0) {
+    fail(c, "--service: expected a Service name (a DNS label of at most %d characters), got "
+         "\"%s\"", TAKEOVER_MAX_SERVICE, c->svc);
+    return 2;
+  }
+  if (cfg->replace && cfg->key[0] == '\0') snprintf(cfg->key, sizeof cfg->key, "exclusive");
+  if (cfg->key[0] == '\0') default_key(cfg->key, sizeof cfg->key);
+  const char *img = cfg->agent_image ? cfg->agent_image : getenv("KBRIDGE_AGENT_IMAGE");
+  snprintf(c->image, sizeof c->image, "%s", img && *img ? img : CONNECT_DEFAULT_IMAGE);
+  if (!image_ok(c->image)) {
+    fail(c, "--agent-image: \"%s\" is not an image reference", c->image);
+    return 2;
+  }
+  {
+    char host[128] = "?";
+    const char *user = getenv("USER");
+    struct passwd *pw = user ? NULL : getpwuid(getuid());
+    if (!user && pw) user = pw->pw_name;
+    gethostname(host, sizeof host - 1);
+    snprintf(c->by, sizeof c->by, "%.60s@%.120s", user ? user : "?", host);
+  }
+
+  /* 1. inspect: reads only */
+  if (connect_kube_open(&cfg->kf, &c->k, err, sizeof err) < 0) {
+    fail(c, "%s", err);
+    return 1;
+  }
+  c->ns = kube_namespace(c->k);
+  progress(c, "inspect", "reading service %s/%s", c->ns, c->svc);
+  struct kube_ref sref = {"v1", "services", c->ns, c->svc, NULL};
+  struct kube_err e;
+  if (kube_get(c->k, &sref, &c->service, &e) < 0) {
+    fail(c, "%s", e.msg);
+    goto out;
+  }
+  const char *tk = takeover_annotation(c->service, TAKEOVER_ANN_TAKEOVER);
+  if (tk) {
+    /* Already taken over: reuse its agent. */
+    cJSON *t = cJSON_Parse(tk);
+    const char *mode = jstr(t, "mode"), *by = jstr(t, "by");
+    int excl = mode && strcmp(mode, "exclusive") == 0;
+    snprintf(c->wl_kind, sizeof c->wl_kind, "%s", jstr(t, "workload.kind") ? jstr(t, "workload.kind") : "Pods");
+    snprintf(c->wl_name, sizeof c->wl_name, "%s", jstr(t, "workload.name") ? jstr(t, "workload.name") : "");
+    char holders[600] = "";
+    const cJSON *it;
+    cJSON_ArrayForEach(it, jget(c->service, "metadata.annotations")) {
+      if (strncmp(it->string, "kbridge.dev/route-", 18) != 0) continue;
+      size_t l = strlen(holders);
+      cJSON *v = cJSON_Parse(cJSON_GetStringValue(it) ? it->valuestring : "{}");
+      snprintf(holders + l, sizeof holders - l, "%s%s (%s)", l ? ", " : "", it->string + 18,
+               jstr(v, "by") ? jstr(v, "by") : "?");
+      cJSON_Delete(v);
+    }
+    if (excl || cfg->replace) {
+      fail(c, "service %s/%s is already taken over in %s mode by %s (routes held: %s); %s", c->ns,
+           c->svc, mode ? mode : "?", by ? by : "?", holders[0] ? holders : "none",
+           cfg->replace ? "--replace needs the service to itself"
+                        : "it is held exclusively");
+      cJSON_Delete(t);
+      goto out;
+    }
+    cJSON_Delete(t);
+    const char *res = takeover_workload_resource(c->wl_kind);
+    if (res) {
+      struct kube_ref r = {"apps/v1", res, c->ns, c->wl_name, NULL};
+      cJSON *w = NULL;
+      if (kube_get(c->k, &r, &w, &e) == 0) c->pod_template = cJSON_Duplicate(jget(w, "spec.template.spec"), 1);
+      cJSON_Delete(w);
+    }
+    /* The agent's ports come from its Deployment. */
+    struct kube_ref dr = {"apps/v1", "deployments", c->ns, c->nm.agent, NULL};
+    cJSON *d = NULL;
+    if (kube_get(c->k, &dr, &d, &e) < 0) {
+      fail(c, "service %s/%s is marked as taken over but its agent is missing (%s); run `kbridge "
+           "restore -n %s --service %s` first", c->ns, c->svc, e.msg, c->ns, c->svc);
+      goto out;
+    }
+    const cJSON *p;
+    cJSON_ArrayForEach(p, jget(cJSON_GetArrayItem(jget(d, "spec.template.spec.containers"), 0), "ports")) {
+      const char *n = jstr(p, "name");
+      const cJSON *cp = cJSON_GetObjectItemCaseSensitive(p, "containerPort");
+      if (n && cJSON_IsNumber(cp) && strcmp(n, "kb-tunnel") == 0) c->tunnel_port = cp->valueint;
+    }
+    cJSON_Delete(d);
+    cJSON_ArrayForEach(p, jget(c->service, "spec.ports")) {
+      if (c->nports == MAX_PORTS) break;
+      const cJSON *port = cJSON_GetObjectItemCaseSensitive(p, "port");
+      c->ports[c->nports++].port = cJSON_IsNumber(port) ? port->valueint : 0;
+    }
+    if (!c->tunnel_port) {
+      fail(c, "deployment %s/%s has no kb-tunnel port", c->ns, c->nm.agent);
+      goto out;
+    }
+    progress(c, "reuse-agent", "service %s/%s is already taken over (by %s%s%s): reusing agent %s",
+             c->ns, c->svc, c->by[0] ? "" : "", holders[0] ? holders : "nobody connected now", "",
+             c->nm.agent);
+    if (read_ca(c) < 0) goto out;
+    if (wait_agent_ready(c) < 0) goto out;
+  } else {
+    c->orig_selector = jget(c->service, "spec.selector");
+    if (!cJSON_IsObject(c->orig_selector) || cJSON_GetArraySize(c->orig_selector) == 0) {
+      fail(c, "service %s/%s has no selector: kbridge can only take over Services that select "
+           "pods (this one has manually managed endpoints)", c->ns, c->svc);
+      goto out;
+    }
+    const char *type = jstr(c->service, "spec.type");
+    if (type && strcmp(type, "ExternalName") == 0) {
+      fail(c, "service %s/%s is an ExternalName service: nothing to take over", c->ns, c->svc);
+      goto out;
+    }
+    /* Leftovers of an earlier takeover that was not restored. */
+    struct kube_ref dr = {"apps/v1", "deployments", c->ns, c->nm.agent, NULL};
+    cJSON *d = NULL;
+    if (kube_get(c->k, &dr, &d, &e) == 0) {
+      cJSON_Delete(d);
+      fail(c, "deployment %s/%s exists but service %s is not taken over: leftovers of an earlier "
+           "takeover; run `kbridge restore -n %s --service %s` first", c->ns, c->nm.agent, c->svc,
+           c->ns, c->svc);
+      goto out;
+    } else if (e.status != 404) {
+      fail(c, "%s", e.msg);
+      goto out;
+    }
+    struct kube_ref pr = {"v1", "pods", c->ns, NULL, NULL};
+    cJSON *pods = NULL;
+    char sel[1100];
+    snprintf(sel, sizeof sel, "%s", selector_string(c->orig_selector));
+    if (kube_list(c->k, &pr, sel, &pods, &e) < 0) {
+      fail(c, "%s", e.msg);
+      goto out;
+    }
+    const cJSON *pod = cJSON_GetArrayItem(jget(pods, "items"), 0);
+    int npods = cJSON_GetArraySize(jget(pods, "items"));
+    if (pod) {
+      if (find_workload(c, pod) < 0) {
+        cJSON_Delete(pods);
+        goto out;
+      }
+    } else {
+      snprintf(c->wl_kind, sizeof c->wl_kind, "Pods");
+    }
+    cJSON_Delete(pods);
+    if (inspect_ports(c) < 0) goto out;
+    char plist[400] = "";
+    for (int i = 0; i < c->nports; i++) {
+      size_t l = strlen(plist);
+      snprintf(plist + l, sizeof plist - l, "%s%d->%d%s%s%s", i ? ", " : "", c->ports[i].port,
+               c->ports[i].target, c->ports[i].tname[0] ? " (" : "", c->ports[i].tname,
+               c->ports[i].tname[0] ? ")" : "");
+    }
+    progress(c, "inspect", "service %s/%s selects %s (%d pod%s of %s %s); ports %s", c->ns, c->svc,
+             selector_string(c->orig_selector), npods, npods == 1 ? "" : "s", c->wl_kind,
+             c->wl_name[0] ? c->wl_name : "-", plist);
+    if (cfg->replace && npods > 0 && !takeover_workload_resource(c->wl_kind) &&
+        strcmp(c->wl_kind, "Pods") != 0) {
+      fail(c, "--replace: the pods belong to %s %s, which kbridge cannot scale to 0", c->wl_kind,
+           c->wl_name);
+      goto out;
+    }
+    c->fresh = 1;
+    /* 2. agent — from here on, failures undo */
+    if (create_agent(c) < 0 || wait_agent_ready(c) < 0) goto undo_out;
+    /* 3. switch */
+    if (switch_service(c) < 0) goto undo_out;
+  }
+
+  /* 4. tunnels */
+  {
+    if (tls_issue(&c->ca, cfg->key, 0, TLS_KEY_P256, 30, &c->me, err, sizeof err) < 0 ||
+        (c->tun_ssl = tls_client_ctx_from_pem(c->ca.cert, &c->me, err, sizeof err)) == NULL) {
+      fail(c, "cannot make your client certificate: %s", err);
+      goto undo_out;
+    }
+    progress(c, "certificate", "client certificate for route key \"%s\" issued by the service's CA",
+             cfg->key);
+    c->api_ssl = kube_ssl_ctx_new(c->k, err, sizeof err);
+    if (!c->api_ssl) {
+      fail(c, "%s", err);
+      goto undo_out;
+    }
+  }
+  int others = 0;
+  if (set_route(c, 1, &others) < 0) goto undo_out;
+  c->routed = 1;
+  session_write(c->ns, c->svc, cfg->key, cfg->local_port, c->session_path, sizeof c->session_path);
+  progress(c, "tunnels", "opening %d tunnel%s to the agent through the API server", cfg->tunnels,
+           cfg->tunnels == 1 ? "" : "s");
+  if (interrupted) goto leave;
+  {
+    static const struct proxy_hooks hooks = {NULL, hook_open, hook_cancel, hook_carrier_error,
+                                             hook_started, hook_welcome};
+    struct proxy_hooks h = hooks;
+    h.arg = c;
+    struct proxy_config pc;
+    char label[300];
+    memset(&pc, 0, sizeof pc);
+    snprintf(pc.key, sizeof pc.key, "%s", cfg->key);
+    pc.local_port = cfg->local_port;
+    pc.local_host = cfg->local_host;
+    pc.tunnels = cfg->tunnels;
+    pc.exclusive = cfg->replace;
+    pc.log_level = cfg->log_level;
+    pc.hooks = &h;
+    pc.ssl_ctx = c->tun_ssl;
+    snprintf(label, sizeof label, "%s/%s (port-forward)", c->ns, c->nm.agent);
+    pc.agent_label = label;
+    rc = proxy_run(&pc);
+    if (c->sigchld) event_free(c->sigchld);
+    c->sigchld = NULL;
+    sigaction(SIGINT, &sa, NULL); /* libevent restored the defaults */
+    sigaction(SIGTERM, &sa, NULL);
+    if (c->child > 0) { /* we are leaving before the command: stop it */
+      kill(c->child, SIGTERM);
+      int st;
+      waitpid(c->child, &st, 0);
+    } else if (cfg->cmd && c->child_status >= 0 && c->ready_announced) {
+      rc = c->child_status;
+    }
+  }
+
+leave:
+  /* 5. leave */
+  {
+    int last = 1;
+    if (c->routed) {
+      if (set_route(c, 0, &others) < 0) {
+        others = 0;
+      }
+      last = others == 0;
+    }
+    int restored = 0;
+    if (last) {
+      progress(c, "restore", "last developer on %s/%s: restoring the cluster", c->ns, c->svc);
+      if (undo(c, "disconnect") == 0 && wait_gone(c, 30) == 0) restored = 1;
+    }
+    if (c->json) {
+      cJSON *o = cJSON_CreateObject();
+      cJSON_AddStringToObject(o, "event", "disconnected");
+      cJSON_AddBoolToObject(o, "restored", restored);
+      emit_json(o);
+    } else {
+      printf("disconnected%s\n", restored ? "; the cluster is restored" : last ? "; restore did not finish" : "");
+    }
+    if (last && !restored && rc == 0) rc = 1;
+  }
+  goto out;
+
+undo_out:
+  if (c->routed) {
+    int left = 0;
+    set_route(c, 0, &left);
+  }
+  if (c->fresh && c->created) {
+    undo(c, "connect failed");
+    wait_gone(c, 30);
+  }
+  rc = 1;
+out:
+  if (c->session_path[0]) unlink(c->session_path);
+  cJSON_Delete(c->service);
+  cJSON_Delete(c->pod_template);
+  tls_pem_clear(&c->ca);
+  tls_pem_clear(&c->me);
+  if (c->api_ssl) SSL_CTX_free(c->api_ssl);
+  if (c->tun_ssl) SSL_CTX_free(c->tun_ssl);
+  if (c->k) kube_free(c->k);
+  return rc;
+}

@@ -1,0 +1,65 @@
+/* connect.h: `kbridge connect`, `restore`, `list`, `status`, `disconnect`: take a
+ * Kubernetes Service over through the API, route one developer's requests to
+ * their machine, and always put the cluster back (see common/takeover.h for
+ * what is changed and how it is undone).
+ *
+ * Sessions: every running connect writes a session file
+ *   $XDG_RUNTIME_DIR/kbridge/sessions/NS.SVC.KEY.json   (else ~/.cache/kbridge/sessions/)
+ * with its pid, which `status` lists and `disconnect` signals (SIGTERM). */
+#ifndef KB_CONNECT_H
+#define KB_CONNECT_H
+
+#include "log.h"
+#include "options.h"
+
+/* Flags shared by every command that talks to the cluster. */
+struct kube_flags {
+  const char *kubeconfig; /* --kubeconfig */
+  const char *context;    /* --context */
+  const char *namespace;  /* -n / --namespace */
+};
+
+struct connect_config {
+  struct kube_flags kf;
+  const char *service;      /* --service */
+  int local_port;           /* --local-port */
+  const char *local_host;   /* --local-host */
+  char key[OPT_KEY_SIZE];   /* --route-as ("" = $USER + 4 random characters) */
+  int replace;              /* --replace: exclusive mode */
+  const char *env_file;     /* --env-file */
+  const char *agent_image;  /* --agent-image */
+  const char *output;       /* --output: text | json */
+  int tunnels;              /* --tunnels */
+  int lease_seconds;        /* --lease-seconds (the agent's) */
+  int timeout;              /* --timeout: seconds for the agent to become ready */
+  enum log_level log_level; /* --log-level */
+  char **cmd;               /* the command after "--", NULL-terminated, or NULL */
+};
+
+/* restore, list, status, disconnect */
+struct restore_config {
+  struct kube_flags kf;
+  const char *service;
+  const char *output;
+  char key[OPT_KEY_SIZE];   /* disconnect --route-as: only that session */
+  int timeout;              /* disconnect: seconds to wait for the session to end */
+};
+
+struct kube;
+/* Load the kubeconfig (flags, $KUBECONFIG, ~/.kube/config) and make a client.
+ * 0, or -1 with err (broken file, unknown context, invalid namespace). */
+int connect_kube_open(const struct kube_flags *kf, struct kube **out, char *err, size_t errlen);
+
+extern const struct opt_cmd connect_cmd, restore_cmd, list_cmd, status_cmd, disconnect_cmd;
+
+/* The default agent image when neither --agent-image nor $KBRIDGE_AGENT_IMAGE
+ * is given. */
+#define CONNECT_DEFAULT_IMAGE "ghcr.io/kbridge/agent:" KBRIDGE_VERSION
+
+int connect_run(struct connect_config *cfg);
+int restore_run(struct restore_config *cfg);   /* kbridge restore */
+int list_run(struct restore_config *cfg);      /* kbridge list (service unused) */
+int status_run(struct restore_config *cfg);    /* kbridge status (nothing used) */
+int disconnect_run(struct restore_config *cfg);/* kbridge disconnect */
+
+#endif

@@ -1,0 +1,405 @@
+/* sessions.c: `kbridge restore`, `list`, `status`, `disconnect`, and the session
+ * files behind the last two (see session.h, connect.h). */
+#include "connect.h"
+#include "session.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "kube.h"
+#include "takeover.h"
+
+/* ---- session files ---- */
+
+static int mkdirs(const char *path) {
+  char buf[512];
+  snprintf(buf, sizeof buf, "%s", path);
+  for (char *p = buf + 1; *p; p++) {
+    if (*p != '/') continue;
+    *p = '\0';
+    if (mkdir(buf, 0700) < 0 && errno != EEXIST) return -1;
+    *p = '/';
+  }
+  return mkdir(buf, 0700) < 0 && errno != EEXIST ? -1 : 0;
+}
+
+int session_dir(char *out, size_t len) {
+  const char *rt = getenv("XDG_RUNTIME_DIR"), *home = getenv("HOME");
+  if (rt && *rt)
+    snprintf(out, len, "%s/kbridge/sessions", rt);
+  else
+    snprintf(out, len, "%s/.cache/kbridge/sessions", home && *home ? home : "/tmp");
+  return mkdirs(out);
+}
+
+int session_write(const char *ns, const char *svc, const char *key, int local_port, char *path,
+                  size_t pathlen) {
+  char dir[400], tmp[600], since[40];
+  time_t t = time(NULL);
+  struct tm tm;
+  gmtime_r(&t, &tm);
+  strftime(since, sizeof since, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  if (session_dir(dir, sizeof dir) < 0) {
+    log_warn("session directory %s: %s (kbridge status will not show this session)", dir,
+             strerror(errno));
+    return -1;
+  }
+  snprintf(path, pathlen, "%s/%s.%s.%s.json", dir, ns, svc, key);
+  snprintf(tmp, sizeof tmp, "%s.tmp", path);
+  FILE *f = fopen(tmp, "w");
+  if (!f) {
+    log_warn("session file %s: %s", tmp, strerror(errno));
+    path[0] = '\0';
+    return -1;
+  }
+  fprintf(f, "{\"pid\":%ld,\"namespace\":\"%s\",\"service\":\"%s\",\"key\":\"%s\","
+          "\"local_port\":%d,\"since\":\"%s\"}\n", (long)getpid(), ns, svc, key, local_port, since);
+  fclose(f);
+  if (rename(tmp, path) < 0) {
+    unlink(tmp);
+    path[0] = '\0';
+    return -1;
+  }
+  return 0;
+}
+
+/* Call fn for every live session (stale files are removed). */
+typedef void (*session_fn)(const cJSON *s, const char *path, void *arg);
+static int sessions_each(session_fn fn, void *arg) {
+  char dir[400];
+  if (session_dir(dir, sizeof dir) < 0) return 0;
+  DIR *d = opendir(dir);
+  if (!d) return 0;
+  struct dirent *de;
+  int n = 0;
+  while ((de = readdir(d)) != NULL) {
+    size_t l = strlen(de->d_name);
+    if (l < 6 || strcmp(de->d_name + l - 5, ".json") != 0) continue;
+    char path[800], buf[2048];
+    snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+    FILE *f = fopen(path, "r");
+    if (!f) continue;
+    size_t m = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[m] = '\0';
+    cJSON *s = cJSON_Parse(buf);
+    const cJSON *pid = cJSON_GetObjectItemCaseSensitive(s, "pid");
+    if (!cJSON_IsNumber(pid) || (kill((pid_t)pid->valueint, 0) < 0 && errno == ESRCH)) {
+      unlink(path); /* its process is gone */
+    } else {
+      fn(s, path, arg);
+      n++;
+    }
+    cJSON_Delete(s);
+  }
+  closedir(d);
+  return n;
+}
+
+static const char *sget(const cJSON *s, const char *k) {
+  const char *v = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(s, k));
+  return v ? v : "?";
+}
+static int iget(const cJSON *s, const char *k) {
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(s, k);
+  return cJSON_IsNumber(v) ? v->valueint : 0;
+}
+
+/* ---- option tables ---- */
+
+#define RC_OFF(field) offsetof(struct restore_config, field)
+#define KUBE_FLAGS                                                                          \
+  {"namespace", OPT_STRING, RC_OFF(kf.namespace), 0, 0, NULL, "NS", 0, 0,                  \
+   "namespace (-n; default: the context's)"},                                               \
+  {"kubeconfig", OPT_PATH, RC_OFF(kf.kubeconfig), 0, 0, NULL, NULL, 0, 0,                  \
+   "kubeconfig file (default $KUBECONFIG, else ~/.kube/config)"},                          \
+  {"context", OPT_STRING, RC_OFF(kf.context), 0, 0, NULL, NULL, 0, 0,                      \
+   "kubeconfig context (default: current-context)"},                                        \
+  {"output", OPT_STRING, RC_OFF(output), 0, 0, "text", "text|json", 0, 0,                  \
+   "json: machine-readable output"}
+
+static const struct opt_def restore_opts[] = {
+    {"service", OPT_STRING, RC_OFF(service), 0, 1, NULL, "SVC", 0, 0, "the Service to restore"},
+    KUBE_FLAGS,
+};
+const struct opt_cmd restore_cmd = {
+    "restore",
+    "Put a taken-over Service back from its annotations alone (no agent needed).",
+    "Restores the selector (unless someone else changed it: reported as a conflict), the\n"
+    "workload's replica count, and deletes the shadow Service and the agent's objects.\n"
+    "Running it again, or on a Service never taken over, changes nothing. Exit status 0\n"
+    "when done (conflicts included, they are printed), 1 when an API call failed.",
+    restore_opts, sizeof restore_opts / sizeof restore_opts[0]};
+
+static const struct opt_def list_opts[] = {KUBE_FLAGS};
+const struct opt_cmd list_cmd = {
+    "list", "List the Services of a namespace that are taken over, with their routes.",
+    "Read from the cluster (the Services' kbridge.dev/ annotations and the agent pods).",
+    list_opts, sizeof list_opts / sizeof list_opts[0]};
+
+static const struct opt_def status_opts[] = {
+    {"output", OPT_STRING, RC_OFF(output), 0, 0, "text", "text|json", 0, 0,
+     "json: machine-readable output"},
+};
+const struct opt_cmd status_cmd = {
+    "status", "List the kbridge connect sessions running on this machine.", NULL, status_opts,
+    sizeof status_opts / sizeof status_opts[0]};
+
+static const struct opt_def disconnect_opts[] = {
+    {"service", OPT_STRING, RC_OFF(service), 0, 0, NULL, "SVC", 0, 0,
+     "end the sessions on this Service (default: all sessions of this machine)"},
+    {"namespace", OPT_STRING, RC_OFF(kf.namespace), 0, 0, NULL, "NS", 0, 0,
+     "only sessions in this namespace (-n)"},
+    {"route-as", OPT_KEY, RC_OFF(key), 0, 0, NULL, NULL, 0, 0, "only the session with this key"},
+    {"timeout", OPT_INT, RC_OFF(timeout), 0, 0, "60", NULL, 1, 3600,
+     "seconds to wait for the sessions to restore and end"},
+};
+const struct opt_cmd disconnect_cmd = {
+    "disconnect", "End kbridge connect sessions on this machine (they restore the cluster).",
+    "Sends SIGTERM to the matching sessions and waits until they have ended.", disconnect_opts,
+    sizeof disconnect_opts / sizeof disconnect_opts[0]};
+
+static int output_json(const struct restore_config *cfg, int *json) {
+  *json = cfg->output && strcmp(cfg->output, "json") == 0;
+  if (cfg->output && !*json && strcmp(cfg->output, "text") != 0) {
+    fprintf(stderr, "kbridge: --output: expected text or json, got \"%s\"\n", cfg->output);
+    return -1;
+  }
+  return 0;
+}
+
+/* ---- restore ---- */
+
+int restore_run(struct restore_config *cfg) {
+  struct kube *k = NULL;
+  char err[1200];
+  int json;
+  if (output_json(cfg, &json) < 0) return 2;
+  log_init("kbridge", LOGL_WARN);
+  if (connect_kube_open(&cfg->kf, &k, err, sizeof err) < 0) {
+    fprintf(stderr, "kbridge: %s\n", err);
+    return 1;
+  }
+  const char *ns = kube_namespace(k);
+  struct takeover_report rep;
+  int rc = takeover_restore(k, ns, cfg->service, &rep, err, sizeof err);
+  if (json) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "event", rc == 0 ? "restored" : "error");
+    cJSON_AddStringToObject(o, "namespace", ns);
+    cJSON_AddStringToObject(o, "service", cfg->service);
+    if (rc < 0) cJSON_AddStringToObject(o, "message", err);
+    cJSON_AddNumberToObject(o, "changed", rep.changed);
+    cJSON_AddNumberToObject(o, "conflicts", rep.conflicts);
+    cJSON_AddStringToObject(o, "report", rep.text);
+    char *s = cJSON_PrintUnformatted(o);
+    printf("%s\n", s);
+    free(s);
+    cJSON_Delete(o);
+  } else {
+    if (rep.text[0]) printf("%s\n", rep.text);
+    if (rc < 0)
+      fprintf(stderr, "kbridge: restore of %s/%s stopped: %s (run it again to finish)\n", ns,
+              cfg->service, err);
+    else if (rep.changed == 0 && rep.conflicts == 0)
+      printf("service %s/%s: nothing to restore\n", ns, cfg->service);
+    else
+      printf("service %s/%s: restored%s\n", ns, cfg->service,
+             rep.conflicts ? " (with conflicts, see above)" : "");
+  }
+  kube_free(k);
+  return rc < 0 ? 1 : 0;
+}
+
+/* ---- list ---- */
+
+int list_run(struct restore_config *cfg) {
+  struct kube *k = NULL;
+  char err[1200];
+  int json;
+  if (output_json(cfg, &json) < 0) return 2;
+  log_init("kbridge", LOGL_WARN);
+  if (connect_kube_open(&cfg->kf, &k, err, sizeof err) < 0) {
+    fprintf(stderr, "kbridge: %s\n", err);
+    return 1;
+  }
+  const char *ns = kube_namespace(k);
+  struct kube_ref r = {"v1", "services", ns, NULL, NULL};
+  struct kube_err e;
+  cJSON *list = NULL;
+  if (kube_list(k, &r, NULL, &list, &e) < 0) {
+    fprintf(stderr, "kbridge: %s\n", e.msg);
+    kube_free(k);
+    return 1;
+  }
+  cJSON *out = cJSON_CreateArray();
+  const cJSON *svc;
+  cJSON_ArrayForEach(svc, cJSON_GetObjectItemCaseSensitive(list, "items")) {
+    const char *tk = takeover_annotation(svc, TAKEOVER_ANN_TAKEOVER);
+    if (!tk) continue;
+    cJSON *t = cJSON_Parse(tk);
+    cJSON *o = cJSON_CreateObject();
+    const char *name = cJSON_GetStringValue(
+        cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(svc, "metadata"), "name"));
+    cJSON_AddStringToObject(o, "service", name ? name : "?");
+    cJSON_AddStringToObject(o, "mode", sget(t, "mode"));
+    cJSON_AddStringToObject(o, "since", sget(t, "since"));
+    cJSON_AddStringToObject(o, "by", sget(t, "by"));
+    cJSON_AddStringToObject(o, "agent", sget(t, "agent"));
+    const char *orig = takeover_annotation(svc, TAKEOVER_ANN_ORIGINAL_SELECTOR);
+    cJSON_AddStringToObject(o, "original_selector", orig ? orig : "");
+    cJSON *routes = cJSON_AddArrayToObject(o, "routes");
+    const cJSON *a;
+    cJSON_ArrayForEach(a, cJSON_GetObjectItemCaseSensitive(
+                              cJSON_GetObjectItemCaseSensitive(svc, "metadata"), "annotations")) {
+      if (strncmp(a->string, "kbridge.dev/route-", 18) != 0 || !cJSON_IsString(a)) continue;
+      cJSON *v = cJSON_Parse(a->valuestring);
+      cJSON *ro = cJSON_CreateObject();
+      cJSON_AddStringToObject(ro, "key", a->string + 18);
+      cJSON_AddStringToObject(ro, "by", sget(v, "by"));
+      cJSON_AddStringToObject(ro, "since", sget(v, "since"));
+      cJSON_AddItemToArray(routes, ro);
+      cJSON_Delete(v);
+    }
+    /* Agent pods and their readiness. */
+    char sel[200];
+    snprintf(sel, sizeof sel, "%s=%s", TAKEOVER_LABEL_AGENT, name ? name : "");
+    struct kube_ref pr = {"v1", "pods", ns, NULL, NULL};
+    cJSON *pods = NULL;
+    int ready = 0, npods = 0;
+    if (kube_list(k, &pr, sel, &pods, &e) == 0) {
+      const cJSON *p;
+      cJSON_ArrayForEach(p, cJSON_GetObjectItemCaseSensitive(pods, "items")) {
+        npods++;
+        const cJSON *c;
+        cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(
+                                  cJSON_GetObjectItemCaseSensitive(p, "status"), "conditions")) {
+          if (strcmp(sget(c, "type"), "Ready") == 0 && strcmp(sget(c, "status"), "True") == 0)
+            ready++;
+        }
+      }
+    }
+    cJSON_Delete(pods);
+    cJSON_AddNumberToObject(o, "agent_pods", npods);
+    cJSON_AddNumberToObject(o, "agent_ready", ready);
+    cJSON_AddItemToArray(out, o);
+    cJSON_Delete(t);
+  }
+  if (json) {
+    char *s = cJSON_PrintUnformatted(out);
+    printf("%s\n", s);
+    free(s);
+  } else if (cJSON_GetArraySize(out) == 0) {
+    printf("no service in namespace %s is taken over\n", ns);
+  } else {
+    const cJSON *o;
+    printf("%-24s %-9s %-21s %-24s %-6s %s\n", "SERVICE", "MODE", "SINCE", "BY", "AGENT",
+           "ROUTES");
+    cJSON_ArrayForEach(o, out) {
+      char routes[800] = "", agent[32];
+      const cJSON *ro;
+      cJSON_ArrayForEach(ro, cJSON_GetObjectItemCaseSensitive(o, "routes")) {
+        size_t l = strlen(routes);
+        snprintf(routes + l, sizeof routes - l, "%s%s (%s since %s)", l ? ", " : "",
+                 sget(ro, "key"), sget(ro, "by"), sget(ro, "since"));
+      }
+      snprintf(agent, sizeof agent, "%d/%d", iget(o, "agent_ready"), iget(o, "agent_pods"));
+      printf("%-24s %-9s %-21s %-24s %-6s %s\n", sget(o, "service"), sget(o, "mode"),
+             sget(o, "since"), sget(o, "by"), agent, routes[0] ? routes : "-");
+    }
+  }
+  cJSON_Delete(out);
+  cJSON_Delete(list);
+  kube_free(k);
+  return 0;
+}
+
+/* ---- status ---- */
+
+static void status_one(const cJSON *s, const char *path, void *arg) {
+  cJSON *arr = arg;
+  (void)path;
+  cJSON_AddItemToArray(arr, cJSON_Duplicate(s, 1));
+}
+
+int status_run(struct restore_config *cfg) {
+  int json;
+  if (output_json(cfg, &json) < 0) return 2;
+  cJSON *arr = cJSON_CreateArray();
+  sessions_each(status_one, arr);
+  if (json) {
+    char *s = cJSON_PrintUnformatted(arr);
+    printf("%s\n", s);
+    free(s);
+  } else if (cJSON_GetArraySize(arr) == 0) {
+    printf("no kbridge connect session on this machine\n");
+  } else {
+    printf("%-12s %-20s %-20s %-6s %-8s %s\n", "NAMESPACE", "SERVICE", "ROUTE", "PORT", "PID",
+           "SINCE");
+    const cJSON *s;
+    cJSON_ArrayForEach(s, arr)
+      printf("%-12s %-20s %-20s %-6d %-8d %s\n", sget(s, "namespace"), sget(s, "service"),
+             sget(s, "key"), iget(s, "local_port"), iget(s, "pid"), sget(s, "since"));
+  }
+  cJSON_Delete(arr);
+  return 0;
+}
+
+/* ---- disconnect ---- */
+
+struct dc {
+  const struct restore_config *cfg;
+  pid_t pids[64];
+  int n;
+};
+
+static void disconnect_one(const cJSON *s, const char *path, void *arg) {
+  struct dc *d = arg;
+  (void)path;
+  const struct restore_config *cfg = d->cfg;
+  if (cfg->service && strcmp(cfg->service, sget(s, "service")) != 0) return;
+  if (cfg->kf.namespace && strcmp(cfg->kf.namespace, sget(s, "namespace")) != 0) return;
+  if (cfg->key[0] && strcmp(cfg->key, sget(s, "key")) != 0) return;
+  if (d->n == 64) return;
+  pid_t pid = (pid_t)iget(s, "pid");
+  if (kill(pid, SIGTERM) == 0) {
+    printf("disconnecting %s/%s route %s (pid %ld)\n", sget(s, "namespace"), sget(s, "service"),
+           sget(s, "key"), (long)pid);
+    d->pids[d->n++] = pid;
+  } else {
+    fprintf(stderr, "kbridge: cannot signal pid %ld: %s\n", (long)pid, strerror(errno));
+  }
+}
+
+int disconnect_run(struct restore_config *cfg) {
+  struct dc d;
+  memset(&d, 0, sizeof d);
+  d.cfg = cfg;
+  sessions_each(disconnect_one, &d);
+  fflush(stdout);
+  if (d.n == 0) {
+    fprintf(stderr, "kbridge: no matching kbridge connect session on this machine (see kbridge "
+            "status)\n");
+    return 1;
+  }
+  for (int waited = 0; waited < cfg->timeout * 10; waited++) {
+    int alive = 0;
+    for (int i = 0; i < d.n; i++) alive += kill(d.pids[i], 0) == 0;
+    if (!alive) {
+      printf("disconnected\n");
+      return 0;
+    }
+    usleep(100 * 1000);
+  }
+  fprintf(stderr, "kbridge: sessions still running after %d s\n", cfg->timeout);
+  return 1;
+}
