@@ -20,6 +20,7 @@
 #include "addr.h"
 #include "agent.h"
 #include "downstream.h"
+#include "lifecycle.h"
 #include "log.h"
 #include "metrics.h"
 #include "options.h"
@@ -160,6 +161,19 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg) {
   event_base_loopexit(ag->base, &tv);
 }
 
+/* The lease ran out and the cluster is back (lifecycle.h): stop as on SIGTERM. */
+static void restored_cb(void *arg) {
+  struct agent *ag = arg;
+  if (ag->stopping) return;
+  log_info("stopping: the Service is restored");
+  ag->stopping = 1;
+  update_listeners(ag);
+  tunnels_shutdown(ag);
+  pool_clear(&ag->fallback_pool);
+  struct timeval tv = {0, 200 * 1000}; /* let GOAWAY frames leave */
+  event_base_loopexit(ag->base, &tv);
+}
+
 static int listen_service(struct agent *ag, const struct hostport *hp, char *err,
                           size_t errlen) {
   struct evutil_addrinfo hints, *res = NULL;
@@ -207,6 +221,16 @@ int main(int argc, char **argv) {
     return 2;
   }
   log_init("kbridge-agent", opt.log_level);
+  /* Interim, until downstream.c takes each listener's own fallback: --port-map
+   * entries must all name the same fallback, which serves every port. */
+  if (!opt.have_fallback) opt.fallback = opt.listen_fallback[0];
+  for (size_t i = 0; i < opt.nlisten; i++)
+    if (strcmp(opt.listen_fallback[i].host, opt.fallback.host) ||
+        opt.listen_fallback[i].port != opt.fallback.port) {
+      fprintf(stderr, "kbridge-agent: --port-map: one fallback per port is not wired yet; give "
+                      "every port the same fallback\n");
+      return 2;
+    }
   signal(SIGPIPE, SIG_IGN);
 
   struct agent ag;
@@ -280,9 +304,22 @@ int main(int argc, char **argv) {
   event_add(sigint, NULL);
   event_add(sigterm, NULL);
 
-  char fb[300];
-  log_info("serving %zu port(s); fallback %s; %s mode", opt.nlisten,
-           addr_format(&opt.fallback, fb, sizeof fb), opt.exclusive ? "exclusive" : "routing");
+  struct lifecycle *life = NULL;
+  if (opt.service[0]) {
+    struct lifecycle_config lcfg = {opt.namespace, opt.service, opt.lease_seconds,
+                                    opt.grace_seconds, NULL};
+    life = lifecycle_new(ag.base, ag.routes, &lcfg, restored_cb, &ag, err, sizeof err);
+    if (!life) {
+      fprintf(stderr, "kbridge-agent: --service %s: %s\n", opt.service, err);
+      return 2;
+    }
+  }
+
+  char fb[300], la[300];
+  for (size_t i = 0; i < opt.nlisten; i++)
+    log_info("port %s: unrouted traffic to %s", addr_format(&opt.listen[i], la, sizeof la),
+             addr_format(&opt.listen_fallback[i], fb, sizeof fb));
+  log_info("serving %zu port(s); %s mode", opt.nlisten, opt.exclusive ? "exclusive" : "routing");
   printf("ready\n");
   fflush(stdout);
 
@@ -292,6 +329,7 @@ int main(int argc, char **argv) {
     rc = 0;
 
   /* Orderly teardown so sanitizers see what is still owned. */
+  lifecycle_free(life); /* waits for a restore that is running */
   for (size_t i = 0; i < ag.nlisteners; i++) evconnlistener_free(ag.listeners[i].lev);
   downstream_close_all(&ag);
   agent_splices_abort(&ag);

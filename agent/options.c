@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dnslabel.h"
+
 enum opt_type {
   OPT_ADDR_LIST, /* HOST:PORT[,HOST:PORT...], port 0 allowed */
   OPT_ADDR,      /* HOST:PORT, port 0 allowed */
@@ -19,6 +21,8 @@ enum opt_type {
   OPT_FLAG,
   OPT_LONG,      /* positive integer */
   OPT_LOGLEVEL,
+  OPT_PORT_MAP,  /* LISTEN:PORT=FALLBACK:PORT, repeatable: appends to listen[] */
+  OPT_LABEL,     /* a DNS label (Kubernetes object name) */
 };
 
 struct opt_def {
@@ -38,10 +42,14 @@ struct opt_def {
 #define NOSET ((size_t)-1)
 
 static const struct opt_def opt_table[] = {
-  {"listen", OPT_ADDR_LIST, OFF(listen), 0, NOSET, 1, NULL, 0, 0,
-   "ADDR:PORT[,...]  service ports to serve (port 0: pick one, printed on stdout)"},
-  {"fallback", OPT_ADDR_DIAL, OFF(fallback), 0, NOSET, 1, NULL, 0, 0,
-   "HOST:PORT  the original pods (shadow Service); unrouted traffic goes here"},
+  {"listen", OPT_ADDR_LIST, OFF(listen), 0, NOSET, 0, NULL, 0, 0,
+   "ADDR:PORT[,...]  service ports to serve (port 0: pick one, printed on stdout); "
+   "needs --fallback"},
+  {"fallback", OPT_ADDR_DIAL, OFF(fallback), 0, OFF(have_fallback), 0, NULL, 0, 0,
+   "HOST:PORT  the original pods (shadow Service); unrouted traffic of --listen ports goes here"},
+  {"port-map", OPT_PORT_MAP, 0, 0, NOSET, 0, NULL, 0, 0,
+   "ADDR:PORT=HOST:PORT  serve ADDR:PORT, its unrouted traffic to HOST:PORT (repeatable; one "
+   "per Service port)"},
   {"tunnel-listen", OPT_ADDR, OFF(tunnel_listen), 0, NOSET, 1, NULL, 0, 0,
    "ADDR:PORT  where developers' TLS tunnels connect"},
   {"tls-dir", OPT_STRING, OFF(tls_dir), SZ(tls_dir), NOSET, 1, NULL, 0, 0,
@@ -70,6 +78,14 @@ static const struct opt_def opt_table[] = {
    "N  idle upstream connections kept this long for reuse"},
   {"pool-max", OPT_LONG, OFF(pool_max), 0, NOSET, 0, "10000", 0, 1000000,
    "N  idle upstream connections kept per destination (0: no reuse); --pool-idle-ms trims"},
+  {"service", OPT_LABEL, OFF(service), SZ(service), NOSET, 0, NULL, 0, 0,
+   "NAME  in the cluster: the taken-over Service; restore it when the lease ends"},
+  {"namespace", OPT_LABEL, OFF(namespace), SZ(namespace), NOSET, 0, NULL, 0, 0,
+   "NS  namespace of --service (default: the pod's, from its service account)"},
+  {"lease-seconds", OPT_LONG, OFF(lease_seconds), 0, NOSET, 0, "60", 1, 86400,
+   "N  restore after this long with no developer connected"},
+  {"grace-seconds", OPT_LONG, OFF(grace_seconds), 0, NOSET, 0, "5", 0, 3600,
+   "N  restore this long after the last developer left cleanly"},
 };
 #define NOPTS (sizeof opt_table / sizeof opt_table[0])
 
@@ -94,8 +110,7 @@ static int set_value(const struct opt_def *d, const char *v, struct agent_option
   char *base = (char *)o;
   char why[300];
   switch (d->type) {
-  case OPT_ADDR_LIST: {
-    o->nlisten = 0;
+  case OPT_ADDR_LIST: { /* appends: --port-map entries may come first */
     const char *p = v;
     for (;;) {
       const char *comma = strchr(p, ',');
@@ -164,6 +179,39 @@ static int set_value(const struct opt_def *d, const char *v, struct agent_option
       return -1;
     }
     return 0;
+  case OPT_PORT_MAP: {
+    const char *eq = strchr(v, '=');
+    char lis[300];
+    if (!eq || eq == v || !eq[1] || (size_t)(eq - v) >= sizeof lis) {
+      snprintf(err, errlen, "--%s: '%s' is not LISTENADDR:PORT=FALLBACKHOST:PORT", d->name, v);
+      return -1;
+    }
+    if (o->nlisten == AGENT_MAX_LISTEN) {
+      snprintf(err, errlen, "--%s: more than %d listening addresses in all", d->name,
+               AGENT_MAX_LISTEN);
+      return -1;
+    }
+    memcpy(lis, v, (size_t)(eq - v));
+    lis[eq - v] = 0;
+    if (addr_parse(lis, 1, &o->listen[o->nlisten], why, sizeof why) < 0) {
+      snprintf(err, errlen, "--%s: listen address %s", d->name, why);
+      return -1;
+    }
+    if (addr_parse(eq + 1, 0, &o->listen_fallback[o->nlisten], why, sizeof why) < 0) {
+      snprintf(err, errlen, "--%s: fallback %s", d->name, why);
+      return -1;
+    }
+    o->nlisten++;
+    return 0;
+  }
+  case OPT_LABEL:
+    if (!dns_label_valid(v, strlen(v))) {
+      snprintf(err, errlen, "--%s: '%s' is not a Kubernetes name (a-z, 0-9, '-', at most 63)",
+               d->name, v);
+      return -1;
+    }
+    memcpy(base + d->off, v, strlen(v) + 1);
+    return 0;
   }
   return -1;
 }
@@ -215,13 +263,37 @@ enum options_result options_parse(int argc, char **argv, struct agent_options *o
       snprintf(err, errlen, "--%s needs a value", d->name);
       return OPTIONS_ERROR;
     }
-    if (seen[k] && d->type != OPT_FLAG) {
+    if (seen[k] && d->type != OPT_FLAG && d->type != OPT_PORT_MAP) {
       snprintf(err, errlen, "--%s given twice", d->name);
       return OPTIONS_ERROR;
     }
     seen[k] = 1;
     if (set_value(d, v, o, err, errlen) < 0) return OPTIONS_ERROR;
     if (d->set_off != NOSET) *(int *)((char *)o + d->set_off) = 1;
+  }
+  /* Ports to serve come from --listen (all sharing --fallback) and --port-map
+   * (each its own fallback); --listen entries are those without one yet. */
+  int plain = 0;
+  for (size_t i = 0; i < o->nlisten; i++)
+    if (o->listen_fallback[i].port == 0) {
+      plain = 1;
+      o->listen_fallback[i] = o->fallback;
+    }
+  if (o->nlisten == 0) {
+    snprintf(err, errlen, "--listen or --port-map is required (see --help)");
+    return OPTIONS_ERROR;
+  }
+  if (plain && !o->have_fallback) {
+    snprintf(err, errlen, "--fallback is required with --listen (see --help)");
+    return OPTIONS_ERROR;
+  }
+  if (!plain && o->have_fallback) {
+    snprintf(err, errlen, "--fallback is only for --listen ports; --port-map names its own");
+    return OPTIONS_ERROR;
+  }
+  if (o->namespace[0] && !o->service[0]) {
+    snprintf(err, errlen, "--namespace is only used with --service");
+    return OPTIONS_ERROR;
   }
   for (size_t k = 0; k < NOPTS; k++)
     if (opt_table[k].required && !seen[k]) {

@@ -32,6 +32,15 @@ struct agent_options {
   long connect_timeout_ms;                  /* --connect-timeout-ms, default 5000 */
   long pool_idle_ms;                        /* --pool-idle-ms, default 4000 */
   long pool_max;                            /* --pool-max, default 10000 per destination */
+  /* Per-port fallback: listen_fallback[i] is where unrouted traffic of listen[i]
+   * goes: its own for a --port-map LISTEN=FALLBACK entry, else --fallback. */
+  struct hostport listen_fallback[AGENT_MAX_LISTEN];
+  int have_fallback;                        /* --fallback given */
+  /* In the cluster (lifecycle.h): enabled by --service. */
+  char namespace[64];                       /* --namespace, default the pod's */
+  char service[64];                         /* --service: restore this Service when the lease ends */
+  long lease_seconds;                       /* --lease-seconds, default 60 */
+  long grace_seconds;                       /* --grace-seconds, default 5 */
 };
 
 enum options_result { OPTIONS_OK = 0, OPTIONS_EXIT_OK = 1, OPTIONS_ERROR = 2 };

@@ -1,0 +1,196 @@
+/* test_lifecycle.c: when the agent decides to restore, measured on a real event
+ * loop with a fake restore function (the thread, the pipe and the join are the
+ * real ones).
+ *
+ * Each case scripts developer arrivals and departures on timers, runs the loop
+ * until the restore is done (or a time limit), and checks when it happened:
+ * lease from start, grace after a clean leave (GOAWAY), lease after a lost
+ * tunnel, a reconnect calling the grace off, a departure only the 1 s tick
+ * sees, and a failing restore reported in /healthz and /metrics. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+
+#include "check.h"
+#include "lifecycle.h"
+#include "log.h"
+#include "route_table.h"
+#include "takeover.h"
+
+#define CLEAN "peer closed the tunnel (CANCEL): developer proxy stopping"
+#define LOST "carrier error: connection reset by peer"
+
+static int fake_calls;
+static int fake_fail;
+
+static int fake_restore(const char *ns, const char *service, struct takeover_report *rep,
+                        char *err, size_t errlen) {
+  fake_calls++;
+  if (fake_fail) {
+    snprintf(err, errlen, "boom: the API server said no");
+    return -1;
+  }
+  snprintf(rep->text, sizeof rep->text, "service %s/%s: selector restored", ns, service);
+  rep->changed = 1;
+  return 0;
+}
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+enum step_kind { STEP_REGISTER, STEP_CLOSE_CLEAN, STEP_CLOSE_LOST, STEP_REMOVE_SILENTLY };
+struct step {
+  int at_ms;
+  enum step_kind kind;
+};
+
+struct run {
+  struct event_base *base;
+  struct route_table *routes;
+  struct lifecycle *lc;
+  double t0, done_at;
+  int conn; /* a stand-in for the tunnel pointer */
+};
+
+struct step_ev {
+  struct run *r;
+  struct step s;
+  struct event *ev;
+};
+
+static void step_cb(evutil_socket_t fd, short what, void *arg) {
+  struct step_ev *se = arg;
+  struct run *r = se->r;
+  switch (se->s.kind) {
+  case STEP_REGISTER:
+    route_table_add(r->routes, "alice", &r->conn);
+    lifecycle_check(r->lc);
+    break;
+  case STEP_CLOSE_CLEAN:
+  case STEP_CLOSE_LOST:
+    route_table_remove(r->routes, "alice", &r->conn);
+    lifecycle_tunnel_closed(r->lc, "alice", se->s.kind == STEP_CLOSE_CLEAN ? CLEAN : LOST);
+    break;
+  case STEP_REMOVE_SILENTLY:
+    route_table_remove(r->routes, "alice", &r->conn);
+    break;
+  }
+}
+
+static void done_cb(void *arg) {
+  struct run *r = arg;
+  r->done_at = now_s() - r->t0;
+  event_base_loopexit(r->base, NULL);
+}
+
+/* Run one case; returns the seconds until the restore was done, or -1 if it was
+ * not done within limit_s. healthz/metrics (if not NULL) get the state at the end. */
+static double run_case(const char *name, long lease, long grace, const struct step *steps,
+                       size_t nsteps, double limit_s, struct evbuffer *healthz,
+                       struct evbuffer *metrics) {
+  struct run r;
+  memset(&r, 0, sizeof r);
+  r.base = event_base_new();
+  r.routes = route_table_new();
+  r.done_at = -1;
+  struct lifecycle_config cfg = {"shop", "api", lease, grace, fake_restore};
+  char err[256];
+  r.t0 = now_s();
+  r.lc = lifecycle_new(r.base, r.routes, &cfg, done_cb, &r, err, sizeof err);
+  CHECK(r.lc != NULL);
+  struct step_ev *se = calloc(nsteps ? nsteps : 1, sizeof *se);
+  for (size_t i = 0; i < nsteps; i++) {
+    se[i].r = &r;
+    se[i].s = steps[i];
+    se[i].ev = evtimer_new(r.base, step_cb, &se[i]);
+    struct timeval tv = {steps[i].at_ms / 1000, (steps[i].at_ms % 1000) * 1000};
+    evtimer_add(se[i].ev, &tv);
+  }
+  struct timeval lim = {(time_t)limit_s, (suseconds_t)((limit_s - (double)(time_t)limit_s) * 1e6)};
+  event_base_loopexit(r.base, &lim);
+  event_base_dispatch(r.base);
+  if (healthz) lifecycle_json(r.lc, healthz);
+  if (metrics) lifecycle_metrics(r.lc, r.routes, metrics);
+  lifecycle_free(r.lc);
+  for (size_t i = 0; i < nsteps; i++) event_free(se[i].ev);
+  free(se);
+  route_table_free(r.routes);
+  event_base_free(r.base);
+  if (r.done_at >= 0)
+    printf("%-44s restore done at %.2f s\n", name, r.done_at);
+  else
+    printf("%-44s no restore within %.1f s\n", name, limit_s);
+  return r.done_at;
+}
+
+static int contains(struct evbuffer *b, const char *s) {
+  size_t n = evbuffer_get_length(b);
+  char *p = malloc(n + 1);
+  evbuffer_copyout(b, p, n);
+  p[n] = 0;
+  int found = strstr(p, s) != NULL;
+  if (!found) fprintf(stderr, "expected \"%s\" in:\n%s\n", s, p);
+  free(p);
+  return found;
+}
+
+int main(void) {
+  log_init("test_lifecycle", LOGL_WARN);
+  double t;
+
+  /* nobody ever connects: the lease runs from the start */
+  t = run_case("no developer: lease 1 s", 1, 5, NULL, 0, 3, NULL, NULL);
+  CHECK(t >= 0.95 && t < 1.6);
+  CHECK_EQ_INT(fake_calls, 1);
+
+  /* the developer leaves with a GOAWAY: grace, not lease */
+  const struct step clean[] = {{100, STEP_REGISTER}, {300, STEP_CLOSE_CLEAN}};
+  t = run_case("clean leave at 0.3 s: grace 1 s (lease 3 s)", 3, 1, clean, 2, 5, NULL, NULL);
+  CHECK(t >= 1.25 && t < 1.9);
+
+  /* the tunnel is lost (kill -9, network): the whole lease */
+  const struct step lost[] = {{100, STEP_REGISTER}, {300, STEP_CLOSE_LOST}};
+  t = run_case("lost at 0.3 s: lease 2 s (grace 1 s)", 2, 1, lost, 2, 5, NULL, NULL);
+  CHECK(t >= 2.25 && t < 2.9);
+
+  /* a developer coming back within the grace calls the restore off */
+  const struct step back[] = {{100, STEP_REGISTER}, {300, STEP_CLOSE_CLEAN}, {800, STEP_REGISTER}};
+  struct evbuffer *h = evbuffer_new(), *m = evbuffer_new();
+  fake_calls = 0;
+  t = run_case("clean leave, back within the grace", 3, 1, back, 3, 2.5, h, m);
+  CHECK(t < 0);
+  CHECK_EQ_INT(fake_calls, 0);
+  CHECK(contains(h, "\"state\":\"connected\""));
+  CHECK(contains(h, "\"developers\":1"));
+  CHECK(contains(m, "kbridge_developers 1\n"));
+  CHECK(contains(m, "kbridge_lease_seconds_remaining 3.0\n"));
+  evbuffer_drain(h, evbuffer_get_length(h));
+  evbuffer_drain(m, evbuffer_get_length(m));
+
+  /* a departure nobody reported (no hook): the 1 s tick notices, lease applies */
+  const struct step silent[] = {{100, STEP_REGISTER}, {300, STEP_REMOVE_SILENTLY}};
+  t = run_case("unreported departure: tick + lease 1 s", 1, 0, silent, 2, 4, NULL, NULL);
+  CHECK(t >= 1.25 && t < 2.6);
+
+  /* a failing restore: reported, retried later (5 s back-off, not waited for) */
+  fake_fail = 1;
+  fake_calls = 0;
+  t = run_case("failing restore", 1, 1, NULL, 0, 1.6, h, m);
+  CHECK(t < 0);
+  CHECK_EQ_INT(fake_calls, 1);
+  CHECK(contains(h, "\"state\":\"retry\""));
+  CHECK(contains(h, "\"last_error\":\"boom: the API server said no\""));
+  CHECK(contains(h, "\"restores_failed\":1"));
+  CHECK(contains(m, "kbridge_restores_total{result=\"failed\"} 1\n"));
+  CHECK(contains(m, "kbridge_developers 0\n"));
+  evbuffer_free(h);
+  evbuffer_free(m);
+  return check_done();
+}
