@@ -252,6 +252,21 @@ int main(int argc, char **argv) {
     log_err("out of memory at startup");
     return 1;
   }
+  /* The lease first: a pod without a usable service account fails here, before
+   * anything else is set up. */
+  struct lifecycle *life = NULL;
+  if (opt.service[0]) {
+    struct lifecycle_config lcfg = {opt.namespace, opt.service, opt.lease_seconds,
+                                    opt.grace_seconds, NULL};
+    life = lifecycle_new(ag.base, ag.routes, &lcfg, restored_cb, &ag, err, sizeof err);
+    if (!life) {
+      fprintf(stderr, "kbridge-agent: --service %s: %s\n", opt.service, err);
+      route_table_free(ag.routes);
+      evbuffer_free(ag.scratch);
+      event_base_free(ag.base);
+      return 2;
+    }
+  }
   /* Resolver: the system's nameservers when there are any, /etc/hosts always. */
   ag.dns = evdns_base_new(ag.base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
   if (!ag.dns) {
@@ -303,17 +318,6 @@ int main(int argc, char **argv) {
   event_add(ag.sweep, &sec);
   event_add(sigint, NULL);
   event_add(sigterm, NULL);
-
-  struct lifecycle *life = NULL;
-  if (opt.service[0]) {
-    struct lifecycle_config lcfg = {opt.namespace, opt.service, opt.lease_seconds,
-                                    opt.grace_seconds, NULL};
-    life = lifecycle_new(ag.base, ag.routes, &lcfg, restored_cb, &ag, err, sizeof err);
-    if (!life) {
-      fprintf(stderr, "kbridge-agent: --service %s: %s\n", opt.service, err);
-      return 2;
-    }
-  }
 
   char fb[300], la[300];
   for (size_t i = 0; i < opt.nlisten; i++)
