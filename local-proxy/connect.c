@@ -49,6 +49,7 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
+#include "agentquery.h"
 #include "dnslabel.h"
 #include "kube.h"
 #include "kubeconfig.h"
@@ -159,6 +160,7 @@ struct conn {
   int child_status;
   int ready_announced;
   char session_path[512];
+  char holders[600];       /* other route keys, when leaving */
   double t0;
 };
 
@@ -942,6 +944,58 @@ static int route_mutate(cJSON *obj, void *arg, char *err, size_t errlen) {
   return 0;
 }
 
+/* Is our key held by another session? The agent knows who is connected now
+ * (/healthz); if it cannot be asked, a live route annotation of another
+ * session counts. Returns 0 (free) or -1 (reported). */
+static int key_held(struct conn *c) {
+  char err[800], ann[120], host[128] = "";
+  cJSON *h = NULL;
+  snprintf(ann, sizeof ann, "kbridge.dev/route-%s", c->cfg->key);
+  const char *v = takeover_annotation(c->service, ann);
+  cJSON *vj = v ? cJSON_Parse(v) : NULL;
+  char who[400];
+  snprintf(who, sizeof who, "%s%s%s", jstr(vj, "by") ? jstr(vj, "by") : "someone",
+           jstr(vj, "since") ? " since " : "", jstr(vj, "since") ? jstr(vj, "since") : "");
+  int held = 0;
+  if (agent_healthz(c->k, c->ns, c->svc, &h, err, sizeof err) == 0) {
+    const cJSON *n = cJSON_GetObjectItemCaseSensitive(jget(h, "keys"), c->cfg->key);
+    held = cJSON_IsNumber(n) && n->valueint > 0;
+  } else {
+    log_warn("cannot ask the agent who is connected (%s); going by the annotations", err);
+    gethostname(host, sizeof host - 1);
+    held = v && route_live(v, host);
+  }
+  cJSON_Delete(h);
+  cJSON_Delete(vj);
+  if (held) {
+    fail(c, "route key \"%s\" is already held on %s/%s by %s; choose another --route-as", c->cfg->key,
+         c->ns, c->svc, who);
+    return -1;
+  }
+  return 0;
+}
+
+/* How many other keys the agent serves now (-1 if it cannot be asked). */
+static int agent_other_keys(struct conn *c, char *names, size_t len) {
+  char err[800];
+  cJSON *h = NULL;
+  names[0] = '\0';
+  if (agent_healthz(c->k, c->ns, c->svc, &h, err, sizeof err) < 0) {
+    log_info("cannot ask the agent who is connected: %s", err);
+    return -1;
+  }
+  int n = 0;
+  const cJSON *it;
+  cJSON_ArrayForEach(it, jget(h, "keys")) {
+    if (strcmp(it->string, c->cfg->key) == 0 || !cJSON_IsNumber(it) || it->valueint <= 0) continue;
+    size_t l = strlen(names);
+    snprintf(names + l, len - l, "%s%s", l ? ", " : "", it->string);
+    n++;
+  }
+  cJSON_Delete(h);
+  return n;
+}
+
 static int set_route(struct conn *c, int add, int *others) {
   struct kube_ref r = {"v1", "services", c->ns, c->svc, NULL};
   struct kube_err e;
@@ -955,9 +1009,7 @@ static int set_route(struct conn *c, int add, int *others) {
     return -1;
   }
   *others = ra.others;
-  if (!add && ra.others)
-    progress(c, "others-remain", "other developers still connected (%s): the takeover stays",
-             ra.holders);
+  snprintf(c->holders, sizeof c->holders, "%s", ra.holders);
   return 0;
 }
 
@@ -1166,6 +1218,9 @@ static void start_child(struct conn *c, const cJSON *env) {
     cJSON_ArrayForEach(kv, env) setenv(kv->string, kv->valuestring, 1);
     setenv("KBRIDGE_ROUTE_KEY", c->cfg->key, 1);
     signal(SIGPIPE, SIG_DFL);
+    /* The JSON event stream on stdout stays ours: the command's output goes
+     * to stderr. */
+    if (c->json) dup2(STDERR_FILENO, STDOUT_FILENO);
     execvp(c->cfg->cmd[0], c->cfg->cmd);
     fprintf(stderr, "kbridge: cannot run %s: %s\n", c->cfg->cmd[0], strerror(errno));
     _exit(127);
@@ -1430,6 +1485,7 @@ int connect_run(struct connect_config *cfg) {
              c->nm.agent);
     if (read_ca(c) < 0) goto out;
     if (wait_agent_ready(c) < 0) goto out;
+    if (key_held(c) < 0) goto out;
   } else {
     c->orig_selector = jget(c->service, "spec.selector");
     if (!cJSON_IsObject(c->orig_selector) || cJSON_GetArraySize(c->orig_selector) == 0) {
@@ -1557,9 +1613,18 @@ leave:
   {
     int last = 1;
     if (c->routed) {
-      if (set_route(c, 0, &others) < 0) {
-        others = 0;
+      if (set_route(c, 0, &others) < 0) others = 0;
+      /* The agent knows best who is still there (annotations of sessions
+       * that died elsewhere stay behind). */
+      char names[600];
+      int live = agent_other_keys(c, names, sizeof names);
+      if (live >= 0) {
+        others = live;
+        snprintf(c->holders, sizeof c->holders, "%s", names);
       }
+      if (others)
+        progress(c, "others-remain", "other developers are still connected (%s): the takeover "
+                 "stays", c->holders);
       last = others == 0;
     }
     int restored = 0;

@@ -72,6 +72,20 @@ int session_write(const char *ns, const char *svc, const char *key, int local_po
   return 0;
 }
 
+/* Is pid running? A zombie (exited, not yet reaped by its parent) is not. */
+static int pid_running(pid_t pid) {
+  if (kill(pid, 0) < 0 && errno == ESRCH) return 0;
+  char path[64], buf[256];
+  snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
+  FILE *f = fopen(path, "r");
+  if (!f) return 1; /* no procfs: trust kill() */
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = '\0';
+  const char *rp = strrchr(buf, ')'); /* "pid (comm) S ..." */
+  return !(rp && rp[1] == ' ' && (rp[2] == 'Z' || rp[2] == 'X'));
+}
+
 /* Call fn for every live session (stale files are removed). */
 typedef void (*session_fn)(const cJSON *s, const char *path, void *arg);
 static int sessions_each(session_fn fn, void *arg) {
@@ -93,7 +107,7 @@ static int sessions_each(session_fn fn, void *arg) {
     buf[m] = '\0';
     cJSON *s = cJSON_Parse(buf);
     const cJSON *pid = cJSON_GetObjectItemCaseSensitive(s, "pid");
-    if (!cJSON_IsNumber(pid) || (kill((pid_t)pid->valueint, 0) < 0 && errno == ESRCH)) {
+    if (!cJSON_IsNumber(pid) || !pid_running((pid_t)pid->valueint)) {
       unlink(path); /* its process is gone */
     } else {
       fn(s, path, arg);
@@ -393,7 +407,7 @@ int disconnect_run(struct restore_config *cfg) {
   }
   for (int waited = 0; waited < cfg->timeout * 10; waited++) {
     int alive = 0;
-    for (int i = 0; i < d.n; i++) alive += kill(d.pids[i], 0) == 0;
+    for (int i = 0; i < d.n; i++) alive += pid_running(d.pids[i]);
     if (!alive) {
       printf("disconnected\n");
       return 0;

@@ -1,0 +1,605 @@
+#!/usr/bin/env python3
+"""End-to-end tests of `kbridge connect` and friends against the local test
+cluster (tests/cluster), as the cluster's restricted user kbridge-dev.
+
+    test_connect.py --kbridge BIN --agent BIN [PART...]
+
+Parts (default: all, in this order):
+    badinput   unknown Service, Service without selector, missing namespace, no
+               permission, unreachable API server, broken kubeconfig, failing exec
+               plugin: clear error, cluster unchanged; a working exec plugin works
+    routing    alice connects (ready time printed); from a pod: her header and her
+               subdomain (Host) reach her local server, other requests the real api
+               pods; bob connects and gets his; frontend -> api with alice's header
+               reaches alice; a key held by someone else and --replace while others
+               hold routes are refused naming the holder; bob leaves, alice's route
+               stays; alice leaves: Service and Deployment equal what they were
+               before, no kbridge object left
+    replace    --replace scales api to 0, all traffic to the developer, back to 2
+    command    `-- CMD` runs with the original container's env (--env-file too);
+               its exit ends the session and restores
+    restore    the CLI killed with -9 and the agent deleted: `kbridge restore` puts
+               everything back, twice is a no-op; a selector changed meanwhile is
+               reported as a conflict and left alone
+
+The cluster is $KBRIDGE_E2E_CLUSTER (default kbe2e); it is started (setup + up)
+if it is not up, and taken down at the end unless KBRIDGE_E2E_KEEP=1. The test
+node runs the agent image from --agent (through <state dir>/images.json).
+Exit 77 (skip) without root or kubectl.
+"""
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+CLUSTER_DIR = os.path.join(REPO, "tests", "cluster")
+BACKEND = os.path.join(REPO, "tests", "integration", "backend.py")
+sys.path.insert(0, CLUSTER_DIR)
+import kbcluster as kc  # noqa: E402
+
+NAME = os.environ.get("KBRIDGE_E2E_CLUSTER", "kbe2e")
+NS = "shop"
+IMAGE = "kbridge/agent:e2e"
+T0 = time.time()
+ARGS = None
+TMP = tempfile.mkdtemp(prefix="kbridge-e2e-")
+PROCS = []
+
+
+def say(msg):
+    print("[%6.1fs] %s" % (time.time() - T0, msg), flush=True)
+
+
+class Fail(Exception):
+    pass
+
+
+def check(cond, msg):
+    if not cond:
+        raise Fail(msg)
+    say("ok: " + msg)
+
+
+def info():
+    return kc.read_cluster(NAME)
+
+
+def kubectl(*args, kubeconfig=None, check_rc=True, input=None):
+    kcfg = kubeconfig or info()["admin_kubeconfig"]
+    r = subprocess.run(["kubectl", "--kubeconfig", kcfg] + list(args), capture_output=True,
+                       text=True, input=input)
+    if check_rc and r.returncode != 0:
+        raise Fail("kubectl %s: %s" % (" ".join(args), r.stderr.strip()))
+    return r
+
+
+def wait(what, fn, timeout, interval=0.2):
+    end = time.time() + timeout
+    while True:
+        v = fn()
+        if v:
+            return v
+        if time.time() > end:
+            raise Fail("timed out after %ss waiting for %s" % (timeout, what))
+        time.sleep(interval)
+
+
+# ---- the cluster ----
+
+def cluster_up():
+    if info() is None:
+        say("starting cluster %s (setup + up)" % NAME)
+        r = subprocess.run([os.path.join(CLUSTER_DIR, "setup")], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise Fail("setup failed: %s" % r.stderr[-2000:])
+    env = dict(os.environ, KBRIDGE_AGENT_BIN=ARGS.agent)
+    r = subprocess.run([os.path.join(CLUSTER_DIR, "up"), "--name", NAME], capture_output=True,
+                       text=True, env=env)
+    if r.returncode != 0:
+        raise Fail("up failed: %s" % r.stderr[-2000:])
+    sd = info()["state_dir"]
+    with open(os.path.join(sd, "images.json"), "w") as f:
+        json.dump({"images": {"kbridge/agent:*": {"entrypoint": [ARGS.agent], "cmd": [],
+                                                  "user": 65532}}}, f)
+    kubectl("apply", "-f", os.path.join(REPO, "deploy", "demo", "shop.yaml"))
+    # A Service without a selector, for the bad-input part.
+    kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "manual", "namespace": NS},
+        "spec": {"ports": [{"port": 80}]}}))
+
+    def ready():
+        pods = json.loads(kubectl("get", "pods", "-n", NS, "-o", "json").stdout)["items"]
+        return len(pods) >= 4 and all(
+            any(c["type"] == "Ready" and c["status"] == "True"
+                for c in p.get("status", {}).get("conditions", []))
+            for p in pods if not p["metadata"].get("deletionTimestamp"))
+    wait("the demo pods to be ready", ready, 120)
+    say("cluster %s up, demo ready" % NAME)
+
+
+def restricted():
+    return info()["restricted_kubeconfig"]
+
+
+# ---- snapshots: what must be equal after a restore ----
+
+SERVER_SET = ("resourceVersion", "generation", "managedFields", "uid", "creationTimestamp",
+              "selfLink")
+
+
+def normalized(kind, name):
+    o = json.loads(kubectl("get", kind, name, "-n", NS, "-o", "json").stdout)
+    o.pop("status", None)
+    md = o["metadata"]
+    for k in SERVER_SET:
+        md.pop(k, None)
+    ann = {k: v for k, v in md.get("annotations", {}).items()
+           if not k.startswith("kubectl.kubernetes.io/")}
+    if ann:
+        md["annotations"] = ann
+    else:
+        md.pop("annotations", None)
+    return o
+
+
+def snapshot():
+    return {"service": normalized("service", "api"),
+            "deployment": normalized("deployment", "api"),
+            "manual": normalized("service", "manual")}
+
+
+def kbridge_objects():
+    kinds = "deployments,replicasets,pods,services,secrets,serviceaccounts,roles,rolebindings"
+    r = kubectl("get", kinds, "-n", NS, "-o", "json")
+    items = json.loads(r.stdout)["items"]
+    left = []
+    for it in items:
+        md = it["metadata"]
+        if md.get("labels", {}).get("app.kubernetes.io/managed-by") == "kbridge" or \
+                md["name"].startswith("kbridge-agent-") or md["name"].endswith("-kbridge-origin"):
+            left.append("%s/%s" % (it["kind"], md["name"]))
+    return left
+
+
+def check_restored(before, what):
+    def same():
+        return snapshot() == before and not kbridge_objects()
+    try:
+        wait("the cluster to equal its state before %s" % what, same, 30)
+    except Fail:
+        now = snapshot()
+        for k in before:
+            if now[k] != before[k]:
+                say("%s differs:\nbefore %s\nnow    %s" % (k, json.dumps(before[k], sort_keys=True),
+                                                         json.dumps(now[k], sort_keys=True)))
+        say("kbridge objects left: %s" % kbridge_objects())
+        raise
+    check(True, "after %s: Service and Deployment equal what they were before, no kbridge "
+          "object left" % what)
+
+
+# ---- processes ----
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def backend(name):
+    port = free_port()
+    p = subprocess.Popen([sys.executable, BACKEND, "--name", name, "--port", str(port)],
+                         stdout=subprocess.PIPE, text=True)
+    PROCS.append(p)
+    line = p.stdout.readline()
+    if not line.startswith("listening"):
+        raise Fail("backend %s did not start" % name)
+    return p, port
+
+
+def kb(*args, kubeconfig=None, timeout=60, env=None):
+    e = dict(os.environ, KUBECONFIG=kubeconfig or restricted())
+    if env:
+        e.update(env)
+    return subprocess.run([ARGS.kbridge] + list(args), capture_output=True, text=True, env=e,
+                          timeout=timeout)
+
+
+class Session:
+    """A running `kbridge connect --output json`: events read line by line."""
+
+    def __init__(self, key, port, *extra, kubeconfig=None):
+        self.key = key
+        e = dict(os.environ, KUBECONFIG=kubeconfig or restricted(), XDG_RUNTIME_DIR=TMP)
+        argv = [ARGS.kbridge, "connect", "-n", NS, "--service", "api", "--local-port", str(port),
+                "--agent-image", IMAGE, "--output", "json", "--lease-seconds", "3600"]
+        if key:
+            argv += ["--route-as", key]
+        argv += list(extra)
+        self.t0 = time.time()
+        self.errf = open(os.path.join(TMP, "connect-%s.err" % (key or "x")), "w+")
+        self.p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.errf, text=True, env=e)
+        PROCS.append(self.p)
+        self.events = []
+
+    def next_event(self, timeout=60):
+        import select
+        end = time.time() + timeout
+        while time.time() < end:
+            r, _, _ = select.select([self.p.stdout], [], [], 0.5)
+            if r:
+                line = self.p.stdout.readline()
+                if not line:
+                    return None
+                ev = json.loads(line)
+                self.events.append(ev)
+                return ev
+        raise Fail("no event from connect %s within %ss" % (self.key, timeout))
+
+    def until(self, kinds, timeout=90):
+        while True:
+            ev = self.next_event(timeout)
+            if ev is None or ev["event"] in kinds:
+                return ev
+
+    def ready(self):
+        ev = self.until(("ready", "error"))
+        if ev is None or ev["event"] != "ready":
+            self.errf.seek(0)
+            raise Fail("connect %s did not get ready: %s; stderr: %s" % (
+                self.key, ev, self.errf.read()[-1500:]))
+        return ev
+
+    def stop(self, sig=signal.SIGINT):
+        self.p.send_signal(sig)
+        ev = self.until(("disconnected",), 60)
+        self.p.wait(30)
+        return ev
+
+    def stderr(self):
+        self.errf.seek(0)
+        return self.errf.read()
+
+
+# ---- requests from inside the cluster ----
+
+PROBE = r'''
+import json, sys, urllib.request
+out = []
+for url, headers in json.loads(sys.argv[1]):
+    try:
+        r = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5)
+        out.append(json.loads(r.read().decode()))
+    except Exception as e:
+        out.append({"error": str(e)})
+print(json.dumps(out))
+'''
+
+
+def frontend_pod():
+    pods = json.loads(kubectl("get", "pods", "-n", NS, "-l", "app=frontend", "-o",
+                              "json").stdout)["items"]
+    return [p for p in pods if not p["metadata"].get("deletionTimestamp")][0]["metadata"]["name"]
+
+
+def probe(reqs):
+    """reqs: [(url, {headers})] -> answers (dicts) from the frontend pod's netns."""
+    r = subprocess.run([os.path.join(CLUSTER_DIR, "pod-exec"), "--name", NAME, NS, frontend_pod(),
+                        "--", "python3", "-c", PROBE, json.dumps(reqs)],
+                       capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        raise Fail("probe failed: %s" % r.stderr[-1000:])
+    return json.loads(r.stdout)
+
+
+def served_by(answer):
+    """Who answered: the backend.py name, 'api' for the real pods, or the error."""
+    if "served_by" in answer:
+        return answer["served_by"]
+    if "service" in answer:
+        return answer["service"]
+    return "error: %s" % answer.get("error")
+
+
+API = "http://api.%s.svc.cluster.local:8080/" % NS
+
+
+def hdr(key):
+    return {"kubernetes-route-as": key}
+
+
+# ---- parts ----
+
+def part_badinput():
+    before = snapshot()
+    rk = restricted()
+    d = os.path.join(TMP, "kc")
+    os.makedirs(d, exist_ok=True)
+    with open(rk) as f:
+        good = f.read()
+    unreachable = os.path.join(d, "unreachable")
+    with open(unreachable, "w") as f:
+        f.write(good.replace(info()["server"], "https://127.0.0.1:1"))
+    broken = os.path.join(d, "broken")
+    with open(broken, "w") as f:
+        f.write("apiVersion: v1\nclusters: [this is: not: valid\n")
+    failing = os.path.join(d, "failing-exec")
+    plugin = os.path.join(d, "plugin-fails.sh")
+    with open(plugin, "w") as f:
+        f.write("#!/bin/sh\necho 'login required: run corp-login first' >&2\nexit 3\n")
+    os.chmod(plugin, 0o755)
+    good_plugin = os.path.join(d, "plugin-ok.sh")
+    dev_token = info()["tokens"]["restricted"]
+    with open(good_plugin, "w") as f:
+        f.write("#!/bin/sh\ncat <<EOF\n{\"apiVersion\":\"client.authentication.k8s.io/v1beta1\","
+                "\"kind\":\"ExecCredential\",\"status\":{\"token\":\"%s\"}}\nEOF\n" % dev_token)
+    os.chmod(good_plugin, 0o755)
+
+    def with_exec(path, cmd):
+        import re
+        txt = re.sub(r"(\n\s*)token: \S+",
+                     r"\1exec:\1  apiVersion: client.authentication.k8s.io/v1beta1\1  command: %s"
+                     % cmd, good)
+        with open(path, "w") as f:
+            f.write(txt)
+    with_exec(failing, plugin)
+    working = os.path.join(d, "working-exec")
+    with_exec(working, good_plugin)
+
+    port = free_port()
+    base = ["connect", "--service", "api", "--local-port", str(port), "--agent-image", IMAGE,
+            "--route-as", "eve"]
+    cases = [
+        ("unknown Service", ["connect", "-n", NS, "--service", "nope", "--local-port", str(port)],
+         None, ['services "nope"', "not found"]),
+        ("Service without selector", ["connect", "-n", NS, "--service", "manual",
+                                      "--local-port", str(port)], None, ["no selector"]),
+        ("missing namespace", ["connect", "-n", "nowhere"] + base[1:], None,
+         ["nowhere"]),
+        ("no permission", ["connect", "-n", NS] + base[1:], info()["norbac_kubeconfig"],
+         ["forbidden", "services"]),
+        ("unreachable API server", ["connect", "-n", NS] + base[1:], unreachable,
+         ["cannot reach the API server", "127.0.0.1:1"]),
+        ("broken kubeconfig", ["connect", "-n", NS] + base[1:], broken, [broken]),
+        ("failing exec plugin", ["connect", "-n", NS] + base[1:], failing,
+         ["login required"]),
+        ("bad flag", ["connect", "-n", NS, "--service", "api", "--local-port", "x"], None,
+         ["--local-port"]),
+    ]
+    for what, argv, kcfg, words in cases:
+        r = kb(*argv, kubeconfig=kcfg, env={"XDG_RUNTIME_DIR": TMP})
+        msg = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ""
+        check(r.returncode != 0 and all(w.lower() in r.stderr.lower() for w in words),
+              "%s: exit %d, %r" % (what, r.returncode, msg[:220]))
+    check(snapshot() == before and not kbridge_objects(),
+          "bad input left the cluster unchanged")
+    r = kb("list", "-n", NS, kubeconfig=working)
+    check(r.returncode == 0 and "no service" in r.stdout,
+          "a kubeconfig with a working exec plugin: kbridge list works (%s)" % r.stdout.strip())
+
+
+def part_routing():
+    before = snapshot()
+    _, pa = backend("alice-local")
+    _, pb = backend("bob-local")
+    alice = Session("alice", pa)
+    ev = alice.ready()
+    dt = time.time() - alice.t0
+    say("MEASURE connect-to-ready (fresh takeover): %.2f s (CLI says %.2f s)" % (dt, ev["seconds"]))
+    check(ev["route"] == "alice" and ev["local_port"] == pa and
+          ev["header"] == "kubernetes-route-as: alice" and
+          any(u.startswith("http://alice.api.shop") for u in ev["urls"]),
+          "ready event: route, header, urls %s" % ev["urls"])
+    check(ev["env"].get("GREETING") == "hello from the shop config" and
+          ev["env"].get("API_KEY") == "demo-api-key-not-a-real-secret",
+          "ready event carries the original env (configMap and secret refs resolved)")
+    ans = probe([(API, hdr("alice")),
+                 (API, {"Host": "alice.api.shop.svc.cluster.local"}),
+                 (API, {}), (API, {}), (API, hdr("nobody")),
+                 (API, {"baggage": "kbridge-route=alice"})])
+    who = [served_by(a) for a in ans]
+    check(who[0] == "alice-local", "header kubernetes-route-as: alice -> alice's local server")
+    check(who[1] == "alice-local", "Host alice.api... (subdomain) -> alice's local server")
+    check(who[2] == "api" and who[3] == "api" and who[4] == "api",
+          "no key / unknown key -> the real api pods (%s)" % who[2:5])
+    check(who[5] == "alice-local", "baggage kbridge-route=alice -> alice's local server")
+
+    bob = Session("bob", pb)
+    ev = bob.ready()
+    say("MEASURE connect-to-ready (second developer, agent reused): %.2f s" % ev["seconds"])
+    ans = probe([(API, hdr("bob")), (API, hdr("alice")), (API, {}),
+                 ("http://frontend.%s.svc.cluster.local/" % NS, hdr("alice")),
+                 ("http://frontend.%s.svc.cluster.local/" % NS, {})])
+    who = [served_by(a) for a in ans]
+    check(who[0] == "bob-local" and who[1] == "alice-local" and who[2] == "api",
+          "bob's header -> bob, alice's -> alice, none -> api (%s)" % who[:3])
+    nxt = ans[3].get("next", {})
+    check(served_by(nxt) == "alice-local",
+          "frontend -> api with alice's header reaches alice's local api")
+    check(served_by(ans[4].get("next", {})) == "api", "frontend -> api without a header: real api")
+
+    r = kb("list", "-n", NS)
+    check(r.returncode == 0 and "alice" in r.stdout and "bob" in r.stdout and "routing" in r.stdout,
+          "kbridge list shows the takeover and both routes")
+    r = kb("status", env={"XDG_RUNTIME_DIR": TMP})
+    check(r.returncode == 0 and "alice" in r.stdout and "bob" in r.stdout,
+          "kbridge status shows both sessions")
+
+    # A key someone else holds; --replace while others hold routes.
+    _, px = backend("mallory-local")
+    m = Session("alice", px)
+    ev = m.until(("ready", "error", "disconnected"))
+    m.p.wait(60)
+    check(ev["event"] == "error" and "alice" in ev["message"] and m.p.returncode != 0,
+          "a key held by someone else is refused: %r" % ev["message"][:200])
+    r = kb("connect", "-n", NS, "--service", "api", "--local-port", str(px), "--replace",
+           "--agent-image", IMAGE, env={"XDG_RUNTIME_DIR": TMP})
+    check(r.returncode != 0 and "alice" in r.stderr and "bob" in r.stderr,
+          "--replace while others hold routes is refused naming them: %r" %
+          r.stderr.strip()[-200:])
+    check(served_by(probe([(API, hdr("alice"))])[0]) == "alice-local",
+          "alice's route unaffected by the refused attempts")
+
+    r = kb("disconnect", "-n", NS, "--service", "api", "--route-as", "bob",
+           env={"XDG_RUNTIME_DIR": TMP})
+    check(r.returncode == 0, "kbridge disconnect --route-as bob")
+    ev = bob.until(("disconnected",))
+    check(ev["restored"] is False, "bob left while alice is connected: no restore")
+    ans = probe([(API, hdr("alice")), (API, hdr("bob")), (API, {})])
+    who = [served_by(a) for a in ans]
+    check(who == ["alice-local", "api", "api"],
+          "after bob left: alice's route stays, bob's key goes to the api pods (%s)" % who)
+    t = time.time()
+    ev = alice.stop()
+    check(ev["restored"] is True and alice.p.returncode == 0,
+          "alice (last) leaves on SIGINT: restored, exit 0 (%.2f s)" % (time.time() - t))
+    say("MEASURE disconnect-to-restored (incl. waiting for the GC): %.2f s" % (time.time() - t))
+    check_restored(before, "alice and bob")
+    ans = probe([(API, hdr("alice")), (API, {})])
+    check([served_by(a) for a in ans] == ["api", "api"], "after restore all requests reach api")
+
+
+def part_replace():
+    before = snapshot()
+    _, pc = backend("carol-local")
+    carol = Session(None, pc, "--replace")
+    ev = carol.ready()
+    say("MEASURE connect-to-ready (--replace): %.2f s" % ev["seconds"])
+    dep = json.loads(kubectl("get", "deployment", "api", "-n", NS, "-o", "json").stdout)
+    check(dep["spec"]["replicas"] == 0 and
+          dep["metadata"]["annotations"].get("kbridge.dev/original-replicas") == "2",
+          "--replace: api scaled to 0, original replicas 2 in the annotation")
+    ans = probe([(API, {}), (API, hdr("whoever"))])
+    check([served_by(a) for a in ans] == ["carol-local"] * 2,
+          "exclusive: every request reaches the developer")
+    ev = carol.stop(signal.SIGTERM)
+    check(ev["restored"] is True, "SIGTERM: restored")
+    check_restored(before, "--replace")
+
+
+def part_command():
+    before = snapshot()
+    port = free_port()
+    envf = os.path.join(TMP, "api.env")
+    script = ("import os, subprocess, sys, time; "
+              "p = subprocess.Popen([sys.executable, %r, '--name', 'cmd-local', '--port', "
+              "os.environ['LOCAL_PORT']]); "
+              "open(%r, 'w').write(os.environ.get('GREETING', '') + '|' + "
+              "os.environ.get('API_KEY', '')); time.sleep(6); p.terminate()"
+              % (BACKEND, os.path.join(TMP, "seen-env")))
+    s = Session("cmd", port, "--env-file", envf, "--", "sh", "-c",
+                "LOCAL_PORT=%d exec %s -c \"$0\"" % (port, sys.executable), script)
+    s.ready()
+    try:
+        wait("the command's server to answer through the route",
+             lambda: served_by(probe([(API, hdr("cmd"))])[0]) == "cmd-local", 15, 0.5)
+    except Fail:
+        say("connect stderr: %s" % s.stderr()[-3000:])
+        say("probe: %s" % probe([(API, hdr("cmd"))]))
+        raise
+    check(True, "the command after -- serves the route")
+    with open(envf) as f:
+        env = f.read()
+    check("GREETING=hello from the shop config" in env and "API_KEY=demo-api-key" in env,
+          "--env-file has the original container's env")
+    with open(os.path.join(TMP, "seen-env")) as f:
+        check(f.read() == "hello from the shop config|demo-api-key-not-a-real-secret",
+              "the command ran with the original container's env")
+    ev = s.until(("disconnected",), 60)
+    s.p.wait(30)
+    check(ev["restored"] is True and s.p.returncode == 0,
+          "the command's exit ended the session and restored (exit %d)" % s.p.returncode)
+    check_restored(before, "the command")
+
+
+def part_restore():
+    before = snapshot()
+    _, pd = backend("dave-local")
+    dave = Session("dave", pd)
+    dave.ready()
+    dave.p.kill()
+    dave.p.wait()
+    kubectl("delete", "deployment", "kbridge-agent-api", "-n", NS, "--wait=false")
+    say("CLI killed with -9 and the agent deleted")
+    sel = json.loads(kubectl("get", "service", "api", "-n", NS, "-o", "json").stdout)["spec"]["selector"]
+    check(sel == {"kbridge.dev/agent": "api"}, "the Service still points at the agent")
+    r = kb("restore", "-n", NS, "--service", "api")
+    check(r.returncode == 0 and "selector restored" in r.stdout,
+          "kbridge restore: %s" % r.stdout.strip().replace("\n", "; "))
+    check_restored(before, "kbridge restore")
+    r = kb("restore", "-n", NS, "--service", "api")
+    check(r.returncode == 0 and "nothing to restore" in r.stdout,
+          "kbridge restore again: %s" % r.stdout.strip())
+
+    # Someone changes the selector while it is taken over: restore reports it.
+    dave = Session("dave", pd)
+    dave.ready()
+    dave.p.kill()
+    dave.p.wait()
+    kubectl("patch", "service", "api", "-n", NS, "--type", "json", "-p",
+            '[{"op":"replace","path":"/spec/selector","value":{"app":"api","tier":"new"}}]')
+    r = kb("restore", "-n", NS, "--service", "api", "--output", "json")
+    out = json.loads(r.stdout)
+    sel = json.loads(kubectl("get", "service", "api", "-n", NS, "-o", "json").stdout)["spec"]["selector"]
+    check(r.returncode == 0 and out["conflicts"] >= 1 and "changed by someone else" in out["report"]
+          and sel == {"app": "api", "tier": "new"},
+          "a selector changed meanwhile is left alone and reported: %r" % out["report"][:160])
+    wait("no kbridge objects", lambda: not kbridge_objects(), 30)
+    kubectl("patch", "service", "api", "-n", NS, "--type", "json", "-p",
+            '[{"op":"replace","path":"/spec/selector","value":{"app":"api"}}]')
+    check(snapshot() == before, "selector put back by hand for the next parts")
+
+
+PARTS = {"badinput": part_badinput, "routing": part_routing, "replace": part_replace,
+         "command": part_command, "restore": part_restore}
+
+
+def main():
+    global ARGS
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--kbridge", required=True)
+    ap.add_argument("--agent", required=True)
+    ap.add_argument("parts", nargs="*")
+    ARGS = ap.parse_args()
+    if os.geteuid() != 0 or not shutil.which("kubectl"):
+        print("skipped: needs root and kubectl")
+        return 77
+    ARGS.kbridge = os.path.abspath(ARGS.kbridge)
+    ARGS.agent = os.path.abspath(ARGS.agent)
+    parts = ARGS.parts or list(PARTS)
+    rc = 0
+    try:
+        cluster_up()
+        for p in parts:
+            say("== %s" % p)
+            PARTS[p]()
+    except Fail as e:
+        say("FAIL: %s" % e)
+        rc = 1
+    finally:
+        for p in PROCS:
+            if p.poll() is None:
+                p.kill()
+        if info():
+            kb("restore", "-n", NS, "--service", "api", kubeconfig=info()["admin_kubeconfig"])
+        if os.environ.get("KBRIDGE_E2E_KEEP") != "1" and info():
+            subprocess.run([os.path.join(CLUSTER_DIR, "down"), "--name", NAME],
+                           capture_output=True)
+        shutil.rmtree(TMP, ignore_errors=True)
+    say("PASS" if rc == 0 else "FAILED")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
