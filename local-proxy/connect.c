@@ -434,30 +434,43 @@ static cJSON *agent_deployment(const struct conn *c) {
   cJSON_AddStringToObject(d, "apiVersion", "apps/v1");
   cJSON_AddStringToObject(d, "kind", "Deployment");
   cJSON_AddItemToObject(d, "metadata", meta(c, c->nm.agent, NULL));
-  char buf[4096];
-  int low_port = 0;
-  for (int i = 0; i < c->nports; i++) low_port |= c->ports[i].target < 1024;
+  char buf[4096], sysctl[160] = "";
+  int low_port = 65536;
+  for (int i = 0; i < c->nports; i++)
+    if (c->ports[i].target < low_port) low_port = c->ports[i].target;
+  /* A port below 1024: NET_BIND_SERVICE would not help a non-root process
+   * under no_new_privs (see deploy/agent-deployment.example.yaml); the
+   * namespaced sysctl does, and Pod Security "restricted" allows it. */
+  if (low_port < 1024)
+    snprintf(sysctl, sizeof sysctl,
+             ",\"sysctls\":[{\"name\":\"net.ipv4.ip_unprivileged_port_start\",\"value\":\"%d\"}]",
+             low_port);
   snprintf(buf, sizeof buf,
-           "{\"replicas\":0,\"selector\":{\"matchLabels\":{\"%s\":\"%s\"}},"
+           "{\"replicas\":0,\"strategy\":{\"type\":\"Recreate\"},"
+           "\"selector\":{\"matchLabels\":{\"%s\":\"%s\"}},"
            "\"template\":{\"metadata\":{\"labels\":{\"%s\":\"%s\",\"%s\":\"kbridge\",\"%s\":\"%s\"}},"
            "\"spec\":{\"serviceAccountName\":\"%s\",\"automountServiceAccountToken\":true,"
-           "\"terminationGracePeriodSeconds\":10,"
+           "\"enableServiceLinks\":false,\"terminationGracePeriodSeconds\":30,"
            "\"securityContext\":{\"runAsNonRoot\":true,\"runAsUser\":%d,\"runAsGroup\":%d,"
-           "\"fsGroup\":%d,\"seccompProfile\":{\"type\":\"RuntimeDefault\"}},"
+           "\"fsGroup\":%d,\"seccompProfile\":{\"type\":\"RuntimeDefault\"}%s},"
            "\"volumes\":[{\"name\":\"tls\",\"secret\":{\"secretName\":\"%s\",\"defaultMode\":288,"
            "\"items\":[{\"key\":\"ca.crt\",\"path\":\"ca.crt\"},{\"key\":\"agent.crt\",\"path\":"
            "\"agent.crt\"},{\"key\":\"agent.key\",\"path\":\"agent.key\"}]}}],"
            "\"containers\":[{\"name\":\"agent\",\"imagePullPolicy\":\"IfNotPresent\","
            "\"securityContext\":{\"allowPrivilegeEscalation\":false,\"readOnlyRootFilesystem\":true,"
-           "\"runAsNonRoot\":true,\"capabilities\":{\"drop\":[\"ALL\"]%s}},"
+           "\"runAsNonRoot\":true,\"capabilities\":{\"drop\":[\"ALL\"]},"
+           "\"seccompProfile\":{\"type\":\"RuntimeDefault\"}},"
            "\"readinessProbe\":{\"httpGet\":{\"path\":\"/healthz\",\"port\":%d},"
            "\"periodSeconds\":1,\"failureThreshold\":2},"
-           "\"resources\":{\"requests\":{\"cpu\":\"50m\",\"memory\":\"32Mi\"}},"
+           "\"livenessProbe\":{\"tcpSocket\":{\"port\":%d},\"periodSeconds\":10,"
+           "\"failureThreshold\":3},"
+           "\"resources\":{\"requests\":{\"cpu\":\"50m\",\"memory\":\"32Mi\"},"
+           "\"limits\":{\"memory\":\"256Mi\"}},"
            "\"volumeMounts\":[{\"name\":\"tls\",\"mountPath\":\"" TLS_MOUNT "\",\"readOnly\":true}]"
            "}]}}}",
            TAKEOVER_LABEL_AGENT, c->svc, TAKEOVER_LABEL_AGENT, c->svc, TAKEOVER_LABEL_MANAGED,
-           TAKEOVER_LABEL_SERVICE, c->svc, c->nm.agent, AGENT_UID, AGENT_UID, AGENT_UID,
-           c->nm.secret, low_port ? ",\"add\":[\"NET_BIND_SERVICE\"]" : "", c->metrics_port);
+           TAKEOVER_LABEL_SERVICE, c->svc, c->nm.agent, AGENT_UID, AGENT_UID, AGENT_UID, sysctl,
+           c->nm.secret, c->metrics_port, c->metrics_port);
   cJSON *spec = cJSON_Parse(buf);
   cJSON *ctr = cJSON_GetArrayItem(jget(spec, "template.spec.containers"), 0);
   cJSON_AddStringToObject(ctr, "image", c->image);
@@ -495,7 +508,8 @@ static cJSON *agent_deployment(const struct conn *c) {
     cJSON_AddItemToArray(ports, p);
   }
   const char *fixed[] = {"--tunnel-listen", NULL, "--tls-dir", TLS_MOUNT, "--metrics", NULL,
-                         "--namespace", c->ns, "--service", c->svc, "--lease-seconds", NULL};
+                         "--namespace", c->ns, "--service", c->svc, "--lease-seconds", NULL,
+                         "--grace-seconds", "5"};
   char tl[32], ml[32], ls[16];
   snprintf(tl, sizeof tl, "0.0.0.0:%d", c->tunnel_port);
   snprintf(ml, sizeof ml, "0.0.0.0:%d", c->metrics_port);
@@ -529,11 +543,11 @@ static cJSON *agent_role(const struct conn *c, const char *uid) {
   if (res)
     snprintf(wl, sizeof wl,
              ",{\"apiGroups\":[\"apps\"],\"resources\":[\"%s\"],\"resourceNames\":[\"%s\"],"
-             "\"verbs\":[\"get\",\"update\",\"patch\"]}",
+             "\"verbs\":[\"get\",\"update\"]}",
              res, c->wl_name);
   snprintf(buf, sizeof buf,
            "[{\"apiGroups\":[\"\"],\"resources\":[\"services\"],\"resourceNames\":[\"%s\"],"
-           "\"verbs\":[\"get\",\"update\",\"patch\"]},"
+           "\"verbs\":[\"get\",\"update\"]},"
            "{\"apiGroups\":[\"\"],\"resources\":[\"services\"],\"resourceNames\":[\"%s\"],"
            "\"verbs\":[\"get\",\"delete\"]},"
            "{\"apiGroups\":[\"\"],\"resources\":[\"secrets\"],\"resourceNames\":[\"%s\"],"
