@@ -21,6 +21,10 @@ Parts (default: all, in this order):
     restore    the CLI killed with -9 and the agent deleted: `kbridge restore` puts
                everything back, twice is a no-op; a selector changed meanwhile is
                reported as a conflict and left alone
+    agentpod   the agent pod deleted: a new one comes, the CLI reconnects, alice's
+               route works again (time printed)
+    lease      the CLI killed with -9: the agent restores the cluster by itself
+               within its lease (5 s here) + 10 s
 
 The cluster is $KBRIDGE_E2E_CLUSTER (default kbe2e); it is started (setup + up)
 if it is not up, and taken down at the end unless KBRIDGE_E2E_KEEP=1. The test
@@ -223,7 +227,9 @@ class Session:
         self.key = key
         e = dict(os.environ, KUBECONFIG=kubeconfig or restricted(), XDG_RUNTIME_DIR=TMP)
         argv = [ARGS.kbridge, "connect", "-n", NS, "--service", "api", "--local-port", str(port),
-                "--agent-image", IMAGE, "--output", "json", "--lease-seconds", "3600"]
+                "--agent-image", IMAGE, "--output", "json"]
+        if "--lease-seconds" not in extra:
+            argv += ["--lease-seconds", "3600"]
         if key:
             argv += ["--route-as", key]
         argv += list(extra)
@@ -561,8 +567,55 @@ def part_restore():
     check(snapshot() == before, "selector put back by hand for the next parts")
 
 
+def agent_pods():
+    pods = json.loads(kubectl("get", "pods", "-n", NS, "-l", "kbridge.dev/agent=api", "-o",
+                              "json").stdout)["items"]
+    return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+
+def part_agentpod():
+    before = snapshot()
+    _, pa = backend("alice-local")
+    alice = Session("alice", pa)
+    alice.ready()
+    old = agent_pods()[0]["metadata"]["name"]
+    t = time.time()
+    kubectl("delete", "pod", old, "-n", NS, "--wait=false")
+    say("agent pod %s deleted" % old)
+
+    def routed_again():
+        pods = agent_pods()
+        if not pods or pods[0]["metadata"]["name"] == old:
+            return False
+        return served_by(probe([(API, hdr("alice"))])[0]) == "alice-local"
+    wait("alice's route through the new agent pod", routed_again, 60, 0.5)
+    say("MEASURE agent pod deleted -> route works again through the new pod: %.2f s" %
+        (time.time() - t))
+    check(served_by(probe([(API, {})])[0]) == "api", "unrouted requests reach api again")
+    ev = alice.stop()
+    check(ev["restored"] is True, "alice leaves: restored")
+    check_restored(before, "the agent pod replacement")
+
+
+def part_lease():
+    before = snapshot()
+    _, pa = backend("alice-local")
+    lease = 5
+    alice = Session("alice", pa, "--lease-seconds", str(lease))
+    alice.ready()
+    alice.p.kill()
+    alice.p.wait()
+    t = time.time()
+    say("CLI killed with -9 (agent lease %d s)" % lease)
+    check_restored(before, "kill -9 of the CLI (the agent's lease)")
+    dt = time.time() - t
+    say("MEASURE kill -9 -> cluster restored by the agent: %.2f s (lease %d s)" % (dt, lease))
+    check(dt <= lease + 10, "restored within lease + 10 s")
+
+
 PARTS = {"badinput": part_badinput, "routing": part_routing, "replace": part_replace,
-         "command": part_command, "restore": part_restore}
+         "command": part_command, "restore": part_restore, "agentpod": part_agentpod,
+         "lease": part_lease}
 
 
 def main():
