@@ -13,6 +13,10 @@ Scenarios (default: all, in this order):
               grace (3 s), well before the lease (30 s)
     conflict  someone changes the Service's selector during the takeover; the
               agent's restore leaves it, reports the conflict, removes the rest
+    reconnect kill -9, a new proxy within the lease: no restore; then a clean
+              leave restores
+    exclusive the workload scaled to 0 (replicas in an annotation), all traffic
+              to the developer; kill -9: restored, replicas back to 2
 
 The takeover is made by hand here, as `kbridge connect` would (takeover.h):
 Secret, ServiceAccount/Role/RoleBinding (deploy/rbac/agent-role.yaml, as is),
@@ -240,7 +244,7 @@ class AgentLog:
         pass
 
 
-def agent_deployment(lease, grace):
+def agent_deployment(lease, grace, exclusive=False):
     """The example Deployment, lease and grace set for the test."""
     p = kubectl("create", "--dry-run=client", "-o", "json", "-f",
                 os.path.join(REPO, "deploy", "agent-deployment.example.yaml"))
@@ -248,13 +252,16 @@ def agent_deployment(lease, grace):
     c = dep["spec"]["template"]["spec"]["containers"][0]
     args = [a for a in c["args"] if not a.startswith(("--lease-seconds", "--grace-seconds"))]
     c["args"] = args + ["--lease-seconds=%d" % lease, "--grace-seconds=%d" % grace,
-                        "--log-level=info"]
+                        "--log-level=info"] + (["--exclusive"] if exclusive else [])
     return dep
 
 
-def take_over(lease, grace):
-    """Do what kbridge connect does, in its order; return the agent pod's name."""
-    say("take over %s/%s by hand (lease %d s, grace %d s)" % (NS, SVC, lease, grace))
+def take_over(lease, grace, exclusive=False):
+    """Do what kbridge connect does, in its order; return the agent pod's name.
+    Routing mode: a shadow Service; exclusive: the workload scaled to 0, its
+    replicas kept in an annotation."""
+    say("take over %s/%s by hand (%s mode, lease %d s, grace %d s)" %
+        (NS, SVC, "exclusive" if exclusive else "routing", lease, grace))
     files = {}
     for f in ("ca.crt", "ca.key", "agent.crt", "agent.key"):
         with open(os.path.join(E.certs, f), "rb") as fh:
@@ -264,11 +271,17 @@ def take_over(lease, grace):
     kubectl("apply", "-f", os.path.join(REPO, "deploy", "rbac", "agent-role.yaml"))
     for k in ("serviceaccount", "role", "rolebinding"):
         kubectl("label", "-n", NS, "--overwrite", k, AGENT, "app.kubernetes.io/managed-by=kbridge")
-    kcreate({"apiVersion": "v1", "kind": "Service",
-             "metadata": {"name": ORIGIN, "labels": managed_labels()},
-             "spec": {"selector": ORIGINAL_SELECTOR,
-                      "ports": [{"name": "http", "port": 8080, "targetPort": 8080}]}})
-    kcreate(agent_deployment(lease, grace))
+    if exclusive:
+        replicas = kget("deployment", "api")["spec"]["replicas"]
+        kubectl("patch", "-n", NS, "deployment", "api", "--type", "merge", "-p", json.dumps(
+            {"metadata": {"annotations": {"kbridge.dev/original-replicas": str(replicas)}},
+             "spec": {"replicas": 0}}))
+    else:
+        kcreate({"apiVersion": "v1", "kind": "Service",
+                 "metadata": {"name": ORIGIN, "labels": managed_labels()},
+                 "spec": {"selector": ORIGINAL_SELECTOR,
+                          "ports": [{"name": "http", "port": 8080, "targetPort": 8080}]}})
+    kcreate(agent_deployment(lease, grace, exclusive))
     dep = kget("deployment", AGENT)
     owner = {"apiVersion": "apps/v1", "kind": "Deployment", "name": AGENT,
              "uid": dep["metadata"]["uid"]}
@@ -291,7 +304,8 @@ def take_over(lease, grace):
     patch = {"metadata": {"annotations": {
         "kbridge.dev/original-selector": json.dumps(ORIGINAL_SELECTOR, separators=(",", ":")),
         "kbridge.dev/agent-selector": json.dumps(AGENT_SELECTOR, separators=(",", ":")),
-        "kbridge.dev/takeover": json.dumps({"mode": "routing", "since": time.strftime(
+        "kbridge.dev/takeover": json.dumps({"mode": "exclusive" if exclusive else "routing",
+                                            "since": time.strftime(
             "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "by": "test_agent_cluster", "agent": AGENT,
             "workload": {"kind": "Deployment", "name": "api"}})}},
         "spec": {"selector": {"app": None, "kbridge.dev/agent": "api"}}}
@@ -347,9 +361,17 @@ def cleanup():
         kubectl("patch", "-n", NS, "service", SVC, "--type", "merge", "-p",
                 json.dumps({"metadata": {"annotations": ann or None}, "spec": {"selector": sel}}),
                 check_rc=False)
+    dep = kget("deployment", "api")
+    ann = (dep["metadata"].get("annotations") or {}).get("kbridge.dev/original-replicas")
+    if ann or dep["spec"]["replicas"] != 2:
+        kubectl("patch", "-n", NS, "deployment", "api", "--type", "merge", "-p", json.dumps(
+            {"metadata": {"annotations": {"kbridge.dev/original-replicas": None}},
+             "spec": {"replicas": 2}}), check_rc=False)
     end = time.time() + 60
     while time.time() < end and kget("pods", "-l", "kbridge.dev/agent=api")["items"]:
         time.sleep(0.5)
+    kubectl("wait", "-n", NS, "--for=condition=Ready", "pod", "-l", "app=api", "--timeout=60s",
+            timeout=70, check_rc=False)
 
 
 def routed_and_fallback():
@@ -502,8 +524,72 @@ def scenario_conflict():
                              "value": ORIGINAL_SELECTOR}]), check_rc=False)
 
 
+def scenario_reconnect():
+    local = LocalServer()
+    pod = take_over(lease=10, grace=3)
+    log = AgentLog(pod)
+    try:
+        dev = Developer(local.port)
+        dev.kill9()
+        say("kill -9 of the developer's proxy; a new one connects 4 s later")
+        time.sleep(4)
+        dev = Developer(local.port)
+        time.sleep(10)
+        svc = kget("service", SVC)
+        check(svc["spec"]["selector"] == AGENT_SELECTOR and kget("deployment", AGENT),
+              "14 s after the kill (lease 10 s) the takeover is still in place")
+        h = agent_health(pod)
+        check(h["lifecycle"]["state"] == "connected", "healthz: connected again")
+        st, body = http_from_client("http://api.shop.svc.cluster.local:8080/",
+                                    {"kubernetes-route-as": KEY})
+        check(st == 200 and "LOCAL-" + KEY in body, "routed to the developer again")
+        t0 = time.time()
+        dev.stop()
+        t_sel, t_all = wait_restored(t0, 30, ORIGINAL_SELECTOR)
+        FIGURES.append(("reconnected, then clean leave (grace 3 s): selector back", t_sel))
+        check("lease stopped" in log.text() and "restore called off" not in log.text(),
+              "agent log: the lease was stopped by the reconnect")
+    finally:
+        local.close()
+
+
+def scenario_exclusive():
+    local = LocalServer()
+    pod = take_over(lease=10, grace=3, exclusive=True)
+    log = AgentLog(pod)
+    try:
+        wait_for("the api pods are gone (scaled to 0)",
+                 lambda: not [p for p in kget("pods", "-l", "app=api")["items"]
+                              if not p["metadata"].get("deletionTimestamp")], 60)
+        dev = Developer(local.port)
+
+        def all_to_dev():
+            st, body = http_from_client("http://api.shop.svc.cluster.local:8080/x")
+            return st == 200 and "LOCAL-" + KEY in body
+
+        wait_for("a request without any route header reaches the developer (exclusive)",
+                 all_to_dev, 20)
+        check(True, "exclusive: a request without route header reaches the developer")
+        t0 = time.time()
+        dev.kill9()
+        say("kill -9 of the developer's proxy")
+        wait_restored(t0, 10 + 10 + 30, ORIGINAL_SELECTOR)
+        dep = kget("deployment", "api")
+        check(dep["spec"]["replicas"] == 2 and "kbridge.dev/original-replicas" not in
+              (dep["metadata"].get("annotations") or {}),
+              "deployment api scaled back to 2 replicas, annotation removed")
+        kubectl("wait", "-n", NS, "--for=condition=Ready", "pod", "-l", "app=api",
+                "--timeout=60s", timeout=70)
+        t_ready = time.time() - t0
+        FIGURES.append(("exclusive, kill -9, lease 10 s: api pods Ready again", t_ready))
+        check("scaled back to 2 replicas" in log.text(), "agent log: scaled back to 2 replicas")
+    finally:
+        local.close()
+
+
 SCENARIOS = {"podspec": scenario_podspec, "killed": scenario_killed, "clean": scenario_clean,
-             "conflict": scenario_conflict}
+             "conflict": scenario_conflict, "reconnect": scenario_reconnect,
+             "exclusive": scenario_exclusive}
 
 
 def main():
@@ -572,7 +658,7 @@ def main():
     if FIGURES:
         print("\nmeasured restore times:")
         for what, sec in FIGURES:
-            print("  %-52s %5.1f s" % (what, sec))
+            print("  %-60s %5.1f s" % (what, sec))
     print("%d passed, %d failed" % (len(names) - len([f for f in failed if f in names]),
                                     len(failed)))
     return 1 if failed else 0
