@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """End-to-end tests of `kbridge connect` and friends against the local test
-cluster (tests/cluster), as the cluster's restricted user kbridge-dev.
+cluster (tests/cluster), as a user that holds nothing but the Role of
+deploy/rbac/developer-role.yaml in namespace shop.
 
     test_connect.py --kbridge BIN --agent BIN [PART...]
 
@@ -56,6 +57,7 @@ T0 = time.time()
 ARGS = None
 TMP = tempfile.mkdtemp(prefix="kbridge-e2e-")
 PROCS = []
+DEV_TOKEN = []
 
 
 def say(msg):
@@ -127,11 +129,52 @@ def cluster_up():
                 for c in p.get("status", {}).get("conditions", []))
             for p in pods if not p["metadata"].get("deletionTimestamp"))
     wait("the demo pods to be ready", ready, 120)
-    say("cluster %s up, demo ready" % NAME)
+    DEV_TOKEN.append(developer_user())
+    say("cluster %s up, demo ready; kbridge runs as a user holding only "
+        "deploy/rbac/developer-role.yaml" % NAME)
+
+
+DEV_KUBECONFIG = os.path.join(TMP, "developer.kubeconfig")
+
+
+def developer_user():
+    """A ServiceAccount holding only deploy/rbac/developer-role.yaml in NS, and a
+    kubeconfig with its token: the tests run kbridge as this user, so the Role
+    documented in docs/rbac.md is proven sufficient."""
+    role = os.path.join(REPO, "deploy", "rbac", "developer-role.yaml")
+    kubectl("apply", "-n", NS, "-f", role)
+    kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "v1", "kind": "ServiceAccount",
+             "metadata": {"name": "kbridge-e2e-dev", "namespace": NS}},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+             "metadata": {"name": "kbridge-e2e-dev", "namespace": NS},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                         "name": "kbridge-developer"},
+             "subjects": [{"kind": "ServiceAccount", "name": "kbridge-e2e-dev",
+                           "namespace": NS}]}]}))
+
+    def token():
+        sa = json.loads(kubectl("get", "sa", "kbridge-e2e-dev", "-n", NS, "-o", "json").stdout)
+        for ref in sa.get("secrets", []):
+            sec = json.loads(kubectl("get", "secret", ref["name"], "-n", NS, "-o", "json").stdout)
+            if sec.get("data", {}).get("token"):
+                import base64
+                return base64.b64decode(sec["data"]["token"]).decode()
+        return None
+    tok = wait("the developer's token", token, 30)
+    with open(info()["restricted_kubeconfig"]) as f:
+        text = f.read()
+    import re
+    text = re.sub(r"token: \S+", "token: " + tok, text)
+    with open(DEV_KUBECONFIG, "w") as f:
+        f.write(text)
+    os.chmod(DEV_KUBECONFIG, 0o600)
+    return tok
 
 
 def restricted():
-    return info()["restricted_kubeconfig"]
+    return DEV_KUBECONFIG
 
 
 # ---- snapshots: what must be equal after a restore ----
@@ -346,7 +389,7 @@ def part_badinput():
         f.write("#!/bin/sh\necho 'login required: run corp-login first' >&2\nexit 3\n")
     os.chmod(plugin, 0o755)
     good_plugin = os.path.join(d, "plugin-ok.sh")
-    dev_token = info()["tokens"]["restricted"]
+    dev_token = DEV_TOKEN[0]
     with open(good_plugin, "w") as f:
         f.write("#!/bin/sh\ncat <<EOF\n{\"apiVersion\":\"client.authentication.k8s.io/v1beta1\","
                 "\"kind\":\"ExecCredential\",\"status\":{\"token\":\"%s\"}}\nEOF\n" % dev_token)
