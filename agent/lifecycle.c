@@ -21,6 +21,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -140,7 +141,15 @@ static void start_restore(struct lifecycle *lc) {
   lc->state = LC_RESTORING;
   evtimer_del(lc->deadline_ev);
   log_info("lease: restoring service %s/%s (%s)", lc->ns, lc->service, lc->restore_why);
-  if (pthread_create(&lc->thread, NULL, restore_main, &lc->job) != 0) {
+  /* The thread starts with every signal blocked, so SIGTERM/SIGINT keep going
+   * to the loop's thread (libevent's handlers) and never interrupt its calls. */
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  int rc = pthread_create(&lc->thread, NULL, restore_main, &lc->job);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (rc != 0) {
+    errno = rc;
     /* as a failed restore: try again after the back-off */
     lc->restores_failed++;
     snprintf(lc->last_error, sizeof lc->last_error, "cannot start the restore thread: %s",
@@ -223,7 +232,15 @@ static void evaluate(struct lifecycle *lc) {
 }
 
 static void tick_cb(evutil_socket_t fd, short what, void *arg) { evaluate(arg); }
-static void deadline_cb(evutil_socket_t fd, short what, void *arg) { evaluate(arg); }
+/* libevent's timer may fire a little before our clock reaches the deadline
+ * (its time is cached and coarser): then arm it again for the rest. */
+static void deadline_cb(evutil_socket_t fd, short what, void *arg) {
+  struct lifecycle *lc = arg;
+  evaluate(lc);
+  if ((lc->state == LC_WAITING || lc->state == LC_GRACE || lc->state == LC_RETRY) &&
+      !evtimer_pending(lc->deadline_ev, NULL))
+    arm_deadline(lc, lc->deadline);
+}
 
 /* The restore thread finished: join it, then act on its result. */
 static void notify_cb(evutil_socket_t fd, short what, void *arg) {
