@@ -156,6 +156,8 @@ struct conn {
   SSL_CTX *tun_ssl;        /* the tunnel's client context */
   struct proxy *px;
   struct event *sigchld;
+  struct event *tunnel_timer;  /* --timeout for the first registration */
+  char tunnel_err[700];        /* the last carrier failure */
   pid_t child;
   int child_status;
   int ready_announced;
@@ -754,12 +756,13 @@ static int create_agent(struct conn *c) {
   }
   progress(c, "create-agent", "creating the agent: deployment %s (image %s)", c->nm.agent,
            c->image);
-  c->created = 1;
   cJSON *dep = NULL;
   if (create(c, "apps/v1", "deployments", agent_deployment(c), &dep) < 0) {
+    /* Nothing of ours exists (an AlreadyExists is someone else's agent). */
     tls_pem_clear(&agent);
     return -1;
   }
+  c->created = 1;
   char uid[100];
   snprintf(uid, sizeof uid, "%s", jstr(dep, "metadata.uid") ? jstr(dep, "metadata.uid") : "");
   cJSON_Delete(dep);
@@ -1141,11 +1144,28 @@ struct pf_open {
 
 static void pf_ready(struct bufferevent *carrier, const char *err, int status, void *arg) {
   struct pf_open *po = arg;
-  (void)status;
+  struct conn *c = po->c;
   proxy_carrier_done done = po->done;
   void *slot = po->slot;
   free(po);
+  if (!carrier) snprintf(c->tunnel_err, sizeof c->tunnel_err, "%s", err ? err : "?");
   done(carrier, err, slot);
+  /* Not allowed to port-forward: retrying cannot help. */
+  if (!carrier && (status == 401 || status == 403) && !c->ready_announced && c->px) {
+    fail(c, "cannot open a tunnel: %s", err ? err : "forbidden");
+    proxy_shutdown(c->px, 1);
+  }
+}
+
+/* No tunnel registered within --timeout: give up (and restore). */
+static void tunnel_timeout_cb(evutil_socket_t fd, short what, void *arg) {
+  struct conn *c = arg;
+  (void)fd;
+  (void)what;
+  if (c->ready_announced) return;
+  fail(c, "no tunnel to the agent came up within %d s%s%s", c->cfg->timeout,
+       c->tunnel_err[0] ? "; last error: " : "", c->tunnel_err);
+  proxy_shutdown(c->px, 1);
 }
 
 static void *hook_open(void *arg, struct event_base *base, proxy_carrier_done done, void *slot,
@@ -1214,6 +1234,11 @@ static void sigchld_cb(evutil_socket_t fd, short what, void *arg) {
 static void hook_started(void *arg, struct proxy *px, struct event_base *base) {
   struct conn *c = arg;
   c->px = px;
+  c->tunnel_timer = evtimer_new(base, tunnel_timeout_cb, c);
+  if (c->tunnel_timer) {
+    struct timeval tv = {c->cfg->timeout, 0};
+    evtimer_add(c->tunnel_timer, &tv);
+  }
   if (c->cfg->cmd) {
     c->sigchld = evsignal_new(base, SIGCHLD, sigchld_cb, c);
     if (c->sigchld) event_add(c->sigchld, NULL);
@@ -1517,9 +1542,10 @@ int connect_run(struct connect_config *cfg) {
     cJSON *d = NULL;
     if (kube_get(c->k, &dr, &d, &e) == 0) {
       cJSON_Delete(d);
-      fail(c, "deployment %s/%s exists but service %s is not taken over: leftovers of an earlier "
-           "takeover; run `kbridge restore -n %s --service %s` first", c->ns, c->nm.agent, c->svc,
-           c->ns, c->svc);
+      fail(c, "deployment %s/%s exists but service %s is not taken over (yet): either another "
+           "kbridge connect is starting right now (try again in a few seconds), or these are "
+           "leftovers of an earlier takeover (`kbridge restore -n %s --service %s` removes them)",
+           c->ns, c->nm.agent, c->svc, c->ns, c->svc);
       goto out;
     } else if (e.status != 404) {
       fail(c, "%s", e.msg);
@@ -1611,6 +1637,8 @@ int connect_run(struct connect_config *cfg) {
     rc = proxy_run(&pc);
     if (c->sigchld) event_free(c->sigchld);
     c->sigchld = NULL;
+    if (c->tunnel_timer) event_free(c->tunnel_timer);
+    c->tunnel_timer = NULL;
     sigaction(SIGINT, &sa, NULL); /* libevent restored the defaults */
     sigaction(SIGTERM, &sa, NULL);
     if (c->child > 0) { /* we are leaving before the command: stop it */

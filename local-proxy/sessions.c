@@ -6,6 +6,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "agentquery.h"
 #include "kube.h"
 #include "takeover.h"
 
@@ -305,6 +307,20 @@ int list_run(struct restore_config *cfg) {
     cJSON_Delete(pods);
     cJSON_AddNumberToObject(o, "agent_pods", npods);
     cJSON_AddNumberToObject(o, "agent_ready", ready);
+    /* Who is connected right now, from the agent itself (if it answers). */
+    cJSON *h = NULL;
+    if (ready && agent_healthz(k, ns, name ? name : "", &h, err, sizeof err) == 0) {
+      cJSON *keys = cJSON_DetachItemFromObjectCaseSensitive(h, "keys");
+      cJSON_AddItemToObject(o, "connected", keys ? keys : cJSON_CreateObject());
+      const cJSON *ro;
+      cJSON_ArrayForEach(ro, routes) {
+        const cJSON *n = cJSON_GetObjectItemCaseSensitive(keys, sget(ro, "key"));
+        cJSON_AddBoolToObject((cJSON *)(uintptr_t)ro, "connected", cJSON_IsNumber(n) && n->valueint > 0);
+      }
+      cJSON_Delete(h);
+    } else if (ready) {
+      cJSON_AddStringToObject(o, "agent_error", err);
+    }
     cJSON_AddItemToArray(out, o);
     cJSON_Delete(t);
   }
@@ -323,8 +339,10 @@ int list_run(struct restore_config *cfg) {
       const cJSON *ro;
       cJSON_ArrayForEach(ro, cJSON_GetObjectItemCaseSensitive(o, "routes")) {
         size_t l = strlen(routes);
-        snprintf(routes + l, sizeof routes - l, "%s%s (%s since %s)", l ? ", " : "",
-                 sget(ro, "key"), sget(ro, "by"), sget(ro, "since"));
+        const cJSON *conn = cJSON_GetObjectItemCaseSensitive(ro, "connected");
+        snprintf(routes + l, sizeof routes - l, "%s%s (%s since %s%s)", l ? ", " : "",
+                 sget(ro, "key"), sget(ro, "by"), sget(ro, "since"),
+                 cJSON_IsFalse(conn) ? ", not connected now" : "");
       }
       snprintf(agent, sizeof agent, "%d/%d", iget(o, "agent_ready"), iget(o, "agent_pods"));
       printf("%-24s %-9s %-21s %-24s %-6s %s\n", sget(o, "service"), sget(o, "mode"),
