@@ -40,6 +40,7 @@
 #include "takeover.h"
 
 #define RETRY_FIRST_S 5
+#define LOST_MAX 16 /* developers remembered as lost (their CLI may come back) */
 #define RETRY_MAX_S 60
 /* How common/tunnel.c words the end of a tunnel whose peer sent GOAWAY. */
 #define PEER_GOAWAY_PREFIX "peer closed the tunnel"
@@ -67,6 +68,13 @@ struct restore_job {
   double seconds;               /* how long fn took */
 };
 
+/* A developer whose tunnels were all lost without a GOAWAY: their CLI may be
+ * reconnecting, so they keep the whole lease even if others leave cleanly. */
+struct lost_dev {
+  char key[64];
+  double at;
+};
+
 struct lifecycle {
   struct event_base *base;
   const struct route_table *routes;
@@ -81,6 +89,8 @@ struct lifecycle {
   int clean_leave;              /* the last departure was the developer's GOAWAY */
   char last_key[64];            /* who left last */
   char last_why[256];           /* how their tunnel ended */
+  struct lost_dev lost[LOST_MAX];
+  size_t nlost;
   char restore_why[128];        /* what started the restore */
   long retry_s;                 /* current back-off */
   unsigned long restores_ok, restores_failed;
@@ -164,9 +174,36 @@ static void start_restore(struct lifecycle *lc) {
   lc->thread_running = 1;
 }
 
+/* Drop lost developers who are back or whose lease is over. */
+static void prune_lost(struct lifecycle *lc, double now) {
+  size_t j = 0;
+  for (size_t i = 0; i < lc->nlost; i++)
+    if (route_table_conns(lc->routes, lc->lost[i].key) == 0 &&
+        lc->lost[i].at + (double)lc->lease_s > now)
+      lc->lost[j++] = lc->lost[i];
+  lc->nlost = j;
+}
+
+static void remember_lost(struct lifecycle *lc, const char *key, double now) {
+  size_t i, oldest = 0;
+  for (i = 0; i < lc->nlost; i++) {
+    if (!strcmp(lc->lost[i].key, key)) break;
+    if (lc->lost[i].at < lc->lost[oldest].at) oldest = i;
+  }
+  if (i == lc->nlost) {
+    if (lc->nlost < LOST_MAX)
+      lc->nlost++;
+    else
+      i = oldest;
+  }
+  snprintf(lc->lost[i].key, sizeof lc->lost[i].key, "%s", key);
+  lc->lost[i].at = now;
+}
+
 static void evaluate(struct lifecycle *lc) {
   double now = mono_now();
   size_t n = route_table_keys(lc->routes);
+  prune_lost(lc, now); /* a lost developer who is back is not lost any more */
   switch (lc->state) {
   case LC_RESTORING:
   case LC_RESTORED:
@@ -203,8 +240,18 @@ static void evaluate(struct lifecycle *lc) {
   lc->developers = 0;
   if (lc->state == LC_CONNECTED) {
     const char *who = lc->last_key[0] ? lc->last_key : "?";
-    if (lc->clean_leave) {
-      long g = lc->grace_s < lc->lease_s ? lc->grace_s : lc->lease_s;
+    const struct lost_dev *ld = NULL; /* the lost developer whose lease ends last */
+    for (size_t i = 0; i < lc->nlost; i++)
+      if (!ld || lc->lost[i].at > ld->at) ld = &lc->lost[i];
+    long g = lc->grace_s < lc->lease_s ? lc->grace_s : lc->lease_s;
+    if (lc->clean_leave && ld && ld->at + (double)lc->lease_s > now + (double)g) {
+      lc->state = LC_WAITING;
+      arm_deadline(lc, ld->at + (double)lc->lease_s);
+      log_info("lease: the last developer (%s) left (%s), but %s's tunnel was lost %.0f s ago "
+               "and may come back: restoring %s/%s in %.0f s unless one connects",
+               who, lc->last_why[0] ? lc->last_why : "GOAWAY", ld->key, now - ld->at, lc->ns,
+               lc->service, lc->deadline - now);
+    } else if (lc->clean_leave) {
       lc->state = LC_GRACE;
       arm_deadline(lc, now + (double)g);
       log_info("lease: the last developer (%s) left (%s); restoring %s/%s in %ld s unless one "
@@ -354,10 +401,19 @@ struct lifecycle *lifecycle_new(struct event_base *base, const struct route_tabl
 
 void lifecycle_tunnel_closed(struct lifecycle *lc, const char *key, const char *err) {
   if (!lc) return;
+  int clean = err && !strncmp(err, PEER_GOAWAY_PREFIX, strlen(PEER_GOAWAY_PREFIX));
+  if (key && route_table_conns(lc->routes, key) == 0) {
+    if (!clean) {
+      remember_lost(lc, key, mono_now());
+    } else { /* came back and left for good: not waited for any more */
+      for (size_t i = 0; i < lc->nlost; i++)
+        if (!strcmp(lc->lost[i].key, key)) lc->lost[i] = lc->lost[--lc->nlost];
+    }
+  }
   if (route_table_keys(lc->routes) == 0) {
     snprintf(lc->last_key, sizeof lc->last_key, "%s", key ? key : "");
     snprintf(lc->last_why, sizeof lc->last_why, "%s", err ? err : "closed");
-    lc->clean_leave = err && !strncmp(err, PEER_GOAWAY_PREFIX, strlen(PEER_GOAWAY_PREFIX));
+    lc->clean_leave = clean;
   }
   evaluate(lc);
 }

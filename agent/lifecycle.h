@@ -9,7 +9,9 @@
  *   - no developer at all for --lease-seconds (none connected since start, or
  *     the last tunnel was lost without a GOAWAY: CLI killed, laptop asleep,
  *     network gone) -> restore.
- * A developer (re)connecting before the deadline cancels it.
+ * A developer (re)connecting before the deadline cancels it. A developer whose
+ * tunnels were lost keeps the whole lease even when another one then leaves
+ * cleanly (their CLI may be reconnecting).
  *
  * Restore = takeover_restore() (common/takeover.h) run in a thread of its own,
  * with its own blocking Kubernetes client built from the pod's service account,

@@ -7,6 +7,7 @@
  * lease from start, grace after a clean leave (GOAWAY), lease after a lost
  * tunnel, a reconnect calling the grace off, a departure only the 1 s tick
  * sees, and a failing restore reported in /healthz and /metrics. */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,6 +50,7 @@ enum step_kind { STEP_REGISTER, STEP_CLOSE_CLEAN, STEP_CLOSE_LOST, STEP_REMOVE_S
 struct step {
   int at_ms;
   enum step_kind kind;
+  const char *key; /* NULL: "alice"; the pointer doubles as the tunnel's identity */
 };
 
 struct run {
@@ -56,7 +58,6 @@ struct run {
   struct route_table *routes;
   struct lifecycle *lc;
   double t0, done_at;
-  int conn; /* a stand-in for the tunnel pointer */
 };
 
 struct step_ev {
@@ -68,18 +69,20 @@ struct step_ev {
 static void step_cb(evutil_socket_t fd, short what, void *arg) {
   struct step_ev *se = arg;
   struct run *r = se->r;
+  const char *key = se->s.key ? se->s.key : "alice";
+  void *conn = (void *)(uintptr_t)key;
   switch (se->s.kind) {
   case STEP_REGISTER:
-    route_table_add(r->routes, "alice", &r->conn);
+    route_table_add(r->routes, key, conn);
     lifecycle_check(r->lc);
     break;
   case STEP_CLOSE_CLEAN:
   case STEP_CLOSE_LOST:
-    route_table_remove(r->routes, "alice", &r->conn);
-    lifecycle_tunnel_closed(r->lc, "alice", se->s.kind == STEP_CLOSE_CLEAN ? CLEAN : LOST);
+    route_table_remove(r->routes, key, conn);
+    lifecycle_tunnel_closed(r->lc, key, se->s.kind == STEP_CLOSE_CLEAN ? CLEAN : LOST);
     break;
   case STEP_REMOVE_SILENTLY:
-    route_table_remove(r->routes, "alice", &r->conn);
+    route_table_remove(r->routes, key, conn);
     break;
   }
 }
@@ -151,17 +154,17 @@ int main(void) {
   CHECK_EQ_INT(fake_calls, 1);
 
   /* the developer leaves with a GOAWAY: grace, not lease */
-  const struct step clean[] = {{100, STEP_REGISTER}, {300, STEP_CLOSE_CLEAN}};
+  const struct step clean[] = {{100, STEP_REGISTER, NULL}, {300, STEP_CLOSE_CLEAN, NULL}};
   t = run_case("clean leave at 0.3 s: grace 1 s (lease 3 s)", 3, 1, clean, 2, 5, NULL, NULL);
   CHECK(t >= 1.25 && t < 1.9);
 
   /* the tunnel is lost (kill -9, network): the whole lease */
-  const struct step lost[] = {{100, STEP_REGISTER}, {300, STEP_CLOSE_LOST}};
+  const struct step lost[] = {{100, STEP_REGISTER, NULL}, {300, STEP_CLOSE_LOST, NULL}};
   t = run_case("lost at 0.3 s: lease 2 s (grace 1 s)", 2, 1, lost, 2, 5, NULL, NULL);
   CHECK(t >= 2.25 && t < 2.9);
 
   /* a developer coming back within the grace calls the restore off */
-  const struct step back[] = {{100, STEP_REGISTER}, {300, STEP_CLOSE_CLEAN}, {800, STEP_REGISTER}};
+  const struct step back[] = {{100, STEP_REGISTER, NULL}, {300, STEP_CLOSE_CLEAN, NULL}, {800, STEP_REGISTER, NULL}};
   struct evbuffer *h = evbuffer_new(), *m = evbuffer_new();
   fake_calls = 0;
   t = run_case("clean leave, back within the grace", 3, 1, back, 3, 2.5, h, m);
@@ -174,8 +177,22 @@ int main(void) {
   evbuffer_drain(h, evbuffer_get_length(h));
   evbuffer_drain(m, evbuffer_get_length(m));
 
+  /* bob is lost, then alice leaves cleanly: bob keeps his lease */
+  const struct step two[] = {{100, STEP_REGISTER, NULL},
+                             {100, STEP_REGISTER, "bob"},
+                             {200, STEP_CLOSE_LOST, "bob"},
+                             {400, STEP_CLOSE_CLEAN, NULL}};
+  t = run_case("bob lost, alice leaves: bob's lease 2 s", 2, 1, two, 4, 4, NULL, NULL);
+  CHECK(t >= 2.15 && t < 2.8);
+  /* ... but not when bob came back and left cleanly too */
+  const struct step back2[] = {{100, STEP_REGISTER, NULL},   {100, STEP_REGISTER, "bob"},
+                               {200, STEP_CLOSE_LOST, "bob"}, {300, STEP_REGISTER, "bob"},
+                               {400, STEP_CLOSE_CLEAN, "bob"}, {450, STEP_CLOSE_CLEAN, NULL}};
+  t = run_case("bob lost, back, both leave: grace 1 s", 3, 1, back2, 6, 4, NULL, NULL);
+  CHECK(t >= 1.4 && t < 2.0);
+
   /* a departure nobody reported (no hook): the 1 s tick notices, lease applies */
-  const struct step silent[] = {{100, STEP_REGISTER}, {300, STEP_REMOVE_SILENTLY}};
+  const struct step silent[] = {{100, STEP_REGISTER, NULL}, {300, STEP_REMOVE_SILENTLY, NULL}};
   t = run_case("unreported departure: tick + lease 1 s", 1, 0, silent, 2, 4, NULL, NULL);
   CHECK(t >= 1.25 && t < 2.6);
 
