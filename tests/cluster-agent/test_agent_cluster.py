@@ -17,6 +17,9 @@ Scenarios (default: all, in this order):
               leave restores
     exclusive the workload scaled to 0 (replicas in an annotation), all traffic
               to the developer; kill -9: restored, replicas back to 2
+    forbidden the agent's RoleBinding deleted: the restore is refused (403),
+              reported in /healthz and /metrics, retried; RoleBinding back:
+              restored
 
 The takeover is made by hand here, as `kbridge connect` would (takeover.h):
 Secret, ServiceAccount/Role/RoleBinding (deploy/rbac/agent-role.yaml, as is),
@@ -587,9 +590,47 @@ def scenario_exclusive():
         local.close()
 
 
+def scenario_forbidden():
+    local = LocalServer()
+    pod = take_over(lease=30, grace=2)
+    log = AgentLog(pod)
+    try:
+        dev = Developer(local.port)
+        kubectl("delete", "-n", NS, "rolebinding", AGENT)
+        say("the agent's RoleBinding deleted: its restore will be refused")
+        t0 = time.time()
+        dev.stop()
+
+        def retrying():
+            h = agent_health(pod)
+            lc = h and h["lifecycle"]
+            return lc if lc and lc["state"] == "retry" and lc["last_error"] else None
+
+        lc = wait_for("healthz reports the failed restore", retrying, 20)
+        check("forbidden" in lc["last_error"] and lc["restores_failed"] >= 1,
+              "healthz: state retry, last_error %r" % lc["last_error"][:150])
+        check(kget("service", SVC)["spec"]["selector"] == AGENT_SELECTOR,
+              "the takeover is still in place (nothing half done)")
+        m = agent_metrics(pod)
+        check('kbridge_restores_total{result="failed"} 1' in m, "metrics count the failure")
+        kubectl("apply", "-f", os.path.join(REPO, "deploy", "rbac", "agent-role.yaml"))
+        dep = kget("deployment", AGENT)
+        kubectl("patch", "-n", NS, "rolebinding", AGENT, "--type", "merge", "-p", json.dumps(
+            {"metadata": {"labels": managed_labels(), "ownerReferences": [{
+                "apiVersion": "apps/v1", "kind": "Deployment", "name": AGENT,
+                "uid": dep["metadata"]["uid"]}]}}))
+        t1 = time.time()
+        say("RoleBinding back")
+        t_sel, t_all = wait_restored(t1, 30, ORIGINAL_SELECTOR)
+        FIGURES.append(("restore refused (403), RoleBinding back: selector back after", t_sel))
+        check("trying again in 5 s" in log.text(), "agent log: the failure and the retry")
+    finally:
+        local.close()
+
+
 SCENARIOS = {"podspec": scenario_podspec, "killed": scenario_killed, "clean": scenario_clean,
              "conflict": scenario_conflict, "reconnect": scenario_reconnect,
-             "exclusive": scenario_exclusive}
+             "exclusive": scenario_exclusive, "forbidden": scenario_forbidden}
 
 
 def main():
