@@ -344,6 +344,8 @@ struct lifecycle *lifecycle_new(struct event_base *base, const struct route_tabl
       return NULL;
     }
     snprintf(ns, sizeof ns, "%s", kc->namespace ? kc->namespace : "default");
+    log_info("lease: restores will use the pod's service account (API server %s, namespace %s)",
+             kc->server ? kc->server : "?", ns);
     kubeconfig_free(kc);
     /* libcurl's global init is not for a second thread to do while this one
      * runs OpenSSL: do it here, once, before any restore thread exists. */
