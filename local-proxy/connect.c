@@ -91,6 +91,9 @@ static const struct opt_def connect_opts[] = {
      "the agent restores the cluster after this long without any developer"},
     {"timeout", OPT_INT, CFG_OFF(timeout), 0, 0, "120", NULL, 5, 3600,
      "seconds to wait for the agent pod to become ready"},
+    {"agent-address", OPT_HOSTPORT, CFG_OFF(agent_address), 0, 0, NULL, NULL, 0, 0,
+     "reach the agent's tunnel port directly here (a LoadBalancer or NodePort in front of it) "
+     "instead of through the API server's port-forward"},
     {"kubeconfig", OPT_PATH, CFG_OFF(kf.kubeconfig), 0, 0, NULL, NULL, 0, 0,
      "kubeconfig file (default $KUBECONFIG, else ~/.kube/config)"},
     {"context", OPT_STRING, CFG_OFF(kf.context), 0, 0, NULL, NULL, 0, 0,
@@ -157,6 +160,7 @@ struct conn {
   struct proxy *px;
   struct event *sigchld;
   struct event *tunnel_timer;  /* --timeout for the first registration */
+  int gone_reported;           /* the agent Deployment disappeared */
   char tunnel_err[700];        /* the last carrier failure */
   pid_t child;
   int child_status;
@@ -1168,6 +1172,15 @@ static void tunnel_timeout_cb(evutil_socket_t fd, short what, void *arg) {
   proxy_shutdown(c->px, 1);
 }
 
+static void agent_gone_cb(evutil_socket_t fd, short what, void *arg) {
+  struct conn *c = arg;
+  (void)fd;
+  (void)what;
+  fail(c, "the agent of %s/%s is gone: the takeover was ended elsewhere (kbridge restore, or "
+       "the agent's lease)", c->ns, c->svc);
+  proxy_shutdown(c->px, 1);
+}
+
 static void *hook_open(void *arg, struct event_base *base, proxy_carrier_done done, void *slot,
                        char *err, size_t errlen) {
   struct conn *c = arg;
@@ -1176,6 +1189,16 @@ static void *hook_open(void *arg, struct event_base *base, proxy_carrier_done do
   if (rc != 0) {
     snprintf(err, errlen, "%s", rc > 0 ? "no ready agent pod (yet)" : why);
     if (rc > 0) log_info("%s", why);
+    /* No pod: being replaced, or the takeover is over? */
+    struct kube_ref dr = {"apps/v1", "deployments", c->ns, c->nm.agent, NULL};
+    struct kube_err e;
+    cJSON *d = NULL;
+    if (rc > 0 && kube_get(c->k, &dr, &d, &e) < 0 && e.status == 404 && !c->gone_reported) {
+      struct timeval now = {0, 0};
+      c->gone_reported = 1; /* shut down from the loop, not from inside proxy.c's call */
+      event_base_once(base, -1, EV_TIMEOUT, agent_gone_cb, c, &now);
+    }
+    cJSON_Delete(d);
     return NULL;
   }
   const char *token = NULL, *cert = NULL, *key = NULL;
@@ -1613,14 +1636,26 @@ int connect_run(struct connect_config *cfg) {
   if (set_route(c, 1, &others) < 0) goto undo_out;
   c->routed = 1;
   session_write(c->ns, c->svc, cfg->key, cfg->local_port, c->session_path, sizeof c->session_path);
-  progress(c, "tunnels", "opening %d tunnel%s to the agent through the API server", cfg->tunnels,
-           cfg->tunnels == 1 ? "" : "s");
+  if (cfg->agent_address.port) {
+    char a[300];
+    progress(c, "tunnels", "opening %d tunnel%s to the agent at %s", cfg->tunnels,
+             cfg->tunnels == 1 ? "" : "s", addr_format(&cfg->agent_address, a, sizeof a));
+  } else {
+    progress(c, "tunnels", "opening %d tunnel%s to the agent through the API server",
+             cfg->tunnels, cfg->tunnels == 1 ? "" : "s");
+  }
   if (interrupted) goto leave;
   {
     static const struct proxy_hooks hooks = {NULL, hook_open, hook_cancel, hook_carrier_error,
                                              hook_started, hook_welcome};
     struct proxy_hooks h = hooks;
     h.arg = c;
+    int direct = cfg->agent_address.port != 0;
+    if (direct) { /* proxy.c dials TCP itself; only the events are ours */
+      h.open = NULL;
+      h.cancel = NULL;
+      h.carrier_error = NULL;
+    }
     struct proxy_config pc;
     char label[300];
     memset(&pc, 0, sizeof pc);
@@ -1632,7 +1667,14 @@ int connect_run(struct connect_config *cfg) {
     pc.log_level = cfg->log_level;
     pc.hooks = &h;
     pc.ssl_ctx = c->tun_ssl;
-    snprintf(label, sizeof label, "%s/%s (port-forward)", c->ns, c->nm.agent);
+    if (direct) {
+      char a[300];
+      pc.agent = cfg->agent_address;
+      snprintf(label, sizeof label, "%s/%s at %s", c->ns, c->nm.agent,
+               addr_format(&cfg->agent_address, a, sizeof a));
+    } else {
+      snprintf(label, sizeof label, "%s/%s (port-forward)", c->ns, c->nm.agent);
+    }
     pc.agent_label = label;
     rc = proxy_run(&pc);
     if (c->sigchld) event_free(c->sigchld);

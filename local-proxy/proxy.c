@@ -394,7 +394,7 @@ static void slot_tcp_event(struct bufferevent *bev, short what, void *arg) {
  * timeouts are reported as such rather than as TLS errors. */
 static void slot_connect(struct slot *sl) {
   struct proxy *px = sl->px;
-  if (px->cfg->hooks) {
+  if (px->cfg->hooks && px->cfg->hooks->open) {
     char err[600] = "";
     sl->state = SLOT_DIALING;
     sl->pending = px->cfg->hooks->open(px->cfg->hooks->arg, px->base, slot_carrier_done, sl, err,
@@ -764,7 +764,7 @@ int proxy_run(struct proxy_config *cfg) {
     lh.port = (uint16_t)cfg->local_port;
     addr_format(&lh, px.local_name, sizeof px.local_name);
   }
-  if (cfg->hooks == NULL &&
+  if ((cfg->hooks == NULL || cfg->hooks->open == NULL) &&
       resolve(cfg->agent.host, cfg->agent.port, 0, px.agent, &px.nagent, err, sizeof err) < 0) {
     log_err("--agent: %s", err);
     return 1;

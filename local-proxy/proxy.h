@@ -28,7 +28,8 @@ typedef struct ssl_ctx_st SSL_CTX;
 typedef void (*proxy_carrier_done)(struct bufferevent *carrier, const char *err, void *slot);
 struct proxy_hooks {
   void *arg;
-  /* Start opening a carrier to the agent's tunnel port. done(carrier, NULL, slot)
+  /* Start opening a carrier to the agent's tunnel port (NULL: a direct TCP
+   * connection to cfg->agent, as kbridge proxy). done(carrier, NULL, slot)
    * or done(NULL, err, slot) is called exactly once, later, unless cancelled.
    * Returns a handle for cancel, or NULL with err (then done is not called). */
   void *(*open)(void *arg, struct event_base *base, proxy_carrier_done done, void *slot,

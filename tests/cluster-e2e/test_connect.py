@@ -26,6 +26,8 @@ Parts (default: all, in this order):
                route works again (time printed)
     lease      the CLI killed with -9: the agent restores the cluster by itself
                within its lease (5 s here) + 10 s
+    direct     --agent-address: a developer reaches the agent through a NodePort
+               (direct TCP + TLS) while another uses the port-forward
 
 The cluster is $KBRIDGE_E2E_CLUSTER (default kbe2e); it is started (setup + up)
 if it is not up, and taken down at the end unless KBRIDGE_E2E_KEEP=1. The test
@@ -656,9 +658,37 @@ def part_lease():
     check(dt <= lease + 10, "restored within lease + 10 s")
 
 
+def part_direct():
+    before = snapshot()
+    _, pa = backend("alice-local")
+    _, pc = backend("carol-direct")
+    alice = Session("alice", pa)
+    alice.ready()
+    kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "agent-direct", "namespace": NS},
+        "spec": {"type": "NodePort", "selector": {"kbridge.dev/agent": "api"},
+                 "ports": [{"port": 7443, "targetPort": 7443}]}}))
+    svc = json.loads(kubectl("get", "service", "agent-direct", "-n", NS, "-o", "json").stdout)
+    addr = "%s:%d" % (info()["net"]["node_ip"], svc["spec"]["ports"][0]["nodePort"])
+    carol = Session("carol", pc, "--agent-address", addr)
+    ev = carol.ready()
+    say("MEASURE connect-to-ready (direct carrier to %s, agent reused): %.2f s" % (addr, ev["seconds"]))
+    who = [served_by(a) for a in probe([(API, hdr("carol")), (API, hdr("alice")), (API, {})])]
+    check(who == ["carol-direct", "alice-local", "api"],
+          "--agent-address (NodePort): carol's route over the direct carrier, alice's over the "
+          "port-forward (%s)" % who)
+    ev = carol.stop()
+    check(ev["restored"] is False, "carol leaves, alice stays")
+    ev = alice.stop()
+    check(ev["restored"] is True, "alice leaves: restored")
+    kubectl("delete", "service", "agent-direct", "-n", NS)
+    check_restored(before, "the direct carrier")
+
+
 PARTS = {"badinput": part_badinput, "routing": part_routing, "replace": part_replace,
          "command": part_command, "restore": part_restore, "agentpod": part_agentpod,
-         "lease": part_lease}
+         "lease": part_lease, "direct": part_direct}
 
 
 def main():
