@@ -28,6 +28,7 @@ Parts (default: all, in this order):
                within its lease (5 s here) + 10 s
     direct     --agent-address: a developer reaches the agent through a NodePort
                (direct TCP + TLS) while another uses the port-forward
+    named      a Service with a named targetPort (frontend: 80 -> "http")
 
 The cluster is $KBRIDGE_E2E_CLUSTER (default kbe2e); it is started (setup + up)
 if it is not up, and taken down at the end unless KBRIDGE_E2E_KEEP=1. The test
@@ -271,7 +272,12 @@ class Session:
     def __init__(self, key, port, *extra, kubeconfig=None):
         self.key = key
         e = dict(os.environ, KUBECONFIG=kubeconfig or restricted(), XDG_RUNTIME_DIR=TMP)
-        argv = [ARGS.kbridge, "connect", "-n", NS, "--service", "api", "--local-port", str(port),
+        svc = "api"
+        if "--service" in extra:
+            i = extra.index("--service")
+            svc = extra[i + 1]
+            extra = extra[:i] + extra[i + 2:]
+        argv = [ARGS.kbridge, "connect", "-n", NS, "--service", svc, "--local-port", str(port),
                 "--agent-image", IMAGE, "--output", "json"]
         if "--lease-seconds" not in extra:
             argv += ["--lease-seconds", "3600"]
@@ -686,9 +692,35 @@ def part_direct():
     check_restored(before, "the direct carrier")
 
 
+def part_named():
+    """frontend's Service maps port 80 to the named targetPort "http" (8080)."""
+    before = {"frontend": normalized("service", "frontend"),
+              "deployment": normalized("deployment", "frontend")}
+    _, pf = backend("frontend-local")
+    s = Session("erin", pf, "--service", "frontend")
+    ev = s.ready()
+    dep = json.loads(kubectl("get", "deployment", "kbridge-agent-frontend", "-n", NS, "-o",
+                             "json").stdout)
+    ports = dep["spec"]["template"]["spec"]["containers"][0]["ports"]
+    check({"name": "http", "containerPort": 8080} in [{k: p[k] for k in ("name", "containerPort")}
+                                                     for p in ports if "name" in p],
+          "the agent's container port mirrors the named targetPort http=8080")
+    fe = "http://frontend.%s.svc.cluster.local/" % NS
+    who = [served_by(a) for a in probe([(fe, hdr("erin")), (fe, {})])]
+    check(who == ["frontend-local", "frontend"],
+          "named targetPort: erin's requests to frontend:80 reach her, others the real frontend "
+          "(%s)" % who)
+    ev = s.stop()
+    check(ev["restored"] is True, "restored")
+    wait("frontend restored", lambda: {"frontend": normalized("service", "frontend"),
+                                       "deployment": normalized("deployment", "frontend")}
+         == before and not kbridge_objects(), 30)
+    check(True, "frontend Service and Deployment equal what they were before")
+
+
 PARTS = {"badinput": part_badinput, "routing": part_routing, "replace": part_replace,
          "command": part_command, "restore": part_restore, "agentpod": part_agentpod,
-         "lease": part_lease, "direct": part_direct}
+         "lease": part_lease, "direct": part_direct, "named": part_named}
 
 
 def main():
