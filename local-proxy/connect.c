@@ -1670,10 +1670,10 @@ int connect_run(struct connect_config *cfg) {
     if (direct) {
       char a[300];
       pc.agent = cfg->agent_address;
-      snprintf(label, sizeof label, "%s/%s at %s", c->ns, c->nm.agent,
+      snprintf(label, sizeof label, "%.63s/%.79s at %.120s", c->ns, c->nm.agent,
                addr_format(&cfg->agent_address, a, sizeof a));
     } else {
-      snprintf(label, sizeof label, "%s/%s (port-forward)", c->ns, c->nm.agent);
+      snprintf(label, sizeof label, "%.63s/%.79s (port-forward)", c->ns, c->nm.agent);
     }
     pc.agent_label = label;
     rc = proxy_run(&pc);
