@@ -441,6 +441,14 @@ def part_badinput():
               "%s: exit %d, %r" % (what, r.returncode, msg[:220]))
     check(snapshot() == before and not kbridge_objects(),
           "bad input left the cluster unchanged")
+    # Fails after writes began: an agent image that cannot be pulled is undone.
+    t = time.time()
+    r = kb("connect", "-n", NS, "--service", "api", "--local-port", str(port), "--agent-image",
+           "nosuch/agent:1", env={"XDG_RUNTIME_DIR": TMP})
+    check(r.returncode == 1 and "ErrImagePull" in r.stderr and "undoing" in r.stdout,
+          "unpullable agent image: reported (%r) and undone in %.1f s" %
+          (r.stderr.strip().splitlines()[-1][:160], time.time() - t))
+    check_restored(before, "the failed connect")
     r = kb("list", "-n", NS, kubeconfig=working)
     check(r.returncode == 0 and "no service" in r.stdout,
           "a kubeconfig with a working exec plugin: kbridge list works (%s)" % r.stdout.strip())
