@@ -6,7 +6,8 @@
  * Every decoder consumes the payload exactly: a short payload, a string that
  * runs past the end, or bytes left over is malformed (-1). Encoders build the
  * payload in a small stack buffer and append header + payload with one call;
- * DATA payloads are appended or moved, never staged. */
+ * DATA frames are built in place in the output buffer, header and payload in one
+ * contiguous extent. */
 #include "frame.h"
 
 #include <string.h>
@@ -315,17 +316,26 @@ int frame_put_data(struct evbuffer *out, uint32_t stream, const void *data, size
   return len ? evbuffer_add(out, data, len) : 0;
 }
 
-/* The header goes in first, then evbuffer_remove_buffer() moves whole chains from
- * src to out (only a partial first/last chain is copied). */
+/* Header and payload are built contiguous, in one reserved extent of out: the
+ * TLS bufferevent calls SSL_write once per evbuffer chain, so a header in a chain
+ * of its own would become a TLS record (and a write()) of its own. Copying the
+ * payload (<= 16 KiB in practice) costs far less than that record. */
 int frame_put_data_buffer(struct evbuffer *out, uint32_t stream, struct evbuffer *src,
                           size_t len) {
   if (len > FRAME_MAX_PAYLOAD || len > evbuffer_get_length(src)) return -1;
-  uint8_t hdr[FRAME_HEADER_LEN];
   struct frame_header h = {(uint32_t)len, FRAME_DATA, 0, stream};
-  frame_header_encode(hdr, &h);
-  if (evbuffer_add(out, hdr, sizeof hdr) < 0) return -1;
-  if (len == 0) return 0;
-  return evbuffer_remove_buffer(src, out, len) == (int)len ? 0 : -1;
+  struct evbuffer_iovec v;
+  if (evbuffer_reserve_space(out, (ev_ssize_t)(FRAME_HEADER_LEN + len), &v, 1) != 1 ||
+      v.iov_len < FRAME_HEADER_LEN + len)
+    return -1;
+  uint8_t *p = v.iov_base;
+  frame_header_encode(p, &h);
+  if (len && evbuffer_remove(src, p + FRAME_HEADER_LEN, len) != (int)len) {
+    evbuffer_commit_space(out, &v, 0);
+    return -1;
+  }
+  v.iov_len = FRAME_HEADER_LEN + len;
+  return evbuffer_commit_space(out, &v, 1);
 }
 
 int frame_put_shutdown(struct evbuffer *out, uint32_t stream) {

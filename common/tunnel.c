@@ -8,7 +8,7 @@
  * Write path: control frames (OPEN, WINDOW, RESET, PING, GOAWAY) go straight into
  * the carrier's output. DATA and SHUTDOWN go through a round-robin scheduler: a
  * ring of streams that have queued bytes and send window (or a pending
- * SHUTDOWN), served one FRAME_DATA_CHUNK at a time while the carrier's output is
+ * SHUTDOWN), served one DATA_CHUNK at a time while the carrier's output is
  * below carrier_high; the carrier's write callback (low watermark carrier_high/2)
  * resumes it. New work schedules a deferred event instead of writing at once, so
  * user writes are batched and never reenter the user.
@@ -39,6 +39,10 @@
 #define HANDSHAKE_TIMEOUT_MS 10000
 #define CONTROL_MAX 1024          /* largest non-DATA payload we accept */
 #define WINDOW_LIMIT 0x7fffffffu  /* no window may exceed 2^31-1 */
+/* Payload per DATA frame we send: header + payload = 16384 bytes, the largest
+ * TLS record, so a full frame (built contiguous by frame_put_data_buffer) is
+ * exactly one record and one write() on a TLS carrier. */
+#define DATA_CHUNK (16384u - FRAME_HEADER_LEN)
 
 enum tunnel_state {
   TS_HANDSHAKE, /* CLIENT: HELLO sent, waiting for WELCOME; SERVER: waiting for HELLO */
@@ -459,7 +463,7 @@ static void run_scheduler(struct tunnel *t) {
     struct tunnel_stream *s = sched_pop(t);
     size_t len = evbuffer_get_length(s->out);
     if (len > 0 && s->send_window > 0) {
-      size_t n = len < FRAME_DATA_CHUNK ? len : FRAME_DATA_CHUNK;
+      size_t n = len < DATA_CHUNK ? len : DATA_CHUNK;
       if ((int64_t)n > s->send_window) n = (size_t)s->send_window;
       if (frame_put_data_buffer(cout, s->id, s->out, n) < 0) {
         t->in_sched = 0;
