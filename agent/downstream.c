@@ -802,6 +802,7 @@ static void client_read(struct bufferevent *bev, void *arg) {
   case DS_IDLE:
   case DS_READ_HEAD:
   case DS_FORWARD_BODY:
+    splice_read_more(bev, AGENT_HIGH_WATER); /* request bodies: 4 KiB reads otherwise */
     process_request(ds);
     break;
   case DS_CLOSING:
@@ -912,6 +913,7 @@ int downstream_accept(struct agent *ag, evutil_socket_t fd, const struct sockadd
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   bufferevent_setcb(ds->bev, client_read, client_write, client_event, ds);
   bufferevent_setwatermark(ds->bev, EV_WRITE, AGENT_LOW_WATER, 0);
+  bufferevent_set_max_single_write(ds->bev, AGENT_HIGH_WATER); /* default: 16 KiB per write */
   bufferevent_enable(ds->bev, EV_READ | EV_WRITE);
   set_timer(ds, ag->opt->sniff_timeout_ms);
   return 0;

@@ -26,6 +26,7 @@
 #include "addr.h"
 #include "agent.h"
 #include "log.h"
+#include "splice.h"
 #include "tunnel.h"
 #include "tunnels.h"
 
@@ -49,6 +50,7 @@ static void defer_cb(evutil_socket_t fd, short what, void *arg) {
 
 static void tcp_read(struct bufferevent *bev, void *arg) {
   struct upstream *u = arg;
+  if (u->rd) splice_read_more(bev, AGENT_HIGH_WATER); /* 4 KiB reads otherwise */
   if (u->rd) u->rd(u, u->arg);
 }
 
@@ -153,6 +155,7 @@ struct upstream *upstream_connect_tcp(struct agent *ag, const struct hostport *h
   }
   bufferevent_setcb(u->bev, tcp_read, tcp_write, tcp_event, u);
   bufferevent_setwatermark(u->bev, EV_WRITE, AGENT_LOW_WATER, 0);
+  bufferevent_set_max_single_write(u->bev, AGENT_HIGH_WATER); /* default: 16 KiB */
   struct evutil_addrinfo hints;
   memset(&hints, 0, sizeof hints);
   hints.ai_family = AF_UNSPEC;

@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -178,10 +179,57 @@ static void pump_all(struct splice *sp) {
 
 /* ---- bufferevent side ---------------------------------------------------------- */
 
+#define READ_MORE_MIN 4096        /* libevent 2.1's cap per read event */
+#define READ_MORE_STEP (64u * 1024u)
+#define READ_MORE_MAX (256u * 1024u)
+
+size_t splice_read_more(struct bufferevent *bev, size_t max) {
+  evutil_socket_t fd = bufferevent_getfd(bev);
+  struct evbuffer *in = bufferevent_get_input(bev);
+  size_t total = 0;
+  if (fd < 0 || bufferevent_openssl_get_ssl(bev) || !(bufferevent_get_enabled(bev) & EV_READ) ||
+      evbuffer_get_length(in) < READ_MORE_MIN)
+    return 0;
+  evbuffer_unfreeze(in, 0); /* a socket bufferevent keeps its input's end frozen */
+  while (evbuffer_get_length(in) < max) {
+    size_t want = max - evbuffer_get_length(in);
+    if (want > READ_MORE_STEP) want = READ_MORE_STEP;
+    struct evbuffer_iovec v[2];
+    int n = evbuffer_reserve_space(in, (ev_ssize_t)want, v, 2);
+    if (n <= 0) break;
+    struct iovec iov[2];
+    size_t room = 0;
+    for (int i = 0; i < n; i++) {
+      size_t l = v[i].iov_len < want - room ? v[i].iov_len : want - room;
+      iov[i].iov_base = v[i].iov_base;
+      iov[i].iov_len = l;
+      room += l;
+    }
+    ssize_t r = readv(fd, iov, n);
+    if (r <= 0) { /* would block, EOF or error: libevent's next read reports the last two */
+      evbuffer_commit_space(in, v, 0);
+      break;
+    }
+    size_t left = (size_t)r;
+    int used = 0;
+    for (int i = 0; i < n && left > 0; i++, used++) {
+      v[i].iov_len = iov[i].iov_len < left ? iov[i].iov_len : left;
+      left -= v[i].iov_len;
+    }
+    evbuffer_commit_space(in, v, used);
+    total += (size_t)r;
+    if ((size_t)r < room) break; /* drained: no need for a read that says EAGAIN */
+  }
+  evbuffer_freeze(in, 0);
+  return total;
+}
+
 static void bev_read_cb(struct bufferevent *bev, void *arg) {
   struct splice_side *x = arg;
   struct splice *sp = x->sp;
   enter(sp);
+  if (!x->tls && pending_out(other(x)) <= high_mark(other(x)))
+    splice_read_more(bev, READ_MORE_MAX);
   pump_all(sp);
   leave(sp);
 }
@@ -260,6 +308,7 @@ static void side_init(struct splice *sp, struct splice_side *x, struct splice_en
     bufferevent_setcb(x->bev, bev_read_cb, bev_write_cb, bev_event_cb, x);
     bufferevent_setwatermark(x->bev, EV_WRITE, SPLICE_HIGH_WATER / 2, 0);
     bufferevent_setwatermark(x->bev, EV_READ, 0, 0);
+    bufferevent_set_max_single_write(x->bev, SPLICE_HIGH_WATER); /* default: 16 KiB */
     bufferevent_enable(x->bev, EV_READ | EV_WRITE);
   } else {
     tunnel_stream_setcb(x->stream, stream_read_cb, stream_event_cb, x);

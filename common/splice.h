@@ -35,4 +35,16 @@ struct splice *splice_new(struct splice_end a, struct splice_end b, splice_done_
 /* Abort both sides now (reset streams, close sockets); done is called. */
 void splice_abort(struct splice *sp, const char *why);
 
+/* For read callbacks of plain-socket bufferevents that move bulk data: libevent
+ * 2.1 reads at most 4 KiB per readiness event (evbuffer_read caps it), so a
+ * 100 MB transfer costs 25,600 reads, FIONREAD ioctls and callbacks. This reads
+ * what the socket has straight into bev's input, up to `max` bytes buffered, in
+ * 64 KiB readv()s, stopping when the socket is drained. It only acts when the
+ * input already holds >= 4 KiB (libevent's read was capped, more is likely
+ * waiting), so small request/response exchanges pay no extra syscall. EOF and
+ * errors are left for libevent to find on its next read (the socket stays
+ * readable). Does nothing for TLS bufferevents, a socket-less bev or one with
+ * reading disabled. Returns the bytes read. */
+size_t splice_read_more(struct bufferevent *bev, size_t max);
+
 #endif
