@@ -33,6 +33,7 @@
 #include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #include "log.h"
 
@@ -769,6 +770,54 @@ static void handle_frame(struct tunnel *t, const struct frame_header *h, struct 
   }
 }
 
+/* libevent 2.1's TLS bufferevent on a socket reads one TLS record (<= 16 KiB)
+ * per readiness event: a bulk transfer costs an epoll_wait, the carrier's read
+ * callback and the stream's consumer (with their event re-arming) per record.
+ * Read up to CARRIER_READ_MORE further bytes here, a record per SSL_read, until
+ * OpenSSL would block; what is left stays in the socket (records are read
+ * whole, nothing stays buffered inside OpenSSL), so the next readiness event
+ * finds it. Returns 0, or -1 with err set at EOF or an error (the caller
+ * parses what was read first, then dies with err). Filters (a TLS bufferevent over another
+ * bufferevent) are left to libevent. */
+#define CARRIER_READ_MORE (256u * 1024u)
+#define TLS_RECORD_MAX 16384
+
+static int carrier_read_more(struct bufferevent *bev, char *err, size_t errlen) {
+  SSL *ssl = bufferevent_openssl_get_ssl(bev);
+  if (!ssl || bufferevent_get_underlying(bev) || !(bufferevent_get_enabled(bev) & EV_READ)) return 0;
+  struct evbuffer *in = bufferevent_get_input(bev);
+  size_t got = 0;
+  while (got < CARRIER_READ_MORE) {
+    struct evbuffer_iovec v;
+    if (evbuffer_reserve_space(in, TLS_RECORD_MAX, &v, 1) != 1) return 0;
+    ERR_clear_error();
+    errno = 0;
+    int r = SSL_read(ssl, v.iov_base, (int)(v.iov_len < INT32_MAX ? v.iov_len : INT32_MAX));
+    int sys_errno = errno;
+    if (r <= 0) {
+      int e = SSL_get_error(ssl, r);
+      evbuffer_commit_space(in, &v, 0);
+      if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) return 0;
+      unsigned long ssl_err = ERR_get_error();
+      if (e == SSL_ERROR_ZERO_RETURN || (e == SSL_ERROR_SYSCALL && !ssl_err && sys_errno == 0)) {
+        snprintf(err, errlen, "carrier closed by peer");
+      } else if (ssl_err) {
+        char buf[256];
+        ERR_error_string_n(ssl_err, buf, sizeof buf);
+        snprintf(err, errlen, "carrier error: TLS error: %s", buf);
+      } else {
+        snprintf(err, errlen, "carrier error: %s", strerror(sys_errno));
+      }
+      ERR_clear_error();
+      return -1;
+    }
+    v.iov_len = (size_t)r;
+    evbuffer_commit_space(in, &v, 1);
+    got += (size_t)r;
+  }
+  return 0;
+}
+
 /* Parse every whole frame in the carrier's input. A nested call (a carrier that
  * runs callbacks synchronously, e.g. TLS writing while we handle a frame) only
  * flags that more input arrived; the outer call's loop picks it up. */
@@ -783,6 +832,9 @@ static void carrier_read_cb(struct bufferevent *bev, void *arg) {
   t->in_read = 1;
   t->last_rx_ms = now_ms();
   size_t want = 0; /* > 0: waiting for a frame of this many bytes */
+  char gone[300] = "";
+  int lost = (t->state == TS_READY || t->state == TS_HANDSHAKE) &&
+             carrier_read_more(bev, gone, sizeof gone) < 0;
   do {
     t->reread = 0;
     while (t->state == TS_READY || t->state == TS_HANDSHAKE) {
@@ -804,7 +856,9 @@ static void carrier_read_cb(struct bufferevent *bev, void *arg) {
     }
     if (t->state == TS_READY && t->sched_head) run_scheduler(t);
   } while (t->reread && t->state != TS_DEAD && !want);
-  if (t->state != TS_DEAD) {
+  if (lost && t->state != TS_DEAD) {
+    tunnel_die(t, "%s", gone);
+  } else if (t->state != TS_DEAD) {
     /* Wake up only when the whole pending frame is there. */
     if (want || t->read_wm) bufferevent_setwatermark(bev, EV_READ, want, 0);
     t->read_wm = want > 0;
