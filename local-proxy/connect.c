@@ -203,6 +203,7 @@ static void progress(struct conn *c, const char *step, const char *fmt, ...) {
     cJSON_AddStringToObject(o, "message", msg);
     cJSON_AddNumberToObject(o, "elapsed", now_s() - c->t0);
     emit_json(o);
+    log_info("%s", msg); /* stderr keeps the story too (logs, tests) */
   } else {
     printf("[%5.1fs] %s\n", now_s() - c->t0, msg);
     fflush(stdout);
@@ -1454,7 +1455,6 @@ int connect_run(struct connect_config *cfg) {
          "\"%s\"", TAKEOVER_MAX_SERVICE, c->svc);
     return 2;
   }
-  if (cfg->replace && cfg->key[0] == '\0') snprintf(cfg->key, sizeof cfg->key, "exclusive");
   if (cfg->key[0] == '\0') default_key(cfg->key, sizeof cfg->key);
   const char *img = cfg->agent_image ? cfg->agent_image : getenv("KBRIDGE_AGENT_IMAGE");
   snprintf(c->image, sizeof c->image, "%s", img && *img ? img : CONNECT_DEFAULT_IMAGE);
