@@ -50,7 +50,7 @@ enum ds_state {
   DS_IDLE,          /* HTTP keep-alive between requests; --idle-timeout-ms running */
   DS_READ_HEAD,     /* parsing a request head; --header-timeout-ms running */
   DS_FORWARD_BODY,  /* head sent upstream; relaying the request body as it arrives */
-  DS_WAIT_RESPONSE, /* request fully sent; relaying the response; client reads held */
+  DS_WAIT_RESPONSE, /* request fully sent; relaying the response; client input buffered */
   DS_UPGRADED,      /* 101 or raw: handed to a splice; this object is going away */
   DS_CLOSING,       /* last bytes queued to the client: flush, half-close, linger, free */
 };
@@ -487,13 +487,14 @@ static void begin_forward(struct downstream *ds) {
   ds->state = DS_FORWARD_BODY;
 }
 
-/* The last byte of the request went upstream: hold further client input (a
- * pipelined request stays buffered) until the response is complete. */
+/* The last byte of the request went upstream: further client input (a
+ * pipelined request) stays buffered until the response is complete. Reading
+ * stays enabled (disabling and re-enabling it cost two epoll_ctl per request);
+ * the client's read high-water mark bounds what is buffered meanwhile. */
 static void request_complete(struct downstream *ds) {
   ds->req_done = 1;
   ds->req_keepalive = llhttp_should_keep_alive(ds->req) != 0;
   ds->state = DS_WAIT_RESPONSE;
-  bufferevent_disable(ds->bev, EV_READ);
 }
 
 /* llhttp said the request is malformed (or a limit hit inside a callback). */
@@ -913,6 +914,9 @@ int downstream_accept(struct agent *ag, evutil_socket_t fd, const struct sockadd
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   bufferevent_setcb(ds->bev, client_read, client_write, client_event, ds);
   bufferevent_setwatermark(ds->bev, EV_WRITE, AGENT_LOW_WATER, 0);
+  /* Input beyond the high mark is not read (pipelined bytes while a response
+   * is relayed, or a body faster than the upstream takes it). */
+  bufferevent_setwatermark(ds->bev, EV_READ, 0, AGENT_HIGH_WATER);
   bufferevent_set_max_single_write(ds->bev, AGENT_HIGH_WATER); /* default: 16 KiB per write */
   bufferevent_enable(ds->bev, EV_READ | EV_WRITE);
   set_timer(ds, ag->opt->sniff_timeout_ms);
