@@ -38,12 +38,14 @@ Exit 77 (skip) without root or kubectl.
 import argparse
 import json
 import os
+import queue
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -144,8 +146,12 @@ def developer_user():
     """A ServiceAccount holding only deploy/rbac/developer-role.yaml in NS, and a
     kubeconfig with its token: the tests run kbridge as this user, so the Role
     documented in docs/rbac.md is proven sufficient."""
-    role = os.path.join(REPO, "deploy", "rbac", "developer-role.yaml")
-    kubectl("apply", "-n", NS, "-f", role)
+    # Under its own name: the test cluster's restricted user has a Role called
+    # kbridge-developer too, which must stay as it is.
+    with open(os.path.join(REPO, "deploy", "rbac", "developer-role.yaml")) as f:
+        role = f.read().replace("name: kbridge-developer", "name: kbridge-e2e-developer")
+    check("kbridge-e2e-developer" in role, "deploy/rbac/developer-role.yaml read")
+    kubectl("apply", "-n", NS, "-f", "-", input=role)
     kubectl("apply", "-f", "-", input=json.dumps({
         "apiVersion": "v1", "kind": "List", "items": [
             {"apiVersion": "v1", "kind": "ServiceAccount",
@@ -153,7 +159,7 @@ def developer_user():
             {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
              "metadata": {"name": "kbridge-e2e-dev", "namespace": NS},
              "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                         "name": "kbridge-developer"},
+                         "name": "kbridge-e2e-developer"},
              "subjects": [{"kind": "ServiceAccount", "name": "kbridge-e2e-dev",
                            "namespace": NS}]}]}))
 
@@ -279,6 +285,8 @@ class Session:
             extra = extra[:i] + extra[i + 2:]
         argv = [ARGS.kbridge, "connect", "-n", NS, "--service", svc, "--local-port", str(port),
                 "--agent-image", IMAGE, "--output", "json"]
+        if "--log-level" not in extra:
+            argv += ["--log-level", "info"]
         if "--lease-seconds" not in extra:
             argv += ["--lease-seconds", "3600"]
         if key:
@@ -289,20 +297,26 @@ class Session:
         self.p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.errf, text=True, env=e)
         PROCS.append(self.p)
         self.events = []
+        self.q = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.p.stdout:
+            self.q.put(line)
+        self.q.put(None)
 
     def next_event(self, timeout=60):
-        import select
-        end = time.time() + timeout
-        while time.time() < end:
-            r, _, _ = select.select([self.p.stdout], [], [], 0.5)
-            if r:
-                line = self.p.stdout.readline()
-                if not line:
-                    return None
-                ev = json.loads(line)
-                self.events.append(ev)
-                return ev
-        raise Fail("no event from connect %s within %ss" % (self.key, timeout))
+        """The next JSON event, or None at the end of the output. Lines are read by
+        a thread: select() on a buffered pipe would miss lines already buffered."""
+        try:
+            line = self.q.get(timeout=timeout)
+        except queue.Empty:
+            raise Fail("no event from connect %s within %ss" % (self.key, timeout))
+        if line is None:
+            return None
+        ev = json.loads(line)
+        self.events.append(ev)
+        return ev
 
     def until(self, kinds, timeout=90):
         while True:
@@ -332,14 +346,22 @@ class Session:
 # ---- requests from inside the cluster ----
 
 PROBE = r'''
-import json, sys, urllib.request
+import json, socket, sys, time, urllib.parse, urllib.request
 out = []
 for url, headers in json.loads(sys.argv[1]):
+    t = time.time()
+    try:
+        socket.getaddrinfo(urllib.parse.urlsplit(url).hostname, 80)
+    except OSError:
+        pass
+    dns = time.time() - t
     try:
         r = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5)
-        out.append(json.loads(r.read().decode()))
+        a = json.loads(r.read().decode())
     except Exception as e:
-        out.append({"error": str(e)})
+        a = {"error": str(e)}
+    a["_dns_s"] = round(dns, 2)
+    out.append(a)
 print(json.dumps(out))
 '''
 
@@ -350,14 +372,27 @@ def frontend_pod():
     return [p for p in pods if not p["metadata"].get("deletionTimestamp")][0]["metadata"]["name"]
 
 
-def probe(reqs):
-    """reqs: [(url, {headers})] -> answers (dicts) from the frontend pod's netns."""
-    r = subprocess.run([os.path.join(CLUSTER_DIR, "pod-exec"), "--name", NAME, NS, frontend_pod(),
-                        "--", "python3", "-c", PROBE, json.dumps(reqs)],
-                       capture_output=True, text=True, timeout=60)
+def probe(reqs, timeout=20):
+    """reqs: [(url, {headers})] -> answers (dicts) from the frontend pod's netns.
+    A probe stuck longer than timeout (seen rarely: name resolution inside the
+    test cluster stalling for about a minute) is reported and run again, twice."""
+    for attempt in range(3):
+        try:
+            r = subprocess.run([os.path.join(CLUSTER_DIR, "pod-exec"), "--name", NAME, NS,
+                                frontend_pod(), "--", "python3", "-c", PROBE, json.dumps(reqs)],
+                               capture_output=True, text=True, timeout=timeout)
+            break
+        except subprocess.TimeoutExpired:
+            say("probe stuck for %d s (attempt %d); running it again" % (timeout, attempt + 1))
+    else:
+        raise Fail("probe stuck 3 times")
     if r.returncode != 0:
         raise Fail("probe failed: %s" % r.stderr[-1000:])
-    return json.loads(r.stdout)
+    answers = json.loads(r.stdout)
+    for a in answers:
+        if a.get("_dns_s", 0) > 1:
+            say("slow name resolution in the pod: %.1f s" % a["_dns_s"])
+    return answers
 
 
 def served_by(answer):
@@ -561,17 +596,43 @@ def part_command():
               "p = subprocess.Popen([sys.executable, %r, '--name', 'cmd-local', '--port', "
               "os.environ['LOCAL_PORT']]); "
               "open(%r, 'w').write(os.environ.get('GREETING', '') + '|' + "
-              "os.environ.get('API_KEY', '')); time.sleep(6); p.terminate()"
-              % (BACKEND, os.path.join(TMP, "seen-env")))
+              "os.environ.get('API_KEY', '')); "
+              "[time.sleep(0.1) for _ in range(600) if not os.path.exists(%r)]; p.terminate()"
+              % (BACKEND, os.path.join(TMP, "seen-env"), os.path.join(TMP, "stop-command")))
     s = Session("cmd", port, "--env-file", envf, "--", "sh", "-c",
                 "LOCAL_PORT=%d exec %s -c \"$0\"" % (port, sys.executable), script)
     s.ready()
+    t = time.time()
+    seen = []
+
+    def routed():
+        t1 = time.time()
+        seen.append(served_by(probe([(API, hdr("cmd"))], timeout=10)[0]))
+        seen[-1] += " (%.1f s)" % (time.time() - t1)
+        if len(seen) == 5 and not seen[-1].startswith("cmd-local"):
+            diag()
+        return seen[-1].startswith("cmd-local")
+
+    def diag():
+        ep = json.loads(kubectl("get", "endpoints", "api", "-n", NS, "-o", "json").stdout)
+        sv = json.loads(kubectl("get", "service", "api", "-n", NS, "-o", "json").stdout)
+        say("DIAG service selector %s, endpoints %s" % (
+            sv["spec"].get("selector"),
+            [a["ip"] for ss in ep.get("subsets", []) for a in ss.get("addresses", [])]))
+        nat = subprocess.run(["ip", "netns", "exec", info()["node_netns"], "iptables-save", "-t",
+                              "nat"], capture_output=True, text=True).stdout
+        say("DIAG node nat rules with 8080: %s" % [l for l in nat.splitlines() if "8080" in l])
     try:
-        wait("the command's server to answer through the route",
-             lambda: served_by(probe([(API, hdr("cmd"))])[0]) == "cmd-local", 15, 0.5)
+        wait("the command's server to answer through the route", routed, 20, 0.3)
+        say("MEASURE ready -> the command's server answers through the route: %.2f s (%s)" %
+            (time.time() - t, ", ".join(seen)))
     except Fail:
-        say("connect stderr: %s" % s.stderr()[-3000:])
+        say("tries: %s" % seen)
+        say("connect stderr: %s" % s.stderr()[-6000:])
         say("probe: %s" % probe([(API, hdr("cmd"))]))
+        say(kubectl("get", "pods", "-n", NS, "-o", "wide").stdout)
+        for p in agent_pods():
+            say(kubectl("logs", "-n", NS, p["metadata"]["name"], check_rc=False).stdout[-3000:])
         raise
     check(True, "the command after -- serves the route")
     with open(envf) as f:
@@ -581,6 +642,7 @@ def part_command():
     with open(os.path.join(TMP, "seen-env")) as f:
         check(f.read() == "hello from the shop config|demo-api-key-not-a-real-secret",
               "the command ran with the original container's env")
+    open(os.path.join(TMP, "stop-command"), "w").close()
     ev = s.until(("disconnected",), 60)
     s.p.wait(30)
     check(ev["restored"] is True and s.p.returncode == 0,
