@@ -761,9 +761,19 @@ static int create_agent(struct conn *c) {
   }
   progress(c, "create-agent", "creating the agent: deployment %s (image %s)", c->nm.agent,
            c->image);
-  cJSON *dep = NULL;
-  if (create(c, "apps/v1", "deployments", agent_deployment(c), &dep) < 0) {
+  cJSON *dep = NULL, *want = agent_deployment(c);
+  struct kube_ref dr = {"apps/v1", "deployments", c->ns, NULL, NULL};
+  struct kube_err de;
+  int drc = kube_create(c->k, &dr, want, &dep, &de);
+  cJSON_Delete(want);
+  if (drc < 0) {
     /* Nothing of ours exists (an AlreadyExists is someone else's agent). */
+    if (de.status == 409)
+      fail(c, "another kbridge connect is taking over %s/%s at this moment (deployment %s was "
+           "just created by it); try again in a few seconds to join it", c->ns, c->svc,
+           c->nm.agent);
+    else
+      fail(c, "%s", de.msg);
     tls_pem_clear(&agent);
     return -1;
   }
