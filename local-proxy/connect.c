@@ -1129,12 +1129,15 @@ static cJSON *resolve_env(struct conn *c) {
 }
 
 static int write_env_file(struct conn *c, const cJSON *env) {
-  FILE *f = fopen(c->cfg->env_file, "w");
+  /* Secrets go in there: created 0600, never readable by others for a moment. */
+  int fd = open(c->cfg->env_file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
   if (!f) {
     fail(c, "--env-file %s: %s", c->cfg->env_file, strerror(errno));
+    if (fd >= 0) close(fd);
     return -1;
   }
-  fchmod(fileno(f), 0600);
+  fchmod(fd, 0600); /* an existing file keeps its mode with O_CREAT */
   const cJSON *kv;
   cJSON_ArrayForEach(kv, env) {
     fprintf(f, "%s=", kv->string);
