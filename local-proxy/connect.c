@@ -1297,6 +1297,10 @@ static void start_child(struct conn *c, const cJSON *env) {
     /* The JSON event stream on stdout stays ours: the command's output goes
      * to stderr. */
     if (c->json) dup2(STDERR_FILENO, STDOUT_FILENO);
+    /* Our sockets (tunnels, API server) must not live on in the command: a
+     * command outliving a killed kbridge would keep the tunnels open and the
+     * agent's lease would never run out. */
+    close_range(3, ~0U, 0);
     execvp(c->cfg->cmd[0], c->cfg->cmd);
     fprintf(stderr, "kbridge: cannot run %s: %s\n", c->cfg->cmd[0], strerror(errno));
     _exit(127);

@@ -722,16 +722,23 @@ def part_lease():
     before = snapshot()
     _, pa = backend("alice-local")
     lease = 5
-    alice = Session("alice", pa, "--lease-seconds", str(lease))
+    # With a command running: it must not keep the tunnels open after kbridge dies.
+    alice = Session("alice", pa, "--lease-seconds", str(lease), "--", "sleep", "300")
     alice.ready()
+    ev = alice.until(("progress",))
+    while ev and ev.get("step") != "command-started":
+        ev = alice.until(("progress",))
+    import re
+    child = int(re.search(r"pid (\d+)", ev["message"]).group(1))
     alice.p.kill()
     alice.p.wait()
     t = time.time()
-    say("CLI killed with -9 (agent lease %d s)" % lease)
+    say("CLI killed with -9 (agent lease %d s); its command (pid %d) still runs" % (lease, child))
     check_restored(before, "kill -9 of the CLI (the agent's lease)")
     dt = time.time() - t
     say("MEASURE kill -9 -> cluster restored by the agent: %.2f s (lease %d s)" % (dt, lease))
     check(dt <= lease + 10, "restored within lease + 10 s")
+    os.kill(child, signal.SIGKILL)
 
 
 def part_direct():
