@@ -94,6 +94,9 @@ static const struct opt_def connect_opts[] = {
     {"agent-address", OPT_HOSTPORT, CFG_OFF(agent_address), 0, 0, NULL, NULL, 0, 0,
      "reach the agent's tunnel port directly here (a LoadBalancer or NodePort in front of it) "
      "instead of through the API server's port-forward"},
+    {"forward", OPT_FORWARD, CFG_OFF(forwards), 0, 0, NULL, NULL, 0, 0,
+     "listen on LADDR:LPORT (port 0: any free port) and connect each connection to "
+     "HOST:PORT from inside the cluster, through the agent (repeatable)"},
     {"kubeconfig", OPT_PATH, CFG_OFF(kf.kubeconfig), 0, 0, NULL, NULL, 0, 0,
      "kubeconfig file (default $KUBECONFIG, else ~/.kube/config)"},
     {"context", OPT_STRING, CFG_OFF(kf.context), 0, 0, NULL, NULL, 0, 0,
@@ -167,6 +170,7 @@ struct conn {
   int ready_announced;
   char session_path[512];
   char holders[600];       /* other route keys, when leaving */
+  char fwd_bound[OPT_FORWARDS_MAX][300]; /* --forward i listens here (real port) */
   double t0;
 };
 
@@ -1128,6 +1132,112 @@ static cJSON *resolve_env(struct conn *c) {
   return env;
 }
 
+/* ---- --forward: service links pointing at the forwards ---- */
+
+/* The Service of our namespace that a forward target names ("store",
+ * "store.shop", "store.shop.svc", "store.shop.svc.cluster.local") into svc;
+ * 0, or -1 for any other host (another namespace, an IP, an outside name). */
+static int forward_service(const struct conn *c, const char *host, char *svc, size_t len) {
+  const char *dot = strchr(host, '.');
+  size_t n = dot ? (size_t)(dot - host) : strlen(host);
+  if (n == 0 || n >= len || !dns_label_valid(host, n)) return -1;
+  if (dot) {
+    const char *rest = dot + 1;
+    size_t nl = strlen(c->ns);
+    if (strncmp(rest, c->ns, nl) != 0) return -1;
+    rest += nl;
+    if (*rest != '\0' && strcmp(rest, ".svc") != 0 && strncmp(rest, ".svc.", 5) != 0) return -1;
+  }
+  memcpy(svc, host, n);
+  svc[n] = '\0';
+  return 0;
+}
+
+/* NAME for the link variables of a Service or port name: upper case, '-' -> '_'. */
+static void link_name(const char *in, char *out, size_t len) {
+  size_t i = 0;
+  for (; in[i] && i + 1 < len; i++)
+    out[i] = in[i] == '-' ? '_' : (in[i] >= 'a' && in[i] <= 'z') ? (char)(in[i] - 'a' + 'A') : in[i];
+  out[i] = '\0';
+}
+
+static void env_default(cJSON *env, const char *name, const char *value) {
+  /* As in the pod: a variable the container sets itself wins over a link. */
+  if (!cJSON_GetObjectItemCaseSensitive(env, name)) cJSON_AddStringToObject(env, name, value);
+}
+
+/* For every forward whose target is a Service port of our namespace, the
+ * service link variables Kubernetes gives the original container
+ * (STORE_SERVICE_HOST, STORE_SERVICE_PORT[_NAME], STORE_PORT,
+ * STORE_PORT_8080_TCP[_PROTO|_PORT|_ADDR]) with the forward's local address
+ * instead of the cluster IP, so a process that finds its peers through them
+ * reaches them through the tunnel. Only forwarded ports get variables (the
+ * cluster IPs of the others cannot be reached from here), and none when the
+ * pod spec turns service links off. */
+static void forward_service_links(struct conn *c, cJSON *env) {
+  const cJSON *esl = jget(c->pod_template, "enableServiceLinks");
+  if (cJSON_IsFalse(esl)) return;
+  for (size_t i = 0; i < c->cfg->forwards.n; i++) {
+    const struct opt_forward *f = &c->cfg->forwards.v[i];
+    char svc[64], err[200];
+    struct hostport local;
+    if (forward_service(c, f->target.host, svc, sizeof svc) < 0 || !c->fwd_bound[i][0] ||
+        addr_parse(c->fwd_bound[i], 0, &local, err, sizeof err) < 0)
+      continue;
+    if (strcmp(local.host, "0.0.0.0") == 0) snprintf(local.host, sizeof local.host, "127.0.0.1");
+    if (strcmp(local.host, "::") == 0) snprintf(local.host, sizeof local.host, "::1");
+    struct kube_ref r = {"v1", "services", c->ns, svc, NULL};
+    struct kube_err e;
+    cJSON *s = NULL;
+    if (kube_get(c->k, &r, &s, &e) < 0) {
+      log_info("--forward to %s: no service links (%s)", f->target.host, e.msg);
+      continue;
+    }
+    const cJSON *p, *ports = jget(s, "spec.ports");
+    int first = 1, found = 0;
+    char sn[80], pn[80], name[300], val[400], lp[8], la[300];
+    link_name(svc, sn, sizeof sn);
+    snprintf(lp, sizeof lp, "%u", (unsigned)local.port);
+    struct hostport lhp = local;
+    addr_format(&lhp, la, sizeof la); /* brackets around an IPv6 host */
+    cJSON_ArrayForEach(p, ports) {
+      const cJSON *port = cJSON_GetObjectItemCaseSensitive(p, "port");
+      const char *proto = jstr(p, "protocol") ? jstr(p, "protocol") : "TCP";
+      if (cJSON_IsNumber(port) && port->valueint == f->target.port && strcmp(proto, "TCP") == 0) {
+        found = 1;
+        snprintf(name, sizeof name, "%s_SERVICE_HOST", sn);
+        env_default(env, name, local.host);
+        if (first) {
+          snprintf(name, sizeof name, "%s_SERVICE_PORT", sn);
+          env_default(env, name, lp);
+          snprintf(name, sizeof name, "%s_PORT", sn);
+          snprintf(val, sizeof val, "tcp://%s", la);
+          env_default(env, name, val);
+        }
+        if (jstr(p, "name") && *jstr(p, "name")) {
+          link_name(jstr(p, "name"), pn, sizeof pn);
+          snprintf(name, sizeof name, "%s_SERVICE_PORT_%s", sn, pn);
+          env_default(env, name, lp);
+        }
+        snprintf(name, sizeof name, "%s_PORT_%d_TCP", sn, port->valueint);
+        snprintf(val, sizeof val, "tcp://%s", la);
+        env_default(env, name, val);
+        snprintf(name, sizeof name, "%s_PORT_%d_TCP_PROTO", sn, port->valueint);
+        env_default(env, name, "tcp");
+        snprintf(name, sizeof name, "%s_PORT_%d_TCP_PORT", sn, port->valueint);
+        env_default(env, name, lp);
+        snprintf(name, sizeof name, "%s_PORT_%d_TCP_ADDR", sn, port->valueint);
+        env_default(env, name, local.host);
+      }
+      first = 0;
+    }
+    if (!found)
+      log_info("--forward to %s:%u: service %s has no TCP port %u, no service links",
+               f->target.host, (unsigned)f->target.port, svc, (unsigned)f->target.port);
+    cJSON_Delete(s);
+  }
+}
+
 static int write_env_file(struct conn *c, const cJSON *env) {
   /* Secrets go in there: created 0600, never readable by others for a moment. */
   int fd = open(c->cfg->env_file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -1309,6 +1419,15 @@ static void start_child(struct conn *c, const cJSON *env) {
   progress(c, "command-started", "started %s (pid %ld)", c->cfg->cmd[0], (long)pid);
 }
 
+static void hook_forward_bound(void *arg, size_t index, const char *bound) {
+  struct conn *c = arg;
+  char target[300];
+  if (index >= OPT_FORWARDS_MAX) return;
+  snprintf(c->fwd_bound[index], sizeof c->fwd_bound[index], "%s", bound);
+  progress(c, "forward", "forward %s -> %s (connections go out from the agent's pod)", bound,
+           addr_format(&c->cfg->forwards.v[index].target, target, sizeof target));
+}
+
 static void hook_welcome(void *arg, int ok, const char *message) {
   struct conn *c = arg;
   if (!ok) {
@@ -1322,6 +1441,16 @@ static void hook_welcome(void *arg, int ok, const char *message) {
   snprintf(host, sizeof host, "%s.%s.svc.cluster.local", c->svc, c->ns);
   snprintf(hdr, sizeof hdr, "kubernetes-route-as: %s", c->cfg->key);
   cJSON *env = resolve_env(c);
+  forward_service_links(c, env);
+  cJSON *fwds = cJSON_CreateArray();
+  for (size_t i = 0; i < c->cfg->forwards.n; i++) {
+    char target[300];
+    cJSON *f = cJSON_CreateObject();
+    cJSON_AddStringToObject(f, "listen", c->fwd_bound[i]);
+    cJSON_AddStringToObject(f, "target",
+                            addr_format(&c->cfg->forwards.v[i].target, target, sizeof target));
+    cJSON_AddItemToArray(fwds, f);
+  }
   if (c->cfg->env_file && write_env_file(c, env) == 0)
     progress(c, "env-file", "environment of the original container written to %s",
              c->cfg->env_file);
@@ -1341,6 +1470,7 @@ static void hook_welcome(void *arg, int ok, const char *message) {
     cJSON_AddItemToObject(o, "urls", cJSON_Duplicate(urls, 1));
     cJSON_AddStringToObject(o, "header", hdr);
     cJSON_AddNumberToObject(o, "local_port", c->cfg->local_port);
+    cJSON_AddItemToObject(o, "forwards", cJSON_Duplicate(fwds, 1));
     cJSON_AddItemToObject(o, "env", cJSON_Duplicate(env, 1));
     cJSON_AddNumberToObject(o, "seconds", dt);
     if (message && *message) cJSON_AddStringToObject(o, "agent", message);
@@ -1352,10 +1482,15 @@ static void hook_welcome(void *arg, int ok, const char *message) {
       printf("  subdomain: http://%s.%s:%d/\n", c->cfg->key, host, c->ports[0].port);
       printf("  header:    curl -H '%s' http://%s:%d/\n", hdr, host, c->ports[0].port);
     }
+    const cJSON *f;
+    cJSON_ArrayForEach(f, fwds)
+      printf("  forward:   %s -> %s (from inside the cluster)\n", jstr(f, "listen"),
+             jstr(f, "target"));
     printf("  stop with Ctrl-C or: kbridge disconnect -n %s --service %s\n", c->ns, c->svc);
     fflush(stdout);
   }
   cJSON_Delete(urls);
+  cJSON_Delete(fwds);
   if (c->cfg->cmd) start_child(c, env);
   cJSON_Delete(env);
 }
@@ -1663,8 +1798,9 @@ int connect_run(struct connect_config *cfg) {
   }
   if (interrupted) goto leave;
   {
-    static const struct proxy_hooks hooks = {NULL, hook_open, hook_cancel, hook_carrier_error,
-                                             hook_started, hook_welcome};
+    static const struct proxy_hooks hooks = {NULL,          hook_open,     hook_cancel,
+                                             hook_carrier_error, hook_started, hook_welcome,
+                                             hook_forward_bound};
     struct proxy_hooks h = hooks;
     h.arg = c;
     int direct = cfg->agent_address.port != 0;
@@ -1681,6 +1817,7 @@ int connect_run(struct connect_config *cfg) {
     pc.local_host = cfg->local_host;
     pc.tunnels = cfg->tunnels;
     pc.exclusive = cfg->replace;
+    pc.forwards = cfg->forwards;
     pc.log_level = cfg->log_level;
     pc.hooks = &h;
     pc.ssl_ctx = c->tun_ssl;

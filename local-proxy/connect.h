@@ -33,6 +33,7 @@ struct connect_config {
   int lease_seconds;        /* --lease-seconds (the agent's) */
   int timeout;              /* --timeout: seconds for the agent to become ready */
   struct hostport agent_address; /* --agent-address: direct carrier (port 0: unset) */
+  struct opt_forwards forwards;  /* --forward LADDR:LPORT=HOST:PORT, repeatable */
   enum log_level log_level; /* --log-level */
   char **cmd;               /* the command after "--", NULL-terminated, or NULL */
 };

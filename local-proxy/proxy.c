@@ -671,8 +671,12 @@ static int forward_start(struct proxy *px, struct forward *fw, const struct opt_
   else
     snprintf(bound, sizeof bound, "%s", laddr);
   snprintf(fw->name, sizeof fw->name, "%s -> %s", bound, target);
-  printf("forward %s\n", fw->name);
-  fflush(stdout);
+  if (px->cfg->hooks && px->cfg->hooks->forward_bound) {
+    px->cfg->hooks->forward_bound(px->cfg->hooks->arg, (size_t)(fw - px->fwds), bound);
+  } else {
+    printf("forward %s\n", fw->name);
+    fflush(stdout);
+  }
   return 0;
 }
 

@@ -43,6 +43,10 @@ struct proxy_hooks {
   /* The first registration (ok 1) or a final refusal (ok 0), with the agent's
    * message. */
   void (*welcome)(void *arg, int ok, const char *message);
+  /* Forward number index (cfg->forwards.v[index]) listens on bound ("127.0.0.1:
+   * 40123": the real port), before the loop runs. When set, proxy.c prints no
+   * "forward" line (connect reports forwards in its own output). May be NULL. */
+  void (*forward_bound)(void *arg, size_t index, const char *bound);
 };
 
 struct proxy_config {

@@ -29,6 +29,9 @@ Parts (default: all, in this order):
     direct     --agent-address: a developer reaches the agent through a NodePort
                (direct TCP + TLS) while another uses the port-forward
     named      a Service with a named targetPort (frontend: 80 -> "http")
+    forward    --forward 127.0.0.1:0=store...:8080: the ready event names the local
+               port, a GET through it answers from the real store pod, the env has
+               STORE_SERVICE_HOST/PORT pointing at the forward
 
 The cluster is $KBRIDGE_E2E_CLUSTER (default kbe2e); it is started (setup + up)
 if it is not up, and taken down at the end unless KBRIDGE_E2E_KEEP=1. The test
@@ -795,9 +798,60 @@ def part_named():
     check(True, "frontend Service and Deployment equal what they were before")
 
 
+def part_forward():
+    before = snapshot()
+    _, pa = backend("alice-local")
+    target = "store.%s.svc.cluster.local:8080" % NS
+    alice = Session("alice", pa, "--forward", "127.0.0.1:0=" + target)
+    ev = alice.ready()
+    fw = ev.get("forwards", [])
+    check(len(fw) == 1 and fw[0]["target"] == target and fw[0]["listen"].startswith("127.0.0.1:")
+          and not fw[0]["listen"].endswith(":0"),
+          "ready event names the forward with its real local port: %s" % fw)
+    lport = int(fw[0]["listen"].rsplit(":", 1)[1])
+    import urllib.request
+    t = time.time()
+    ans = json.loads(urllib.request.urlopen("http://127.0.0.1:%d/" % lport, timeout=10).read())
+    check(ans.get("service") == "store" and ans.get("pod", "").startswith("store-"),
+          "GET through the local forward port answers from the real store pod %s (%.2f s)" %
+          (ans.get("pod"), time.time() - t))
+    # Several in parallel through the same forward (outbound streams over the tunnels).
+    results = []
+
+    def get():
+        try:
+            results.append(json.loads(urllib.request.urlopen(
+                "http://127.0.0.1:%d/" % lport, timeout=10).read()).get("service"))
+        except Exception as e:  # reported below
+            results.append(str(e))
+    ts = [threading.Thread(target=get) for _ in range(8)]
+    for th in ts:
+        th.start()
+    for th in ts:
+        th.join()
+    check(results == ["store"] * 8, "8 parallel requests through the forward: %s" % results)
+    env = ev["env"]
+    check(env.get("STORE_SERVICE_HOST") == "127.0.0.1" and
+          env.get("STORE_SERVICE_PORT") == str(lport) and
+          env.get("STORE_SERVICE_PORT_HTTP") == str(lport) and
+          env.get("STORE_PORT_8080_TCP") == "tcp://127.0.0.1:%d" % lport and
+          "API_SERVICE_HOST" not in env,
+          "env: store's service links point at the forward, none for services not forwarded")
+    ev = alice.stop()
+    check(ev["restored"] is True, "alice leaves: restored")
+    try:
+        urllib.request.urlopen("http://127.0.0.1:%d/" % lport, timeout=3)
+        closed = False
+    except Exception:
+        closed = True
+    check(closed, "the forward's port is closed after disconnect")
+    check_restored(before, "the forward")
+
+
 PARTS = {"badinput": part_badinput, "routing": part_routing, "replace": part_replace,
          "command": part_command, "restore": part_restore, "agentpod": part_agentpod,
-         "lease": part_lease, "direct": part_direct, "named": part_named}
+         "lease": part_lease, "direct": part_direct, "named": part_named,
+         "forward": part_forward}
 
 
 def main():
