@@ -5,6 +5,8 @@
  * annotation on the workload (replicas) and the deterministic names of the
  * kbridge objects. Order, chosen so that a restore cut off at any point can be
  * finished by running it again, and so that the agent can run it on itself:
+ *   0. Ingress clones (connect --ingress), found by their labels (the agent
+ *      may not list Ingresses: then they go with its Deployment, step 4);
  *   1. the workload's replica count (exclusive mode), found through the
  *      Service's takeover annotation, which is still there at this point;
  *   2. the Service: selector back (unless someone else changed it) and every
@@ -229,6 +231,151 @@ static int delete_managed(struct kube *k, const char *api, const char *res, cons
   return 0;
 }
 
+/* ---- Ingress clones ---- */
+
+static int routes_to(const cJSON *backend, const char *service) {
+  const char *n = cJSON_GetStringValue(path2(backend, "service", "name"));
+  return n && strcmp(n, service) == 0;
+}
+
+static int ingress_routes_to(const cJSON *ing, const char *service) {
+  const cJSON *spec = cJSON_GetObjectItemCaseSensitive(ing, "spec"), *rule, *p;
+  if (routes_to(cJSON_GetObjectItemCaseSensitive(spec, "defaultBackend"), service)) return 1;
+  cJSON_ArrayForEach(rule, cJSON_GetObjectItemCaseSensitive(spec, "rules")) {
+    cJSON_ArrayForEach(p, path2(rule, "http", "paths")) {
+      if (routes_to(cJSON_GetObjectItemCaseSensitive(p, "backend"), service)) return 1;
+    }
+  }
+  return 0;
+}
+
+/* "<key>.<host>" into out; 0, or -1 when host is empty, a wildcard or the
+ * result is longer than a DNS name may be. */
+static int key_host(const char *key, const char *host, char *out, size_t len) {
+  if (!host || !*host || host[0] == '*') return -1;
+  int n = snprintf(out, len, "%s.%s", key, host);
+  return n < 0 || (size_t)n >= len || n > 253 ? -1 : 0;
+}
+
+cJSON *takeover_ingress_clone(const cJSON *ing, const char *service, const char *key, char *err,
+                              size_t errlen) {
+  const char *name = cJSON_GetStringValue(path2(ing, "metadata", "name"));
+  const char *ns = cJSON_GetStringValue(path2(ing, "metadata", "namespace"));
+  const cJSON *spec = cJSON_GetObjectItemCaseSensitive(ing, "spec");
+  char buf[300];
+  if (!name) {
+    snprintf(err, errlen, "an Ingress without a name");
+    return NULL;
+  }
+  if (takeover_is_managed(ing) || !ingress_routes_to(ing, service)) {
+    if (errlen) err[0] = '\0';
+    return NULL;
+  }
+  int n = snprintf(buf, sizeof buf, "%s-kbridge-%s", name, key);
+  if (n < 0 || n > 253) {
+    snprintf(err, errlen, "ingress %s: the clone's name %s-kbridge-%s would be longer than 253 "
+             "characters", name, name, key);
+    return NULL;
+  }
+  cJSON *c = cJSON_CreateObject();
+  cJSON_AddStringToObject(c, "apiVersion", "networking.k8s.io/v1");
+  cJSON_AddStringToObject(c, "kind", "Ingress");
+  cJSON *md = cJSON_AddObjectToObject(c, "metadata");
+  cJSON_AddStringToObject(md, "name", buf);
+  if (ns) cJSON_AddStringToObject(md, "namespace", ns);
+  cJSON *labels = cJSON_AddObjectToObject(md, "labels");
+  cJSON_AddStringToObject(labels, TAKEOVER_LABEL_MANAGED, "kbridge");
+  cJSON_AddStringToObject(labels, TAKEOVER_LABEL_SERVICE, service);
+  cJSON *ann = cJSON_AddObjectToObject(md, "annotations");
+  const cJSON *a;
+  cJSON_ArrayForEach(a, path2(ing, "metadata", "annotations")) {
+    if (!cJSON_IsString(a) || strcmp(a->string, "kubectl.kubernetes.io/last-applied-configuration") == 0 ||
+        strncmp(a->string, "cert-manager.io/", 16) == 0 || strncmp(a->string, "kbridge.dev/", 12) == 0)
+      continue;
+    cJSON_AddStringToObject(ann, a->string, a->valuestring);
+  }
+  cJSON_AddStringToObject(ann, TAKEOVER_ANN_ROUTE_KEY, key);
+  cJSON_AddStringToObject(ann, TAKEOVER_ANN_CLONE_OF, name);
+  cJSON *cs = cJSON_AddObjectToObject(c, "spec");
+  const char *cls = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(spec, "ingressClassName"));
+  if (cls) cJSON_AddStringToObject(cs, "ingressClassName", cls);
+  cJSON *rules = cJSON_AddArrayToObject(cs, "rules");
+  const cJSON *rule;
+  cJSON_ArrayForEach(rule, cJSON_GetObjectItemCaseSensitive(spec, "rules")) {
+    const char *h = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(rule, "host"));
+    if (key_host(key, h, buf, sizeof buf) < 0) continue;
+    cJSON *r = cJSON_Duplicate(rule, 1);
+    cJSON_ReplaceItemInObjectCaseSensitive(r, "host", cJSON_CreateString(buf));
+    cJSON_AddItemToArray(rules, r);
+  }
+  if (cJSON_GetArraySize(rules) == 0) {
+    snprintf(err, errlen, "ingress %s routes to %s only through rules without a host (or "
+             "wildcard hosts, or its default backend): nothing to rewrite; requests to it with "
+             "Host %s.<its host> reach your route already", name, service, key);
+    cJSON_Delete(c);
+    return NULL;
+  }
+  const cJSON *t;
+  cJSON *tls = NULL;
+  cJSON_ArrayForEach(t, cJSON_GetObjectItemCaseSensitive(spec, "tls")) {
+    cJSON *nt = cJSON_CreateObject(), *hosts = cJSON_AddArrayToObject(nt, "hosts");
+    const cJSON *h;
+    cJSON_ArrayForEach(h, cJSON_GetObjectItemCaseSensitive(t, "hosts")) {
+      if (key_host(key, cJSON_GetStringValue(h), buf, sizeof buf) == 0)
+        cJSON_AddItemToArray(hosts, cJSON_CreateString(buf));
+    }
+    const char *sec = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(t, "secretName"));
+    if (sec) cJSON_AddStringToObject(nt, "secretName", sec);
+    if (cJSON_GetArraySize(hosts) == 0) {
+      cJSON_Delete(nt);
+      continue;
+    }
+    if (!tls) tls = cJSON_AddArrayToObject(cs, "tls");
+    cJSON_AddItemToArray(tls, nt);
+  }
+  return c;
+}
+
+int takeover_remove_ingress_clones(struct kube *k, const char *ns, const char *service,
+                                   const char *key, struct takeover_report *rep, char *err,
+                                   size_t errlen) {
+  struct kube_ref r = {"networking.k8s.io/v1", "ingresses", ns, NULL, NULL};
+  struct kube_err e;
+  cJSON *list = NULL;
+  char sel[200];
+  snprintf(sel, sizeof sel, "%s=kbridge,%s=%s", TAKEOVER_LABEL_MANAGED, TAKEOVER_LABEL_SERVICE,
+           service);
+  if (kube_list(k, &r, sel, &list, &e) < 0) {
+    if (e.status == 403 || e.status == 404) {
+      /* No right to list them (the agent), or no Ingress API: clones, if any,
+       * go with the agent's Deployment. */
+      if (!key) say(rep, "ingress clones of %s/%s: not listed (%s); if any, they are removed "
+                    "with the agent's deployment (garbage collector)", ns, service,
+                    e.status == 403 ? "no right to list ingresses" : "no Ingress API");
+      return 0;
+    }
+    snprintf(err, errlen, "%s", e.msg);
+    return -1;
+  }
+  const cJSON *it;
+  int rc = 0;
+  cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(list, "items")) {
+    const char *name = cJSON_GetStringValue(path2(it, "metadata", "name"));
+    const char *k2 = takeover_annotation(it, TAKEOVER_ANN_ROUTE_KEY);
+    if (!name || !takeover_is_managed(it) || (key && (!k2 || strcmp(k2, key) != 0))) continue;
+    struct kube_ref d = {"networking.k8s.io/v1", "ingresses", ns, name, NULL};
+    if (kube_delete(k, &d, "Background", &e) < 0 && e.status != 404) {
+      snprintf(err, errlen, "%s", e.msg);
+      rc = -1;
+      break;
+    }
+    rep->changed++;
+    say(rep, "ingress %s/%s: deleted", ns, name);
+  }
+  cJSON_Delete(list);
+  return rc;
+}
+
 int takeover_restore(struct kube *k, const char *ns, const char *service,
                      struct takeover_report *rep, char *err, size_t errlen) {
   struct takeover_names nm;
@@ -247,6 +394,12 @@ int takeover_restore(struct kube *k, const char *ns, const char *service,
       return -1;
     }
     svc = NULL; /* the Service is gone: still remove our objects */
+  }
+
+  /* 0. Ingress clones: the Ingresses they copy keep working without them */
+  if (takeover_remove_ingress_clones(k, ns, service, NULL, rep, err, errlen) < 0) {
+    cJSON_Delete(svc);
+    return -1;
   }
 
   /* 1. workload */

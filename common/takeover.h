@@ -22,6 +22,12 @@
  * Restore removes every kbridge.dev/ annotation from the Service.
  * Annotation on the workload (exclusive mode only):
  *   kbridge.dev/original-replicas   the replica count before scaling to 0
+ * Ingress clones (connect --ingress; networking.k8s.io/v1, owned by the agent's
+ * Deployment so that the garbage collector removes them with it):
+ *   Ingress         <ingress>-kbridge-<key>      a copy of an Ingress routing to the
+ *                                                Service, every host H as <key>.H;
+ *                                                annotations kbridge.dev/route-key and
+ *                                                kbridge.dev/clone-of (the original)
  *
  * Restore never overwrites someone else's change: if the Service's selector is no
  * longer the agent selector, it leaves the selector alone and reports a conflict
@@ -41,6 +47,8 @@ struct kube;
 #define TAKEOVER_LABEL_MANAGED "app.kubernetes.io/managed-by"
 #define TAKEOVER_LABEL_SERVICE "kbridge.dev/service"
 #define TAKEOVER_LABEL_AGENT "kbridge.dev/agent"
+#define TAKEOVER_ANN_ROUTE_KEY "kbridge.dev/route-key"
+#define TAKEOVER_ANN_CLONE_OF "kbridge.dev/clone-of"
 
 /* What restore did, for the caller to print. Lines are "\n"-separated, human
  * readable ("service shop/api: selector restored to {\"app\":\"api\"}"). */
@@ -66,6 +74,15 @@ struct takeover_report {
 int takeover_restore(struct kube *k, const char *ns, const char *service,
                      struct takeover_report *rep, char *err, size_t errlen);
 
+/* Delete the Ingress clones of ns/service made for route key (NULL: for every
+ * key); takeover_restore() calls it with NULL before anything else is deleted.
+ * Without the right to list Ingresses (the agent's own Role has none), the
+ * clones are left to the garbage collector (they are owned by the agent's
+ * Deployment) and that is reported. 0 (rep filled, appended to), or -1 with err. */
+int takeover_remove_ingress_clones(struct kube *k, const char *ns, const char *service,
+                                   const char *key, struct takeover_report *rep, char *err,
+                                   size_t errlen);
+
 /* ---- helpers shared with the apply side (kbridge connect) ---- */
 
 struct cJSON;
@@ -89,5 +106,20 @@ const char *takeover_annotation(const struct cJSON *obj, const char *key);
 int takeover_is_managed(const struct cJSON *obj);
 /* "Deployment"/"StatefulSet"/"ReplicaSet" -> its apps/v1 plural; else NULL. */
 const char *takeover_workload_resource(const char *kind);
+
+/* The clone of Ingress ing (as read, networking.k8s.io/v1) for route key:
+ * name <ingress>-kbridge-<key>, labels managed-by=kbridge and
+ * kbridge.dev/service=service, the two clone annotations plus the original's
+ * annotations (except kubectl's last-applied-configuration and cert-manager.io/:
+ * a clone must never make a certificate into the original's Secret), its
+ * ingressClassName, every rule with a host H as <key>.H with all its paths,
+ * spec.tls hosts rewritten the same way (same Secrets), no defaultBackend.
+ * Rules without a host and wildcard hosts are left out: they already match
+ * <key>.<anything>. Returns the new object (the caller owns it), or NULL: with
+ * err "" when ing does not route to service or is a clone made by kbridge
+ * (nothing to say), else with why in err (no rule with a host to rewrite, a
+ * name too long). */
+struct cJSON *takeover_ingress_clone(const struct cJSON *ing, const char *service,
+                                     const char *key, char *err, size_t errlen);
 
 #endif

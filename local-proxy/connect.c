@@ -97,6 +97,9 @@ static const struct opt_def connect_opts[] = {
     {"forward", OPT_FORWARD, CFG_OFF(forwards), 0, 0, NULL, NULL, 0, 0,
      "listen on LADDR:LPORT (port 0: any free port) and connect each connection to "
      "HOST:PORT from inside the cluster, through the agent (repeatable)"},
+    {"ingress", OPT_FLAG, CFG_OFF(ingress), 0, 0, NULL, NULL, 0, 0,
+     "clone each Ingress routing to the Service with every host H as KEY.H (a browser URL "
+     "for your route); the clones are removed when you leave"},
     {"kubeconfig", OPT_PATH, CFG_OFF(kf.kubeconfig), 0, 0, NULL, NULL, 0, 0,
      "kubeconfig file (default $KUBECONFIG, else ~/.kube/config)"},
     {"context", OPT_STRING, CFG_OFF(kf.context), 0, 0, NULL, NULL, 0, 0,
@@ -171,6 +174,8 @@ struct conn {
   char session_path[512];
   char holders[600];       /* other route keys, when leaving */
   char fwd_bound[OPT_FORWARDS_MAX][300]; /* --forward i listens here (real port) */
+  int cloned;              /* --ingress: clones of our key may exist */
+  cJSON *ingress_urls;     /* ["http://alice.shop.example.com/", ...] (owned) */
   double t0;
 };
 
@@ -916,6 +921,117 @@ static int switch_service(struct conn *c) {
   return 0;
 }
 
+/* ---- --ingress: clones of the Service's Ingresses for our key ---- */
+
+/* The browser URL of a cloned rule: https if the clone lists the host under
+ * tls, the path of the first path that goes to our Service. */
+static void clone_urls(struct conn *c, const cJSON *clone) {
+  const cJSON *rule, *p, *t, *h;
+  cJSON_ArrayForEach(rule, jget(clone, "spec.rules")) {
+    const char *host = jstr(rule, "host"), *path = NULL;
+    if (!host) continue;
+    cJSON_ArrayForEach(p, jget(rule, "http.paths")) {
+      const char *n = jstr(p, "backend.service.name");
+      if (n && strcmp(n, c->svc) == 0) {
+        path = jstr(p, "path");
+        break;
+      }
+    }
+    if (!path) continue; /* a host of the Ingress that goes elsewhere */
+    int tls = 0;
+    cJSON_ArrayForEach(t, jget(clone, "spec.tls")) {
+      cJSON_ArrayForEach(h, cJSON_GetObjectItemCaseSensitive(t, "hosts")) {
+        if (cJSON_GetStringValue(h) && strcmp(h->valuestring, host) == 0) tls = 1;
+      }
+    }
+    char u[600];
+    snprintf(u, sizeof u, "%s://%s%s", tls ? "https" : "http", host, path[0] == '/' ? path : "/");
+    cJSON_AddItemToArray(c->ingress_urls, cJSON_CreateString(u));
+  }
+}
+
+/* Clone every Ingress of the namespace that routes to the Service (see
+ * takeover_ingress_clone), owned by the agent's Deployment. Clones of our key
+ * left by an earlier session are replaced. 0, or -1 (reported). */
+static int clone_ingresses(struct conn *c) {
+  struct kube_err e;
+  struct takeover_report rep;
+  char err[1200];
+  memset(&rep, 0, sizeof rep);
+  c->ingress_urls = cJSON_CreateArray();
+  struct kube_ref dr = {"apps/v1", "deployments", c->ns, c->nm.agent, NULL};
+  cJSON *d = NULL;
+  if (kube_get(c->k, &dr, &d, &e) < 0) {
+    fail(c, "--ingress: %s", e.msg);
+    return -1;
+  }
+  char uid[100];
+  snprintf(uid, sizeof uid, "%s", jstr(d, "metadata.uid") ? jstr(d, "metadata.uid") : "");
+  cJSON_Delete(d);
+  c->cloned = 1;
+  if (takeover_remove_ingress_clones(c->k, c->ns, c->svc, c->cfg->key, &rep, err, sizeof err) < 0) {
+    fail(c, "--ingress: %s", err);
+    return -1;
+  }
+  if (rep.text[0]) progress(c, "ingress", "clones left by an earlier session: %s", rep.text);
+  struct kube_ref r = {"networking.k8s.io/v1", "ingresses", c->ns, NULL, NULL};
+  cJSON *list = NULL;
+  if (kube_list(c->k, &r, NULL, &list, &e) < 0) {
+    fail(c, "--ingress: %s", e.msg);
+    return -1;
+  }
+  int made = 0, rc = 0;
+  const cJSON *ing;
+  cJSON_ArrayForEach(ing, jget(list, "items")) {
+    cJSON *clone = takeover_ingress_clone(ing, c->svc, c->cfg->key, err, sizeof err);
+    if (!clone) {
+      if (err[0]) progress(c, "ingress", "%s", err);
+      continue;
+    }
+    cJSON_AddItemToObject(jget(clone, "metadata"), "ownerReferences", owner_ref(c->nm.agent, uid));
+    cJSON *out = NULL;
+    if (kube_create(c->k, &r, clone, &out, &e) < 0) {
+      fail(c, "--ingress: %s%s", e.msg,
+           e.status == 409 ? " (an Ingress of that name exists and is not kbridge's clone)" : "");
+      cJSON_Delete(clone);
+      rc = -1;
+      break;
+    }
+    size_t before = (size_t)cJSON_GetArraySize(c->ingress_urls);
+    clone_urls(c, out);
+    char hosts[600] = "";
+    for (size_t i = before; i < (size_t)cJSON_GetArraySize(c->ingress_urls); i++) {
+      size_t l = strlen(hosts);
+      snprintf(hosts + l, sizeof hosts - l, "%s%s", l ? ", " : "",
+               cJSON_GetArrayItem(c->ingress_urls, (int)i)->valuestring);
+    }
+    progress(c, "ingress", "ingress %s/%s cloned as %s: %s", c->ns, jstr(ing, "metadata.name"),
+             jstr(clone, "metadata.name"), hosts[0] ? hosts : "(no host routes to the service)");
+    made++;
+    cJSON_Delete(out);
+    cJSON_Delete(clone);
+  }
+  cJSON_Delete(list);
+  if (rc == 0 && made == 0)
+    progress(c, "ingress", "--ingress: no Ingress in namespace %s routes to service %s (with a "
+             "host): nothing cloned", c->ns, c->svc);
+  return rc;
+}
+
+/* Remove the clones of our key (leaving, or a failed connect). */
+static void unclone_ingresses(struct conn *c) {
+  struct takeover_report rep;
+  char err[1200];
+  if (!c->cloned) return;
+  memset(&rep, 0, sizeof rep);
+  if (takeover_remove_ingress_clones(c->k, c->ns, c->svc, c->cfg->key, &rep, err, sizeof err) < 0)
+    fail(c, "removing your ingress clones: %s (they go when the takeover ends: `kbridge restore "
+         "-n %s --service %s`)", err, c->ns, c->svc);
+  else if (rep.text[0])
+    progress(c, "ingress-removed", "%s", rep.text);
+  c->cloned = 0;
+}
+
 /* ---- route annotations: who is connected (for list and "am I the last") ---- */
 
 struct route_arg {
@@ -1471,6 +1587,7 @@ static void hook_welcome(void *arg, int ok, const char *message) {
     cJSON_AddStringToObject(o, "header", hdr);
     cJSON_AddNumberToObject(o, "local_port", c->cfg->local_port);
     cJSON_AddItemToObject(o, "forwards", cJSON_Duplicate(fwds, 1));
+    if (c->ingress_urls) cJSON_AddItemToObject(o, "ingress_urls", cJSON_Duplicate(c->ingress_urls, 1));
     cJSON_AddItemToObject(o, "env", cJSON_Duplicate(env, 1));
     cJSON_AddNumberToObject(o, "seconds", dt);
     if (message && *message) cJSON_AddStringToObject(o, "agent", message);
@@ -1483,6 +1600,7 @@ static void hook_welcome(void *arg, int ok, const char *message) {
       printf("  header:    curl -H '%s' http://%s:%d/\n", hdr, host, c->ports[0].port);
     }
     const cJSON *f;
+    cJSON_ArrayForEach(f, c->ingress_urls) printf("  ingress:   %s\n", f->valuestring);
     cJSON_ArrayForEach(f, fwds)
       printf("  forward:   %s -> %s (from inside the cluster)\n", jstr(f, "listen"),
              jstr(f, "target"));
@@ -1787,6 +1905,7 @@ int connect_run(struct connect_config *cfg) {
   int others = 0;
   if (set_route(c, 1, &others) < 0) goto undo_out;
   c->routed = 1;
+  if (cfg->ingress && clone_ingresses(c) < 0) goto undo_out;
   session_write(c->ns, c->svc, cfg->key, cfg->local_port, c->session_path, sizeof c->session_path);
   if (cfg->agent_address.port) {
     char a[300];
@@ -1850,6 +1969,7 @@ leave:
   /* 5. leave */
   {
     int last = 1;
+    unclone_ingresses(c);
     if (c->routed) {
       if (set_route(c, 0, &others) < 0) others = 0;
       /* The agent knows best who is still there (annotations of sessions
@@ -1883,6 +2003,7 @@ leave:
   goto out;
 
 undo_out:
+  unclone_ingresses(c);
   if (c->routed) {
     int left = 0;
     set_route(c, 0, &left);
@@ -1896,6 +2017,7 @@ out:
   if (c->session_path[0]) unlink(c->session_path);
   cJSON_Delete(c->service);
   cJSON_Delete(c->pod_template);
+  cJSON_Delete(c->ingress_urls);
   tls_pem_clear(&c->ca);
   tls_pem_clear(&c->me);
   if (c->api_ssl) SSL_CTX_free(c->api_ssl);

@@ -34,6 +34,7 @@ struct connect_config {
   int timeout;              /* --timeout: seconds for the agent to become ready */
   struct hostport agent_address; /* --agent-address: direct carrier (port 0: unset) */
   struct opt_forwards forwards;  /* --forward LADDR:LPORT=HOST:PORT, repeatable */
+  int ingress;              /* --ingress: clone the Service's Ingresses for the key */
   enum log_level log_level; /* --log-level */
   char **cmd;               /* the command after "--", NULL-terminated, or NULL */
 };

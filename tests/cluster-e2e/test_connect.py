@@ -32,6 +32,10 @@ Parts (default: all, in this order):
     forward    --forward 127.0.0.1:0=store...:8080: the ready event names the local
                port, a GET through it answers from the real store pod, the env has
                STORE_SERVICE_HOST/PORT pointing at the forward
+    ingress    --ingress: an Ingress routing shop.example.com/api to api is cloned
+               as alice.shop.example.com (labels, annotations, owner), one routing
+               elsewhere is not; bob's clone goes when bob leaves, alice's when she
+               does; after kill -9, kbridge restore removes the clones
 
 The cluster is $KBRIDGE_E2E_CLUSTER (default kbe2e); it is started (setup + up)
 if it is not up, and taken down at the end unless KBRIDGE_E2E_KEEP=1. The test
@@ -217,7 +221,8 @@ def snapshot():
 
 
 def kbridge_objects():
-    kinds = "deployments,replicasets,pods,services,secrets,serviceaccounts,roles,rolebindings"
+    kinds = ("deployments,replicasets,pods,services,secrets,serviceaccounts,roles,rolebindings,"
+             "ingresses.networking.k8s.io")
     r = kubectl("get", kinds, "-n", NS, "-o", "json")
     items = json.loads(r.stdout)["items"]
     left = []
@@ -848,10 +853,81 @@ def part_forward():
     check_restored(before, "the forward")
 
 
+def ingresses(selector=None):
+    args = ["get", "ingresses.networking.k8s.io", "-n", NS, "-o", "json"]
+    if selector:
+        args += ["-l", selector]
+    return {i["metadata"]["name"]: i for i in json.loads(kubectl(*args).stdout)["items"]}
+
+
+def part_ingress():
+    before = snapshot()
+    def ing(name, host, paths):
+        return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                "metadata": {"name": name, "namespace": NS,
+                             "annotations": {"example.com/team": "shop"}},
+                "spec": {"rules": [{"host": host, "http": {"paths": [
+                    {"path": p, "pathType": "Prefix",
+                     "backend": {"service": {"name": svc, "port": {"number": port}}}}
+                    for p, svc, port in paths]}}]}}
+    kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+        ing("shop", "shop.example.com", [("/api", "api", 8080), ("/", "frontend", 80)]),
+        ing("stock", "stock.example.com", [("/", "store", 8080)])]}))
+    originals = ingresses()
+    _, pa = backend("alice-local")
+    _, pb = backend("bob-local")
+    alice = Session("alice", pa, "--ingress")
+    ev = alice.ready()
+    check(ev.get("ingress_urls") == ["http://alice.shop.example.com/api"],
+          "ready event: ingress URL %s" % ev.get("ingress_urls"))
+    clones = ingresses("app.kubernetes.io/managed-by=kbridge")
+    check(list(clones) == ["shop-kbridge-alice"],
+          "one clone, of the Ingress routing to api (not of the one routing to store): %s" %
+          list(clones))
+    c = clones["shop-kbridge-alice"]
+    md = c["metadata"]
+    check([r["host"] for r in c["spec"]["rules"]] == ["alice.shop.example.com"] and
+          c["spec"]["rules"][0]["http"] == originals["shop"]["spec"]["rules"][0]["http"],
+          "clone: host alice.shop.example.com, the same paths")
+    check(md["labels"].get("kbridge.dev/service") == "api" and
+          md["annotations"].get("kbridge.dev/route-key") == "alice" and
+          md["annotations"].get("kbridge.dev/clone-of") == "shop" and
+          md["annotations"].get("example.com/team") == "shop" and
+          [o["name"] for o in md.get("ownerReferences", [])] == ["kbridge-agent-api"],
+          "clone: labels, route-key and clone-of annotations, the original's annotations, "
+          "owned by the agent's Deployment")
+    check(served_by(probe([(API, {"Host": "alice.shop.example.com"})])[0]) == "alice-local",
+          "a request as the ingress controller would send it (Host alice.shop.example.com) "
+          "reaches alice")
+    bob = Session("bob", pb, "--ingress")
+    bob.ready()
+    check(sorted(ingresses("app.kubernetes.io/managed-by=kbridge")) ==
+          ["shop-kbridge-alice", "shop-kbridge-bob"], "bob gets his clone too")
+    ev = bob.stop()
+    check(ev["restored"] is False and
+          list(ingresses("app.kubernetes.io/managed-by=kbridge")) == ["shop-kbridge-alice"],
+          "bob leaves: his clone is deleted, alice's stays")
+    ev = alice.stop()
+    check(ev["restored"] is True and not ingresses("app.kubernetes.io/managed-by=kbridge"),
+          "alice leaves: restored, her clone deleted")
+    check(ingresses() == originals, "the original Ingresses are untouched")
+    check_restored(before, "--ingress")
+
+    alice = Session("alice", pa, "--ingress")
+    alice.ready()
+    alice.p.kill()
+    alice.p.wait()
+    r = kb("restore", "-n", NS, "--service", "api")
+    check(r.returncode == 0 and "ingress %s/shop-kbridge-alice: deleted" % NS in r.stdout,
+          "after kill -9: kbridge restore deletes the clone")
+    check_restored(before, "kill -9 and kbridge restore with a clone")
+    kubectl("delete", "ingresses.networking.k8s.io", "shop", "stock", "-n", NS)
+
+
 PARTS = {"badinput": part_badinput, "routing": part_routing, "replace": part_replace,
          "command": part_command, "restore": part_restore, "agentpod": part_agentpod,
          "lease": part_lease, "direct": part_direct, "named": part_named,
-         "forward": part_forward}
+         "forward": part_forward, "ingress": part_ingress}
 
 
 def main():

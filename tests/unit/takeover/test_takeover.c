@@ -1,0 +1,134 @@
+/* test_takeover.c: takeover_ingress_clone(), the Ingress a developer's --ingress
+ * gets: which Ingresses are cloned, how hosts, tls and annotations are carried
+ * over, and what is refused with a reason. */
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "check.h"
+#include "takeover.h"
+
+static cJSON *jpath(cJSON *o, const char *a, const char *b) {
+  cJSON *x = cJSON_GetObjectItemCaseSensitive(o, a);
+  return b ? cJSON_GetObjectItemCaseSensitive(x, b) : x;
+}
+
+static const char *SHOP =
+    "{\"apiVersion\":\"networking.k8s.io/v1\",\"kind\":\"Ingress\","
+    "\"metadata\":{\"name\":\"shop\",\"namespace\":\"shop\",\"uid\":\"u1\",\"resourceVersion\":\"7\","
+    "\"annotations\":{\"nginx.ingress.kubernetes.io/rewrite-target\":\"/\","
+    "\"cert-manager.io/cluster-issuer\":\"le\","
+    "\"kubectl.kubernetes.io/last-applied-configuration\":\"{}\"}},"
+    "\"spec\":{\"ingressClassName\":\"nginx\","
+    "\"defaultBackend\":{\"service\":{\"name\":\"frontend\",\"port\":{\"number\":80}}},"
+    "\"tls\":[{\"hosts\":[\"shop.example.com\",\"*.example.com\"],\"secretName\":\"shop-tls\"}],"
+    "\"rules\":[{\"host\":\"shop.example.com\",\"http\":{\"paths\":["
+    "{\"path\":\"/api\",\"pathType\":\"Prefix\",\"backend\":{\"service\":{\"name\":\"api\",\"port\":{\"number\":8080}}}},"
+    "{\"path\":\"/\",\"pathType\":\"Prefix\",\"backend\":{\"service\":{\"name\":\"frontend\",\"port\":{\"number\":80}}}}]}},"
+    "{\"host\":\"*.example.com\",\"http\":{\"paths\":[{\"path\":\"/\",\"pathType\":\"Prefix\","
+    "\"backend\":{\"service\":{\"name\":\"api\",\"port\":{\"number\":8080}}}}]}},"
+    "{\"http\":{\"paths\":[{\"path\":\"/x\",\"pathType\":\"Prefix\","
+    "\"backend\":{\"service\":{\"name\":\"api\",\"port\":{\"number\":8080}}}}]}}]}}";
+
+static void test_clone(void) {
+  cJSON *ing = cJSON_Parse(SHOP);
+  char err[400] = "x";
+  cJSON *c = takeover_ingress_clone(ing, "api", "alice", err, sizeof err);
+  CHECK(c != NULL);
+  if (!c) return;
+  CHECK_EQ_STR(cJSON_GetStringValue(jpath(c, "apiVersion", NULL)), "networking.k8s.io/v1");
+  cJSON *md = jpath(c, "metadata", NULL);
+  CHECK_EQ_STR(cJSON_GetStringValue(jpath(md, "name", NULL)), "shop-kbridge-alice");
+  CHECK_EQ_STR(cJSON_GetStringValue(jpath(md, "namespace", NULL)), "shop");
+  CHECK(jpath(md, "uid", NULL) == NULL && jpath(md, "resourceVersion", NULL) == NULL);
+  CHECK_EQ_STR(cJSON_GetStringValue(jpath(md, "labels", TAKEOVER_LABEL_MANAGED)), "kbridge");
+  CHECK_EQ_STR(cJSON_GetStringValue(jpath(md, "labels", TAKEOVER_LABEL_SERVICE)), "api");
+  CHECK_EQ_STR(cJSON_GetStringValue(jpath(md, "annotations", TAKEOVER_ANN_ROUTE_KEY)), "alice");
+  CHECK_EQ_STR(cJSON_GetStringValue(jpath(md, "annotations", TAKEOVER_ANN_CLONE_OF)), "shop");
+  CHECK_EQ_STR(cJSON_GetStringValue(jpath(md, "annotations", "nginx.ingress.kubernetes.io/rewrite-target")), "/");
+  CHECK(jpath(md, "annotations", "cert-manager.io/cluster-issuer") == NULL);
+  CHECK(jpath(md, "annotations", "kubectl.kubernetes.io/last-applied-configuration") == NULL);
+  cJSON *spec = jpath(c, "spec", NULL);
+  CHECK_EQ_STR(cJSON_GetStringValue(jpath(spec, "ingressClassName", NULL)), "nginx");
+  CHECK(jpath(spec, "defaultBackend", NULL) == NULL);
+  cJSON *rules = jpath(spec, "rules", NULL);
+  CHECK_EQ_INT(cJSON_GetArraySize(rules), 1); /* wildcard and host-less rules left out */
+  cJSON *r0 = cJSON_GetArrayItem(rules, 0);
+  CHECK_EQ_STR(cJSON_GetStringValue(jpath(r0, "host", NULL)), "alice.shop.example.com");
+  CHECK(cJSON_Compare(jpath(r0, "http", NULL),
+                      jpath(cJSON_GetArrayItem(jpath(jpath(ing, "spec", NULL), "rules", NULL), 0), "http", NULL),
+                      1));
+  cJSON *tls = jpath(spec, "tls", NULL);
+  CHECK_EQ_INT(cJSON_GetArraySize(tls), 1);
+  cJSON *t0 = cJSON_GetArrayItem(tls, 0);
+  CHECK_EQ_INT(cJSON_GetArraySize(jpath(t0, "hosts", NULL)), 1);
+  CHECK_EQ_STR(cJSON_GetStringValue(cJSON_GetArrayItem(jpath(t0, "hosts", NULL), 0)),
+               "alice.shop.example.com");
+  CHECK_EQ_STR(cJSON_GetStringValue(jpath(t0, "secretName", NULL)), "shop-tls");
+  cJSON_Delete(c);
+
+  /* Another Service's Ingress: not cloned, nothing to say. */
+  strcpy(err, "x");
+  CHECK(takeover_ingress_clone(ing, "store", "alice", err, sizeof err) == NULL);
+  CHECK_EQ_STR(err, "");
+  /* frontend: routed to by a rule with a host (and the default backend). */
+  c = takeover_ingress_clone(ing, "frontend", "bob", err, sizeof err);
+  CHECK(c != NULL);
+  cJSON_Delete(c);
+
+  /* A clone is never cloned again. */
+  cJSON *labels = cJSON_AddObjectToObject(jpath(ing, "metadata", NULL), "labels");
+  cJSON_AddStringToObject(labels, TAKEOVER_LABEL_MANAGED, "kbridge");
+  strcpy(err, "x");
+  CHECK(takeover_ingress_clone(ing, "api", "alice", err, sizeof err) == NULL);
+  CHECK_EQ_STR(err, "");
+  cJSON_Delete(ing);
+}
+
+static void test_refusals(void) {
+  char err[400];
+  /* Routes to api only through a host-less rule: nothing to rewrite, said so. */
+  cJSON *ing = cJSON_Parse(
+      "{\"metadata\":{\"name\":\"any\"},\"spec\":{\"rules\":[{\"http\":{\"paths\":[{\"path\":\"/\","
+      "\"pathType\":\"Prefix\",\"backend\":{\"service\":{\"name\":\"api\",\"port\":{\"number\":80}}}}]}}]}}");
+  err[0] = '\0';
+  CHECK(takeover_ingress_clone(ing, "api", "alice", err, sizeof err) == NULL);
+  CHECK(strstr(err, "without a host") != NULL);
+  cJSON_Delete(ing);
+  /* Default backend only. */
+  ing = cJSON_Parse("{\"metadata\":{\"name\":\"d\"},\"spec\":{\"defaultBackend\":{\"service\":"
+                    "{\"name\":\"api\",\"port\":{\"number\":80}}}}}");
+  err[0] = '\0';
+  CHECK(takeover_ingress_clone(ing, "api", "alice", err, sizeof err) == NULL);
+  CHECK(err[0] != '\0');
+  cJSON_Delete(ing);
+  /* A host that would exceed 253 characters with the key: rule left out. */
+  char host[260], buf[1200];
+  memset(host, 'a', 250);
+  host[250] = '\0';
+  for (int i = 60; i < 250; i += 61) host[i] = '.';
+  snprintf(buf, sizeof buf,
+           "{\"metadata\":{\"name\":\"long\"},\"spec\":{\"rules\":[{\"host\":\"%s\",\"http\":{\"paths\":"
+           "[{\"path\":\"/\",\"pathType\":\"Prefix\",\"backend\":{\"service\":{\"name\":\"api\","
+           "\"port\":{\"number\":80}}}}]}}]}}",
+           host);
+  ing = cJSON_Parse(buf);
+  CHECK(ing != NULL);
+  err[0] = '\0';
+  CHECK(takeover_ingress_clone(ing, "api", "alice", err, sizeof err) == NULL);
+  CHECK(err[0] != '\0');
+  cJSON_Delete(ing);
+  /* No name: refused with a reason, not a crash. */
+  ing = cJSON_Parse("{\"spec\":{}}");
+  err[0] = '\0';
+  CHECK(takeover_ingress_clone(ing, "api", "alice", err, sizeof err) == NULL);
+  CHECK(err[0] != '\0');
+  cJSON_Delete(ing);
+}
+
+int main(void) {
+  test_clone();
+  test_refusals();
+  return check_done();
+}
