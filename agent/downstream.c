@@ -103,6 +103,7 @@ struct downstream {
 };
 
 static void ds_free(struct downstream *ds);
+static void client_flush(struct downstream *ds);
 static void process_request(struct downstream *ds);
 static void process_response(struct downstream *ds);
 static void up_read(struct upstream *u, void *arg);
@@ -112,7 +113,9 @@ static void up_event(struct upstream *u, int what, void *arg);
 
 static void ds_enter(struct downstream *ds) { ds->busy++; }
 
+/* The outermost entry point writes what it queued for the client itself. */
 static void ds_leave(struct downstream *ds) {
+  if (ds->busy == 1 && !ds->dead && !ds->handed_off) client_flush(ds);
   if (--ds->busy == 0 && ds->dead) ds_free(ds);
 }
 
@@ -784,6 +787,32 @@ static void up_event(struct upstream *u, int what, void *arg) {
 
 /* --- client bufferevent callbacks -------------------------------------------------- */
 
+/* Writing to the client: the bufferevent's EV_WRITE stays disabled while its
+ * output is empty, and the outermost entry point (ds_leave) sends what was
+ * queued with one sendmsg() (splice_write_now). Only what the socket does not take at once goes
+ * through libevent (EV_WRITE enabled until the output is empty again, see
+ * client_write). Letting libevent write everything armed and disarmed EV_WRITE
+ * around every response: two epoll_ctl and a loop turn per request. */
+static void client_flush(struct downstream *ds) {
+  for (;;) {
+    struct evbuffer *out = bufferevent_get_output(ds->bev);
+    if (evbuffer_get_length(out) == 0 || (bufferevent_get_enabled(ds->bev) & EV_WRITE)) return;
+    if (splice_write_now(ds->bev) > 0) {
+      bufferevent_enable(ds->bev, EV_WRITE); /* the rest, or the error, through libevent */
+      return;
+    }
+    if (ds->state == DS_CLOSING) {
+      start_closing(ds);
+      return;
+    }
+    if (!ds->wait_client_drain) return;
+    ds->wait_client_drain = 0; /* room again: relay more of the response */
+    if (ds->up) upstream_pause_read(ds->up, 0);
+    process_response(ds);
+    if (ds->dead || ds->handed_off) return;
+  }
+}
+
 static void client_read(struct bufferevent *bev, void *arg) {
   struct downstream *ds = arg;
   ds_enter(ds);
@@ -815,11 +844,15 @@ static void client_read(struct bufferevent *bev, void *arg) {
   ds_leave(ds);
 }
 
+/* libevent wrote (EV_WRITE enabled by client_flush): at the low mark, resume a
+ * paused response; once empty, back to direct writes. */
 static void client_write(struct bufferevent *bev, void *arg) {
   struct downstream *ds = arg;
   ds_enter(ds);
+  int empty = evbuffer_get_length(bufferevent_get_output(bev)) == 0;
+  if (empty) bufferevent_disable(bev, EV_WRITE);
   if (ds->state == DS_CLOSING) {
-    if (evbuffer_get_length(bufferevent_get_output(bev)) == 0) start_closing(ds);
+    if (empty) start_closing(ds);
   } else if (ds->wait_client_drain) {
     ds->wait_client_drain = 0;
     if (ds->up) upstream_pause_read(ds->up, 0);
@@ -918,7 +951,7 @@ int downstream_accept(struct agent *ag, evutil_socket_t fd, const struct sockadd
    * is relayed, or a body faster than the upstream takes it). */
   bufferevent_setwatermark(ds->bev, EV_READ, 0, AGENT_HIGH_WATER);
   bufferevent_set_max_single_write(ds->bev, AGENT_HIGH_WATER); /* default: 16 KiB per write */
-  bufferevent_enable(ds->bev, EV_READ | EV_WRITE);
+  bufferevent_enable(ds->bev, EV_READ); /* EV_WRITE: see client_flush() */
   set_timer(ds, ag->opt->sniff_timeout_ms);
   return 0;
 }

@@ -54,8 +54,12 @@ static void tcp_read(struct bufferevent *bev, void *arg) {
   if (u->rd) u->rd(u, u->arg);
 }
 
+/* libevent wrote: once the output is empty, back to direct writes (see
+ * upstream_write), then tell the user there is room. */
 static void tcp_write(struct bufferevent *bev, void *arg) {
   struct upstream *u = arg;
+  if (u->connected && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+    bufferevent_disable(bev, EV_WRITE);
   if (u->connected) notify(u, UPSTREAM_EV_WRITABLE);
 }
 
@@ -67,6 +71,8 @@ static void tcp_event(struct bufferevent *bev, short what, void *arg) {
     bufferevent_set_timeouts(bev, NULL, NULL);
     int one = 1;
     setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+      bufferevent_disable(bev, EV_WRITE); /* direct writes from now on (upstream_write) */
     notify(u, UPSTREAM_EV_CONNECTED);
     return;
   }
@@ -239,7 +245,13 @@ struct evbuffer *upstream_input(struct upstream *u) {
 int upstream_write(struct upstream *u, struct evbuffer *src, size_t n) {
   if (n == 0) return 0;
   if (u->kind == UPSTREAM_TCP) {
-    return evbuffer_remove_buffer(src, bufferevent_get_output(u->bev), n) == (int)n ? 0 : -1;
+    /* Connected and nothing queued (EV_WRITE off): send at once; only what the
+     * socket does not take goes through libevent. */
+    if (evbuffer_remove_buffer(src, bufferevent_get_output(u->bev), n) != (int)n) return -1;
+    if (u->connected && !(bufferevent_get_enabled(u->bev) & EV_WRITE) &&
+        splice_write_now(u->bev) > 0)
+      bufferevent_enable(u->bev, EV_WRITE);
+    return 0;
   }
   if (evbuffer_get_length(src) == n) return tunnel_stream_write_buffer(u->stream, src);
   struct evbuffer *tmp = u->ag->scratch;

@@ -11,6 +11,12 @@
  * SPLICE_HIGH_WATER for a bufferevent dst and tunnel_stream_high() for a stream
  * dst (that is where the stream's WRITABLE fires).
  *
+ * Writes to a plain socket: its EV_WRITE stays disabled while its output is
+ * empty; pump_all() sends what it queued with one sendmsg() and only the rest
+ * goes through libevent (EV_WRITE on until the output is empty again). Letting
+ * libevent write everything armed and disarmed EV_WRITE around every write:
+ * two epoll_ctl and a loop turn per request/response on a pooled connection.
+ *
  * Half-close: once src has hit EOF and everything it sent is handed to dst, dst's
  * write side is shut: tunnel_stream_shutdown() for a stream; for a socket, flush
  * then shutdown(fd, SHUT_WR); for a TLS bufferevent (no half-close in TLS without
@@ -159,6 +165,49 @@ static int pump(struct splice *sp, struct splice_side *src) {
   return 0;
 }
 
+#define WRITE_NOW_IOV 64
+
+size_t splice_write_now(struct bufferevent *bev) {
+  struct evbuffer *out = bufferevent_get_output(bev);
+  evutil_socket_t fd = bufferevent_getfd(bev);
+  size_t len = evbuffer_get_length(out);
+  if (len == 0 || fd < 0) return len;
+  struct evbuffer_iovec v[WRITE_NOW_IOV];
+  struct iovec iov[WRITE_NOW_IOV];
+  int n = evbuffer_peek(out, -1, NULL, v, WRITE_NOW_IOV);
+  if (n > WRITE_NOW_IOV) n = WRITE_NOW_IOV;
+  for (int i = 0; i < n; i++) {
+    iov[i].iov_base = v[i].iov_base;
+    iov[i].iov_len = v[i].iov_len;
+  }
+  struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)(n > 0 ? n : 0)};
+  ssize_t r = n > 0 ? sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT) : -1;
+  if (r > 0) {
+    evbuffer_unfreeze(out, 1); /* a socket bufferevent keeps its output's start frozen */
+    evbuffer_drain(out, (size_t)r);
+    evbuffer_freeze(out, 1);
+  }
+  return evbuffer_get_length(out);
+}
+
+/* Send x's queued output now (plain sockets whose EV_WRITE is off). What the
+ * socket does not take, or an error, is left to libevent: EV_WRITE on. Once the
+ * output is empty, a waiting half-close proceeds and the loop runs again (the
+ * other side's reading may have been paused for this output). Returns -1 if
+ * the splice ended. */
+static int flush_side(struct splice *sp, struct splice_side *x) {
+  if (!x->bev || x->tls || sp->ended) return 0;
+  struct evbuffer *out = bufferevent_get_output(x->bev);
+  if (evbuffer_get_length(out) == 0 || (bufferevent_get_enabled(x->bev) & EV_WRITE)) return 0;
+  if (splice_write_now(x->bev) > 0) {
+    bufferevent_enable(x->bev, EV_WRITE);
+    return 0;
+  }
+  sp->repump = 1;
+  if (x->shut_wait) return shut_write(sp, x);
+  return 0;
+}
+
 /* Both directions, until nothing changes; reentrant calls fold into the loop. */
 static void pump_all(struct splice *sp) {
   if (sp->pumping) {
@@ -173,6 +222,7 @@ static void pump_all(struct splice *sp) {
       finish(sp, NULL);
       break;
     }
+    if (flush_side(sp, &sp->a) < 0 || flush_side(sp, &sp->b) < 0) break;
   } while (sp->repump && !sp->ended);
   sp->pumping = 0;
 }
@@ -239,6 +289,8 @@ static void bev_write_cb(struct bufferevent *bev, void *arg) {
   struct splice_side *x = arg;
   struct splice *sp = x->sp;
   enter(sp);
+  if (!x->tls && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+    bufferevent_disable(bev, EV_WRITE); /* empty: back to direct writes (flush_side) */
   if (x->shut_wait && evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
     if (shut_write(sp, x) < 0) {
       leave(sp);
@@ -309,7 +361,8 @@ static void side_init(struct splice *sp, struct splice_side *x, struct splice_en
     bufferevent_setwatermark(x->bev, EV_WRITE, SPLICE_HIGH_WATER / 2, 0);
     bufferevent_setwatermark(x->bev, EV_READ, 0, 0);
     bufferevent_set_max_single_write(x->bev, SPLICE_HIGH_WATER); /* default: 16 KiB */
-    bufferevent_enable(x->bev, EV_READ | EV_WRITE);
+    bufferevent_enable(x->bev, EV_READ);
+    if (x->tls) bufferevent_enable(x->bev, EV_WRITE); /* plain: see flush_side() */
   } else {
     tunnel_stream_setcb(x->stream, stream_read_cb, stream_event_cb, x);
     if (tunnel_stream_eof(x->stream)) x->eof = 1;

@@ -47,4 +47,12 @@ void splice_abort(struct splice *sp, const char *why);
  * reading disabled. Returns the bytes read. */
 size_t splice_read_more(struct bufferevent *bev, size_t max);
 
+/* Send what a plain socket bufferevent's output holds now, with one sendmsg()
+ * (MSG_NOSIGNAL, non-blocking), and drain what was sent. For bufferevents that
+ * keep EV_WRITE disabled while their output is empty (libevent arms and disarms
+ * EV_WRITE around every write otherwise: two epoll_ctl and a loop turn per
+ * response). Returns the bytes still queued: the caller then enables EV_WRITE
+ * and libevent sends the rest, or reports the error. */
+size_t splice_write_now(struct bufferevent *bev);
+
 #endif
