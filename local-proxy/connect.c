@@ -37,6 +37,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netdb.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/wait.h>
@@ -1684,6 +1686,39 @@ static int wait_gone(struct conn *c, int seconds) {
   }
 }
 
+/* Can every --forward listen address be bound? Checked before the cluster is
+ * touched, so a port in use or an address not on this machine fails with no
+ * change to undo (proxy.c binds them for real later; port 0 always binds).
+ * 0, or -1 (reported). */
+static int forwards_bindable(struct conn *c) {
+  for (size_t i = 0; i < c->cfg->forwards.n; i++) {
+    const struct opt_forward *f = &c->cfg->forwards.v[i];
+    struct addrinfo hints, *res = NULL;
+    char port[8], a[300];
+    memset(&hints, 0, sizeof hints);
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    snprintf(port, sizeof port, "%u", (unsigned)f->listen.port);
+    addr_format(&f->listen, a, sizeof a);
+    int rc = getaddrinfo(f->listen.host, port, &hints, &res);
+    if (rc != 0 || !res) {
+      fail(c, "--forward %s: cannot resolve \"%s\": %s", a, f->listen.host, gai_strerror(rc));
+      return -1;
+    }
+    int fd = socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC, 0), one = 1;
+    int ok = fd >= 0 && setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) == 0 &&
+             bind(fd, res->ai_addr, res->ai_addrlen) == 0;
+    int err = errno;
+    if (fd >= 0) close(fd);
+    freeaddrinfo(res);
+    if (!ok) {
+      fail(c, "--forward %s: cannot listen there: %s", a, strerror(err));
+      return -1;
+    }
+  }
+  return 0;
+}
+
 static int undo(struct conn *c, const char *why) {
   struct takeover_report rep;
   char err[1200];
@@ -1726,6 +1761,7 @@ int connect_run(struct connect_config *cfg) {
     return 2;
   }
   if (cfg->key[0] == '\0') default_key(cfg->key, sizeof cfg->key);
+  if (forwards_bindable(c) < 0) return 2;
   const char *img = cfg->agent_image ? cfg->agent_image : getenv("KBRIDGE_AGENT_IMAGE");
   snprintf(c->image, sizeof c->image, "%s", img && *img ? img : CONNECT_DEFAULT_IMAGE);
   if (!image_ok(c->image)) {

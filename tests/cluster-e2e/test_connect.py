@@ -35,7 +35,8 @@ Parts (default: all, in this order):
     ingress    --ingress: an Ingress routing shop.example.com/api to api is cloned
                as alice.shop.example.com (labels, annotations, owner), one routing
                elsewhere is not; bob's clone goes when bob leaves, alice's when she
-               does; after kill -9, kbridge restore removes the clones
+               does; after kill -9, kbridge restore removes the clones, and so
+               does the agent's lease restore (through the garbage collector)
 
 The cluster is $KBRIDGE_E2E_CLUSTER (default kbe2e); it is started (setup + up)
 if it is not up, and taken down at the end unless KBRIDGE_E2E_KEEP=1. The test
@@ -477,11 +478,19 @@ def part_badinput():
         ("bad flag", ["connect", "-n", NS, "--service", "api", "--local-port", "x"], None,
          ["--local-port"]),
     ]
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    cases.append(("--forward to a local port in use",
+                  ["connect", "-n", NS] + base[1:] +
+                  ["--forward", "127.0.0.1:%d=store:8080" % busy.getsockname()[1]], None,
+                  ["--forward", "already in use"]))
     for what, argv, kcfg, words in cases:
         r = kb(*argv, kubeconfig=kcfg, env={"XDG_RUNTIME_DIR": TMP})
         msg = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ""
         check(r.returncode != 0 and all(w.lower() in r.stderr.lower() for w in words),
               "%s: exit %d, %r" % (what, r.returncode, msg[:220]))
+    busy.close()
     check(snapshot() == before and not kbridge_objects(),
           "bad input left the cluster unchanged")
     # Fails after writes began: an agent image that cannot be pulled is undone.
@@ -921,6 +930,15 @@ def part_ingress():
     check(r.returncode == 0 and "ingress %s/shop-kbridge-alice: deleted" % NS in r.stdout,
           "after kill -9: kbridge restore deletes the clone")
     check_restored(before, "kill -9 and kbridge restore with a clone")
+
+    # The agent restoring by itself (lease) may not list Ingresses: the clone
+    # goes with its Deployment (ownerReference, garbage collector).
+    alice = Session("alice", pa, "--ingress", "--lease-seconds", "5")
+    alice.ready()
+    check("shop-kbridge-alice" in ingresses(), "clone made again")
+    alice.p.kill()
+    alice.p.wait()
+    check_restored(before, "kill -9 and the agent's lease with a clone")
     kubectl("delete", "ingresses.networking.k8s.io", "shop", "stock", "-n", NS)
 
 
