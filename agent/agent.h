@@ -25,6 +25,7 @@ struct ssl_ctx_st;
 struct agent_tunnel;
 struct evhttp;
 struct downstream;
+struct lifecycle;
 
 /* Write watermarks used on every forwarding path: stop reading the source when
  * the destination has more than AGENT_HIGH_WATER bytes queued, resume when it is
@@ -36,6 +37,9 @@ struct agent_listener {
   struct agent *ag;
   struct evconnlistener *lev;
   uint16_t port; /* the bound port, told to developers in OPEN frames */
+  const struct hostport *fallback; /* where its unrouted traffic goes (--fallback or
+                                    * its --port-map entry's) */
+  struct pool pool;              /* idle keep-alive connections to that fallback */
 };
 
 struct agent {
@@ -46,7 +50,6 @@ struct agent {
   struct route_table *routes;     /* key -> struct agent_tunnel * */
   struct ssl_ctx_st *ssl;         /* tunnel server context (SSL_CTX) */
   struct metrics stats;
-  struct pool fallback_pool;      /* idle keep-alive connections to --fallback */
   TAILQ_HEAD(, agent_tunnel) tunnels; /* every live tunnel, registered or not */
   TAILQ_HEAD(ds_list, downstream) clients; /* HTTP/sniffing client connections */
   TAILQ_HEAD(sp_list, agent_splice) splices; /* live raw pipes (raw, upgraded, outbound) */
@@ -66,6 +69,7 @@ struct agent {
   char excl_key[DNS_LABEL_MAX + 1];
   char excl_since[32];
   int stopping;
+  struct lifecycle *life;         /* the lease (--service), or NULL */
 };
 
 /* A client connection was accepted / ended (raw, HTTP or upgraded). Keeps

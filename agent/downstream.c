@@ -69,6 +69,7 @@ struct downstream {
   struct event *timer;       /* sniff / idle / header / linger, by state */
   enum ds_state state;
   uint16_t port;             /* service port the client connected to */
+  struct agent_listener *li; /* its listener: fallback address and pool */
   char peer[64];             /* client "ip:port" */
 
   llhttp_t *req;             /* allocated on the first HTTP request */
@@ -309,7 +310,7 @@ static void raw_up_event(struct upstream *u, int what, void *arg) {
     metrics_count_error(&ds->ag->stats, u->fail == UPSTREAM_FAIL_DNS ? MERR_FALLBACK_DNS
                                                                        : MERR_FALLBACK_UNREACHABLE);
     log_warn("%s: raw connection: original pods unreachable at %s: %s", ds->peer,
-             addr_format(&ds->ag->opt->fallback, fb, sizeof fb), u->err);
+             addr_format(ds->li->fallback, fb, sizeof fb), u->err);
     ds_close(ds);
   }
   ds_leave(ds);
@@ -331,7 +332,7 @@ static void go_raw(struct downstream *ds) {
   }
   log_debug("%s: raw connection to the fallback", ds->peer);
   ds->state = DS_RAW_CONNECT;
-  ds->up = upstream_connect_tcp(ag, &ag->opt->fallback, NULL, raw_up_event, ds);
+  ds->up = upstream_connect_tcp(ag, ds->li->fallback, NULL, raw_up_event, ds);
   if (!ds->up) ds_close(ds);
 }
 
@@ -356,7 +357,7 @@ static int sniff(struct evbuffer *in) {
 static void upstream_failed(struct downstream *ds, struct upstream *u, const char *what) {
   char fb[300];
   if (!ds->route[0]) {
-    addr_format(&ds->ag->opt->fallback, fb, sizeof fb);
+    addr_format(ds->li->fallback, fb, sizeof fb);
     if (u->fail == UPSTREAM_FAIL_DNS)
       respond_error(ds, 503, "Service Unavailable", MERR_FALLBACK_DNS,
                     "kbridge: original pods unreachable at %s: no address resolves (%s)", fb,
@@ -399,12 +400,12 @@ static struct upstream *pick_upstream(struct downstream *ds, int fresh) {
     return u;
   }
   ds->route[0] = 0;
-  ds->up_pool = &ag->fallback_pool;
-  struct upstream *u = fresh ? NULL : pool_get(&ag->fallback_pool);
+  ds->up_pool = &ds->li->pool;
+  struct upstream *u = fresh ? NULL : pool_get(&ds->li->pool);
   if (u)
     upstream_setcb(u, up_read, up_event, ds);
   else
-    u = upstream_connect_tcp(ag, &ag->opt->fallback, up_read, up_event, ds);
+    u = upstream_connect_tcp(ag, ds->li->fallback, up_read, up_event, ds);
   return u;
 }
 
@@ -920,8 +921,8 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg) {
   ds_leave(ds);
 }
 
-int downstream_accept(struct agent *ag, evutil_socket_t fd, const struct sockaddr *sa,
-                      uint16_t port) {
+int downstream_accept(struct agent_listener *li, evutil_socket_t fd, const struct sockaddr *sa) {
+  struct agent *ag = li->ag;
   struct downstream *ds = calloc(1, sizeof *ds);
   if (ds) {
     ds->bev = bufferevent_socket_new(ag->base, fd, BEV_OPT_CLOSE_ON_FREE);
@@ -938,7 +939,8 @@ int downstream_accept(struct agent *ag, evutil_socket_t fd, const struct sockadd
     return -1;
   }
   ds->ag = ag;
-  ds->port = port;
+  ds->port = li->port;
+  ds->li = li;
   ds->state = DS_SNIFF;
   addr_format_sa(sa, ds->peer, sizeof ds->peer);
   agent_conn_opened(ag);

@@ -13,12 +13,13 @@
 #include <event2/util.h>
 
 struct agent;
+struct agent_listener;
 struct sockaddr;
 
-/* Take over an accepted socket fd from a client at sa, on service port `port`.
- * Returns 0, or -1 (fd closed) when out of memory. */
-int downstream_accept(struct agent *ag, evutil_socket_t fd, const struct sockaddr *sa,
-                      uint16_t port);
+/* Take over an accepted socket fd from a client at sa, on listener li (its
+ * service port, fallback and fallback pool). Returns 0, or -1 (fd closed) when
+ * out of memory. */
+int downstream_accept(struct agent_listener *li, evutil_socket_t fd, const struct sockaddr *sa);
 
 /* Free every client connection still owned here (at exit; spliced ones belong
  * to their splice). */

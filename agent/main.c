@@ -110,7 +110,7 @@ void agent_splices_abort(struct agent *ag) {
 static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
                       int socklen, void *arg) {
   struct agent_listener *li = arg;
-  downstream_accept(li->ag, fd, sa, li->port);
+  downstream_accept(li, fd, sa);
 }
 
 static void backoff_done(evutil_socket_t fd, short what, void *arg) {
@@ -140,7 +140,8 @@ static void accept_error_cb(struct evconnlistener *l, void *arg) {
 
 static void sweep_cb(evutil_socket_t fd, short what, void *arg) {
   struct agent *ag = arg;
-  pool_sweep(&ag->fallback_pool, ag->opt->pool_idle_ms);
+  for (size_t i = 0; i < ag->nlisteners; i++)
+    pool_sweep(&ag->listeners[i].pool, ag->opt->pool_idle_ms);
   struct agent_tunnel *at;
   TAILQ_FOREACH(at, &ag->tunnels, link) pool_sweep(&at->pool, ag->opt->pool_idle_ms);
 }
@@ -156,7 +157,7 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg) {
   ag->stopping = 1;
   update_listeners(ag);
   tunnels_shutdown(ag);
-  pool_clear(&ag->fallback_pool);
+  for (size_t i = 0; i < ag->nlisteners; i++) pool_clear(&ag->listeners[i].pool);
   struct timeval tv = {0, 200 * 1000}; /* let GOAWAY frames leave */
   event_base_loopexit(ag->base, &tv);
 }
@@ -169,13 +170,13 @@ static void restored_cb(void *arg) {
   ag->stopping = 1;
   update_listeners(ag);
   tunnels_shutdown(ag);
-  pool_clear(&ag->fallback_pool);
+  for (size_t i = 0; i < ag->nlisteners; i++) pool_clear(&ag->listeners[i].pool);
   struct timeval tv = {0, 200 * 1000}; /* let GOAWAY frames leave */
   event_base_loopexit(ag->base, &tv);
 }
 
-static int listen_service(struct agent *ag, const struct hostport *hp, char *err,
-                          size_t errlen) {
+static int listen_service(struct agent *ag, const struct hostport *hp,
+                          const struct hostport *fallback, char *err, size_t errlen) {
   struct evutil_addrinfo hints, *res = NULL;
   memset(&hints, 0, sizeof hints);
   hints.ai_family = AF_UNSPEC;
@@ -190,6 +191,8 @@ static int listen_service(struct agent *ag, const struct hostport *hp, char *err
   }
   struct agent_listener *li = &ag->listeners[ag->nlisteners];
   li->ag = ag;
+  li->fallback = fallback;
+  pool_init(&li->pool, ag);
   li->lev = evconnlistener_new_bind(ag->base, accept_cb, li,
                                     LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_FREE |
                                         LEV_OPT_CLOSE_ON_EXEC,
@@ -221,16 +224,6 @@ int main(int argc, char **argv) {
     return 2;
   }
   log_init("kbridge-agent", opt.log_level);
-  /* Interim, until downstream.c takes each listener's own fallback: --port-map
-   * entries must all name the same fallback, which serves every port. */
-  if (!opt.have_fallback) opt.fallback = opt.listen_fallback[0];
-  for (size_t i = 0; i < opt.nlisten; i++)
-    if (strcmp(opt.listen_fallback[i].host, opt.fallback.host) ||
-        opt.listen_fallback[i].port != opt.fallback.port) {
-      fprintf(stderr, "kbridge-agent: --port-map: one fallback per port is not wired yet; give "
-                      "every port the same fallback\n");
-      return 2;
-    }
   signal(SIGPIPE, SIG_IGN);
 
   struct agent ag;
@@ -254,12 +247,11 @@ int main(int argc, char **argv) {
   }
   /* The lease first: a pod without a usable service account fails here, before
    * anything else is set up. */
-  struct lifecycle *life = NULL;
   if (opt.service[0]) {
     struct lifecycle_config lcfg = {opt.namespace, opt.service, opt.lease_seconds,
                                     opt.grace_seconds, NULL};
-    life = lifecycle_new(ag.base, ag.routes, &lcfg, restored_cb, &ag, err, sizeof err);
-    if (!life) {
+    ag.life = lifecycle_new(ag.base, ag.routes, &lcfg, restored_cb, &ag, err, sizeof err);
+    if (!ag.life) {
       fprintf(stderr, "kbridge-agent: --service %s: %s\n", opt.service, err);
       route_table_free(ag.routes);
       evbuffer_free(ag.scratch);
@@ -278,7 +270,6 @@ int main(int argc, char **argv) {
     log_err("cannot create a DNS resolver");
     return 1;
   }
-  pool_init(&ag.fallback_pool, &ag);
 
   SSL_CTX *ssl = tls_server_ctx_from_dir(opt.tls_dir, err, sizeof err);
   if (!ssl) {
@@ -288,7 +279,7 @@ int main(int argc, char **argv) {
   ag.ssl = (struct ssl_ctx_st *)ssl;
 
   for (size_t i = 0; i < opt.nlisten; i++)
-    if (listen_service(&ag, &opt.listen[i], err, sizeof err) < 0) {
+    if (listen_service(&ag, &opt.listen[i], &opt.listen_fallback[i], err, sizeof err) < 0) {
       fprintf(stderr, "kbridge-agent: %s\n", err);
       return 2;
     }
@@ -333,13 +324,13 @@ int main(int argc, char **argv) {
     rc = 0;
 
   /* Orderly teardown so sanitizers see what is still owned. */
-  lifecycle_free(life); /* waits for a restore that is running */
+  lifecycle_free(ag.life); /* waits for a restore that is running */
   for (size_t i = 0; i < ag.nlisteners; i++) evconnlistener_free(ag.listeners[i].lev);
   downstream_close_all(&ag);
   agent_splices_abort(&ag);
   if (ag.tunnel_lev) evconnlistener_free(ag.tunnel_lev);
   tunnels_free_all(&ag);
-  pool_clear(&ag.fallback_pool);
+  for (size_t i = 0; i < ag.nlisteners; i++) pool_clear(&ag.listeners[i].pool);
   metrics_stop(&ag);
   event_free(sigint);
   event_free(sigterm);

@@ -15,6 +15,7 @@
 
 #include "addr.h"
 #include "agent.h"
+#include "lifecycle.h"
 #include "route_table.h"
 
 static const char *const error_names[MERR_MAX] = {
@@ -81,9 +82,11 @@ static void healthz(struct evhttp_request *req, void *arg) {
   struct key_list kl = {b, 1};
   evbuffer_add_printf(b, "ok\n{\"keys\":{");
   route_table_foreach(ag->routes, add_key, &kl);
-  evbuffer_add_printf(b, "},\"exclusive\":%s,\"tunnels\":%ld,\"connections\":%ld}\n",
+  evbuffer_add_printf(b, "},\"exclusive\":%s,\"tunnels\":%ld,\"connections\":%ld",
                       ag->opt->exclusive ? "true" : "false", ag->stats.tunnels,
                       ag->stats.connections_open);
+  lifecycle_json(ag->life, b);
+  evbuffer_add_printf(b, "}\n");
   evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "text/plain");
   evhttp_send_reply(req, ag->stopping ? 503 : 200, ag->stopping ? "Stopping" : "OK", b);
   evbuffer_free(b);
@@ -130,6 +133,7 @@ static void metrics_page(struct evhttp_request *req, void *arg) {
       (unsigned long long)m->bytes_request, (unsigned long long)m->bytes_response,
       (unsigned long long)m->raw_connections, (unsigned long long)m->upgrades, m->tunnels,
       route_table_keys(ag->routes), m->streams_open, m->connections_open, m->pool_idle);
+  lifecycle_metrics(ag->life, ag->routes, b);
   evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
                     "text/plain; version=0.0.4");
   evhttp_send_reply(req, 200, "OK", b);

@@ -25,6 +25,7 @@
 #include "addr.h"
 #include "agent.h"
 #include "dnslabel.h"
+#include "lifecycle.h"
 #include "log.h"
 #include "route_table.h"
 #include "splice.h"
@@ -165,6 +166,7 @@ static int on_hello(struct tunnel *t, const struct frame_hello *hello, char *msg
   }
   log_info("developer %s connected from %s (%s); %zu tunnel(s) for this key", hello->key,
            at->peer, hello->label, route_table_conns(ag->routes, hello->key));
+  lifecycle_check(ag->life);
   return FRAME_WELCOME_OK;
 }
 
@@ -189,6 +191,7 @@ static void on_close(struct tunnel *t, const char *err, void *arg) {
     log_info("developer %s: tunnel from %s closed (%s); %zu tunnel(s) left for this key", at->key,
              at->peer, err ? err : "closed", left);
     if (left == 0 && !strcmp(ag->excl_key, at->key)) ag->excl_key[0] = 0;
+    lifecycle_tunnel_closed(ag->life, at->key, err);
   } else {
     log_info("tunnel from %s closed before registering: %s", at->peer, err ? err : "closed");
   }
