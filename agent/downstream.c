@@ -797,8 +797,9 @@ static void up_event(struct upstream *u, int what, void *arg) {
 static void client_flush(struct downstream *ds) {
   for (;;) {
     struct evbuffer *out = bufferevent_get_output(ds->bev);
-    if (evbuffer_get_length(out) == 0 || (bufferevent_get_enabled(ds->bev) & EV_WRITE)) return;
-    if (splice_write_now(ds->bev) > 0) {
+    size_t len = evbuffer_get_length(out);
+    if (len == 0 || (bufferevent_get_enabled(ds->bev) & EV_WRITE)) return;
+    if ((len >= SPLICE_WRITE_NOW_MAX && ds->state != DS_CLOSING) || splice_write_now(ds->bev) > 0) {
       bufferevent_enable(ds->bev, EV_WRITE); /* the rest, or the error, through libevent */
       return;
     }

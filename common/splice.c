@@ -198,8 +198,9 @@ size_t splice_write_now(struct bufferevent *bev) {
 static int flush_side(struct splice *sp, struct splice_side *x) {
   if (!x->bev || x->tls || sp->ended) return 0;
   struct evbuffer *out = bufferevent_get_output(x->bev);
-  if (evbuffer_get_length(out) == 0 || (bufferevent_get_enabled(x->bev) & EV_WRITE)) return 0;
-  if (splice_write_now(x->bev) > 0) {
+  size_t len = evbuffer_get_length(out);
+  if (len == 0 || (bufferevent_get_enabled(x->bev) & EV_WRITE)) return 0;
+  if (len >= SPLICE_WRITE_NOW_MAX || splice_write_now(x->bev) > 0) {
     bufferevent_enable(x->bev, EV_WRITE);
     return 0;
   }

@@ -52,7 +52,11 @@ size_t splice_read_more(struct bufferevent *bev, size_t max);
  * keep EV_WRITE disabled while their output is empty (libevent arms and disarms
  * EV_WRITE around every write otherwise: two epoll_ctl and a loop turn per
  * response). Returns the bytes still queued: the caller then enables EV_WRITE
- * and libevent sends the rest, or reports the error. */
+ * and libevent sends the rest, or reports the error. Callers write directly
+ * only below SPLICE_WRITE_NOW_MAX queued bytes: bulk data arrives a DATA frame
+ * (16 KiB) per callback, and one send per frame would cost more than letting
+ * libevent send all of a loop turn's frames at once. */
 size_t splice_write_now(struct bufferevent *bev);
+#define SPLICE_WRITE_NOW_MAX 8192u
 
 #endif
