@@ -97,6 +97,7 @@ struct tunnel {
   struct tunnel_stream *sched_head, *sched_tail;
   struct tunnel_stream *garbage;
   struct event *sched_ev, *ping_ev, *dead_ev, *hs_ev;
+  struct event *reread_ev;  /* read-ahead: OpenSSL holds records the socket no longer signals */
   uint64_t last_rx_ms, ping_seq;
   char closing_reason[600]; /* TS_CLOSING: what on_close will say */
   int depth;
@@ -105,6 +106,7 @@ struct tunnel {
   unsigned in_sched : 1;
   unsigned in_read : 1, reread : 1; /* carrier_read_cb running / called again meanwhile */
   unsigned read_wm : 1;             /* a read low watermark is set */
+  unsigned read_ahead : 1;          /* TLS socket carrier with OpenSSL read-ahead on */
   struct tunnel_stats stats;
   uint8_t scratch[CONTROL_MAX];
 };
@@ -402,6 +404,7 @@ static void orphan_streams(struct tunnel *t, const char *err) {
 /* No more timers, scheduling or carrier events. */
 static void stop_everything(struct tunnel *t) {
   if (t->sched_ev) event_del(t->sched_ev);
+  if (t->reread_ev) event_del(t->reread_ev);
   if (t->ping_ev) event_del(t->ping_ev);
   if (t->dead_ev) event_del(t->dead_ev);
   if (t->hs_ev) event_del(t->hs_ev);
@@ -780,9 +783,10 @@ static void handle_frame(struct tunnel *t, const struct frame_header *h, struct 
  * parses what was read first, then dies with err). Filters (a TLS bufferevent over another
  * bufferevent) are left to libevent. */
 #define CARRIER_READ_MORE (256u * 1024u)
+#define CARRIER_RBUF (64u * 1024u) /* OpenSSL's read buffer with read-ahead */
 #define TLS_RECORD_MAX 16384
 
-static int carrier_read_more(struct bufferevent *bev, char *err, size_t errlen) {
+static int carrier_read_more(struct tunnel *t, struct bufferevent *bev, char *err, size_t errlen) {
   SSL *ssl = bufferevent_openssl_get_ssl(bev);
   if (!ssl || bufferevent_get_underlying(bev) || !(bufferevent_get_enabled(bev) & EV_READ)) return 0;
   struct evbuffer *in = bufferevent_get_input(bev);
@@ -815,6 +819,9 @@ static int carrier_read_more(struct bufferevent *bev, char *err, size_t errlen) 
     evbuffer_commit_space(in, &v, 1);
     got += (size_t)r;
   }
+  /* Stopped at the bound: with read-ahead, records may wait inside OpenSSL
+   * where no socket event will announce them; come back from the loop. */
+  if (t->read_ahead && SSL_has_pending(ssl)) event_active(t->reread_ev, EV_READ, 0);
   return 0;
 }
 
@@ -834,7 +841,7 @@ static void carrier_read_cb(struct bufferevent *bev, void *arg) {
   size_t want = 0; /* > 0: waiting for a frame of this many bytes */
   char gone[300] = "";
   int lost = (t->state == TS_READY || t->state == TS_HANDSHAKE) &&
-             carrier_read_more(bev, gone, sizeof gone) < 0;
+             carrier_read_more(t, bev, gone, sizeof gone) < 0;
   do {
     t->reread = 0;
     while (t->state == TS_READY || t->state == TS_HANDSHAKE) {
@@ -858,8 +865,10 @@ static void carrier_read_cb(struct bufferevent *bev, void *arg) {
   } while (t->reread && t->state != TS_DEAD && !want);
   if (lost && t->state != TS_DEAD) {
     tunnel_die(t, "%s", gone);
-  } else if (t->state != TS_DEAD) {
-    /* Wake up only when the whole pending frame is there. */
+  } else if (t->state != TS_DEAD && !t->read_ahead) {
+    /* Wake up only when the whole pending frame is there. (Not with
+     * read-ahead: the rest of the frame may already be inside OpenSSL, and
+     * libevent would never call us for it.) */
     if (want || t->read_wm) bufferevent_setwatermark(bev, EV_READ, want, 0);
     t->read_wm = want > 0;
   }
@@ -867,9 +876,21 @@ static void carrier_read_cb(struct bufferevent *bev, void *arg) {
   leave(t);
 }
 
+static void reread_cb(evutil_socket_t fd, short what, void *arg) {
+  struct tunnel *t = arg;
+  carrier_read_cb(t->carrier, t);
+}
+
 static void carrier_event_cb(struct bufferevent *bev, short what, void *arg) {
   struct tunnel *t = arg;
-  if (what & BEV_EVENT_CONNECTED) return;
+  if (what & BEV_EVENT_CONNECTED) {
+    /* With read-ahead the handshake may have pulled the peer's first frames
+     * (HELLO sent right after its Finished) into OpenSSL: no socket event
+     * will say so. */
+    if (t->read_ahead && SSL_has_pending(bufferevent_openssl_get_ssl(bev)))
+      event_active(t->reread_ev, EV_READ, 0);
+    return;
+  }
   enter(t);
   char err[300] = "";
   unsigned long ssl_err = bufferevent_get_openssl_error(bev);
@@ -968,7 +989,20 @@ struct tunnel *tunnel_new(struct event_base *base, struct bufferevent *carrier,
   t->ping_ev = event_new(base, -1, EV_PERSIST, ping_cb, t);
   t->dead_ev = event_new(base, -1, 0, dead_cb, t);
   t->hs_ev = event_new(base, -1, 0, hs_cb, t);
-  if (!t->map || !t->sched_ev || !t->ping_ev || !t->dead_ev || !t->hs_ev) goto fail;
+  t->reread_ev = event_new(base, -1, 0, reread_cb, t);
+  if (!t->map || !t->sched_ev || !t->ping_ev || !t->dead_ev || !t->hs_ev || !t->reread_ev)
+    goto fail;
+  /* A TLS carrier on a socket: let OpenSSL read up to CARRIER_RBUF bytes per
+   * read() (without it: two reads per record, its 5-byte header, then its
+   * body). carrier_read_more() drains OpenSSL until it would block, and the
+   * read callback runs without a low-water mark, so nothing stays inside
+   * OpenSSL unannounced (see also reread_ev). */
+  SSL *ssl = bufferevent_openssl_get_ssl(carrier);
+  if (ssl && !bufferevent_get_underlying(carrier)) {
+    SSL_set_default_read_buffer_len(ssl, CARRIER_RBUF);
+    SSL_set_read_ahead(ssl, 1);
+    t->read_ahead = 1;
+  }
   if (role == TUNNEL_CLIENT) {
     if (!hello) goto fail;
     t->hello = *hello;
@@ -1006,6 +1040,7 @@ static void tunnel_destroy(struct tunnel *t) {
     stream_release(s);
   }
   if (t->sched_ev) event_free(t->sched_ev);
+  if (t->reread_ev) event_free(t->reread_ev);
   if (t->ping_ev) event_free(t->ping_ev);
   if (t->dead_ev) event_free(t->dead_ev);
   if (t->hs_ev) event_free(t->hs_ev);
