@@ -1,4 +1,4 @@
-/* lifecycle.c: the lease (when to put the cluster back) and the restore thread.
+/* lifecycle.c: the lease (when to put the cluster back) and the restore process.
  *
  * One state machine, evaluated on every developer change, on a 1 s tick (which
  * also notices departures nobody reported) and when a deadline timer fires:
@@ -13,31 +13,30 @@
  *                                     v  | deadline (back-off)
  *                                    RETRY
  *
- * The restore thread gets a copy of everything it needs in struct restore_job
- * and touches nothing else; it reports by writing one byte to a pipe the loop
- * watches, and the loop joins it before reading the result. */
+ * The restore is a child process (kbridge-agent-restore, agent/restore_main.c)
+ * started with posix_spawn: its stdout and stderr go to one non-blocking pipe
+ * the loop reads and logs line by line; end of file on the pipe means it has
+ * exited (or is about to), and it is then reaped with waitpid(WNOHANG), polled
+ * on a short timer if it has not quite exited yet. Exit status 0 is success;
+ * anything else is a failure whose reason is its last output line. */
 #include "lifecycle.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <pthread.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
-#include <cjson/cJSON.h>
-#include <curl/curl.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
 
-#include "kube.h"
-#include "kubeconfig.h"
 #include "log.h"
 #include "route_table.h"
-#include "takeover.h"
 
 #define RETRY_FIRST_S 5
 #define LOST_MAX 16 /* developers remembered as lost (their CLI may come back) */
@@ -49,24 +48,18 @@ enum lc_state {
   LC_WAITING,   /* no developer connected; restore at the deadline (start/loss + lease) */
   LC_GRACE,     /* the last developer left cleanly; restore at the deadline (+ grace) */
   LC_CONNECTED, /* at least one developer connected; no deadline */
-  LC_RESTORING, /* the restore thread is running */
+  LC_RESTORING, /* the restore process is running */
   LC_RETRY,     /* the last restore failed; the next one starts at the deadline */
   LC_RESTORED,  /* restore succeeded; the agent is stopping */
 };
 static const char *const state_names[] = {"waiting",   "grace", "connected",
                                           "restoring", "retry", "restored"};
 
-/* Everything the restore thread reads and writes. */
-struct restore_job {
-  lifecycle_restore_fn fn;
-  char ns[256];
-  char service[256];
-  int notify_fd;                /* write end of the pipe: one byte when done */
-  int rc;                       /* result of fn */
-  struct takeover_report rep;
-  char err[1024];
-  double seconds;               /* how long fn took */
-};
+#define RESTORE_PROGRAM "kbridge-agent-restore"
+#define SA_DIR_DEFAULT "/var/run/secrets/kubernetes.io/serviceaccount"
+#define REAP_POLL_US 20000 /* waitpid again after this when the pipe ended first */
+
+extern char **environ;
 
 /* A developer whose tunnels were all lost without a GOAWAY: their CLI may be
  * reconnecting, so they keep the whole lease even if others leave cleanly. */
@@ -98,45 +91,22 @@ struct lifecycle {
 
   struct event *tick;           /* 1 s, persistent */
   struct event *deadline_ev;    /* one-shot at the deadline */
-  struct event *notify_ev;      /* read end of the pipe */
-  int pipefd[2];
-  pthread_t thread;
-  int thread_running;
-  struct restore_job job;
+  char program[512];            /* the restore program's path */
+
+  /* The running restore (state RESTORING), if any. */
+  pid_t pid;                    /* > 0 while the child has not been reaped */
+  int outfd;                    /* read end of its stdout+stderr pipe, or -1 */
+  struct event *out_ev;         /* outfd readable */
+  struct event *reap_ev;        /* retry waitpid after the pipe ended */
+  struct evbuffer *out;         /* output not yet split into lines */
+  char last_line[1024];         /* its last output line: the reason of a failure */
+  double started;               /* monotonic */
 };
 
 static double mono_now(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-/* The default restore: a fresh blocking client from the pod's service account
- * (the token file is read now, so a rotated token is used), then
- * takeover_restore(). Runs in the restore thread. */
-static int incluster_restore(const char *ns, const char *service, struct takeover_report *rep,
-                             char *err, size_t errlen) {
-  struct kubeconfig *kc = NULL;
-  if (kubeconfig_load_incluster(ns, &kc, err, errlen) < 0) return -1;
-  struct kube *k = kube_new(kc, err, errlen); /* takes kc, also on failure */
-  if (!k) return -1;
-  int r = takeover_restore(k, ns, service, rep, err, errlen);
-  kube_free(k);
-  return r;
-}
-
-static void *restore_main(void *arg) {
-  struct restore_job *j = arg;
-  double t0 = mono_now();
-  memset(&j->rep, 0, sizeof j->rep);
-  j->err[0] = 0;
-  j->rc = j->fn(j->ns, j->service, &j->rep, j->err, sizeof j->err);
-  if (j->rc < 0 && !j->err[0]) snprintf(j->err, sizeof j->err, "restore failed (no reason given)");
-  j->seconds = mono_now() - t0;
-  char one = 1;
-  while (write(j->notify_fd, &one, 1) < 0 && errno == EINTR) {
-  }
-  return NULL;
 }
 
 static void arm_deadline(struct lifecycle *lc, double when) {
@@ -147,31 +117,70 @@ static void arm_deadline(struct lifecycle *lc, double when) {
   evtimer_add(lc->deadline_ev, &tv);
 }
 
+static void out_cb(evutil_socket_t fd, short what, void *arg);
+static void try_reap(struct lifecycle *lc);
+
+static void restore_failed(struct lifecycle *lc, const char *why) {
+  lc->restores_failed++;
+  snprintf(lc->last_error, sizeof lc->last_error, "%s", why);
+  lc->retry_s = lc->retry_s ? (lc->retry_s * 2 > RETRY_MAX_S ? RETRY_MAX_S : lc->retry_s * 2)
+                            : RETRY_FIRST_S;
+  log_err("lease: restore of %s/%s failed after %.2f s: %s; trying again in %ld s", lc->ns,
+          lc->service, mono_now() - lc->started, why, lc->retry_s);
+  lc->state = LC_RETRY;
+  arm_deadline(lc, mono_now() + (double)lc->retry_s);
+}
+
+/* Start `PROGRAM --namespace NS --service SVC` with stdin from /dev/null and
+ * stdout+stderr into a pipe watched by out_ev, every signal at its default
+ * action and unblocked. A start that fails counts as a failed restore. */
 static void start_restore(struct lifecycle *lc) {
   lc->state = LC_RESTORING;
   evtimer_del(lc->deadline_ev);
-  log_info("lease: restoring service %s/%s (%s)", lc->ns, lc->service, lc->restore_why);
-  /* The thread starts with every signal blocked, so SIGTERM/SIGINT keep going
-   * to the loop's thread (libevent's handlers) and never interrupt its calls. */
-  sigset_t all, old;
-  sigfillset(&all);
-  pthread_sigmask(SIG_SETMASK, &all, &old);
-  int rc = pthread_create(&lc->thread, NULL, restore_main, &lc->job);
-  pthread_sigmask(SIG_SETMASK, &old, NULL);
-  if (rc != 0) {
-    errno = rc;
-    /* as a failed restore: try again after the back-off */
-    lc->restores_failed++;
-    snprintf(lc->last_error, sizeof lc->last_error, "cannot start the restore thread: %s",
-             strerror(errno));
-    lc->retry_s = lc->retry_s ? (lc->retry_s * 2 > RETRY_MAX_S ? RETRY_MAX_S : lc->retry_s * 2)
-                              : RETRY_FIRST_S;
-    log_err("lease: %s; trying again in %ld s", lc->last_error, lc->retry_s);
-    lc->state = LC_RETRY;
-    arm_deadline(lc, mono_now() + (double)lc->retry_s);
+  lc->started = mono_now();
+  lc->last_line[0] = 0;
+  evbuffer_drain(lc->out, evbuffer_get_length(lc->out));
+  log_info("lease: restoring service %s/%s (%s): running %s", lc->ns, lc->service,
+           lc->restore_why, lc->program);
+  char why[1024];
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) < 0) {
+    snprintf(why, sizeof why, "cannot start %s: pipe: %s", lc->program, strerror(errno));
+    restore_failed(lc, why);
     return;
   }
-  lc->thread_running = 1;
+  posix_spawn_file_actions_t fa;
+  posix_spawnattr_t at;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawnattr_init(&at);
+  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_adddup2(&fa, p[1], 1); /* dup2 clears FD_CLOEXEC */
+  posix_spawn_file_actions_adddup2(&fa, p[1], 2);
+  sigset_t none, all;
+  sigemptyset(&none);
+  sigfillset(&all);
+  posix_spawnattr_setsigmask(&at, &none);
+  posix_spawnattr_setsigdefault(&at, &all); /* SIGPIPE is ignored in the agent */
+  posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  char *argv[] = {(char *)RESTORE_PROGRAM, (char *)"--namespace", lc->ns, (char *)"--service",
+                  lc->service, NULL};
+  pid_t pid;
+  int rc = posix_spawn(&pid, lc->program, &fa, &at, argv, environ);
+  posix_spawn_file_actions_destroy(&fa);
+  posix_spawnattr_destroy(&at);
+  close(p[1]);
+  if (rc != 0) {
+    close(p[0]);
+    snprintf(why, sizeof why, "cannot start %s: %s", lc->program, strerror(rc));
+    restore_failed(lc, why);
+    return;
+  }
+  fcntl(p[0], F_SETFL, O_NONBLOCK);
+  lc->pid = pid;
+  lc->outfd = p[0];
+  lc->out_ev = event_new(lc->base, p[0], EV_READ | EV_PERSIST, out_cb, lc);
+  if (lc->out_ev) event_add(lc->out_ev, NULL);
+  else try_reap(lc); /* out of memory: no output logged, still reaped */
 }
 
 /* Drop lost developers who are back or whose lease is over. */
@@ -289,40 +298,151 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg) {
     arm_deadline(lc, lc->deadline);
 }
 
-/* The restore thread finished: join it, then act on its result. */
-static void notify_cb(evutil_socket_t fd, short what, void *arg) {
-  struct lifecycle *lc = arg;
-  char buf[16];
-  while (read(fd, buf, sizeof buf) > 0) {
+/* Log the complete lines in lc->out (all of it if final), keeping the last. */
+static void log_lines(struct lifecycle *lc, int final) {
+  char *line;
+  size_t n;
+  while ((line = evbuffer_readln(lc->out, &n, EVBUFFER_EOL_LF)) != NULL) {
+    log_info("restore: %s", line);
+    snprintf(lc->last_line, sizeof lc->last_line, "%s", line);
+    free(line);
   }
-  if (!lc->thread_running) return;
-  pthread_join(lc->thread, NULL);
-  lc->thread_running = 0;
-  struct restore_job *j = &lc->job;
-  if (j->rc == 0) {
-    lc->restores_ok++;
-    lc->state = LC_RESTORED;
-    char *save = NULL;
-    for (char *line = strtok_r(j->rep.text, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
-      log_info("restore: %s", line);
-    if (j->rep.conflicts)
-      log_warn("restore: %d conflict(s): changes made by someone else were left alone (see "
-               "above)",
-               j->rep.conflicts);
-    log_info("lease: service %s/%s restored in %.2f s (%d object(s) changed, %d conflict(s)); "
-             "the agent stops",
-             lc->ns, lc->service, j->seconds, j->rep.changed, j->rep.conflicts);
-    if (lc->done) lc->done(lc->done_arg);
+  n = evbuffer_get_length(lc->out);
+  if (final && n) {
+    char rest[1024];
+    if (n >= sizeof rest) n = sizeof rest - 1;
+    evbuffer_remove(lc->out, rest, n);
+    rest[n] = 0;
+    log_info("restore: %s", rest);
+    snprintf(lc->last_line, sizeof lc->last_line, "%s", rest);
+    evbuffer_drain(lc->out, evbuffer_get_length(lc->out));
+  }
+}
+
+/* The child's output: log it; at end of file it has exited (or is about to). */
+static void out_cb(evutil_socket_t fd, short what, void *arg) {
+  struct lifecycle *lc = arg;
+  for (;;) {
+    int r = evbuffer_read(lc->out, fd, 4096);
+    if (r > 0) {
+      log_lines(lc, 0);
+      continue;
+    }
+    if (r < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    break; /* end of file, or a read error: either way no more output */
+  }
+  log_lines(lc, 1);
+  event_free(lc->out_ev);
+  lc->out_ev = NULL;
+  close(lc->outfd);
+  lc->outfd = -1;
+  try_reap(lc);
+}
+
+static void reap_cb(evutil_socket_t fd, short what, void *arg) { try_reap(arg); }
+
+/* Collect the child's exit status without blocking (again shortly if it has
+ * not exited yet), then act on it. */
+static void try_reap(struct lifecycle *lc) {
+  int st;
+  pid_t r;
+  while ((r = waitpid(lc->pid, &st, WNOHANG)) < 0 && errno == EINTR) {
+  }
+  if (r == 0) {
+    struct timeval tv = {0, REAP_POLL_US};
+    evtimer_add(lc->reap_ev, &tv);
     return;
   }
-  lc->restores_failed++;
-  snprintf(lc->last_error, sizeof lc->last_error, "%s", j->err);
-  lc->retry_s = lc->retry_s ? (lc->retry_s * 2 > RETRY_MAX_S ? RETRY_MAX_S : lc->retry_s * 2)
-                            : RETRY_FIRST_S;
-  log_err("lease: restore of %s/%s failed after %.2f s: %s; trying again in %ld s", lc->ns,
-          lc->service, j->seconds, j->err, lc->retry_s);
-  lc->state = LC_RETRY;
-  arm_deadline(lc, mono_now() + (double)lc->retry_s);
+  lc->pid = 0;
+  if (lc->outfd >= 0 && !lc->out_ev) { /* its watcher could not be allocated */
+    close(lc->outfd);
+    lc->outfd = -1;
+  }
+  char why[1200];
+  if (r < 0)
+    snprintf(why, sizeof why, "waitpid: %s", strerror(errno));
+  else if (WIFEXITED(st) && WEXITSTATUS(st) == 0)
+    why[0] = 0;
+  else if (WIFEXITED(st))
+    snprintf(why, sizeof why, "%s", lc->last_line[0] ? lc->last_line : "exited with status 1");
+  else
+    snprintf(why, sizeof why, "%s killed by signal %d", RESTORE_PROGRAM,
+             WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+  if (r > 0 && WIFEXITED(st) && WEXITSTATUS(st) != 0 && WEXITSTATUS(st) != 1)
+    snprintf(why + strlen(why), sizeof why - strlen(why), " (exit status %d)", WEXITSTATUS(st));
+  if (why[0]) {
+    restore_failed(lc, why);
+    return;
+  }
+  lc->restores_ok++;
+  lc->state = LC_RESTORED;
+  log_info("lease: service %s/%s restored in %.2f s; the agent stops", lc->ns, lc->service,
+           mono_now() - lc->started);
+  if (lc->done) lc->done(lc->done_arg);
+}
+
+/* Learn the pod's namespace (if ns is empty) and check the service account
+ * files the restore program will need, so a pod without them fails at start.
+ * 0, or -1 with err. */
+static int check_incluster(char *ns, size_t nslen, char *err, size_t errlen) {
+  const char *host = getenv("KUBERNETES_SERVICE_HOST");
+  const char *port = getenv("KUBERNETES_SERVICE_PORT");
+  if (!host || !*host || !port || !*port) {
+    snprintf(err, errlen,
+             "not running in a pod: KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT are not set");
+    return -1;
+  }
+  const char *dir = getenv("KBRIDGE_SA_DIR");
+  if (!dir || !*dir) dir = SA_DIR_DEFAULT;
+  char path[512];
+  static const char *const need[] = {"token", "ca.crt"};
+  for (size_t i = 0; i < 2; i++) {
+    snprintf(path, sizeof path, "%s/%s", dir, need[i]);
+    if (access(path, R_OK) != 0) {
+      snprintf(err, errlen, "service account %s %s: %s", need[i], path, strerror(errno));
+      return -1;
+    }
+  }
+  if (!ns[0]) {
+    snprintf(path, sizeof path, "%s/namespace", dir);
+    FILE *f = fopen(path, "r");
+    char buf[256] = "";
+    if (f) {
+      if (!fgets(buf, sizeof buf, f)) buf[0] = 0;
+      fclose(f);
+    }
+    buf[strcspn(buf, "\r\n ")] = 0;
+    snprintf(ns, nslen, "%s", buf[0] ? buf : "default");
+  }
+  log_info("lease: restores will use the pod's service account (API server %s:%s, namespace %s)",
+           host, port, ns);
+  return 0;
+}
+
+/* The restore program: $KBRIDGE_AGENT_RESTORE, else kbridge-agent-restore in
+ * the directory of this executable. 0, or -1 with err. */
+static int find_program(char *out, size_t outlen, char *err, size_t errlen) {
+  const char *env = getenv("KBRIDGE_AGENT_RESTORE");
+  if (env && *env) {
+    snprintf(out, outlen, "%s", env);
+  } else {
+    char self[480];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n < 0) {
+      snprintf(err, errlen, "cannot find %s: /proc/self/exe: %s", RESTORE_PROGRAM,
+               strerror(errno));
+      return -1;
+    }
+    self[n] = 0;
+    char *slash = strrchr(self, '/');
+    if (slash) *slash = 0;
+    snprintf(out, outlen, "%s/%s", slash ? self : ".", RESTORE_PROGRAM);
+  }
+  if (access(out, X_OK) != 0) {
+    snprintf(err, errlen, "restore program %s: %s", out, strerror(errno));
+    return -1;
+  }
+  return 0;
 }
 
 struct lifecycle *lifecycle_new(struct event_base *base, const struct route_table *routes,
@@ -334,27 +454,19 @@ struct lifecycle *lifecycle_new(struct event_base *base, const struct route_tabl
   }
   char ns[256];
   snprintf(ns, sizeof ns, "%s", cfg->namespace ? cfg->namespace : "");
-  if (!cfg->restore) {
+  char program[512];
+  if (cfg->restore_program) {
+    snprintf(program, sizeof program, "%s", cfg->restore_program);
+    if (!ns[0]) snprintf(ns, sizeof ns, "default");
+  } else {
     /* Fail now, not when the lease runs out, if the pod has no usable
-     * service account; and learn the pod's namespace if none was given. */
-    struct kubeconfig *kc = NULL;
+     * service account or the restore program is missing. */
     char why[768];
-    if (kubeconfig_load_incluster(ns[0] ? ns : NULL, &kc, why, sizeof why) < 0) {
+    if (find_program(program, sizeof program, err, errlen) < 0) return NULL;
+    if (check_incluster(ns, sizeof ns, why, sizeof why) < 0) {
       snprintf(err, errlen, "in-cluster Kubernetes configuration: %s", why);
       return NULL;
     }
-    snprintf(ns, sizeof ns, "%s", kc->namespace ? kc->namespace : "default");
-    log_info("lease: restores will use the pod's service account (API server %s, namespace %s)",
-             kc->server ? kc->server : "?", ns);
-    kubeconfig_free(kc);
-    /* libcurl's global init is not for a second thread to do while this one
-     * runs OpenSSL: do it here, once, before any restore thread exists. */
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
-      snprintf(err, errlen, "cannot initialise libcurl");
-      return NULL;
-    }
-  } else if (!ns[0]) {
-    snprintf(ns, sizeof ns, "default");
   }
 
   struct lifecycle *lc = calloc(1, sizeof *lc);
@@ -362,7 +474,7 @@ struct lifecycle *lifecycle_new(struct event_base *base, const struct route_tabl
     snprintf(err, errlen, "out of memory");
     return NULL;
   }
-  lc->pipefd[0] = lc->pipefd[1] = -1;
+  lc->outfd = -1;
   lc->base = base;
   lc->routes = routes;
   snprintf(lc->ns, sizeof lc->ns, "%s", ns);
@@ -371,27 +483,18 @@ struct lifecycle *lifecycle_new(struct event_base *base, const struct route_tabl
   lc->grace_s = cfg->grace_seconds;
   lc->done = done;
   lc->done_arg = arg;
-  lc->job.fn = cfg->restore ? cfg->restore : incluster_restore;
-  snprintf(lc->job.ns, sizeof lc->job.ns, "%s", lc->ns);
-  snprintf(lc->job.service, sizeof lc->job.service, "%s", lc->service);
-
-  if (pipe2(lc->pipefd, O_CLOEXEC | O_NONBLOCK) < 0) {
-    snprintf(err, errlen, "pipe: %s", strerror(errno));
-    lifecycle_free(lc);
-    return NULL;
-  }
-  lc->job.notify_fd = lc->pipefd[1];
+  snprintf(lc->program, sizeof lc->program, "%s", program);
   lc->tick = event_new(base, -1, EV_PERSIST, tick_cb, lc);
   lc->deadline_ev = evtimer_new(base, deadline_cb, lc);
-  lc->notify_ev = event_new(base, lc->pipefd[0], EV_READ | EV_PERSIST, notify_cb, lc);
-  if (!lc->tick || !lc->deadline_ev || !lc->notify_ev) {
+  lc->reap_ev = evtimer_new(base, reap_cb, lc);
+  lc->out = evbuffer_new();
+  if (!lc->tick || !lc->deadline_ev || !lc->reap_ev || !lc->out) {
     snprintf(err, errlen, "out of memory");
     lifecycle_free(lc);
     return NULL;
   }
   struct timeval sec = {1, 0};
   event_add(lc->tick, &sec);
-  event_add(lc->notify_ev, NULL);
 
   lc->state = LC_WAITING;
   arm_deadline(lc, mono_now() + (double)lc->lease_s);
@@ -439,26 +542,36 @@ static double remaining(const struct lifecycle *lc) {
   return 0;
 }
 
+/* Append s to b as a JSON string. */
+static void json_str(struct evbuffer *b, const char *s) {
+  evbuffer_add(b, "\"", 1);
+  for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+    if (*p == '"' || *p == '\\')
+      evbuffer_add_printf(b, "\\%c", *p);
+    else if (*p < 0x20)
+      evbuffer_add_printf(b, "\\u%04x", *p);
+    else
+      evbuffer_add(b, p, 1);
+  }
+  evbuffer_add(b, "\"", 1);
+}
+
 void lifecycle_json(const struct lifecycle *lc, struct evbuffer *b) {
   if (!lc) return;
-  cJSON *o = cJSON_CreateObject();
-  if (!o) return;
-  cJSON_AddStringToObject(o, "namespace", lc->ns);
-  cJSON_AddStringToObject(o, "service", lc->service);
-  cJSON_AddStringToObject(o, "state", state_names[lc->state]);
-  cJSON_AddNumberToObject(o, "developers", (double)route_table_keys(lc->routes));
-  cJSON_AddNumberToObject(o, "lease_seconds", (double)lc->lease_s);
-  cJSON_AddNumberToObject(o, "grace_seconds", (double)lc->grace_s);
-  cJSON_AddNumberToObject(o, "seconds_remaining", (double)(long)(remaining(lc) * 10) / 10);
-  cJSON_AddNumberToObject(o, "restores_failed", (double)lc->restores_failed);
+  evbuffer_add_printf(b, ",\"lifecycle\":{\"namespace\":");
+  json_str(b, lc->ns);
+  evbuffer_add_printf(b, ",\"service\":");
+  json_str(b, lc->service);
+  evbuffer_add_printf(b, ",\"state\":\"%s\",\"developers\":%zu,\"lease_seconds\":%ld,"
+                      "\"grace_seconds\":%ld,\"seconds_remaining\":%.1f,"
+                      "\"restores_failed\":%lu,\"last_error\":",
+                      state_names[lc->state], route_table_keys(lc->routes), lc->lease_s,
+                      lc->grace_s, (double)(long)(remaining(lc) * 10) / 10, lc->restores_failed);
   if (lc->last_error[0])
-    cJSON_AddStringToObject(o, "last_error", lc->last_error);
+    json_str(b, lc->last_error);
   else
-    cJSON_AddNullToObject(o, "last_error");
-  char *s = cJSON_PrintUnformatted(o);
-  if (s) evbuffer_add_printf(b, ",\"lifecycle\":%s", s);
-  free(s);
-  cJSON_Delete(o);
+    evbuffer_add(b, "null", 4);
+  evbuffer_add(b, "}", 1);
 }
 
 void lifecycle_metrics(const struct lifecycle *lc, const struct route_table *routes,
@@ -482,19 +595,31 @@ void lifecycle_metrics(const struct lifecycle *lc, const struct route_table *rou
 
 void lifecycle_free(struct lifecycle *lc) {
   if (!lc) return;
-  if (lc->thread_running) {
+  if (lc->pid > 0) {
+    /* Blocking here is fine: the agent is stopping, and the restore is what
+     * puts the cluster back. */
     log_info("lease: waiting for the running restore of %s/%s to finish", lc->ns, lc->service);
-    pthread_join(lc->thread, NULL);
-    lc->thread_running = 0;
-    if (lc->job.rc == 0)
-      log_info("lease: service %s/%s restored in %.2f s", lc->ns, lc->service, lc->job.seconds);
+    if (lc->outfd >= 0) {
+      fcntl(lc->outfd, F_SETFL, 0);
+      while (evbuffer_read(lc->out, lc->outfd, 4096) > 0) log_lines(lc, 0);
+      log_lines(lc, 1);
+    }
+    int st = 0;
+    pid_t w;
+    while ((w = waitpid(lc->pid, &st, 0)) < 0 && errno == EINTR) {
+    }
+    if (w > 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0)
+      log_info("lease: service %s/%s restored in %.2f s", lc->ns, lc->service,
+               mono_now() - lc->started);
     else
-      log_err("lease: restore of %s/%s failed: %s", lc->ns, lc->service, lc->job.err);
+      log_err("lease: restore of %s/%s failed: %s", lc->ns, lc->service,
+              lc->last_line[0] ? lc->last_line : "no reason given");
   }
   if (lc->tick) event_free(lc->tick);
   if (lc->deadline_ev) event_free(lc->deadline_ev);
-  if (lc->notify_ev) event_free(lc->notify_ev);
-  if (lc->pipefd[0] >= 0) close(lc->pipefd[0]);
-  if (lc->pipefd[1] >= 0) close(lc->pipefd[1]);
+  if (lc->reap_ev) event_free(lc->reap_ev);
+  if (lc->out_ev) event_free(lc->out_ev);
+  if (lc->outfd >= 0) close(lc->outfd);
+  if (lc->out) evbuffer_free(lc->out);
   free(lc);
 }

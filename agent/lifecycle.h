@@ -13,9 +13,12 @@
  * tunnels were lost keeps the whole lease even when another one then leaves
  * cleanly (their CLI may be reconnecting).
  *
- * Restore = takeover_restore() (common/takeover.h) run in a thread of its own,
- * with its own blocking Kubernetes client built from the pod's service account,
- * so the event loop keeps serving traffic while the API calls run. A failed
+ * Restore = the program kbridge-agent-restore (agent/restore_main.c:
+ * takeover_restore() of common/takeover.h with a Kubernetes client built from
+ * the pod's service account) run as a child process, so the event loop keeps
+ * serving traffic while the API calls run, and the agent itself does not link
+ * the Kubernetes client (libcurl and its dependencies would cost it ~4 MB of
+ * resident memory). Its output is logged line by line. A failed
  * restore is retried with back-off (5 s doubling to 60 s) until it succeeds;
  * once started, a restore is never called off (the cluster may already be half
  * put back). When it has succeeded, `done` is called from the loop: the agent
@@ -23,8 +26,7 @@
  * pod is going away anyway).
  *
  * Every decision is logged at info level. State for /healthz and /metrics:
- * lifecycle_json() and lifecycle_metrics(). Single-threaded apart from the
- * restore thread, which touches only its own job struct. */
+ * lifecycle_json() and lifecycle_metrics(). Single-threaded. */
 #ifndef AGENT_LIFECYCLE_H
 #define AGENT_LIFECYCLE_H
 
@@ -34,25 +36,25 @@ struct event_base;
 struct evbuffer;
 struct route_table;
 struct lifecycle;
-struct takeover_report;
-
-/* The restore function (takeover_restore, or a fake in tests). It runs in the
- * restore thread. Returns 0 (report filled) or -1 with err. */
-typedef int (*lifecycle_restore_fn)(const char *ns, const char *service,
-                                    struct takeover_report *rep, char *err, size_t errlen);
 
 struct lifecycle_config {
   const char *namespace; /* NULL or "": the pod's own (service account namespace file) */
   const char *service;   /* the taken-over Service */
   long lease_seconds;    /* restore after this long with no developer */
   long grace_seconds;    /* restore this long after the last developer left cleanly */
-  lifecycle_restore_fn restore; /* NULL: in-cluster client + takeover_restore() */
+  /* The restore program, run as PROGRAM --namespace NS --service SVC: exit 0
+   * when restored, else non-zero with the reason as its last output line.
+   * NULL: the real one, $KBRIDGE_AGENT_RESTORE if set, else kbridge-agent-restore
+   * in the directory of the running executable (/proc/self/exe); the in-cluster
+   * configuration is then checked at start. Tests give a fake. */
+  const char *restore_program;
 };
 
 /* Start watching. routes is the agent's route table (read only, from the
  * loop). done(arg) is called from the loop once a restore has succeeded.
- * Checks now that the in-cluster configuration loads (service account files,
- * KUBERNETES_SERVICE_HOST), so a pod without them fails at start with a clear
+ * Without cfg->restore_program, checks now that the in-cluster configuration is
+ * there (service account files, KUBERNETES_SERVICE_HOST) and that the restore
+ * program is executable, so a pod without them fails at start with a clear
  * error rather than when the lease runs out. Returns NULL with err. */
 struct lifecycle *lifecycle_new(struct event_base *base, const struct route_table *routes,
                                 const struct lifecycle_config *cfg, void (*done)(void *arg),
@@ -76,8 +78,9 @@ void lifecycle_json(const struct lifecycle *lc, struct evbuffer *b);
 void lifecycle_metrics(const struct lifecycle *lc, const struct route_table *routes,
                        struct evbuffer *b);
 
-/* Stop the timer; if a restore is running, wait for it to finish (it is what
- * puts the cluster back; the pod's termination grace covers it). */
+/* Stop the timers; if a restore is running, wait for the process to finish,
+ * logging its output (it is what puts the cluster back; the pod's termination
+ * grace covers it). */
 void lifecycle_free(struct lifecycle *lc);
 
 #endif

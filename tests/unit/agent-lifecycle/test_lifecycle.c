@@ -1,6 +1,6 @@
 /* test_lifecycle.c: when the agent decides to restore, measured on a real event
- * loop with a fake restore function (the thread, the pipe and the join are the
- * real ones).
+ * loop with a fake restore program (a shell script written at start; the
+ * posix_spawn, the output pipe and the reaping are the real ones).
  *
  * Each case scripts developer arrivals and departures on timers, runs the loop
  * until the restore is done (or a time limit), and checks when it happened:
@@ -11,7 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -20,24 +22,51 @@
 #include "lifecycle.h"
 #include "log.h"
 #include "route_table.h"
-#include "takeover.h"
 
 #define CLEAN "peer closed the tunnel (CANCEL): developer proxy stopping"
 #define LOST "carrier error: connection reset by peer"
 
-static int fake_calls;
-static int fake_fail;
+/* The fake restore program: counts its runs in $FAKE_CALLS (one line each);
+ * with $FAKE_FAIL set it fails the way kbridge-agent-restore does (reason on
+ * stderr, exit 1). */
+static const char fake_script[] =
+    "#!/bin/sh\n"
+    "echo \"$*\" >> \"$FAKE_CALLS\"\n"
+    "if [ -n \"$FAKE_FAIL\" ]; then echo 'GET ...: 403' ; echo 'boom: the API server said no' >&2; exit 1; fi\n"
+    "echo \"service $2/$4: selector restored\"\n";
+static char fake_program[256], fake_calls_file[256];
 
-static int fake_restore(const char *ns, const char *service, struct takeover_report *rep,
-                        char *err, size_t errlen) {
-  fake_calls++;
-  if (fake_fail) {
-    snprintf(err, errlen, "boom: the API server said no");
-    return -1;
+static void make_fake(void) {
+  char dir[] = "/tmp/test_lifecycle.XXXXXX";
+  CHECK(mkdtemp(dir) != NULL);
+  snprintf(fake_program, sizeof fake_program, "%s/fake-restore", dir);
+  snprintf(fake_calls_file, sizeof fake_calls_file, "%s/calls", dir);
+  FILE *f = fopen(fake_program, "w");
+  CHECK(f != NULL);
+  fputs(fake_script, f);
+  fclose(f);
+  chmod(fake_program, 0755);
+  setenv("FAKE_CALLS", fake_calls_file, 1);
+}
+
+/* Runs of the fake since the last call (the count file is then emptied). */
+static int fake_calls(void) {
+  FILE *f = fopen(fake_calls_file, "r");
+  int n = 0, c;
+  if (f) {
+    while ((c = fgetc(f)) != EOF) n += c == '\n';
+    fclose(f);
   }
-  snprintf(rep->text, sizeof rep->text, "service %s/%s: selector restored", ns, service);
-  rep->changed = 1;
-  return 0;
+  unlink(fake_calls_file);
+  return n;
+}
+
+static void cleanup_fake(void) {
+  unlink(fake_calls_file);
+  unlink(fake_program);
+  char *slash = strrchr(fake_program, '/');
+  *slash = 0;
+  rmdir(fake_program);
 }
 
 static double now_s(void) {
@@ -103,7 +132,7 @@ static double run_case(const char *name, long lease, long grace, const struct st
   r.base = event_base_new();
   r.routes = route_table_new();
   r.done_at = -1;
-  struct lifecycle_config cfg = {"shop", "api", lease, grace, fake_restore};
+  struct lifecycle_config cfg = {"shop", "api", lease, grace, fake_program};
   char err[256];
   r.t0 = now_s();
   r.lc = lifecycle_new(r.base, r.routes, &cfg, done_cb, &r, err, sizeof err);
@@ -146,12 +175,13 @@ static int contains(struct evbuffer *b, const char *s) {
 
 int main(void) {
   log_init("test_lifecycle", LOGL_WARN);
+  make_fake();
   double t;
 
   /* nobody ever connects: the lease runs from the start */
   t = run_case("no developer: lease 1 s", 1, 5, NULL, 0, 3, NULL, NULL);
   CHECK(t >= 0.95 && t < 1.6);
-  CHECK_EQ_INT(fake_calls, 1);
+  CHECK_EQ_INT(fake_calls(), 1);
 
   /* the developer leaves with a GOAWAY: grace, not lease */
   const struct step clean[] = {{100, STEP_REGISTER, NULL}, {300, STEP_CLOSE_CLEAN, NULL}};
@@ -166,10 +196,10 @@ int main(void) {
   /* a developer coming back within the grace calls the restore off */
   const struct step back[] = {{100, STEP_REGISTER, NULL}, {300, STEP_CLOSE_CLEAN, NULL}, {800, STEP_REGISTER, NULL}};
   struct evbuffer *h = evbuffer_new(), *m = evbuffer_new();
-  fake_calls = 0;
+  fake_calls();
   t = run_case("clean leave, back within the grace", 3, 1, back, 3, 2.5, h, m);
   CHECK(t < 0);
-  CHECK_EQ_INT(fake_calls, 0);
+  CHECK_EQ_INT(fake_calls(), 0);
   CHECK(contains(h, "\"state\":\"connected\""));
   CHECK(contains(h, "\"developers\":1"));
   CHECK(contains(m, "kbridge_developers 1\n"));
@@ -197,11 +227,11 @@ int main(void) {
   CHECK(t >= 1.25 && t < 2.6);
 
   /* a failing restore: reported, retried later (5 s back-off, not waited for) */
-  fake_fail = 1;
-  fake_calls = 0;
+  setenv("FAKE_FAIL", "1", 1);
+  fake_calls();
   t = run_case("failing restore", 1, 1, NULL, 0, 1.6, h, m);
   CHECK(t < 0);
-  CHECK_EQ_INT(fake_calls, 1);
+  CHECK_EQ_INT(fake_calls(), 1);
   CHECK(contains(h, "\"state\":\"retry\""));
   CHECK(contains(h, "\"last_error\":\"boom: the API server said no\""));
   CHECK(contains(h, "\"restores_failed\":1"));
@@ -209,5 +239,6 @@ int main(void) {
   CHECK(contains(m, "kbridge_developers 0\n"));
   evbuffer_free(h);
   evbuffer_free(m);
+  cleanup_fake();
   return check_done();
 }
