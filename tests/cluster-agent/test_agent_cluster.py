@@ -186,6 +186,13 @@ class LocalServer:
         self.srv.server_close()
 
 
+def _die_with_parent():
+    """In the child: SIGKILL when this test dies, so a failed scenario never leaves
+    a developer proxy running."""
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 class Developer:
     """kbridge proxy for KEY, through the NodePort carrier."""
 
@@ -194,7 +201,7 @@ class Developer:
         self.p = subprocess.Popen(
             [E.kbridge, "proxy", "--agent", "%s:%d" % (E.node_ip, E.node_port), "--tls-dir",
              E.certs, "--route-as", KEY, "--local-port", str(local_port)],
-            stdout=subprocess.PIPE, stderr=self.log, text=True)
+            stdout=subprocess.PIPE, stderr=self.log, text=True, preexec_fn=_die_with_parent)
         end = time.time() + 20
         while time.time() < end:
             line = self.p.stdout.readline()

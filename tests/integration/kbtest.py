@@ -19,6 +19,14 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+def _die_with_parent():
+    """Child side of fork: get SIGKILL when the test runner dies (a ctest timeout,
+    ^C), so no agent, proxy or backend outlives the test that started it."""
+    import ctypes
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 class Proc:
     def __init__(self, name, argv, workdir, env=None):
         self.name = name
@@ -28,7 +36,8 @@ class Proc:
         self.lines = queue.Queue()
         self.seen = []
         self.p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.err,
-                                  stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+                                  stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                                  preexec_fn=_die_with_parent)
         threading.Thread(target=self._pump, daemon=True).start()
 
     def _pump(self):
