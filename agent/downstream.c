@@ -80,6 +80,10 @@ struct downstream {
   struct upstream *up;       /* where the current request goes */
   struct pool *up_pool;      /* its pool: fallback, or the developer tunnel's */
   char route[DNS_LABEL_MAX + 1]; /* the current request's key, "" = fallback */
+  struct route_match match;  /* how it was routed: a retry injects the same lines */
+  char req_upgrade[128];     /* the request's Upgrade list, if it asked for one */
+  char resp_field[16];       /* response parser: the current field name (short ones) */
+  char resp_upgrade[128];    /* response parser: the Upgrade header of the response */
   uint8_t method;
   unsigned busy;
   TAILQ_ENTRY(downstream) link; /* in ag->clients until freed or handed off */
@@ -101,6 +105,9 @@ struct downstream {
   unsigned wait_up_drain : 1;   /* client reads off: upstream output above high mark */
   unsigned wait_client_drain : 1; /* upstream reads off: client output above high mark */
   unsigned retried : 1;         /* the request was re-sent once on a fresh upstream */
+  unsigned req_wants_upgrade : 1; /* Upgrade + Connection: upgrade (101 allowed) */
+  unsigned resp_in_upgrade : 1; /* response parser: inside an Upgrade field's value */
+  unsigned resp_field_long : 1; /* response parser: field name longer than resp_field */
 };
 
 static void ds_free(struct downstream *ds);
@@ -263,7 +270,58 @@ static int resp_message_complete(llhttp_t *p) {
   return HPE_PAUSED;
 }
 
+/* The response's Upgrade header is kept (a 101 must name a protocol the request
+ * asked for); every other field is only skipped over. */
+static int resp_message_begin(llhttp_t *p) {
+  struct downstream *ds = p->data;
+  ds->resp_upgrade[0] = 0;
+  ds->resp_field[0] = 0;
+  ds->resp_field_long = 0;
+  ds->resp_in_upgrade = 0;
+  return 0;
+}
+static int resp_field(llhttp_t *p, const char *at, size_t len) {
+  struct downstream *ds = p->data;
+  size_t have = strlen(ds->resp_field);
+  if (have + len >= sizeof ds->resp_field) {
+    ds->resp_field_long = 1;
+    return 0;
+  }
+  memcpy(ds->resp_field + have, at, len);
+  ds->resp_field[have + len] = 0;
+  return 0;
+}
+static int resp_field_complete(llhttp_t *p) {
+  struct downstream *ds = p->data;
+  ds->resp_in_upgrade = !ds->resp_field_long && strcasecmp(ds->resp_field, "upgrade") == 0;
+  ds->resp_field[0] = 0;
+  ds->resp_field_long = 0;
+  if (ds->resp_in_upgrade && ds->resp_upgrade[0]) /* a second Upgrade line: one list */
+    strncat(ds->resp_upgrade, ",", sizeof ds->resp_upgrade - strlen(ds->resp_upgrade) - 1);
+  return 0;
+}
+static int resp_value(llhttp_t *p, const char *at, size_t len) {
+  struct downstream *ds = p->data;
+  if (!ds->resp_in_upgrade) return 0;
+  size_t have = strlen(ds->resp_upgrade);
+  size_t room = sizeof ds->resp_upgrade - 1 - have;
+  if (len > room) len = room; /* a list this long matches nothing we asked for */
+  memcpy(ds->resp_upgrade + have, at, len);
+  ds->resp_upgrade[have + len] = 0;
+  return 0;
+}
+static int resp_value_complete(llhttp_t *p) {
+  struct downstream *ds = p->data;
+  ds->resp_in_upgrade = 0;
+  return 0;
+}
+
 static const llhttp_settings_t resp_settings = {
+    .on_message_begin = resp_message_begin,
+    .on_header_field = resp_field,
+    .on_header_field_complete = resp_field_complete,
+    .on_header_value = resp_value,
+    .on_header_value_complete = resp_value_complete,
     .on_headers_complete = resp_headers_complete,
     .on_message_complete = resp_message_complete,
 };
@@ -386,6 +444,69 @@ static void upstream_failed(struct downstream *ds, struct upstream *u, const cha
                   ds->route, what);
 }
 
+/* Is tok (case-insensitive) one of the comma-separated elements of list[0..len)?
+ * Elements are trimmed of spaces and tabs. */
+static int list_has(const char *list, size_t len, const char *tok, size_t toklen) {
+  size_t i = 0;
+  while (i < len) {
+    size_t j = i;
+    while (j < len && list[j] != ',') j++;
+    size_t a = i, b = j;
+    while (a < b && (list[a] == ' ' || list[a] == '\t')) a++;
+    while (b > a && (list[b - 1] == ' ' || list[b - 1] == '\t')) b--;
+    if (b - a == toklen && toklen && strncasecmp(list + a, tok, toklen) == 0) return 1;
+    i = j + 1;
+  }
+  return 0;
+}
+
+/* Did the request ask for a protocol switch (Upgrade, and "upgrade" in a
+ * Connection header)? Keeps its Upgrade list in ds->req_upgrade for the check
+ * of a 101 (upgrade_allowed). */
+static void note_upgrade_request(struct downstream *ds) {
+  size_t n = 0, vlen;
+  const char *v;
+  int conn_upgrade = 0;
+  ds->req_wants_upgrade = 0;
+  ds->req_upgrade[0] = 0;
+  for (size_t i = 0; (v = http_head_get(&ds->head, "connection", i, &vlen)); i++)
+    if (list_has(v, vlen, "upgrade", 7)) conn_upgrade = 1;
+  if (!conn_upgrade) return;
+  for (size_t i = 0; (v = http_head_get(&ds->head, "upgrade", i, &vlen)); i++) {
+    if (n + vlen + 2 > sizeof ds->req_upgrade) return; /* too long to be honest: no upgrade */
+    if (n) ds->req_upgrade[n++] = ',';
+    memcpy(ds->req_upgrade + n, v, vlen);
+    n += vlen;
+    ds->req_upgrade[n] = 0;
+  }
+  ds->req_wants_upgrade = n > 0;
+}
+
+/* A 101 takes the client connection over (a raw splice to this upstream):
+ * allowed only when the request asked for an upgrade and every protocol the
+ * response names is one the request offered (RFC 9110 7.8). A bare 101 to a
+ * plain request would hand the connection, and the client's next requests
+ * with their credentials, to whoever answered it. CONNECT switches on 2xx,
+ * never on 101. */
+static int upgrade_allowed(const struct downstream *ds) {
+  if (ds->method == HTTP_CONNECT || !ds->req_wants_upgrade || !ds->resp_upgrade[0]) return 0;
+  const char *r = ds->resp_upgrade;
+  size_t len = strlen(r), i = 0, named = 0;
+  while (i < len) {
+    size_t j = i;
+    while (j < len && r[j] != ',') j++;
+    size_t a = i, b = j;
+    while (a < b && (r[a] == ' ' || r[a] == '\t')) a++;
+    while (b > a && (r[b - 1] == ' ' || r[b - 1] == '\t')) b--;
+    if (b > a) {
+      if (!list_has(ds->req_upgrade, strlen(ds->req_upgrade), r + a, b - a)) return 0;
+      named++;
+    }
+    i = j + 1;
+  }
+  return named > 0;
+}
+
 /* Pick the upstream for the current head: a developer's tunnel stream if the
  * route key is held, else the fallback. Pooled idle ones first. */
 static struct upstream *pick_upstream(struct downstream *ds, int fresh) {
@@ -393,8 +514,8 @@ static struct upstream *pick_upstream(struct downstream *ds, int fresh) {
   struct agent_tunnel *at = NULL;
   if (ds->route[0]) at = route_table_pick(ag->routes, ds->route);
   if (at) {
-    ds->up_pool = &at->pool;
-    struct upstream *u = fresh ? NULL : pool_get(&at->pool);
+    ds->up_pool = &at->pools[ds->li - ag->listeners]; /* streams name their port */
+    struct upstream *u = fresh ? NULL : pool_get(ds->up_pool);
     if (!u) u = upstream_open_stream(ag, at, ds->port, ds->peer);
     if (u) upstream_setcb(u, up_read, up_event, ds);
     return u;
@@ -441,6 +562,7 @@ static void begin_forward(struct downstream *ds) {
     return;
   }
   ds->method = llhttp_get_method(ds->req);
+  note_upgrade_request(ds);
   ds->req_has_body = (ds->req->flags & F_CHUNKED) || ds->req->content_length > 0;
   ds->req_done = 0;
   ds->retried = 0;
@@ -459,6 +581,7 @@ static void begin_forward(struct downstream *ds) {
     route_decide(&ag->rcfg, &ds->head, ag->routes, &m);
   }
   snprintf(ds->route, sizeof ds->route, "%s", m.source != ROUTE_NONE ? m.key : "");
+  ds->match = m;
   struct upstream *u = pick_upstream(ds, 0);
   if (!u) {
     if (ds->route[0])
@@ -515,7 +638,7 @@ static void request_error(struct downstream *ds, llhttp_errno_t e) {
 
 /* Parse and forward client bytes: the head (consumed into ds->head), then the
  * body (moved raw to the upstream), stopping at the end of one request. */
-static void process_request(struct downstream *ds) {
+static void process_request_bytes(struct downstream *ds) {
   struct evbuffer *in = bufferevent_get_input(ds->bev);
   for (;;) {
     if (ds->dead) return;
@@ -610,6 +733,28 @@ static void process_request(struct downstream *ds) {
   }
 }
 
+/* The client half-closed earlier: its input ends with what is buffered. The
+ * requests received before the EOF are served in order (a half-close ends the
+ * input, not the requests already sent); what is left decides. */
+static void after_client_eof(struct downstream *ds) {
+  if (!ds->client_eof || ds->dead) return;
+  int more = evbuffer_get_length(bufferevent_get_input(ds->bev)) > 0 || ds->wait_up_drain;
+  if (more) return;
+  if (ds->state == DS_IDLE) {
+    start_closing(ds); /* every request answered */
+  } else if (ds->state == DS_READ_HEAD || ds->state == DS_FORWARD_BODY) {
+    metrics_count_error(&ds->ag->stats, MERR_CLIENT_ABORTED);
+    log_debug("%s: client closed in the middle of a request (%s)", ds->peer,
+              state_names[ds->state]);
+    start_closing(ds); /* the answers already queued still go out */
+  }
+}
+
+static void process_request(struct downstream *ds) {
+  process_request_bytes(ds);
+  after_client_eof(ds);
+}
+
 /* --- HTTP: responses ------------------------------------------------------------- */
 
 /* Ready for the next request on this connection (pipelined bytes may wait). */
@@ -623,7 +768,7 @@ static void next_request(struct downstream *ds) {
     ds->head_init = 0;
   }
   set_timer(ds, ds->ag->opt->idle_timeout_ms);
-  bufferevent_enable(ds->bev, EV_READ);
+  if (!ds->client_eof) bufferevent_enable(ds->bev, EV_READ);
   process_request(ds);
 }
 
@@ -631,12 +776,16 @@ static void next_request(struct downstream *ds) {
 static void response_complete(struct downstream *ds) {
   struct upstream *u = ds->up;
   int up_ka = llhttp_should_keep_alive(ds->resp) != 0;
+  /* A CONNECT that got no 2xx (a 2xx became a splice): the server may frame
+   * what follows it in its own way, and the client may have sent tunnel bytes
+   * after it. Neither connection is reused. */
+  int refused_connect = ds->method == HTTP_CONNECT;
   ds->up = NULL;
-  if (up_ka && ds->req_done && !ds->up_eof)
+  if (up_ka && ds->req_done && !ds->up_eof && !refused_connect)
     pool_put(ds->up_pool, u);
   else
     upstream_free(u);
-  if (!ds->req_done || !ds->req_keepalive || !up_ka || ds->client_eof || ds->ag->stopping) {
+  if (!ds->req_done || !ds->req_keepalive || !up_ka || refused_connect || ds->ag->stopping) {
     start_closing(ds);
     return;
   }
@@ -659,7 +808,7 @@ static int maybe_retry(struct downstream *ds) {
   ds->retried = 1;
   ds->up_eof = 0;
   init_resp_parser(ds);
-  if (send_head(ds, u, NULL) < 0) {
+  if (send_head(ds, u, &ds->match) < 0) { /* the same route lines as the first try */
     upstream_failed(ds, u, "refused the request head");
     return 1;
   }
@@ -725,6 +874,17 @@ static void process_response(struct downstream *ds) {
                  r ? r : llhttp_errno_name(e));
         ds_close(ds);
       }
+      return;
+    }
+    int switching = e == HPE_PAUSED_UPGRADE ||
+                    (e == HPE_PAUSED && ds->resp_msg_done && llhttp_get_status_code(ds->resp) == 101);
+    if (switching && llhttp_get_status_code(ds->resp) == 101 && !upgrade_allowed(ds)) {
+      respond_error(ds, 502, "Bad Gateway", MERR_BAD_RESPONSE,
+                    "kbridge: %s%s%s answered 101 Switching Protocols (Upgrade: %s) to a request "
+                    "that did not ask for %s",
+                    ds->route[0] ? "route \"" : "original pods", ds->route[0] ? ds->route : "",
+                    ds->route[0] ? "\"" : "", ds->resp_upgrade[0] ? ds->resp_upgrade : "none",
+                    ds->req_wants_upgrade ? "that protocol" : "an upgrade");
       return;
     }
     if (used) {
@@ -877,13 +1037,10 @@ static void client_event(struct bufferevent *bev, short what, void *arg) {
       break;
     case DS_READ_HEAD:
     case DS_FORWARD_BODY:
-      metrics_count_error(&ds->ag->stats, MERR_CLIENT_ABORTED);
-      log_debug("%s: client closed in the middle of a request (%s)", ds->peer,
-                state_names[ds->state]);
-      ds_close(ds);
+      after_client_eof(ds); /* aborted, unless buffered bytes wait for the upstream */
       break;
     case DS_WAIT_RESPONSE:
-      break; /* half-close after a full request: finish the response, then close */
+      break; /* half-close after a full request: finish the responses, then close */
     case DS_IDLE:
       start_closing(ds); /* flush the last response first */
       break;

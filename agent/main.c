@@ -143,7 +143,7 @@ static void sweep_cb(evutil_socket_t fd, short what, void *arg) {
   for (size_t i = 0; i < ag->nlisteners; i++)
     pool_sweep(&ag->listeners[i].pool, ag->opt->pool_idle_ms);
   struct agent_tunnel *at;
-  TAILQ_FOREACH(at, &ag->tunnels, link) pool_sweep(&at->pool, ag->opt->pool_idle_ms);
+  TAILQ_FOREACH(at, &ag->tunnels, link) tunnels_pools_sweep(at, ag->opt->pool_idle_ms);
 }
 
 static void signal_cb(evutil_socket_t sig, short what, void *arg) {

@@ -35,6 +35,14 @@
 
 void agent_tunnel_ref(struct agent_tunnel *at) { at->refs++; }
 
+void tunnels_pools_sweep(struct agent_tunnel *at, long max_idle_ms) {
+  for (size_t i = 0; i < AGENT_MAX_LISTEN; i++) pool_sweep(&at->pools[i], max_idle_ms);
+}
+
+void tunnels_pools_clear(struct agent_tunnel *at) {
+  for (size_t i = 0; i < AGENT_MAX_LISTEN; i++) pool_clear(&at->pools[i]);
+}
+
 void agent_tunnel_unref(struct agent_tunnel *at) {
   if (--at->refs == 0) free(at);
 }
@@ -195,7 +203,7 @@ static void on_close(struct tunnel *t, const char *err, void *arg) {
   } else {
     log_info("tunnel from %s closed before registering: %s", at->peer, err ? err : "closed");
   }
-  pool_clear(&at->pool);
+  tunnels_pools_clear(at);
   TAILQ_REMOVE(&ag->tunnels, at, link);
   ag->stats.tunnels--;
   at->t = NULL;
@@ -224,7 +232,7 @@ static void tunnel_accept(struct evconnlistener *l, evutil_socket_t fd, struct s
   at->ag = ag;
   at->refs = 1;
   addr_format_sa(sa, at->peer, sizeof at->peer);
-  pool_init(&at->pool, ag);
+  for (size_t i = 0; i < AGENT_MAX_LISTEN; i++) pool_init(&at->pools[i], ag);
   struct tunnel_config cfg;
   tunnel_config_default(&cfg);
   static const struct tunnel_cbs cbs = {.on_hello = on_hello, .on_open = on_open,
@@ -292,7 +300,7 @@ void tunnels_free_all(struct agent *ag) {
   struct agent_tunnel *at;
   while ((at = TAILQ_FIRST(&ag->tunnels))) {
     TAILQ_REMOVE(&ag->tunnels, at, link);
-    pool_clear(&at->pool);
+    tunnels_pools_clear(at);
     if (at->registered) route_table_remove(ag->routes, at->key, at);
     at->registered = 0;
     struct tunnel *t = at->t;

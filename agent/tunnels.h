@@ -16,6 +16,7 @@
 #include <stddef.h>
 #include <sys/queue.h>
 
+#include "options.h"
 #include "pool.h"
 
 struct agent;
@@ -29,7 +30,10 @@ struct agent_tunnel {
   char peer[64];           /* remote address of the TLS connection */
   int registered;          /* in the route table */
   int refs;                /* the list entry + upstreams using it */
-  struct pool pool;        /* idle INBOUND streams for keep-alive reuse */
+  /* Idle INBOUND streams for keep-alive reuse, one pool per service listener
+   * (index as in ag->listeners): a stream's OPEN told the developer which port
+   * the client connected to, so it only serves that port again. */
+  struct pool pools[AGENT_MAX_LISTEN];
   TAILQ_ENTRY(agent_tunnel) link;
 };
 
@@ -40,6 +44,9 @@ int tunnels_listen(struct agent *ag, const struct hostport *hp, char *bound, siz
 struct agent_tunnel *tunnels_exclusive(struct agent *ag);
 void agent_tunnel_ref(struct agent_tunnel *at);
 void agent_tunnel_unref(struct agent_tunnel *at);
+/* Expire idle pooled streams older than max_idle_ms / drop them all. */
+void tunnels_pools_sweep(struct agent_tunnel *at, long max_idle_ms);
+void tunnels_pools_clear(struct agent_tunnel *at);
 /* Shutdown: stop accepting, GOAWAY every tunnel. */
 void tunnels_shutdown(struct agent *ag);
 /* At exit: free every tunnel without callbacks. */

@@ -281,6 +281,14 @@ int http_head_check_request(const struct http_head *h, const char **err) {
     *err = "both Transfer-Encoding and Content-Length";
     return -1;
   }
+  /* CONNECT has no content (RFC 9110 9.3.6). A proxy that treats it as
+   * bodiless while the server reads Content-Length bytes after it (as a body
+   * of its error answer) parses a different request stream than the server:
+   * the bytes become a smuggled request on one side only. */
+  if (h->method == HTTP_CONNECT && (nte || ncl)) {
+    *err = "CONNECT with Content-Length or Transfer-Encoding";
+    return -1;
+  }
   if (nte && !te_chunked) {
     *err = "Transfer-Encoding of a request does not end in chunked";
     return -1;

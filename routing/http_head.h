@@ -72,7 +72,8 @@ int http_head_write_request_skip(const struct http_head *h, const char *skip, co
  * Transfer-Encoding together with Content-Length; a Transfer-Encoding (all its
  * lines as one list) whose last coding is not "chunked", that has "chunked"
  * anywhere else, or a coding that is not a bare token; Transfer-Encoding in
- * HTTP/1.0; more than one Host;
+ * HTTP/1.0; more than one Host; CONNECT with Content-Length or
+ * Transfer-Encoding (its content is undefined: servers disagree on it);
  * a field value holding CR, LF or NUL (obsolete line folding). Returns 0, or -1
  * with *err naming the problem (the caller answers 400 and closes). */
 int http_head_check_request(const struct http_head *h, const char **err);

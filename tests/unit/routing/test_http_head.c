@@ -122,6 +122,13 @@ static void test_parse_cases(void) {
       {"GET / HTTP/1.1\r\nHo st: a\r\n\r\n", -1, NULL},
       {"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n", -1, NULL},
       /* ... and the ones http_head_check_request adds */
+      /* issue 16 defect 1: CONNECT has no content; with CL or TE the agent and
+       * the server would frame what follows differently */
+      {"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\nContent-Length: 30\r\n\r\n", -1, "CONNECT"},
+      {"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\nContent-Length: 0\r\n\r\n", -1, "CONNECT"},
+      {"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\nTransfer-Encoding: chunked\r\n\r\n", -1,
+       "CONNECT"},
+      {"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", 1, NULL},
       {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", -1, "chunked"},
       {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n",
        -1, NULL},
