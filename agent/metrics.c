@@ -133,6 +133,15 @@ static void metrics_page(struct evhttp_request *req, void *arg) {
       (unsigned long long)m->bytes_request, (unsigned long long)m->bytes_response,
       (unsigned long long)m->raw_connections, (unsigned long long)m->upgrades, m->tunnels,
       route_table_keys(ag->routes), m->streams_open, m->connections_open, m->pool_idle);
+  evbuffer_add_printf(
+      b,
+      "# HELP kbridge_tunnel_flood_closes_total Tunnels cut off because the answers to their "
+      "frames (PING, RESET) piled up unread.\n"
+      "# TYPE kbridge_tunnel_flood_closes_total counter\nkbridge_tunnel_flood_closes_total %llu\n"
+      "# HELP kbridge_tunnel_read_pauses_total Times a tunnel was not read because its output "
+      "was full (counted when the tunnel ends).\n"
+      "# TYPE kbridge_tunnel_read_pauses_total counter\nkbridge_tunnel_read_pauses_total %llu\n",
+      (unsigned long long)m->tunnel_flood_closes, (unsigned long long)m->tunnel_read_pauses);
   lifecycle_metrics(ag->life, ag->routes, b);
   evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
                     "text/plain; version=0.0.4");

@@ -43,6 +43,8 @@ struct metrics {
   long connections_open;   /* client connections */
   long pool_idle;          /* idle upstreams in all pools */
   long tunnels;            /* live tunnel connections */
+  uint64_t tunnel_flood_closes; /* tunnels cut off: answers to their frames piled up */
+  uint64_t tunnel_read_pauses;  /* times a tunnel was not read: its output was full */
 };
 
 /* Count one request routed to key (NULL/"" = fallback). */

@@ -192,6 +192,10 @@ static void on_open(struct tunnel *t, struct tunnel_stream *s, const struct fram
 static void on_close(struct tunnel *t, const char *err, void *arg) {
   struct agent_tunnel *at = arg;
   struct agent *ag = at->ag;
+  struct tunnel_stats ts;
+  tunnel_get_stats(t, &ts);
+  ag->stats.tunnel_flood_closes += ts.flood_closed;
+  ag->stats.tunnel_read_pauses += ts.reads_paused;
   if (at->registered) {
     route_table_remove(ag->routes, at->key, at);
     at->registered = 0;

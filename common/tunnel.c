@@ -44,6 +44,17 @@
  * TLS record, so a full frame (built contiguous by frame_put_data_buffer) is
  * exactly one record and one write() on a TLS carrier. */
 #define DATA_CHUNK (16384u - FRAME_HEADER_LEN)
+/* Frames the peer makes us answer (PING ACK, RESET for an unknown stream or a
+ * refused OPEN) may be queued for it at most this many times since the
+ * carrier's output last drained to its low mark. A peer that keeps asking
+ * for answers it does not read is cut off (the "enhance your calm" of HTTP/2:
+ * CVE-2019-9512/9514). A well-behaved peer causes a handful: a PING per
+ * interval, a RESET per race with a stream we reset. */
+#define REPLIES_MAX 1024
+/* The carrier is not read while its output holds more than carrier_high plus
+ * this: the scheduler stops at carrier_high, so what is above it is control
+ * frames, and reading more would only queue more of them. */
+#define READ_PAUSE_SLACK (64u * 1024u)
 
 enum tunnel_state {
   TS_HANDSHAKE, /* CLIENT: HELLO sent, waiting for WELCOME; SERVER: waiting for HELLO */
@@ -107,6 +118,8 @@ struct tunnel {
   unsigned in_read : 1, reread : 1; /* carrier_read_cb running / called again meanwhile */
   unsigned read_wm : 1;             /* a read low watermark is set */
   unsigned read_ahead : 1;          /* TLS socket carrier with OpenSSL read-ahead on */
+  unsigned read_paused : 1;         /* output above carrier_high + READ_PAUSE_SLACK */
+  size_t replies_unsent;            /* answers queued since the output was last low */
   struct tunnel_stats stats;
   uint8_t scratch[CONTROL_MAX];
 };
@@ -453,6 +466,35 @@ static void protocol_error(struct tunnel *t, const char *what) {
   start_closing(t, why);
 }
 
+/* Queue accounting for a frame that answers one of the peer's (see REPLIES_MAX). */
+static void count_reply(struct tunnel *t) {
+  t->stats.frames_out++;
+  t->replies_unsent++;
+}
+
+/* The peer makes us queue answers it does not read: a GOAWAY it will probably
+ * never see, and the tunnel dies at once (waiting for the output to drain is
+ * what it would exploit). */
+static void flood_close(struct tunnel *t, const char *what) {
+  char why[300];
+  snprintf(why, sizeof why, "enhance your calm: %s", what);
+  frame_put_goaway(bufferevent_get_output(t->carrier), FRAME_RESET_PROTOCOL, why);
+  t->stats.frames_out++;
+  t->stats.flood_closed = 1;
+  log_warn("tunnel: peer cut off: %s", why);
+  tunnel_die(t, "protocol error: %s", why);
+}
+
+/* Stop reading the carrier until its output drains (carrier_write_cb). */
+static void pause_read(struct tunnel *t) {
+  if (t->read_paused) return;
+  t->read_paused = 1;
+  t->stats.reads_paused++;
+  bufferevent_disable(t->carrier, EV_READ);
+  log_debug("tunnel %p: output at %zu bytes: not reading until it drains", (void *)t,
+            evbuffer_get_length(bufferevent_get_output(t->carrier)));
+}
+
 /* ---- write path ------------------------------------------------------------------------ */
 
 /* Serve streams round-robin while the carrier has room. Fires WRITABLE when a
@@ -502,6 +544,9 @@ static void sched_cb(evutil_socket_t fd, short what, void *arg) {
   leave(t);
 }
 
+/* Called when the output drained to the low mark (carrier_high / 2): the peer
+ * reads, so its answers are no longer piling up, and a paused read resumes
+ * (what is already buffered is parsed from the loop, see reread_ev). */
 static void carrier_write_cb(struct bufferevent *bev, void *arg) {
   struct tunnel *t = arg;
   enter(t);
@@ -509,6 +554,12 @@ static void carrier_write_cb(struct bufferevent *bev, void *arg) {
     if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
       tunnel_die(t, "%s", t->closing_reason);
   } else {
+    t->replies_unsent = 0;
+    if (t->read_paused && (t->state == TS_READY || t->state == TS_HANDSHAKE)) {
+      t->read_paused = 0;
+      bufferevent_enable(bev, EV_READ);
+      event_active(t->reread_ev, EV_READ, 0);
+    }
     run_scheduler(t);
   }
   leave(t);
@@ -605,7 +656,7 @@ static void handle_open(struct tunnel *t, uint32_t id, const uint8_t *p, size_t 
       code = FRAME_RESET_INTERNAL;
     }
     frame_put_reset(cout, id, code, refuse);
-    t->stats.frames_out++;
+    count_reply(t);
     t->stats.streams_reset++;
     return;
   }
@@ -624,7 +675,7 @@ static void handle_data(struct tunnel *t, uint32_t id, struct evbuffer *in, uint
       return;
     }
     frame_put_reset(cout, id, FRAME_RESET_CANCEL, "unknown stream");
-    t->stats.frames_out++;
+    count_reply(t);
     return;
   }
   if (s->remote_eof) {
@@ -660,7 +711,7 @@ static void handle_shutdown(struct tunnel *t, uint32_t id) {
       return;
     }
     frame_put_reset(bufferevent_get_output(t->carrier), id, FRAME_RESET_CANCEL, "unknown stream");
-    t->stats.frames_out++;
+    count_reply(t);
     return;
   }
   if (s->remote_eof) return;
@@ -757,7 +808,7 @@ static void handle_frame(struct tunnel *t, const struct frame_header *h, struct 
         protocol_error(t, "PING payload is not 8 bytes");
       } else if (!(h->flags & FRAME_FLAG_ACK)) {
         frame_put_ping(bufferevent_get_output(t->carrier), FRAME_FLAG_ACK, p);
-        t->stats.frames_out++;
+        count_reply(t);
       }
       break;
     case FRAME_GOAWAY: {
@@ -840,13 +891,25 @@ static void carrier_read_cb(struct bufferevent *bev, void *arg) {
   t->last_rx_ms = now_ms();
   size_t want = 0; /* > 0: waiting for a frame of this many bytes */
   char gone[300] = "";
-  int lost = (t->state == TS_READY || t->state == TS_HANDSHAKE) &&
+  int lost = (t->state == TS_READY || t->state == TS_HANDSHAKE) && !t->read_paused &&
              carrier_read_more(t, bev, gone, sizeof gone) < 0;
   do {
     t->reread = 0;
     while (t->state == TS_READY || t->state == TS_HANDSHAKE) {
       size_t have = evbuffer_get_length(in);
       if (have < FRAME_HEADER_LEN) break;
+      if (t->replies_unsent > REPLIES_MAX) {
+        char what[160];
+        snprintf(what, sizeof what, "more than %d answers to its frames (PING, RESET) queued "
+                 "while it does not read", REPLIES_MAX);
+        flood_close(t, what);
+        break;
+      }
+      if (evbuffer_get_length(bufferevent_get_output(bev)) >
+          t->cfg.carrier_high + READ_PAUSE_SLACK) {
+        pause_read(t); /* the rest stays in the input; carrier_write_cb resumes */
+        break;
+      }
       uint8_t hb[FRAME_HEADER_LEN];
       struct frame_header h;
       evbuffer_copyout(in, hb, sizeof hb);
@@ -862,7 +925,7 @@ static void carrier_read_cb(struct bufferevent *bev, void *arg) {
       handle_frame(t, &h, in);
     }
     if (t->state == TS_READY && t->sched_head) run_scheduler(t);
-  } while (t->reread && t->state != TS_DEAD && !want);
+  } while (t->reread && t->state != TS_DEAD && !want && !t->read_paused);
   if (lost && t->state != TS_DEAD) {
     tunnel_die(t, "%s", gone);
   } else if (t->state != TS_DEAD && !t->read_ahead) {
@@ -939,6 +1002,8 @@ static void dead_cb(evutil_socket_t fd, short what, void *arg) {
   uint64_t idle = now_ms() - t->last_rx_ms;
   if (t->state == TS_CLOSING && idle >= t->cfg.dead_after_ms) {
     tunnel_die(t, "%s (the peer did not read the GOAWAY)", t->closing_reason);
+  } else if (idle >= t->cfg.dead_after_ms && t->read_paused) {
+    tunnel_die(t, "peer did not read for %llu s", (unsigned long long)(idle + 500) / 1000);
   } else if (idle >= t->cfg.dead_after_ms) {
     tunnel_die(t, "peer silent for %llu s", (unsigned long long)(idle + 500) / 1000);
   } else {

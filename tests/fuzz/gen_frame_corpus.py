@@ -76,6 +76,10 @@ seeds = {
     "hello_echo_eof": SERVER + hello() + open_(3) + open_(5) + data(3, b"ping") + data(5, b"x" * 100)
     + frame(SHUTDOWN, 3) + frame(SHUTDOWN, 5),
     "data_before_hello": SERVER + data(1, b"x"),
+    # issue 16 defect 2: answers asked for and never read (cut off: "enhance your calm")
+    "ping_flood_before_hello": SERVER + ping() * 1100,
+    "hello_empty_data_flood": SERVER + hello() + b"".join(data(1001 + 2 * (i % 7), b"")
+                                                         for i in range(1100)),
     "too_long": SERVER + b"\x01\x00\x01\x04\x00\x00\x00\x00\x01",
     "client_welcome_inbound": CLIENT + welcome() + open_(2, kind=1, port=8080, host=b"")
     + data(2, b"request") + window(1, 1000) + data(1, b"resp") + frame(SHUTDOWN, 2),

@@ -333,6 +333,90 @@ class HalfClose(Base):
         self.assertEqual(self.backend.paths(), ["/slow"])
 
 
+# --- 2: a tunnel peer that asks for answers and never reads them --------------------------------
+
+def frame(ftype, stream, payload=b"", flags=0):
+    n = len(payload)
+    return struct.pack(">BHBBI", n >> 16, n & 0xFFFF, ftype, flags, stream) + payload
+
+
+def hello_frame(key):
+    return frame(1, 0, struct.pack(">BBI", 1, 0, 262144) + bytes([len(key)]) + key +
+                 bytes([4]) + b"test")
+
+
+def tls_tunnel(agent, tls, key="alice", rcvbuf=4096):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.check_hostname = False
+    ctx.load_verify_locations(os.path.join(tls, "ca.crt"))
+    ctx.load_cert_chain(os.path.join(tls, key + ".crt"), os.path.join(tls, key + ".key"))
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connect: small window
+    raw.connect(("127.0.0.1", agent.tunnel_port))
+    return ctx.wrap_socket(raw)
+
+
+def flood(agent, tls, prefix, unit, seconds=2.5):
+    """Send prefix, then unit repeated as fast as possible for `seconds`, never
+    reading. Returns (peak agent RSS in KiB, bytes sent, cut off by the agent?)."""
+    s = tls_tunnel(agent, tls)
+    s.settimeout(0.5)
+    block = unit * (65536 // len(unit))
+    peak = [rss_kib(agent.p.pid)]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_kib(agent.p.pid))
+            time.sleep(0.02)
+    threading.Thread(target=sample, daemon=True).start()
+    sent, cut = 0, False
+    deadline = time.monotonic() + seconds
+    try:
+        s.sendall(prefix)
+        while time.monotonic() < deadline:
+            s.sendall(block)
+            sent += len(block)
+    except socket.timeout:
+        pass  # the agent stopped reading
+    except (OSError, ssl.SSLError):
+        cut = True
+    done.set()
+    time.sleep(0.05)
+    s.close()
+    return peak[0], sent, cut
+
+
+class TunnelFlood(Base):
+    def check(self, name, prefix, unit):
+        a = self.agent()
+        time.sleep(0.3)
+        base = rss_kib(a.p.pid)
+        peak, sent, cut = flood(a, self.tls, prefix, unit)
+        time.sleep(0.3)
+        m = metrics(a)
+        print("\n  %s: %.1f MB sent without reading; agent RSS %d -> peak %d KiB; cut off: %s; "
+              "flood closes %s" % (name, sent / 1e6, base, peak, cut,
+                                   metric(m, "kbridge_tunnel_flood_closes_total")),
+              file=sys.stderr)
+        self.assertLess(peak - base, 24 * 1024, "control replies piled up in the agent")
+        self.assertEqual(metric(m, "kbridge_tunnel_flood_closes_total"), 1)
+        self.assertIn("enhance your calm", a.stderr_text())
+        # the agent still takes tunnels and requests
+        self.env.proxy(a, self.tls, "alice", self.backend.port)
+        s, f = self.connect(a.port)
+        s.sendall(get("/after", extra=b"kubernetes-route-as: alice\r\n"))
+        self.assertEqual(read_response(f)[0], 200)
+        s.close()
+
+    def test_ping_flood_before_hello(self):
+        self.check("PING flood before HELLO", b"", frame(8, 0, b"12345678"))
+
+    def test_empty_data_flood_on_unknown_streams(self):
+        self.check("empty DATA flood", hello_frame(b"alice"), frame(4, 1001))
+
+
 # --- 6 and 8: through a developer's tunnel ------------------------------------------------------
 
 class Developer(Base):

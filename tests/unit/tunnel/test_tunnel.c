@@ -639,6 +639,38 @@ static void test_window_violation_and_unknown_streams(void) {
   evbuffer_free(acc);
 }
 
+/* Issue 16 defect 2: a peer that asks for answers (PING, DATA on unknown
+ * streams) faster than it reads them is cut off instead of growing our output
+ * without bound; a few hundred answered ones are fine. */
+static void test_control_reply_flood(void) {
+  struct side s = {0};
+  int fd[2];
+  socket_pair(fd);
+  s.t = tunnel_new(base, bev_on(fd[1]), TUNNEL_SERVER, NULL, NULL, &cbs, &s);
+  struct evbuffer *b = evbuffer_new(), *acc = evbuffer_new();
+  struct frame_header fh;
+  static uint8_t p[FRAME_MAX_PAYLOAD];
+  const uint8_t op[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+  for (int i = 0; i < 200; i++) frame_put_ping(b, 0, op); /* before HELLO: allowed */
+  raw_send(fd[0], b);
+  for (int i = 0; i < 200; i++) CHECK(raw_expect(fd[0], acc, FRAME_PING, &fh, p, 1000));
+  CHECK_EQ_INT(s.closed, 0);
+
+  struct frame_hello h = hello_for("bob");
+  frame_put_hello(b, &h);
+  for (int i = 0; i < 5000; i++) frame_put_data(b, 1001 + 2 * (uint32_t)(i % 10), "", 0);
+  raw_send(fd[0], b);
+  wait_for(&s.closed, 2000);
+  CHECK(strstr(s.close_err, "enhance your calm") != NULL);
+  struct tunnel_stats st;
+  tunnel_get_stats(s.t, &st);
+  CHECK_EQ_INT((int)st.flood_closed, 1);
+  tunnel_free(s.t);
+  close(fd[0]);
+  evbuffer_free(b);
+  evbuffer_free(acc);
+}
+
 static void test_garbage_and_bad_hello(void) {
   /* An over-long frame header from the peer. */
   struct side s = {0};
@@ -877,6 +909,7 @@ int main(void) {
   RUN(test_many_streams_and_limit);
   RUN(test_many_echo_streams);
   RUN(test_window_violation_and_unknown_streams);
+  RUN(test_control_reply_flood);
   RUN(test_garbage_and_bad_hello);
   RUN(test_silent_peer);
   RUN(test_free_inside_callbacks);
