@@ -179,6 +179,7 @@ struct conn {
   int cloned;              /* --ingress: clones of our key may exist */
   cJSON *ingress_urls;     /* ["http://alice.shop.example.com/", ...] (owned) */
   double t0;
+  const char *reason;      /* the next error event's "reason" (see fail), or NULL */
 };
 
 /* ---- output ---- */
@@ -231,10 +232,30 @@ static void fail(struct conn *c, const char *fmt, ...) {
   if (c->json) {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "event", "error");
+    cJSON_AddStringToObject(o, "reason", c->reason ? c->reason : "failed");
     cJSON_AddStringToObject(o, "message", msg);
     emit_json(o);
   }
+  c->reason = NULL;
   fprintf(stderr, "kbridge: %s\n", msg);
+}
+
+/* The error event's "reason" for a failed API call: a word tools can act on. */
+static const char *kube_reason(const struct kube_err *e) {
+  switch (e->status) {
+  case 0: return "unreachable"; /* no HTTP answer: DNS, TCP, TLS, credentials plugin */
+  case 401: return "unauthorized";
+  case 403: return "forbidden";
+  case 404: return "not_found";
+  case 409: return "conflict";
+  default: return "api_error";
+  }
+}
+
+/* fail() with the message and reason of a failed API call. */
+static void fail_kube(struct conn *c, const struct kube_err *e) {
+  c->reason = kube_reason(e);
+  fail(c, "%s", e->msg);
 }
 
 /* ---- small JSON helpers ---- */
@@ -305,7 +326,7 @@ static int find_workload(struct conn *c, const cJSON *pod) {
       struct kube_err e;
       cJSON *rs = NULL;
       if (kube_get(c->k, &r, &rs, &e) < 0) {
-        fail(c, "%s", e.msg);
+        fail_kube(c, &e);
         return -1;
       }
       snprintf(c->wl_kind, sizeof c->wl_kind, "ReplicaSet");
@@ -336,7 +357,7 @@ static int find_workload(struct conn *c, const cJSON *pod) {
     struct kube_err e;
     cJSON *w = NULL;
     if (kube_get(c->k, &r, &w, &e) < 0) {
-      fail(c, "%s", e.msg);
+      fail_kube(c, &e);
       return -1;
     }
     c->pod_template = cJSON_Duplicate(jget(w, "spec.template.spec"), 1);
@@ -632,7 +653,7 @@ static int create(struct conn *c, const char *api, const char *res, cJSON *obj, 
   struct kube_err e;
   int rc = kube_create(c->k, &r, obj, out, &e);
   cJSON_Delete(obj);
-  if (rc < 0) fail(c, "%s", e.msg);
+  if (rc < 0) fail_kube(c, &e);
   return rc;
 }
 
@@ -745,7 +766,7 @@ static int read_ca(struct conn *c) {
   struct kube_err e;
   cJSON *s = NULL;
   if (kube_get(c->k, &r, &s, &e) < 0) {
-    fail(c, "%s", e.msg);
+    fail_kube(c, &e);
     return -1;
   }
   cJSON *data = jget(s, "data");
@@ -815,7 +836,7 @@ static int create_agent(struct conn *c) {
   struct kube_ref r = {"apps/v1", "deployments", c->ns, c->nm.agent, NULL};
   struct kube_err e;
   if (kube_patch(c->k, &r, KUBE_PATCH_MERGE, "{\"spec\":{\"replicas\":1}}", NULL, &e) < 0) {
-    fail(c, "%s", e.msg);
+    fail_kube(c, &e);
     return -1;
   }
   progress(c, "wait-agent", "waiting for the agent pod to be ready (up to %d s)", c->cfg->timeout);
@@ -899,7 +920,7 @@ static int switch_service(struct conn *c) {
   struct kube_err e;
   struct switch_arg sa = {c, c->orig_selector};
   if (kube_update_retry(c->k, &r, switch_mutate, &sa, NULL, &e) < 0) {
-    fail(c, "%s", e.msg);
+    fail_kube(c, &e);
     return -1;
   }
   progress(c, "switch-selector", "service %s/%s now selects the agent (was %s)", c->ns, c->svc,
@@ -914,7 +935,7 @@ static int switch_service(struct conn *c) {
     struct kube_ref w = {"apps/v1", res, c->ns, c->wl_name, NULL};
     struct scale_arg sc = {0};
     if (kube_update_retry(c->k, &w, scale_mutate, &sc, NULL, &e) < 0) {
-      fail(c, "%s", e.msg);
+      fail_kube(c, &e);
       return -1;
     }
     progress(c, "scale-workload", "%s %s scaled from %ld to 0 replicas", c->wl_kind, c->wl_name,
@@ -1122,6 +1143,7 @@ static int key_held(struct conn *c) {
   cJSON_Delete(h);
   cJSON_Delete(vj);
   if (held) {
+    c->reason = "route_held";
     fail(c, "route key \"%s\" is already held on %s/%s by %s; choose another --route-as", c->cfg->key,
          c->ns, c->svc, who);
     return -1;
@@ -1159,7 +1181,7 @@ static int set_route(struct conn *c, int add, int *others) {
       *others = 0;
       return 0;
     }
-    fail(c, "%s", e.msg);
+    fail_kube(c, &e);
     return -1;
   }
   *others = ra.others;
@@ -1546,6 +1568,28 @@ static void hook_forward_bound(void *arg, size_t index, const char *bound) {
            addr_format(&c->cfg->forwards.v[index].target, target, sizeof target));
 }
 
+/* The connection log: one "connection" event per cluster connection that
+ * reached (or failed to reach) the local process. Text output logs only the
+ * failures (on stderr, through proxy.c). */
+static void hook_inbound(void *arg, const struct proxy_inbound *ev) {
+  struct conn *c = arg;
+  if (!c->json) return;
+  cJSON *o = cJSON_CreateObject();
+  cJSON_AddStringToObject(o, "event", "connection");
+  cJSON_AddStringToObject(o, "state", ev->what);
+  cJSON_AddStringToObject(o, "peer", ev->peer);
+  cJSON_AddNumberToObject(o, "port", ev->port);
+  cJSON_AddNumberToObject(o, "local_port", c->cfg->local_port);
+  if (ev->error) cJSON_AddStringToObject(o, "error", ev->error);
+  if (strcmp(ev->what, "closed") == 0) {
+    cJSON_AddNumberToObject(o, "bytes_in", (double)ev->bytes_in);
+    cJSON_AddNumberToObject(o, "bytes_out", (double)ev->bytes_out);
+    cJSON_AddNumberToObject(o, "seconds", ev->seconds);
+  }
+  cJSON_AddNumberToObject(o, "elapsed", now_s() - c->t0);
+  emit_json(o);
+}
+
 static void hook_welcome(void *arg, int ok, const char *message) {
   struct conn *c = arg;
   if (!ok) {
@@ -1712,6 +1756,7 @@ static int forwards_bindable(struct conn *c) {
     if (fd >= 0) close(fd);
     freeaddrinfo(res);
     if (!ok) {
+      c->reason = err == EADDRINUSE ? "port_in_use" : "bad_flag";
       fail(c, "--forward %s: cannot listen there: %s", a, strerror(err));
       return -1;
     }
@@ -1756,6 +1801,7 @@ int connect_run(struct connect_config *cfg) {
   sigaction(SIGTERM, &sa, NULL);
 
   if (!dns_label_valid(c->svc, strlen(c->svc)) || takeover_names(c->svc, &c->nm) < 0) {
+    c->reason = "bad_flag";
     fail(c, "--service: expected a Service name (a DNS label of at most %d characters), got "
          "\"%s\"", TAKEOVER_MAX_SERVICE, c->svc);
     return 2;
@@ -1765,6 +1811,7 @@ int connect_run(struct connect_config *cfg) {
   const char *img = cfg->agent_image ? cfg->agent_image : getenv("KBRIDGE_AGENT_IMAGE");
   snprintf(c->image, sizeof c->image, "%s", img && *img ? img : CONNECT_DEFAULT_IMAGE);
   if (!image_ok(c->image)) {
+    c->reason = "bad_flag";
     fail(c, "--agent-image: \"%s\" is not an image reference", c->image);
     return 2;
   }
@@ -1779,6 +1826,7 @@ int connect_run(struct connect_config *cfg) {
 
   /* 1. inspect: reads only */
   if (connect_kube_open(&cfg->kf, &c->k, err, sizeof err) < 0) {
+    c->reason = "kubeconfig";
     fail(c, "%s", err);
     return 1;
   }
@@ -1787,7 +1835,7 @@ int connect_run(struct connect_config *cfg) {
   struct kube_ref sref = {"v1", "services", c->ns, c->svc, NULL};
   struct kube_err e;
   if (kube_get(c->k, &sref, &c->service, &e) < 0) {
-    fail(c, "%s", e.msg);
+    fail_kube(c, &e);
     goto out;
   }
   const char *tk = takeover_annotation(c->service, TAKEOVER_ANN_TAKEOVER);
@@ -1877,7 +1925,7 @@ int connect_run(struct connect_config *cfg) {
            c->ns, c->nm.agent, c->svc, c->ns, c->svc);
       goto out;
     } else if (e.status != 404) {
-      fail(c, "%s", e.msg);
+      fail_kube(c, &e);
       goto out;
     }
     struct kube_ref pr = {"v1", "pods", c->ns, NULL, NULL};
@@ -1885,7 +1933,7 @@ int connect_run(struct connect_config *cfg) {
     char sel[1100];
     snprintf(sel, sizeof sel, "%s", selector_string(c->orig_selector));
     if (kube_list(c->k, &pr, sel, &pods, &e) < 0) {
-      fail(c, "%s", e.msg);
+      fail_kube(c, &e);
       goto out;
     }
     const cJSON *pod = cJSON_GetArrayItem(jget(pods, "items"), 0);
@@ -1955,7 +2003,7 @@ int connect_run(struct connect_config *cfg) {
   {
     static const struct proxy_hooks hooks = {NULL,          hook_open,     hook_cancel,
                                              hook_carrier_error, hook_started, hook_welcome,
-                                             hook_forward_bound};
+                                             hook_forward_bound, hook_inbound};
     struct proxy_hooks h = hooks;
     h.arg = c;
     int direct = cfg->agent_address.port != 0;

@@ -46,6 +46,7 @@ struct restore_config {
   const char *output;
   char key[OPT_KEY_SIZE];   /* disconnect --route-as: only that session */
   int timeout;              /* disconnect: seconds to wait for the session to end */
+  int all;                  /* list --all: every Service, taken over or not */
 };
 
 struct kube;
@@ -53,7 +54,8 @@ struct kube;
  * 0, or -1 with err (broken file, unknown context, invalid namespace). */
 int connect_kube_open(const struct kube_flags *kf, struct kube **out, char *err, size_t errlen);
 
-extern const struct opt_cmd connect_cmd, restore_cmd, list_cmd, status_cmd, disconnect_cmd;
+extern const struct opt_cmd connect_cmd, restore_cmd, list_cmd, status_cmd, disconnect_cmd,
+    namespaces_cmd;
 
 /* The default agent image when neither --agent-image nor $KBRIDGE_AGENT_IMAGE
  * is given. */
@@ -64,5 +66,6 @@ int restore_run(struct restore_config *cfg);   /* kbridge restore */
 int list_run(struct restore_config *cfg);      /* kbridge list (service unused) */
 int status_run(struct restore_config *cfg);    /* kbridge status (nothing used) */
 int disconnect_run(struct restore_config *cfg);/* kbridge disconnect */
+int namespaces_run(struct restore_config *cfg);/* kbridge namespaces */
 
 #endif

@@ -28,6 +28,7 @@ static int run_restore(void *cfg) { return restore_run(cfg); }
 static int run_list(void *cfg) { return list_run(cfg); }
 static int run_status(void *cfg) { return status_run(cfg); }
 static int run_disconnect(void *cfg) { return disconnect_run(cfg); }
+static int run_namespaces(void *cfg) { return namespaces_run(cfg); }
 
 /* Subcommands: the words that select them, their table, their config. */
 static struct proxy_config proxy_cfg;
@@ -49,6 +50,7 @@ static const struct command {
     {"list", NULL, &list_cmd, &restore_cfg, sizeof restore_cfg, run_list},
     {"status", NULL, &status_cmd, &restore_cfg, sizeof restore_cfg, run_status},
     {"disconnect", NULL, &disconnect_cmd, &restore_cfg, sizeof restore_cfg, run_disconnect},
+    {"namespaces", NULL, &namespaces_cmd, &restore_cfg, sizeof restore_cfg, run_namespaces},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 

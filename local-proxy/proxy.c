@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -111,6 +112,7 @@ struct dial {
   struct bufferevent *bev;
   size_t addr;            /* index into px->local, the address being tried */
   char peer[64];          /* the cluster client, for logs */
+  unsigned port;          /* the Service port it came in on */
   struct dial *prev, *next;
 };
 
@@ -126,6 +128,10 @@ struct forward {
 struct link {
   struct proxy *px;
   char what[800];
+  int inbound;            /* a cluster connection to the local process (hooks->inbound) */
+  char peer[64];
+  unsigned port;
+  struct timespec t0;
 };
 
 struct proxy {
@@ -426,8 +432,25 @@ static void slot_connect(struct slot *sl) {
 
 /* ---- inbound: cluster -> local process ----------------------------------------- */
 
+/* Tell connect (hooks->inbound) about an inbound connection. */
+static void inbound_news(struct proxy *px, const char *what, const char *peer, unsigned port,
+                         const char *error, size_t in, size_t out, double seconds) {
+  if (!px->cfg->hooks || !px->cfg->hooks->inbound) return;
+  struct proxy_inbound ev = {what, peer, port, error, in, out, seconds};
+  px->cfg->hooks->inbound(px->cfg->hooks->arg, &ev);
+}
+
+static double since_s(const struct timespec *t0) {
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return (double)(now.tv_sec - t0->tv_sec) + (double)(now.tv_nsec - t0->tv_nsec) / 1e9;
+}
+
 static void link_done(const char *err, size_t a_to_b, size_t b_to_a, void *arg) {
   struct link *l = arg;
+  /* a is the local socket, b the tunnel stream: b_to_a came from the cluster. */
+  if (l->inbound && !l->px->stopping)
+    inbound_news(l->px, "closed", l->peer, l->port, err, b_to_a, a_to_b, since_s(&l->t0));
   if (err && !l->px->stopping) /* at exit every idle pooled stream ends this way */
     log_info("%s: ended: %s (%zu bytes out, %zu in)", l->what, err, a_to_b, b_to_a);
   else
@@ -461,9 +484,14 @@ static void dial_event_cb(struct bufferevent *bev, short what, void *arg) {
     bufferevent_set_timeouts(bev, NULL, NULL);
     set_nodelay(bufferevent_getfd(bev));
     if (l) {
+      memset(l, 0, sizeof *l);
       l->px = px;
       snprintf(l->what, sizeof l->what, "stream %u from %s to %s", tunnel_stream_id(d->s), d->peer,
                addr);
+      l->inbound = 1;
+      snprintf(l->peer, sizeof l->peer, "%s", d->peer);
+      l->port = d->port;
+      clock_gettime(CLOCK_MONOTONIC, &l->t0);
     }
     log_debug("stream %u from %s: connected to %s", tunnel_stream_id(d->s), d->peer, addr);
     d->bev = NULL;
@@ -500,6 +528,7 @@ static void dial_event_cb(struct bufferevent *bev, short what, void *arg) {
     snprintf(reason, sizeof reason, "cannot connect to %s: %s", px->local_name,
              evutil_socket_error_to_string(e));
   log_warn("request from %s for route %s: %s", d->peer, px->cfg->key, reason);
+  inbound_news(px, "failed", d->peer, d->port, reason, 0, 0, 0);
   tunnel_stream_reset(d->s, timeout ? FRAME_RESET_TIMEOUT : FRAME_RESET_REFUSED, reason);
   dial_free(d);
 }
@@ -556,6 +585,8 @@ static void on_open(struct tunnel *t, struct tunnel_stream *s, const struct fram
   d->px = px;
   d->s = s;
   snprintf(d->peer, sizeof d->peer, "%s", o->peer[0] ? o->peer : "?");
+  d->port = o->port;
+  inbound_news(px, "open", d->peer, d->port, NULL, 0, 0, 0);
   d->next = px->dials;
   if (px->dials) px->dials->prev = d;
   px->dials = d;
@@ -602,7 +633,7 @@ static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct soc
   struct bufferevent *bev =
       s ? bufferevent_socket_new(px->base, fd, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS)
         : NULL;
-  struct link *l = bev ? malloc(sizeof *l) : NULL;
+  struct link *l = bev ? calloc(1, sizeof *l) : NULL;
   if (l == NULL) {
     log_warn("forward %s: cannot open a stream for %s", fw->name, peer);
     if (bev)

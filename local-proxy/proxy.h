@@ -23,6 +23,17 @@ struct event_base;
 struct bufferevent;
 typedef struct ssl_ctx_st SSL_CTX;
 
+/* One inbound connection's news, for proxy_hooks.inbound. */
+struct proxy_inbound {
+  const char *what;   /* "open", "failed" or "closed" */
+  const char *peer;   /* the cluster client, "10.0.0.5:43210" */
+  unsigned port;      /* the Service port it came in on */
+  const char *error;  /* "failed": why; "closed": why, or NULL for a clean end */
+  size_t bytes_in;    /* "closed": bytes from the cluster client to the local process */
+  size_t bytes_out;   /* "closed": bytes back to the cluster client */
+  double seconds;     /* "closed": how long it lasted */
+};
+
 /* How `kbridge connect` runs the same tunnels over another carrier (the pod
  * port-forward): all NULL for `kbridge proxy`. */
 typedef void (*proxy_carrier_done)(struct bufferevent *carrier, const char *err, void *slot);
@@ -47,6 +58,11 @@ struct proxy_hooks {
    * 40123": the real port), before the loop runs. When set, proxy.c prints no
    * "forward" line (connect reports forwards in its own output). May be NULL. */
   void (*forward_bound)(void *arg, size_t index, const char *bound);
+  /* A connection from the cluster for the developer's route: what is "open"
+   * (the agent opened a stream), "failed" (the local process could not be
+   * reached; error says why) or "closed" (the splice ended; bytes counted).
+   * For connect's connection log. May be NULL. */
+  void (*inbound)(void *arg, const struct proxy_inbound *ev);
 };
 
 struct proxy_config {

@@ -156,11 +156,22 @@ const struct opt_cmd restore_cmd = {
     "when done (conflicts included, they are printed), 1 when an API call failed.",
     restore_opts, sizeof restore_opts / sizeof restore_opts[0]};
 
-static const struct opt_def list_opts[] = {KUBE_FLAGS};
+static const struct opt_def list_opts[] = {
+    {"all", OPT_FLAG, RC_OFF(all), 0, 0, NULL, NULL, 0, 0,
+     "every Service of the namespace, with its ports, not only the taken-over ones"},
+    KUBE_FLAGS};
 const struct opt_cmd list_cmd = {
     "list", "List the Services of a namespace that are taken over, with their routes.",
-    "Read from the cluster (the Services' kbridge.dev/ annotations and the agent pods).",
+    "Read from the cluster (the Services' kbridge.dev/ annotations and the agent pods).\n"
+    "With --all, every Service with its ports (what an editor offers to connect to).",
     list_opts, sizeof list_opts / sizeof list_opts[0]};
+
+static const struct opt_def namespaces_opts[] = {KUBE_FLAGS};
+const struct opt_cmd namespaces_cmd = {
+    "namespaces", "List the namespaces of the cluster (needs the right to list them).",
+    "The context's own namespace is marked. A user who may not list namespaces gets\n"
+    "an error that says so (tools then ask for the namespace by name).",
+    namespaces_opts, sizeof namespaces_opts / sizeof namespaces_opts[0]};
 
 static const struct opt_def status_opts[] = {
     {"output", OPT_STRING, RC_OFF(output), 0, 0, "text", "text|json", 0, 0,
@@ -191,6 +202,55 @@ static int output_json(const struct restore_config *cfg, int *json) {
     return -1;
   }
   return 0;
+}
+
+/* A failure of list or namespaces: with --output json an error event on stdout
+ * (reason as connect's: not_found, forbidden, unauthorized, unreachable,
+ * kubeconfig), always the sentence on stderr. */
+static void print_error(int json, const char *reason, const char *msg) {
+  if (json) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "event", "error");
+    cJSON_AddStringToObject(o, "reason", reason);
+    cJSON_AddStringToObject(o, "message", msg);
+    char *s = cJSON_PrintUnformatted(o);
+    printf("%s\n", s);
+    free(s);
+    cJSON_Delete(o);
+  }
+  fprintf(stderr, "kbridge: %s\n", msg);
+}
+
+static const char *reason_of(const struct kube_err *e) {
+  switch (e->status) {
+  case 0: return "unreachable";
+  case 401: return "unauthorized";
+  case 403: return "forbidden";
+  case 404: return "not_found";
+  default: return "api_error";
+  }
+}
+
+/* The Service's ports as [{"name","port","targetPort","protocol"}] and its
+ * selector, for list --all. */
+static void add_ports(cJSON *o, const cJSON *svc) {
+  cJSON *ports = cJSON_AddArrayToObject(o, "ports");
+  const cJSON *spec = cJSON_GetObjectItemCaseSensitive(svc, "spec"), *p;
+  cJSON_ArrayForEach(p, cJSON_GetObjectItemCaseSensitive(spec, "ports")) {
+    cJSON *q = cJSON_CreateObject();
+    const cJSON *tp = cJSON_GetObjectItemCaseSensitive(p, "targetPort");
+    cJSON_AddStringToObject(q, "name", sget(p, "name"));
+    cJSON_AddNumberToObject(q, "port", iget(p, "port"));
+    if (cJSON_IsString(tp))
+      cJSON_AddStringToObject(q, "targetPort", tp->valuestring);
+    else
+      cJSON_AddNumberToObject(q, "targetPort", cJSON_IsNumber(tp) ? tp->valueint : iget(p, "port"));
+    cJSON_AddStringToObject(q, "protocol", *sget(p, "protocol") ? sget(p, "protocol") : "TCP");
+    cJSON_AddItemToArray(ports, q);
+  }
+  cJSON_AddStringToObject(o, "type", *sget(spec, "type") ? sget(spec, "type") : "ClusterIP");
+  const cJSON *sel = cJSON_GetObjectItemCaseSensitive(spec, "selector");
+  cJSON_AddItemToObject(o, "selector", sel ? cJSON_Duplicate(sel, 1) : cJSON_CreateObject());
 }
 
 /* ---- restore ---- */
@@ -245,7 +305,7 @@ int list_run(struct restore_config *cfg) {
   if (output_json(cfg, &json) < 0) return 2;
   log_init("kbridge", LOGL_WARN);
   if (connect_kube_open(&cfg->kf, &k, err, sizeof err) < 0) {
-    fprintf(stderr, "kbridge: %s\n", err);
+    print_error(json, "kubeconfig", err);
     return 1;
   }
   const char *ns = kube_namespace(k);
@@ -253,7 +313,7 @@ int list_run(struct restore_config *cfg) {
   struct kube_err e;
   cJSON *list = NULL;
   if (kube_list(k, &r, NULL, &list, &e) < 0) {
-    fprintf(stderr, "kbridge: %s\n", e.msg);
+    print_error(json, reason_of(&e), e.msg);
     kube_free(k);
     return 1;
   }
@@ -261,12 +321,22 @@ int list_run(struct restore_config *cfg) {
   const cJSON *svc;
   cJSON_ArrayForEach(svc, cJSON_GetObjectItemCaseSensitive(list, "items")) {
     const char *tk = takeover_annotation(svc, TAKEOVER_ANN_TAKEOVER);
-    if (!tk) continue;
-    cJSON *t = cJSON_Parse(tk);
-    cJSON *o = cJSON_CreateObject();
     const char *name = cJSON_GetStringValue(
         cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(svc, "metadata"), "name"));
+    if (!tk && !cfg->all) continue;
+    if (!tk) { /* --all: a Service nobody has taken over */
+      cJSON *o = cJSON_CreateObject();
+      cJSON_AddStringToObject(o, "service", name ? name : "?");
+      cJSON_AddBoolToObject(o, "taken_over", 0);
+      add_ports(o, svc);
+      cJSON_AddItemToArray(out, o);
+      continue;
+    }
+    cJSON *t = cJSON_Parse(tk);
+    cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "service", name ? name : "?");
+    cJSON_AddBoolToObject(o, "taken_over", 1);
+    if (cfg->all) add_ports(o, svc);
     cJSON_AddStringToObject(o, "mode", sget(t, "mode"));
     cJSON_AddStringToObject(o, "since", sget(t, "since"));
     cJSON_AddStringToObject(o, "by", sget(t, "by"));
@@ -329,7 +399,8 @@ int list_run(struct restore_config *cfg) {
     printf("%s\n", s);
     free(s);
   } else if (cJSON_GetArraySize(out) == 0) {
-    printf("no service in namespace %s is taken over\n", ns);
+    printf(cfg->all ? "no service in namespace %s\n" : "no service in namespace %s is taken over\n",
+           ns);
   } else {
     const cJSON *o;
     printf("%-24s %-9s %-21s %-24s %-6s %s\n", "SERVICE", "MODE", "SINCE", "BY", "AGENT",
@@ -344,10 +415,58 @@ int list_run(struct restore_config *cfg) {
                  sget(ro, "key"), sget(ro, "by"), sget(ro, "since"),
                  cJSON_IsFalse(conn) ? ", not connected now" : "");
       }
+      if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "taken_over"))) {
+        printf("%-24s %-9s %-21s %-24s %-6s %s\n", sget(o, "service"), "-", "-", "-", "-", "-");
+        continue;
+      }
       snprintf(agent, sizeof agent, "%d/%d", iget(o, "agent_ready"), iget(o, "agent_pods"));
       printf("%-24s %-9s %-21s %-24s %-6s %s\n", sget(o, "service"), sget(o, "mode"),
              sget(o, "since"), sget(o, "by"), agent, routes[0] ? routes : "-");
     }
+  }
+  cJSON_Delete(out);
+  cJSON_Delete(list);
+  kube_free(k);
+  return 0;
+}
+
+/* ---- namespaces ---- */
+
+int namespaces_run(struct restore_config *cfg) {
+  struct kube *k = NULL;
+  char err[1200];
+  int json;
+  if (output_json(cfg, &json) < 0) return 2;
+  log_init("kbridge", LOGL_WARN);
+  if (connect_kube_open(&cfg->kf, &k, err, sizeof err) < 0) {
+    print_error(json, "kubeconfig", err);
+    return 1;
+  }
+  const char *mine = kube_namespace(k);
+  struct kube_ref r = {"v1", "namespaces", NULL, NULL, NULL};
+  struct kube_err e;
+  cJSON *list = NULL;
+  if (kube_list(k, &r, NULL, &list, &e) < 0) {
+    print_error(json, reason_of(&e), e.msg);
+    kube_free(k);
+    return 1;
+  }
+  cJSON *out = cJSON_CreateObject();
+  cJSON_AddStringToObject(out, "current", mine);
+  cJSON *names = cJSON_AddArrayToObject(out, "namespaces");
+  const cJSON *it;
+  cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(list, "items")) {
+    const char *n = cJSON_GetStringValue(
+        cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(it, "metadata"), "name"));
+    if (n) cJSON_AddItemToArray(names, cJSON_CreateString(n));
+  }
+  if (json) {
+    char *s = cJSON_PrintUnformatted(out);
+    printf("%s\n", s);
+    free(s);
+  } else {
+    cJSON_ArrayForEach(it, names)
+      printf("%s%s\n", it->valuestring, strcmp(it->valuestring, mine) == 0 ? " (current)" : "");
   }
   cJSON_Delete(out);
   cJSON_Delete(list);
