@@ -85,6 +85,7 @@ struct downstream {
   char resp_field[16];       /* response parser: the current field name (short ones) */
   char resp_upgrade[128];    /* response parser: the Upgrade header of the response */
   uint8_t method;
+  uint8_t close_reason;      /* enum metrics_close, set by the first decision to end */
   unsigned busy;
   TAILQ_ENTRY(downstream) link; /* in ag->clients until freed or handed off */
 
@@ -127,6 +128,24 @@ static void ds_leave(struct downstream *ds) {
   if (--ds->busy == 0 && ds->dead) ds_free(ds);
 }
 
+/* Remember why the connection ends (the first reason given wins). */
+static void close_reason(struct downstream *ds, enum metrics_close r) {
+  if (!ds->close_reason) ds->close_reason = (uint8_t)r;
+}
+
+/* Response buffering per connection: the --buffer-budget shared by the open
+ * connections, between 4 and 32 KiB. Used for the client's output (upstream
+ * reads pause above it), the upstream's input and the client's input, so a
+ * client that never reads holds a few of these, not 512 KiB, and the total
+ * stays near the budget however many connect. */
+static size_t conn_share(const struct agent *ag) {
+  long conns = ag->stats.connections_open > 0 ? ag->stats.connections_open : 1;
+  size_t share = (size_t)ag->opt->buffer_budget / (size_t)conns;
+  if (share < 4096) share = 4096;
+  if (share > 32768) share = 32768;
+  return share;
+}
+
 static void ds_close(struct downstream *ds) {
   ds->dead = 1;
   if (ds->busy == 0) ds_free(ds);
@@ -140,7 +159,10 @@ static void ds_free(struct downstream *ds) {
   if (ds->head_init) http_head_free(&ds->head);
   free(ds->req);
   free(ds->resp);
-  if (!ds->handed_off) agent_conn_closed(ds->ag);
+  if (!ds->handed_off) {
+    ds->ag->stats.closes[ds->close_reason]++;
+    agent_conn_closed(ds->ag);
+  }
   free(ds);
 }
 
@@ -166,8 +188,11 @@ static void start_closing(struct downstream *ds) {
     evbuffer_drain(in, evbuffer_get_length(in));
     bufferevent_enable(ds->bev, EV_READ);
     set_timer(ds, LINGER_MS);
+  } else {
+    /* client_write() continues when the output is flushed; a client that
+     * takes nothing meets the send timeout (here and on the bufferevent) */
+    set_timer(ds, ds->ag->opt->send_timeout_ms);
   }
-  /* else: client_write() continues when the output is flushed */
 }
 
 /* Answer with an error of our own and close. If the response already started
@@ -185,9 +210,11 @@ static void respond_error(struct downstream *ds, int status, const char *reason,
   metrics_count_error(&ds->ag->stats, merr);
   if (ds->resp_started) {
     log_warn("%s: %s (response already started: closing the connection)", ds->peer, body);
+    close_reason(ds, MCLOSE_UPSTREAM);
     ds_close(ds);
     return;
   }
+  close_reason(ds, MCLOSE_ERROR_RESPONSE);
   log_warn("%s: %d %s", ds->peer, status, body);
   evbuffer_add_printf(bufferevent_get_output(ds->bev),
                       "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
@@ -344,6 +371,7 @@ static void hand_to_splice(struct downstream *ds) {
   evtimer_del(ds->timer);
   bufferevent_setcb(ds->bev, NULL, NULL, NULL, NULL);
   bufferevent_setwatermark(ds->bev, EV_WRITE, 0, 0);
+  bufferevent_set_timeouts(ds->bev, NULL, NULL); /* the splice has its own rules */
   struct splice_end a = {ds->bev, NULL};
   struct splice_end b = upstream_release(u);
   ds->handed_off = 1;
@@ -527,6 +555,7 @@ static struct upstream *pick_upstream(struct downstream *ds, int fresh) {
     upstream_setcb(u, up_read, up_event, ds);
   else
     u = upstream_connect_tcp(ag, ds->li->fallback, up_read, up_event, ds);
+  if (u) upstream_set_read_max(u, conn_share(ag));
   return u;
 }
 
@@ -746,6 +775,7 @@ static void after_client_eof(struct downstream *ds) {
     metrics_count_error(&ds->ag->stats, MERR_CLIENT_ABORTED);
     log_debug("%s: client closed in the middle of a request (%s)", ds->peer,
               state_names[ds->state]);
+    close_reason(ds, MCLOSE_ABORTED);
     start_closing(ds); /* the answers already queued still go out */
   }
 }
@@ -833,6 +863,7 @@ static void upstream_finished(struct downstream *ds) {
   metrics_count_error(&ds->ag->stats, MERR_UPSTREAM_CLOSED);
   log_warn("%s: %s closed the connection in the middle of the response; closing the client",
            ds->peer, ds->route[0] ? ds->route : "fallback");
+  close_reason(ds, MCLOSE_UPSTREAM);
   ds_close(ds);
 }
 
@@ -844,7 +875,8 @@ static void process_response(struct downstream *ds) {
     struct evbuffer *out = bufferevent_get_output(ds->bev);
     if (evbuffer_get_length(in) == 0) break;
     if (ds->state != DS_FORWARD_BODY && ds->state != DS_WAIT_RESPONSE) return;
-    if (evbuffer_get_length(out) > AGENT_HIGH_WATER) {
+    size_t share = conn_share(ds->ag), queued = evbuffer_get_length(out);
+    if (queued > share) {
       ds->wait_client_drain = 1; /* resumed by client_write() */
       upstream_pause_read(ds->up, 1);
       return;
@@ -853,6 +885,7 @@ static void process_response(struct downstream *ds) {
     if (evbuffer_peek(in, -1, NULL, &v, 1) < 1) break;
     const char *data = v.iov_base;
     size_t len = v.iov_len;
+    if (len > share - queued + 4096) len = share - queued + 4096; /* output stays near share */
     ds->resp_msg_done = 0;
     llhttp_errno_t e = llhttp_execute(ds->resp, data, len);
     size_t used = len;
@@ -872,6 +905,7 @@ static void process_response(struct downstream *ds) {
         metrics_count_error(&ds->ag->stats, MERR_BAD_RESPONSE);
         log_warn("%s: malformed response after it started: %s; closing", ds->peer,
                  r ? r : llhttp_errno_name(e));
+        close_reason(ds, MCLOSE_UPSTREAM);
         ds_close(ds);
       }
       return;
@@ -994,7 +1028,7 @@ static void client_read(struct bufferevent *bev, void *arg) {
   case DS_IDLE:
   case DS_READ_HEAD:
   case DS_FORWARD_BODY:
-    splice_read_more(bev, AGENT_HIGH_WATER); /* request bodies: 4 KiB reads otherwise */
+    splice_read_more(bev, conn_share(ds->ag)); /* request bodies: 4 KiB reads otherwise */
     process_request(ds);
     break;
   case DS_CLOSING:
@@ -1048,9 +1082,16 @@ static void client_event(struct bufferevent *bev, short what, void *arg) {
       ds_close(ds);
       break;
     }
-  } else if (what & (BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)) {
+  } else if (what & BEV_EVENT_TIMEOUT) {
+    log_info("%s: client took no bytes for %ld ms (%zu queued, %s): closing", ds->peer,
+             ds->ag->opt->send_timeout_ms, evbuffer_get_length(bufferevent_get_output(bev)),
+             state_names[ds->state]);
+    close_reason(ds, MCLOSE_SEND_TIMEOUT);
+    ds_close(ds);
+  } else if (what & BEV_EVENT_ERROR) {
     log_debug("%s: client connection error in %s: %s", ds->peer, state_names[ds->state],
               evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+    close_reason(ds, MCLOSE_CLIENT_ERROR);
     ds_close(ds);
   }
   ds_leave(ds);
@@ -1070,6 +1111,15 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg) {
     break;
   case DS_IDLE:
     log_debug("%s: idle keep-alive connection closed", ds->peer);
+    close_reason(ds, MCLOSE_IDLE_TIMEOUT);
+    ds_close(ds);
+    break;
+  case DS_CLOSING:
+    if (evbuffer_get_length(bufferevent_get_output(ds->bev)) > 0) {
+      log_info("%s: closing connection: client took no bytes for %ld ms", ds->peer,
+               ds->ag->opt->send_timeout_ms);
+      close_reason(ds, MCLOSE_SEND_TIMEOUT);
+    }
     ds_close(ds);
     break;
   default:
@@ -1106,11 +1156,17 @@ int downstream_accept(struct agent_listener *li, evutil_socket_t fd, const struc
   int one = 1; /* responses are relayed as they come: no Nagle delay on them */
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   bufferevent_setcb(ds->bev, client_read, client_write, client_event, ds);
-  bufferevent_setwatermark(ds->bev, EV_WRITE, AGENT_LOW_WATER, 0);
   /* Input beyond the high mark is not read (pipelined bytes while a response
    * is relayed, or a body faster than the upstream takes it). */
-  bufferevent_setwatermark(ds->bev, EV_READ, 0, AGENT_HIGH_WATER);
+  size_t share = conn_share(ag);
+  bufferevent_setwatermark(ds->bev, EV_WRITE, share / 4, 0); /* client_write resumes there */
+  bufferevent_setwatermark(ds->bev, EV_READ, 0, share);
   bufferevent_set_max_single_write(ds->bev, AGENT_HIGH_WATER); /* default: 16 KiB per write */
+  /* Send timeout: libevent's write timeout runs only while EV_WRITE is on,
+   * i.e. while bytes wait for the client (client_flush), and restarts at
+   * every write that makes progress. */
+  struct timeval st = {ag->opt->send_timeout_ms / 1000, (ag->opt->send_timeout_ms % 1000) * 1000};
+  bufferevent_set_timeouts(ds->bev, NULL, &st);
   bufferevent_enable(ds->bev, EV_READ); /* EV_WRITE: see client_flush() */
   set_timer(ds, ag->opt->sniff_timeout_ms);
   return 0;
@@ -1118,5 +1174,8 @@ int downstream_accept(struct agent_listener *li, evutil_socket_t fd, const struc
 
 void downstream_close_all(struct agent *ag) {
   struct downstream *ds;
-  while ((ds = TAILQ_FIRST(&ag->clients))) ds_free(ds);
+  while ((ds = TAILQ_FIRST(&ag->clients))) {
+    close_reason(ds, MCLOSE_SHUTDOWN);
+    ds_free(ds);
+  }
 }

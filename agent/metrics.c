@@ -30,6 +30,18 @@ static const char *const error_names[MERR_MAX] = {
     [MERR_CLIENT_ABORTED] = "client_aborted",
 };
 
+static const char *const close_names[MCLOSE_MAX] = {
+    [MCLOSE_NONE] = "done", /* folded into "done" below */
+    [MCLOSE_DONE] = "done",
+    [MCLOSE_IDLE_TIMEOUT] = "idle_timeout",
+    [MCLOSE_SEND_TIMEOUT] = "send_timeout",
+    [MCLOSE_ERROR_RESPONSE] = "error_response",
+    [MCLOSE_UPSTREAM] = "upstream_failed",
+    [MCLOSE_ABORTED] = "client_aborted",
+    [MCLOSE_CLIENT_ERROR] = "client_error",
+    [MCLOSE_SHUTDOWN] = "shutdown",
+};
+
 void metrics_count_request(struct metrics *m, const char *key) {
   if (!key || !*key) {
     m->requests_fallback++;
@@ -133,6 +145,11 @@ static void metrics_page(struct evhttp_request *req, void *arg) {
       (unsigned long long)m->bytes_request, (unsigned long long)m->bytes_response,
       (unsigned long long)m->raw_connections, (unsigned long long)m->upgrades, m->tunnels,
       route_table_keys(ag->routes), m->streams_open, m->connections_open, m->pool_idle);
+  evbuffer_add_printf(b, "# HELP kbridge_client_closes_total HTTP client connections ended, "
+                         "by reason.\n# TYPE kbridge_client_closes_total counter\n");
+  for (int i = MCLOSE_DONE; i < MCLOSE_MAX; i++)
+    evbuffer_add_printf(b, "kbridge_client_closes_total{reason=\"%s\"} %llu\n", close_names[i],
+                        (unsigned long long)(m->closes[i] + (i == MCLOSE_DONE ? m->closes[0] : 0)));
   evbuffer_add_printf(
       b,
       "# HELP kbridge_tunnel_flood_closes_total Tunnels cut off because the answers to their "

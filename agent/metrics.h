@@ -25,6 +25,20 @@ enum metrics_error {
   MERR_MAX
 };
 
+/* Why a client connection (HTTP, before any splice) ended. */
+enum metrics_close {
+  MCLOSE_NONE,             /* not decided yet; counted as "done" */
+  MCLOSE_DONE,             /* client EOF, Connection: close, HTTP/1.0, close-delimited */
+  MCLOSE_IDLE_TIMEOUT,     /* keep-alive idle past --idle-timeout-ms */
+  MCLOSE_SEND_TIMEOUT,     /* the client took no bytes for --send-timeout-ms */
+  MCLOSE_ERROR_RESPONSE,   /* our own 4xx/5xx answer, then close */
+  MCLOSE_UPSTREAM,         /* the upstream failed after the response started */
+  MCLOSE_ABORTED,          /* the client left in the middle of a request */
+  MCLOSE_CLIENT_ERROR,     /* reset or socket error on the client connection */
+  MCLOSE_SHUTDOWN,         /* the agent stopped */
+  MCLOSE_MAX
+};
+
 struct metrics_route {
   char key[64];
   uint64_t requests;
@@ -35,6 +49,7 @@ struct metrics {
   struct metrics_route *routes; /* per key ever seen; small */
   size_t nroutes, routes_cap;
   uint64_t errors[MERR_MAX];
+  uint64_t closes[MCLOSE_MAX]; /* client connections ended, by reason */
   uint64_t bytes_request;  /* client -> upstream, HTTP and raw */
   uint64_t bytes_response; /* upstream -> client */
   uint64_t raw_connections;

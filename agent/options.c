@@ -78,6 +78,16 @@ static const struct opt_def opt_table[] = {
    "N  idle upstream connections kept this long for reuse"},
   {"pool-max", OPT_LONG, OFF(pool_max), 0, NOSET, 0, "10000", 0, 1000000,
    "N  idle upstream connections kept per destination (0: no reuse); --pool-idle-ms trims"},
+  {"send-timeout-ms", OPT_LONG, OFF(send_timeout_ms), 0, NOSET, 0, "60000", 1, 86400000,
+   "N  a client that takes none of the bytes queued for it for this long is closed"},
+  {"buffer-budget", OPT_LONG, OFF(buffer_budget), 0, NOSET, 0, "33554432", 65536, 1L << 40,
+   "N  bytes of response buffering shared by all client connections (each gets budget / "
+   "connections, 4-32 KiB, for its output and as much for its upstream's input)"},
+  {"max-pending-tunnels", OPT_LONG, OFF(max_pending_tunnels), 0, NOSET, 0, "64", 1, 100000,
+   "N  tunnel connections not yet past TLS + HELLO at once; the tunnel listener pauses at the "
+   "cap"},
+  {"tunnel-handshake-timeout-ms", OPT_LONG, OFF(tunnel_handshake_timeout_ms), 0, NOSET, 0,
+   "10000", 100, 600000, "N  a tunnel connection must finish TLS and HELLO within this"},
   {"service", OPT_LABEL, OFF(service), SZ(service), NOSET, 0, NULL, 0, 0,
    "NAME  in the cluster: the taken-over Service; restore it when the lease ends"},
   {"namespace", OPT_LABEL, OFF(namespace), SZ(namespace), NOSET, 0, NULL, 0, 0,

@@ -32,6 +32,10 @@ struct agent_options {
   long connect_timeout_ms;                  /* --connect-timeout-ms, default 5000 */
   long pool_idle_ms;                        /* --pool-idle-ms, default 4000 */
   long pool_max;                            /* --pool-max, default 10000 per destination */
+  long send_timeout_ms;                     /* --send-timeout-ms, default 60000 */
+  long buffer_budget;                       /* --buffer-budget, default 32 MiB */
+  long max_pending_tunnels;                 /* --max-pending-tunnels, default 64 */
+  long tunnel_handshake_timeout_ms;         /* --tunnel-handshake-timeout-ms, default 10000 */
   /* Per-port fallback: listen_fallback[i] is where unrouted traffic of listen[i]
    * goes: its own for a --port-map LISTEN=FALLBACK entry, else --fallback. */
   struct hostport listen_fallback[AGENT_MAX_LISTEN];

@@ -50,7 +50,7 @@ static void defer_cb(evutil_socket_t fd, short what, void *arg) {
 
 static void tcp_read(struct bufferevent *bev, void *arg) {
   struct upstream *u = arg;
-  if (u->rd) splice_read_more(bev, AGENT_HIGH_WATER); /* 4 KiB reads otherwise */
+  if (u->rd) splice_read_more(bev, u->read_max); /* 4 KiB reads otherwise */
   if (u->rd) u->rd(u, u->arg);
 }
 
@@ -159,6 +159,7 @@ struct upstream *upstream_connect_tcp(struct agent *ag, const struct hostport *h
     free(u);
     return NULL;
   }
+  u->read_max = AGENT_HIGH_WATER;
   bufferevent_setcb(u->bev, tcp_read, tcp_write, tcp_event, u);
   bufferevent_setwatermark(u->bev, EV_WRITE, AGENT_LOW_WATER, 0);
   bufferevent_set_max_single_write(u->bev, AGENT_HIGH_WATER); /* default: 16 KiB */
@@ -280,6 +281,12 @@ void upstream_pause_read(struct upstream *u, int paused) {
     else
       bufferevent_enable(u->bev, EV_READ);
   }
+}
+
+void upstream_set_read_max(struct upstream *u, size_t max) {
+  if (u->kind != UPSTREAM_TCP || u->read_max == max) return;
+  u->read_max = max;
+  bufferevent_setwatermark(u->bev, EV_READ, 0, max);
 }
 
 static void release_common(struct upstream *u) {

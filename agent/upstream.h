@@ -58,6 +58,7 @@ struct upstream {
   struct evdns_getaddrinfo_request *dns_req; /* TCP, while resolving */
   struct event *defer;               /* delivers connect failures outside the caller */
   int resolving;                     /* TCP: waiting for the address */
+  size_t read_max;                   /* TCP: input kept from the server at most (about) */
   int connected;
   int reused;                        /* came out of a pool */
   enum upstream_fail fail;
@@ -92,6 +93,10 @@ size_t upstream_high(const struct upstream *u);
 /* Stop / resume reading from the server (TCP: the socket; streams rely on flow
  * control, so only the callback is held back by the caller). */
 void upstream_pause_read(struct upstream *u, int paused);
+/* TCP: buffer at most about max bytes read from the server (a read high-water
+ * mark; the HTTP relay sets its per-connection share, see downstream.c).
+ * Streams are bounded by their flow-control window instead. */
+void upstream_set_read_max(struct upstream *u, size_t max);
 void upstream_free(struct upstream *u);
 /* Give up the endpoint for a splice; u is freed. */
 struct splice_end upstream_release(struct upstream *u);

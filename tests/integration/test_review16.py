@@ -417,6 +417,73 @@ class TunnelFlood(Base):
         self.check("empty DATA flood", hello_frame(b"alice"), frame(4, 1001))
 
 
+# --- 3: clients that never read -----------------------------------------------------------
+
+def non_reading_clients(agent, n, path="/big/10000000"):
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", agent.port))
+        s.sendall(get(path))
+        socks.append(s)
+    return socks
+
+
+def settled_rss(pid, limit=10):
+    last, stable = -1, 0
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and stable < 3:
+        time.sleep(0.4)
+        r = rss_kib(pid)
+        stable = stable + 1 if abs(r - last) < 64 else 0
+        last = r
+    return rss_kib(pid)
+
+
+class NonReading(Base):
+    def test_memory_per_non_reading_client_is_small(self):
+        a = self.agent()
+        time.sleep(0.3)
+        base = rss_kib(a.p.pid)
+        n = 100
+        socks = non_reading_clients(a, n)
+        rss = settled_rss(a.p.pid)
+        per = (rss - base) / n
+        print("\n  %d clients asking for 10 MB and never reading: %.0f KiB each (agent %d -> %d KiB)"
+              % (n, per, base, rss), file=sys.stderr)
+        self.assertLess(per, 160, "a non-reading client holds too much")
+        for s in socks:
+            s.close()
+
+    def test_send_timeout_closes_and_counts(self):
+        a = self.agent(["--send-timeout-ms", "500"])
+        socks = non_reading_clients(a, 3)
+        t0 = time.monotonic()
+        deadline = t0 + 10
+        closes = 0
+        while time.monotonic() < deadline:
+            m = metrics(a)
+            closes = int(re.search(r'kbridge_client_closes_total\{reason="send_timeout"\} (\d+)',
+                                   m).group(1))
+            if closes == 3:
+                break
+            time.sleep(0.1)
+        dt = time.monotonic() - t0
+        print("\n  3 non-reading clients closed by --send-timeout-ms 500 after %.1f s" % dt,
+              file=sys.stderr)
+        self.assertEqual(closes, 3)
+        self.assertEqual(metric(m, "kbridge_connections_open"), 0)
+        self.assertIn("took no bytes", a.stderr_text())
+        for s in socks:
+            s.close()
+        # a reading client with a slow response is not affected
+        s, f = self.connect(a.port)
+        s.sendall(get("/slow"))
+        self.assertEqual(read_response(f)[0], 200)
+        s.close()
+
+
 # --- 6 and 8: through a developer's tunnel ------------------------------------------------------
 
 class Developer(Base):

@@ -56,6 +56,11 @@ int main(void) {
   CHECK_EQ_INT(o.exclusive, 0);
   CHECK_EQ_INT(o.have_metrics, 0);
   CHECK_EQ_INT(o.log_level, LOGL_INFO);
+  /* issue 16: send timeout, buffer budget, pending-tunnel cap and handshake time */
+  CHECK_EQ_INT(o.send_timeout_ms, 60000);
+  CHECK_EQ_INT(o.buffer_budget, 33554432);
+  CHECK_EQ_INT(o.max_pending_tunnels, 64);
+  CHECK_EQ_INT(o.tunnel_handshake_timeout_ms, 10000);
 
   /* every type, both spellings */
   char *all[] = {"--exclusive", "--route-header=x-route", "--metrics", "127.0.0.1:0",
@@ -73,6 +78,9 @@ int main(void) {
   /* bad values name their flag */
   expect_error("--max-conns", "0", "--max-conns");
   expect_error("--max-conns", "12abc", "--max-conns");
+  expect_error("--send-timeout-ms", "0", "--send-timeout-ms");
+  expect_error("--buffer-budget", "100", "--buffer-budget");
+  expect_error("--max-pending-tunnels", "0", "--max-pending-tunnels");
   expect_error("--idle-timeout-ms", "-5", "--idle-timeout-ms");
   expect_error("--log-level", "loud", "--log-level");
   expect_error("--metrics", "nohost", "--metrics");
