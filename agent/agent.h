@@ -62,6 +62,13 @@ struct agent {
   struct event *accept_backoff;   /* re-enables after the EMFILE back-off */
   struct event *sweep;            /* 1 s tick: expire idle pooled upstreams */
   struct evconnlistener *tunnel_lev;
+  size_t tunnels_pending;         /* tunnel connections not past TLS + HELLO yet */
+  int tunnel_paused_cap;          /* tunnel listener off: --max-pending-tunnels reached */
+  int tunnel_paused_fd;           /* tunnel listener off: EMFILE/ENFILE back-off */
+  struct event *tunnel_backoff;   /* re-enables the tunnel listener after the back-off */
+  uint64_t tunnel_accept_errors;  /* accept() failures on the tunnel port */
+  uint64_t tunnel_errors_logged_at_ms; /* the last "accept failed" log line (rate limit) */
+  uint64_t tunnel_errors_unlogged;
   struct evhttp *metrics_http;
 
   /* --exclusive: the one key allowed, and since when (held while any of its

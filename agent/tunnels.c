@@ -8,6 +8,7 @@
  * their streams CLOSED (TUNNEL_LOST) and answer 502 or cut the client. */
 #include "tunnels.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +35,39 @@
 #include "upstream.h"
 
 void agent_tunnel_ref(struct agent_tunnel *at) { at->refs++; }
+
+#define TUNNEL_ACCEPT_BACKOFF_MS 1000
+#define TUNNEL_ERROR_LOG_MS 10000 /* other accept errors: one log line per 10 s at most */
+
+/* The tunnel listener accepts unless out of descriptors (a back-off second)
+ * or --max-pending-tunnels connections are still before their HELLO. */
+static void update_tunnel_listener(struct agent *ag) {
+  if (!ag->tunnel_lev) return;
+  if (ag->tunnel_paused_fd || ag->tunnel_paused_cap)
+    evconnlistener_disable(ag->tunnel_lev);
+  else
+    evconnlistener_enable(ag->tunnel_lev);
+}
+
+/* A tunnel connection left the pending state (HELLO accepted, or closed). */
+static void pending_done(struct agent_tunnel *at) {
+  struct agent *ag = at->ag;
+  if (!at->pending) return;
+  at->pending = 0;
+  ag->tunnels_pending--;
+  if (ag->tunnel_paused_cap && ag->tunnels_pending < (size_t)ag->opt->max_pending_tunnels) {
+    ag->tunnel_paused_cap = 0;
+    log_info("tunnel listener: below %ld pending connections again; accepting",
+             ag->opt->max_pending_tunnels);
+    update_tunnel_listener(ag);
+  }
+}
+
+static uint64_t mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
 
 void tunnels_pools_sweep(struct agent_tunnel *at, long max_idle_ms) {
   for (size_t i = 0; i < AGENT_MAX_LISTEN; i++) pool_sweep(&at->pools[i], max_idle_ms);
@@ -165,6 +199,7 @@ static int on_hello(struct tunnel *t, const struct frame_hello *hello, char *msg
   }
   snprintf(at->key, sizeof at->key, "%s", hello->key);
   at->registered = 1;
+  pending_done(at);
   if (ag->opt->exclusive && strcmp(ag->excl_key, hello->key) != 0) {
     time_t now = time(NULL);
     struct tm tm;
@@ -207,6 +242,7 @@ static void on_close(struct tunnel *t, const char *err, void *arg) {
   } else {
     log_info("tunnel from %s closed before registering: %s", at->peer, err ? err : "closed");
   }
+  pending_done(at);
   tunnels_pools_clear(at);
   TAILQ_REMOVE(&ag->tunnels, at, link);
   ag->stats.tunnels--;
@@ -239,6 +275,7 @@ static void tunnel_accept(struct evconnlistener *l, evutil_socket_t fd, struct s
   for (size_t i = 0; i < AGENT_MAX_LISTEN; i++) pool_init(&at->pools[i], ag);
   struct tunnel_config cfg;
   tunnel_config_default(&cfg);
+  cfg.handshake_timeout_ms = (unsigned)ag->opt->tunnel_handshake_timeout_ms;
   static const struct tunnel_cbs cbs = {.on_hello = on_hello, .on_open = on_open,
                                         .on_close = on_close};
   at->t = tunnel_new(ag->base, bev, TUNNEL_SERVER, &cfg, NULL, &cbs, at);
@@ -249,12 +286,55 @@ static void tunnel_accept(struct evconnlistener *l, evutil_socket_t fd, struct s
   }
   TAILQ_INSERT_TAIL(&ag->tunnels, at, link);
   ag->stats.tunnels++;
+  at->pending = 1;
+  ag->tunnels_pending++;
   log_debug("tunnel connection from %s", at->peer);
+  if (ag->tunnels_pending >= (size_t)ag->opt->max_pending_tunnels && !ag->tunnel_paused_cap) {
+    /* Unauthenticated connections cost a descriptor and a TLS state each and
+     * count against nothing else: at the cap the rest wait in the backlog
+     * until these finish their HELLO or time out (--tunnel-handshake-timeout-ms). */
+    log_warn("tunnel listener: %zu connections before HELLO (--max-pending-tunnels); pausing "
+             "tunnel accepts", ag->tunnels_pending);
+    ag->tunnel_paused_cap = 1;
+    update_tunnel_listener(ag);
+  }
 }
 
+static void tunnel_backoff_done(evutil_socket_t fd, short what, void *arg) {
+  struct agent *ag = arg;
+  ag->tunnel_paused_fd = 0;
+  update_tunnel_listener(ag);
+}
+
+/* accept() failed on the tunnel port. Out of descriptors (or memory): stop
+ * accepting for a second, as the service listeners do; the connection stays
+ * in the backlog, so retrying at once would fail again at full speed. Other
+ * errors are logged at most once per 10 s, with the number left unlogged. */
 static void tunnel_accept_error(struct evconnlistener *l, void *arg) {
+  struct agent *ag = arg;
   int e = EVUTIL_SOCKET_ERROR();
-  log_warn("tunnel listener: accept failed: %s", evutil_socket_error_to_string(e));
+  ag->tunnel_accept_errors++;
+  if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM) {
+    if (!ag->tunnel_paused_fd) {
+      log_warn("tunnel listener: accept failed: %s; pausing tunnel accepts for %d ms",
+               strerror(e), TUNNEL_ACCEPT_BACKOFF_MS);
+      ag->tunnel_paused_fd = 1;
+      update_tunnel_listener(ag);
+      struct timeval tv = {TUNNEL_ACCEPT_BACKOFF_MS / 1000, (TUNNEL_ACCEPT_BACKOFF_MS % 1000) * 1000};
+      evtimer_add(ag->tunnel_backoff, &tv);
+    }
+    return;
+  }
+  uint64_t now = mono_ms();
+  if (ag->tunnel_errors_logged_at_ms && now - ag->tunnel_errors_logged_at_ms < TUNNEL_ERROR_LOG_MS) {
+    ag->tunnel_errors_unlogged++;
+    return;
+  }
+  log_warn("tunnel listener: accept failed: %s (%llu more not logged in the last %d s)",
+           evutil_socket_error_to_string(e), (unsigned long long)ag->tunnel_errors_unlogged,
+           TUNNEL_ERROR_LOG_MS / 1000);
+  ag->tunnel_errors_logged_at_ms = now;
+  ag->tunnel_errors_unlogged = 0;
 }
 
 int tunnels_listen(struct agent *ag, const struct hostport *hp, char *bound, size_t boundlen,
@@ -282,6 +362,11 @@ int tunnels_listen(struct agent *ag, const struct hostport *hp, char *bound, siz
     return -1;
   }
   evconnlistener_set_error_cb(ag->tunnel_lev, tunnel_accept_error);
+  ag->tunnel_backoff = evtimer_new(ag->base, tunnel_backoff_done, ag);
+  if (!ag->tunnel_backoff) {
+    snprintf(err, errlen, "--tunnel-listen: out of memory");
+    return -1;
+  }
   struct sockaddr_storage ss;
   socklen_t sl = sizeof ss;
   getsockname(evconnlistener_get_fd(ag->tunnel_lev), (struct sockaddr *)&ss, &sl);
@@ -294,6 +379,10 @@ void tunnels_shutdown(struct agent *ag) {
     evconnlistener_free(ag->tunnel_lev);
     ag->tunnel_lev = NULL;
   }
+  if (ag->tunnel_backoff) {
+    event_free(ag->tunnel_backoff);
+    ag->tunnel_backoff = NULL;
+  }
   struct agent_tunnel *at;
   TAILQ_FOREACH(at, &ag->tunnels, link) {
     if (at->t) tunnel_goaway(at->t, 0, "agent shutting down");
@@ -301,9 +390,14 @@ void tunnels_shutdown(struct agent *ag) {
 }
 
 void tunnels_free_all(struct agent *ag) {
+  if (ag->tunnel_backoff) {
+    event_free(ag->tunnel_backoff);
+    ag->tunnel_backoff = NULL;
+  }
   struct agent_tunnel *at;
   while ((at = TAILQ_FIRST(&ag->tunnels))) {
     TAILQ_REMOVE(&ag->tunnels, at, link);
+    pending_done(at);
     tunnels_pools_clear(at);
     if (at->registered) route_table_remove(ag->routes, at->key, at);
     at->registered = 0;

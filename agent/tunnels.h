@@ -29,6 +29,7 @@ struct agent_tunnel {
   char key[64];            /* registered route key; "" before HELLO */
   char peer[64];           /* remote address of the TLS connection */
   int registered;          /* in the route table */
+  int pending;             /* counted in ag->tunnels_pending (before HELLO accepted) */
   int refs;                /* the list entry + upstreams using it */
   /* Idle INBOUND streams for keep-alive reuse, one pool per service listener
    * (index as in ag->listeners): a stream's OPEN told the developer which port

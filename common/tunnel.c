@@ -37,7 +37,6 @@
 
 #include "log.h"
 
-#define HANDSHAKE_TIMEOUT_MS 10000
 #define CONTROL_MAX 1024          /* largest non-DATA payload we accept */
 #define WINDOW_LIMIT 0x7fffffffu  /* no window may exceed 2^31-1 */
 /* Payload per DATA frame we send: header + payload = 16384 bytes, the largest
@@ -145,6 +144,7 @@ void tunnel_config_default(struct tunnel_config *cfg) {
   cfg->ping_interval_ms = 5000;
   cfg->dead_after_ms = 15000;
   cfg->carrier_high = 256u * 1024u;
+  cfg->handshake_timeout_ms = 10000;
 }
 
 /* ---- reentrancy guard ---------------------------------------------------- */
@@ -1017,8 +1017,8 @@ static void hs_cb(evutil_socket_t fd, short what, void *arg) {
   struct tunnel *t = arg;
   enter(t);
   if (t->state == TS_HANDSHAKE)
-    tunnel_die(t, "no %s within %d s", t->role == TUNNEL_SERVER ? "HELLO" : "WELCOME",
-               HANDSHAKE_TIMEOUT_MS / 1000);
+    tunnel_die(t, "no %s within %u ms", t->role == TUNNEL_SERVER ? "HELLO" : "WELCOME",
+               t->cfg.handshake_timeout_ms);
   leave(t);
 }
 
@@ -1082,7 +1082,8 @@ struct tunnel *tunnel_new(struct event_base *base, struct bufferevent *carrier,
   bufferevent_set_max_single_read(carrier, 256 * 1024);
   bufferevent_set_max_single_write(carrier, 256 * 1024);
   bufferevent_enable(carrier, EV_READ | EV_WRITE);
-  struct timeval hs = ms_tv(HANDSHAKE_TIMEOUT_MS), ping = ms_tv(t->cfg.ping_interval_ms),
+  if (t->cfg.handshake_timeout_ms == 0) t->cfg.handshake_timeout_ms = 10000;
+  struct timeval hs = ms_tv(t->cfg.handshake_timeout_ms), ping = ms_tv(t->cfg.ping_interval_ms),
                  dead = ms_tv(t->cfg.dead_after_ms);
   event_add(t->hs_ev, &hs);
   if (t->cfg.ping_interval_ms) event_add(t->ping_ev, &ping);

@@ -56,6 +56,7 @@ struct tunnel_config {
   unsigned ping_interval_ms; /* default 5000 */
   unsigned dead_after_ms;    /* default 15000 */
   size_t carrier_high;       /* stop scheduling when carrier output exceeds; default 256 KiB */
+  unsigned handshake_timeout_ms; /* TLS (if any) + HELLO/WELCOME must finish; default 10000 */
 };
 /* Fill cfg with the defaults above. */
 void tunnel_config_default(struct tunnel_config *cfg);

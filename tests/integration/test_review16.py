@@ -484,6 +484,72 @@ class NonReading(Base):
         s.close()
 
 
+# --- 5: the tunnel listener out of descriptors; unauthenticated tunnel connections --------------
+
+class TunnelListener(Base):
+    def start_agent(self, extra=(), prefix=()):
+        self.tls = self.env.certs()
+        p = self.env.start("agent", list(prefix) + [
+            AGENT, "--listen", "127.0.0.1:0", "--fallback", "127.0.0.1:%d" % self.backend.port,
+            "--tunnel-listen", "127.0.0.1:0", "--tls-dir", self.tls, "--metrics", "127.0.0.1:0"]
+            + list(extra))
+        p.port = int(p.wait_line(r"^listen 127\.0\.0\.1:(\d+)").group(1))
+        p.tunnel_port = int(p.wait_line(r"^tunnel-listen 127\.0\.0\.1:(\d+)").group(1))
+        p.metrics_port = int(p.wait_line(r"^metrics 127\.0\.0\.1:(\d+)").group(1))
+        p.wait_line(r"^ready")
+        return p
+
+    def served_by_alice(self, a):
+        s, f = self.connect(a.port)
+        s.sendall(get("/a", extra=b"kubernetes-route-as: alice\r\n"))
+        self.assertEqual(read_response(f)[0], 200)
+        s.close()
+
+    def test_emfile_on_tunnel_port_backs_off(self):
+        a = self.start_agent(prefix=["prlimit", "--nofile=40"])
+        time.sleep(0.2)
+        c0 = cpu_seconds(a.p.pid)
+        socks = [socket.create_connection(("127.0.0.1", a.tunnel_port)) for _ in range(60)]
+        time.sleep(2)
+        cpu = cpu_seconds(a.p.pid) - c0
+        log = a.stderr_text()
+        print("\n  --nofile=40, 60 plain connects to the tunnel port: %.2f s CPU in 2 s, "
+              "%d accept-failed lines" % (cpu, log.count("accept failed")), file=sys.stderr)
+        self.assertLess(cpu, 0.5, "the tunnel listener spins on EMFILE")
+        self.assertLess(log.count("accept failed"), 10)
+        self.assertIn("pausing tunnel accepts", log)
+        for s in socks:
+            s.close()
+        self.env.proxy(a, self.tls, "alice", self.backend.port)  # accepted again
+        self.served_by_alice(a)
+
+    def test_pending_tunnels_capped_and_timed_out(self):
+        a = self.start_agent(["--max-pending-tunnels", "4", "--tunnel-handshake-timeout-ms", "500"])
+        socks = [socket.create_connection(("127.0.0.1", a.tunnel_port)) for _ in range(10)]
+        time.sleep(0.2)
+        m = metrics(a)
+        self.assertLessEqual(metric(m, "kbridge_tunnels"), 4, "pending tunnels are not capped")
+        self.assertIn("pausing tunnel accepts", a.stderr_text())
+        # silent ones are closed by the handshake timeout, and the others get their turn
+        t0 = time.monotonic()
+        closed = 0
+        for s in socks:
+            s.settimeout(5)
+            try:
+                closed += s.recv(1) == b""
+            except ConnectionResetError:
+                closed += 1
+            except socket.timeout:
+                pass
+            s.close()
+        print("\n  10 silent tunnel connections, cap 4, timeout 500 ms: %d closed by the agent "
+              "within %.1f s" % (closed, time.monotonic() - t0), file=sys.stderr)
+        self.assertEqual(closed, 10)
+        self.assertIn("no HELLO within 500 ms", a.stderr_text())
+        self.env.proxy(a, self.tls, "alice", self.backend.port)
+        self.served_by_alice(a)
+
+
 # --- 6 and 8: through a developer's tunnel ------------------------------------------------------
 
 class Developer(Base):
