@@ -177,6 +177,12 @@ def get(path, host=b"svc", extra=b""):
     return b"GET " + path.encode() + b" HTTP/1.1\r\nHost: " + host + b"\r\n" + extra + b"\r\n"
 
 
+def sanitized():
+    """Is the agent an ASan build? (Its RSS then says little about its buffers.)"""
+    with open(AGENT, "rb") as fh:
+        return b"__asan_init" in fh.read()
+
+
 def rss_kib(pid):
     with open("/proc/%d/status" % pid) as fh:
         for line in fh:
@@ -215,8 +221,15 @@ class Base(unittest.TestCase):
         self.backend = ScriptBackend()
 
     def tearDown(self):
-        self.backend.close()
-        self.env.close()
+        try:
+            for p in self.env.procs:  # agents end cleanly on SIGTERM (and leak-free under ASan)
+                if p.name == "agent":
+                    rc = p.stop()
+                    self.assertNotIn("Sanitizer", p.stderr_text())
+                    self.assertEqual(rc, 0, "agent exit status %s on SIGTERM\n%s" % (rc, p.tail()))
+        finally:
+            self.backend.close()
+            self.env.close()
 
     def agent(self, extra=(), tls=None):
         self.tls = tls or self.env.certs()
@@ -452,7 +465,8 @@ class NonReading(Base):
         per = (rss - base) / n
         print("\n  %d clients asking for 10 MB and never reading: %.0f KiB each (agent %d -> %d KiB)"
               % (n, per, base, rss), file=sys.stderr)
-        self.assertLess(per, 160, "a non-reading client holds too much")
+        if not sanitized():  # ASan's quarantine and shadow memory make RSS meaningless
+            self.assertLess(per, 160, "a non-reading client holds too much")
         for s in socks:
             s.close()
 
