@@ -23,7 +23,8 @@ import test_review16 as t16
 
 
 def start_agent(env, backend, extra=(), prefix=()):
-    tls = env.certs()
+    start_agent.n = getattr(start_agent, "n", 0) + 1
+    tls = env.certs(sub="tls%d" % start_agent.n)
     p = env.start("agent", list(prefix) + [
         env.agent_bin, "--listen", "127.0.0.1:0", "--fallback", "127.0.0.1:%d" % backend.port,
         "--tunnel-listen", "127.0.0.1:0", "--tls-dir", tls, "--metrics", "127.0.0.1:0"]
@@ -55,7 +56,7 @@ def flood(env):
 
 def nonreading(env, n):
     b = t16.ScriptBackend()
-    a, _ = start_agent(env, b)
+    a, _ = start_agent(env, b, extra=os.environ.get("MEASURE_AGENT_FLAGS", "").split())
     time.sleep(0.3)
     base = t16.rss_kib(a.p.pid)
     socks = []
