@@ -671,6 +671,58 @@ static void test_control_reply_flood(void) {
   evbuffer_free(acc);
 }
 
+/* Issue 16 defect 2, the other half: while the carrier's output is far above
+ * its high mark (here: OPEN frames the peer does not read), the peer's frames
+ * are not read at all; once the peer drains it, reading resumes and what was
+ * waiting (a PING) is answered. */
+static void test_read_pause_when_output_full(void) {
+  struct side s = {0};
+  int fd[2];
+  socket_pair(fd);
+  int small = 4096;
+  setsockopt(fd[1], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+  setsockopt(fd[0], SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+  s.t = tunnel_new(base, bev_on(fd[1]), TUNNEL_SERVER, NULL, NULL, &cbs, &s);
+  struct evbuffer *b = evbuffer_new(), *acc = evbuffer_new();
+  struct frame_header fh;
+  static uint8_t p[FRAME_MAX_PAYLOAD];
+  struct frame_hello h = hello_for("bob");
+  frame_put_hello(b, &h);
+  raw_send(fd[0], b);
+  CHECK(raw_expect(fd[0], acc, FRAME_WELCOME, &fh, p, 1000));
+
+  static struct tunnel_stream *opened[20000];
+  size_t n = 0;
+  struct evbuffer *cout = bufferevent_get_output(tunnel_carrier(s.t));
+  while (evbuffer_get_length(cout) < 420u * 1024u && n < 20000) {
+    opened[n] = tunnel_stream_open(s.t, &inbound);
+    CHECK(opened[n] != NULL);
+    if (!opened[n]) break;
+    n++;
+  }
+  spin(20);
+  const uint8_t op[8] = {7, 7, 7, 7, 7, 7, 7, 7};
+  frame_put_ping(b, 0, op);
+  raw_send(fd[0], b);
+  spin(50);
+  struct tunnel_stats st;
+  tunnel_get_stats(s.t, &st);
+  CHECK_EQ_INT((int)st.reads_paused, 1);
+  CHECK(evbuffer_get_length(cout) > 256u * 1024u); /* nothing more was queued */
+
+  int pong = 0;
+  for (int i = 0; i < 20 && !pong; i++) /* the peer reads: OPENs, then the answer */
+    if (raw_expect(fd[0], acc, FRAME_PING, &fh, p, 500))
+      pong = (fh.flags & FRAME_FLAG_ACK) && memcmp(p, op, 8) == 0;
+  CHECK(pong);
+  CHECK_EQ_INT(s.closed, 0);
+  for (size_t i = 0; i < n; i++) tunnel_stream_free(opened[i]);
+  tunnel_free(s.t);
+  close(fd[0]);
+  evbuffer_free(b);
+  evbuffer_free(acc);
+}
+
 static void test_garbage_and_bad_hello(void) {
   /* An over-long frame header from the peer. */
   struct side s = {0};
@@ -910,6 +962,7 @@ int main(void) {
   RUN(test_many_echo_streams);
   RUN(test_window_violation_and_unknown_streams);
   RUN(test_control_reply_flood);
+  RUN(test_read_pause_when_output_full);
   RUN(test_garbage_and_bad_hello);
   RUN(test_silent_peer);
   RUN(test_free_inside_callbacks);
