@@ -371,7 +371,9 @@ static void hand_to_splice(struct downstream *ds) {
   evtimer_del(ds->timer);
   bufferevent_setcb(ds->bev, NULL, NULL, NULL, NULL);
   bufferevent_setwatermark(ds->bev, EV_WRITE, 0, 0);
-  bufferevent_set_timeouts(ds->bev, NULL, NULL); /* the splice has its own rules */
+  /* The send timeout stays: a splice turns EV_WRITE on only while bytes wait
+   * for the client, so a raw or upgraded client that stops reading is cut
+   * after --send-timeout-ms too ("side a: timed out", counted in main.c). */
   struct splice_end a = {ds->bev, NULL};
   struct splice_end b = upstream_release(u);
   ds->handed_off = 1;

@@ -69,6 +69,11 @@ static void splice_done(const char *err, size_t a_to_b, size_t b_to_a, void *arg
   struct agent *ag = as->ag;
   TAILQ_REMOVE(&ag->splices, as, link);
   if (as->kind == AGENT_SPLICE_CLIENT) {
+    if (err && strstr(err, "side a: timed out")) { /* the client's send timeout */
+      ag->stats.closes[MCLOSE_SEND_TIMEOUT]++;
+      log_info("raw/upgraded connection closed: the client took no bytes for %ld ms",
+               ag->opt->send_timeout_ms);
+    }
     ag->stats.bytes_request += a_to_b;
     ag->stats.bytes_response += b_to_a;
     agent_conn_closed(ag);

@@ -145,8 +145,8 @@ static void metrics_page(struct evhttp_request *req, void *arg) {
       (unsigned long long)m->bytes_request, (unsigned long long)m->bytes_response,
       (unsigned long long)m->raw_connections, (unsigned long long)m->upgrades, m->tunnels,
       route_table_keys(ag->routes), m->streams_open, m->connections_open, m->pool_idle);
-  evbuffer_add_printf(b, "# HELP kbridge_client_closes_total HTTP client connections ended, "
-                         "by reason.\n# TYPE kbridge_client_closes_total counter\n");
+  evbuffer_add_printf(b, "# HELP kbridge_client_closes_total Client connections ended, by "
+                         "reason (raw and upgraded ones only for send_timeout).\n# TYPE kbridge_client_closes_total counter\n");
   for (int i = MCLOSE_DONE; i < MCLOSE_MAX; i++)
     evbuffer_add_printf(b, "kbridge_client_closes_total{reason=\"%s\"} %llu\n", close_names[i],
                         (unsigned long long)(m->closes[i] + (i == MCLOSE_DONE ? m->closes[0] : 0)));

@@ -498,6 +498,34 @@ class NonReading(Base):
         s.close()
 
 
+class NonReadingUpgraded(Base):
+    def test_send_timeout_covers_upgraded_connections(self):
+        a = self.agent(["--send-timeout-ms", "500"])
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", a.port))
+        s.sendall(b"GET /ws HTTP/1.1\r\nHost: svc\r\nUpgrade: websocket\r\n"
+                  b"Connection: Upgrade\r\n\r\n")
+        s.settimeout(0.2)
+        sent = 0
+        t0 = time.monotonic()
+        try:  # the backend echoes; we never read, so the agent's output to us fills
+            while time.monotonic() - t0 < 8:
+                try:
+                    sent += s.send(b"x" * 65536)
+                except socket.timeout:
+                    pass
+                if metric(metrics(a).replace('{reason="send_timeout"}', "_st"),
+                          "kbridge_client_closes_total_st"):
+                    break
+        except OSError:
+            pass  # reset by the agent
+        m = metrics(a)
+        self.assertIn('kbridge_client_closes_total{reason="send_timeout"} 1', m)
+        self.assertEqual(metric(m, "kbridge_connections_open"), 0)
+        s.close()
+
+
 # --- 5: the tunnel listener out of descriptors; unauthenticated tunnel connections --------------
 
 class TunnelListener(Base):
