@@ -109,6 +109,7 @@ struct downstream {
   unsigned req_wants_upgrade : 1; /* Upgrade + Connection: upgrade (101 allowed) */
   unsigned resp_in_upgrade : 1; /* response parser: inside an Upgrade field's value */
   unsigned resp_field_long : 1; /* response parser: field name longer than resp_field */
+  unsigned resp_upgrade_long : 1; /* response parser: Upgrade list did not fit: refused */
 };
 
 static void ds_free(struct downstream *ds);
@@ -305,6 +306,7 @@ static int resp_message_begin(llhttp_t *p) {
   ds->resp_field[0] = 0;
   ds->resp_field_long = 0;
   ds->resp_in_upgrade = 0;
+  ds->resp_upgrade_long = 0;
   return 0;
 }
 static int resp_field(llhttp_t *p, const char *at, size_t len) {
@@ -332,7 +334,10 @@ static int resp_value(llhttp_t *p, const char *at, size_t len) {
   if (!ds->resp_in_upgrade) return 0;
   size_t have = strlen(ds->resp_upgrade);
   size_t room = sizeof ds->resp_upgrade - 1 - have;
-  if (len > room) len = room; /* a list this long matches nothing we asked for */
+  if (len > room) { /* a list this long matches nothing we asked for */
+    ds->resp_upgrade_long = 1;
+    len = room;
+  }
   memcpy(ds->resp_upgrade + have, at, len);
   ds->resp_upgrade[have + len] = 0;
   return 0;
@@ -519,7 +524,9 @@ static void note_upgrade_request(struct downstream *ds) {
  * with their credentials, to whoever answered it. CONNECT switches on 2xx,
  * never on 101. */
 static int upgrade_allowed(const struct downstream *ds) {
-  if (ds->method == HTTP_CONNECT || !ds->req_wants_upgrade || !ds->resp_upgrade[0]) return 0;
+  if (ds->method == HTTP_CONNECT || !ds->req_wants_upgrade || !ds->resp_upgrade[0] ||
+      ds->resp_upgrade_long)
+    return 0;
   const char *r = ds->resp_upgrade;
   size_t len = strlen(r), i = 0, named = 0;
   while (i < len) {
