@@ -157,8 +157,13 @@ static void metrics_page(struct evhttp_request *req, void *arg) {
       "# TYPE kbridge_tunnel_flood_closes_total counter\nkbridge_tunnel_flood_closes_total %llu\n"
       "# HELP kbridge_tunnel_read_pauses_total Times a tunnel was not read because its output "
       "was full (counted when the tunnel ends).\n"
-      "# TYPE kbridge_tunnel_read_pauses_total counter\nkbridge_tunnel_read_pauses_total %llu\n",
-      (unsigned long long)m->tunnel_flood_closes, (unsigned long long)m->tunnel_read_pauses);
+      "# TYPE kbridge_tunnel_read_pauses_total counter\nkbridge_tunnel_read_pauses_total %llu\n"
+      "# HELP kbridge_tunnels_pending Tunnel connections before an accepted HELLO.\n"
+      "# TYPE kbridge_tunnels_pending gauge\nkbridge_tunnels_pending %zu\n"
+      "# HELP kbridge_tunnel_accept_errors_total accept() failures on the tunnel port.\n"
+      "# TYPE kbridge_tunnel_accept_errors_total counter\nkbridge_tunnel_accept_errors_total %llu\n",
+      (unsigned long long)m->tunnel_flood_closes, (unsigned long long)m->tunnel_read_pauses,
+      ag->tunnels_pending, (unsigned long long)ag->tunnel_accept_errors);
   lifecycle_metrics(ag->life, ag->routes, b);
   evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
                     "text/plain; version=0.0.4");

@@ -564,6 +564,7 @@ class TunnelListener(Base):
             s.close()
         self.env.proxy(a, self.tls, "alice", self.backend.port)  # accepted again
         self.served_by_alice(a)
+        self.assertGreaterEqual(metric(metrics(a), "kbridge_tunnel_accept_errors_total"), 1)
 
     def test_pending_tunnels_capped_and_timed_out(self):
         a = self.start_agent(["--max-pending-tunnels", "4", "--tunnel-handshake-timeout-ms", "500"])
@@ -571,6 +572,7 @@ class TunnelListener(Base):
         time.sleep(0.2)
         m = metrics(a)
         self.assertLessEqual(metric(m, "kbridge_tunnels"), 4, "pending tunnels are not capped")
+        self.assertEqual(metric(m, "kbridge_tunnels_pending"), 4)
         self.assertIn("pausing tunnel accepts", a.stderr_text())
         # silent ones are closed by the handshake timeout, and the others get their turn
         t0 = time.monotonic()
