@@ -50,10 +50,13 @@
  * CVE-2019-9512/9514). A well-behaved peer causes a handful: a PING per
  * interval, a RESET per race with a stream we reset. */
 #define REPLIES_MAX 1024
-/* The carrier is not read while its output holds more than carrier_high plus
- * this: the scheduler stops at carrier_high, so what is above it is control
- * frames, and reading more would only queue more of them. */
-#define READ_PAUSE_SLACK (64u * 1024u)
+/* The carrier is not read while its output holds more than this many times
+ * carrier_high (1 MiB by default): the scheduler stops at carrier_high, so
+ * what is above it is control frames, and reading more would only queue more
+ * of them. Generous on purpose: WINDOW frames of thousands of busy streams
+ * must fit below it, or two busy ends could each wait for the other to read
+ * (the dead timer would then end the tunnel after dead_after). */
+#define READ_PAUSE_FACTOR 4u
 
 enum tunnel_state {
   TS_HANDSHAKE, /* CLIENT: HELLO sent, waiting for WELCOME; SERVER: waiting for HELLO */
@@ -117,7 +120,7 @@ struct tunnel {
   unsigned in_read : 1, reread : 1; /* carrier_read_cb running / called again meanwhile */
   unsigned read_wm : 1;             /* a read low watermark is set */
   unsigned read_ahead : 1;          /* TLS socket carrier with OpenSSL read-ahead on */
-  unsigned read_paused : 1;         /* output above carrier_high + READ_PAUSE_SLACK */
+  unsigned read_paused : 1;         /* output above READ_PAUSE_FACTOR * carrier_high */
   size_t replies_unsent;            /* answers queued since the output was last low */
   struct tunnel_stats stats;
   uint8_t scratch[CONTROL_MAX];
@@ -906,7 +909,7 @@ static void carrier_read_cb(struct bufferevent *bev, void *arg) {
         break;
       }
       if (evbuffer_get_length(bufferevent_get_output(bev)) >
-          t->cfg.carrier_high + READ_PAUSE_SLACK) {
+          READ_PAUSE_FACTOR * t->cfg.carrier_high) {
         pause_read(t); /* the rest stays in the input; carrier_write_cb resumes */
         break;
       }

@@ -20,7 +20,7 @@
  *
  * Control output is bounded too: frames that answer the peer's (PING ACK, RESET
  * for an unknown stream or a refused OPEN) go straight to the carrier, so the
- * carrier is not read while its output is more than 64 KiB above carrier_high,
+ * carrier is not read while its output is above 4 * carrier_high (1 MiB),
  * and a peer with more than 1024 such answers queued since the output last
  * drained is cut off (GOAWAY PROTOCOL "enhance your calm: ...", stats
  * flood_closed).
@@ -151,7 +151,7 @@ struct tunnel_stats {
   uint64_t bytes_in, bytes_out; /* DATA payload bytes */
   uint64_t frames_in, frames_out;
   uint64_t streams_opened, streams_reset;
-  uint64_t reads_paused; /* times reading stopped: output above carrier_high + 64 KiB */
+  uint64_t reads_paused; /* times reading stopped: output above 4 * carrier_high */
   uint64_t flood_closed; /* 1: cut off for not reading the answers it asked for */
 };
 void tunnel_get_stats(const struct tunnel *t, struct tunnel_stats *out);
