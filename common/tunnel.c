@@ -44,11 +44,11 @@
  * exactly one record and one write() on a TLS carrier. */
 #define DATA_CHUNK (16384u - FRAME_HEADER_LEN)
 /* Frames the peer makes us answer (PING ACK, RESET for an unknown stream or a
- * refused OPEN) may be queued for it at most this many times since the
- * carrier's output last drained to its low mark. A peer that keeps asking
- * for answers it does not read is cut off (the "enhance your calm" of HTTP/2:
- * CVE-2019-9512/9514). A well-behaved peer causes a handful: a PING per
- * interval, a RESET per race with a stream we reset. */
+ * refused OPEN): at most this many may wait unsent in the carrier's output at
+ * once (counted exactly: see carrier_out_cb). A peer that keeps asking for
+ * answers it does not read is cut off (the "enhance your calm" of HTTP/2:
+ * CVE-2019-9512/9514). A well-behaved peer has a handful waiting: a PING per
+ * interval, a RESET per DATA frame in flight on a stream we reset. */
 #define REPLIES_MAX 1024
 /* The carrier is not read while its output holds more than this many times
  * carrier_high (1 MiB by default): the scheduler stops at carrier_high, so
@@ -121,7 +121,11 @@ struct tunnel {
   unsigned read_wm : 1;             /* a read low watermark is set */
   unsigned read_ahead : 1;          /* TLS socket carrier with OpenSSL read-ahead on */
   unsigned read_paused : 1;         /* output above READ_PAUSE_FACTOR * carrier_high */
-  size_t replies_unsent;            /* answers queued since the output was last low */
+  unsigned reply_overflow : 1;      /* more than REPLIES_MAX answers unsent: cut off */
+  uint64_t out_drained;             /* bytes taken from the carrier's output so far */
+  struct evbuffer_cb_entry *out_cb; /* counts them */
+  unsigned reply_head, reply_n;     /* ring of the unsent answers' end offsets */
+  uint64_t reply_end[REPLIES_MAX];  /* (out_drained + output length when queued) */
   struct tunnel_stats stats;
   uint8_t scratch[CONTROL_MAX];
 };
@@ -469,10 +473,28 @@ static void protocol_error(struct tunnel *t, const char *what) {
   start_closing(t, why);
 }
 
-/* Queue accounting for a frame that answers one of the peer's (see REPLIES_MAX). */
+/* The carrier's output is FIFO: an answer queued when out_drained + length
+ * was E has been handed to the socket (or TLS) once out_drained >= E. */
+static void carrier_out_cb(struct evbuffer *b, const struct evbuffer_cb_info *info, void *arg) {
+  struct tunnel *t = arg;
+  t->out_drained += info->n_deleted;
+}
+
+/* Queue accounting for a frame that answers one of the peer's (see
+ * REPLIES_MAX): forget the answers already sent, remember this one. */
 static void count_reply(struct tunnel *t) {
   t->stats.frames_out++;
-  t->replies_unsent++;
+  while (t->reply_n && t->reply_end[t->reply_head] <= t->out_drained) {
+    t->reply_head = (t->reply_head + 1) % REPLIES_MAX;
+    t->reply_n--;
+  }
+  if (t->reply_n == REPLIES_MAX) {
+    t->reply_overflow = 1; /* the read loop cuts the peer off */
+    return;
+  }
+  t->reply_end[(t->reply_head + t->reply_n) % REPLIES_MAX] =
+      t->out_drained + evbuffer_get_length(bufferevent_get_output(t->carrier));
+  t->reply_n++;
 }
 
 /* The peer makes us queue answers it does not read: a GOAWAY it will probably
@@ -557,7 +579,6 @@ static void carrier_write_cb(struct bufferevent *bev, void *arg) {
     if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
       tunnel_die(t, "%s", t->closing_reason);
   } else {
-    t->replies_unsent = 0;
     if (t->read_paused && (t->state == TS_READY || t->state == TS_HANDSHAKE)) {
       t->read_paused = 0;
       bufferevent_enable(bev, EV_READ);
@@ -901,7 +922,7 @@ static void carrier_read_cb(struct bufferevent *bev, void *arg) {
     while (t->state == TS_READY || t->state == TS_HANDSHAKE) {
       size_t have = evbuffer_get_length(in);
       if (have < FRAME_HEADER_LEN) break;
-      if (t->replies_unsent > REPLIES_MAX) {
+      if (t->reply_overflow) {
         char what[160];
         snprintf(what, sizeof what, "more than %d answers to its frames (PING, RESET) queued "
                  "while it does not read", REPLIES_MAX);
@@ -1080,6 +1101,8 @@ struct tunnel *tunnel_new(struct event_base *base, struct bufferevent *carrier,
     t->stats.frames_out++;
   }
   t->last_rx_ms = now_ms();
+  t->out_cb = evbuffer_add_cb(bufferevent_get_output(carrier), carrier_out_cb, t);
+  if (!t->out_cb) goto fail;
   bufferevent_setcb(carrier, carrier_read_cb, carrier_write_cb, carrier_event_cb, t);
   bufferevent_setwatermark(carrier, EV_WRITE, t->cfg.carrier_high / 2, 0);
   bufferevent_set_max_single_read(carrier, 256 * 1024);
@@ -1113,6 +1136,7 @@ static void tunnel_destroy(struct tunnel *t) {
   if (t->ping_ev) event_free(t->ping_ev);
   if (t->dead_ev) event_free(t->dead_ev);
   if (t->hs_ev) event_free(t->hs_ev);
+  if (t->carrier && t->out_cb) evbuffer_remove_cb_entry(bufferevent_get_output(t->carrier), t->out_cb);
   if (t->carrier) bufferevent_free(t->carrier);
   free(t->map);
   free(t);

@@ -21,9 +21,8 @@
  * Control output is bounded too: frames that answer the peer's (PING ACK, RESET
  * for an unknown stream or a refused OPEN) go straight to the carrier, so the
  * carrier is not read while its output is above 4 * carrier_high (1 MiB),
- * and a peer with more than 1024 such answers queued since the output last
- * drained is cut off (GOAWAY PROTOCOL "enhance your calm: ...", stats
- * flood_closed).
+ * and a peer with more than 1024 such answers waiting unsent in it is cut
+ * off (GOAWAY PROTOCOL "enhance your calm: ...", stats flood_closed).
  *
  * Liveness: the tunnel sends PING every ping_interval; if nothing at all is
  * received for dead_after, the tunnel is declared dead (err "peer silent ...").
