@@ -9,6 +9,9 @@ await build({
   external: ['vscode'],
   format: 'cjs',
   platform: 'node',
+  // jsonc-parser's CommonJS build is a UMD wrapper whose require() calls esbuild
+  // cannot follow; its ES module build bundles cleanly.
+  mainFields: ['module', 'main'],
   target: 'node18',
   sourcemap: true,
   minify: process.argv.includes('--minify'),

@@ -76,19 +76,27 @@ def start_code_server(t, tmp, vsix, kbridge, kubeconfig):
     ud = os.path.join(tmp, "user-data")
     exts = os.path.join(tmp, "extensions")
     os.makedirs(os.path.join(ud, "User"))
-    with open(os.path.join(ud, "User", "settings.json"), "w") as f:
-        json.dump({
-            "security.workspace.trust.enabled": False,
-            "workbench.startupEditor": "none",
-            "workbench.tips.enabled": False,
-            "extensions.autoCheckUpdates": False,
-            "extensions.autoUpdate": False,
-            "telemetry.telemetryLevel": "off",
-            "update.mode": "none",
-            "kbridge.path": kbridge,
-            "kbridge.kubeconfig": kubeconfig,
-            "kbridge.agentImage": tc.IMAGE,
-        }, f, indent=2)
+    os.makedirs(os.path.join(ud, "Machine"))
+    settings = {
+        "security.workspace.trust.enabled": False,
+        "workbench.startupEditor": "none",
+        "workbench.tips.enabled": False,
+        "extensions.autoCheckUpdates": False,
+        "extensions.autoUpdate": False,
+        "telemetry.telemetryLevel": "off",
+        "update.mode": "none",
+        "chat.disableAIFeatures": True,
+        "workbench.secondarySideBar.defaultVisibility": "hidden",
+        "kbridge.path": kbridge,
+        "kbridge.kubeconfig": kubeconfig,
+        "kbridge.agentImage": tc.IMAGE,
+    }
+    # The user's settings, and the same as the remote machine's (the extension
+    # host of code-server is "remote"; machine-overridable settings may come
+    # from either).
+    for where in ("User", "Machine"):
+        with open(os.path.join(ud, where, "settings.json"), "w") as f:
+            json.dump(settings, f, indent=2)
     env = dict(os.environ, PATH=os.path.dirname(t["NODE24"]) + ":" + os.environ["PATH"])
     r = subprocess.run([t["NODE24"], t["CODE_SERVER"], "--extensions-dir", exts,
                         "--user-data-dir", ud, "--install-extension", vsix],

@@ -80,19 +80,30 @@ async function quickTitle(part, timeoutMs = 30000) {
 
 // Type into the quick input (replacing what is there) and accept. For a pick,
 // wait until the focused row shows the text.
-async function answer(text, { pick = false } = {}) {
+async function answer(text, { pick = false, row = text } = {}) {
   const input = page.locator('.quick-input-widget .quick-input-box input');
   await input.fill(text);
   if (pick) {
-    await until(`a row "${text}"`, async () => (await page.locator('.quick-input-list .monaco-list-row.focused').first().innerText()).includes(text), 10000);
+    await until(`a row "${row}"`, async () => (await page.locator('.quick-input-list .monaco-list-row.focused').first().innerText()).includes(row), 10000);
   }
   await page.keyboard.press('Enter');
+}
+
+const escapeRe = (s) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+
+// Type text, then click the row whose label is exactly label (fuzzy matching
+// may put another row first).
+async function choose(text, label = text) {
+  await page.locator('.quick-input-widget .quick-input-box input').fill(text);
+  const row = page.locator('.quick-input-list .monaco-list-row').filter({ has: page.locator('.label-name', { hasText: new RegExp(`^${escapeRe(label)}$`) }) }).first();
+  await until(`a row "${label}"`, () => row.isVisible(), 10000);
+  await row.click();
 }
 
 async function command(title) {
   await page.keyboard.press('F1');
   await until('the command palette', () => page.locator('.quick-input-widget .quick-input-box input').isVisible(), 10000);
-  await answer('>' + title, { pick: true });
+  await choose('>' + title, title);
 }
 
 async function notification(re, timeoutMs) {
@@ -114,6 +125,9 @@ async function main() {
   try {
     const ctx = await browser.newContext({ viewport: { width: 1440, height: 900 } });
     page = await ctx.newPage();
+    // The workbench's own console (warnings and errors), for diagnosing a failed run.
+    const consoleLog = fs.createWriteStream(path.join(OUT, 'browser-console.log'));
+    page.on('console', (m) => { if (m.type() === 'error' || m.type() === 'warning') consoleLog.write(`[${m.type()}] ${m.text()}\n`); });
     try {
       await run(timings);
     } catch (e) {
@@ -141,6 +155,9 @@ async function run(timings) {
   await answer('shop'); // typed: the restricted user may not list namespaces
   await quickTitle('(3/8)');
   await until('the Service list with api and its ports', async () => (await page.locator('.quick-input-list').innerText()).includes('8080→8080'), 20000);
+  const listed = await page.locator('.quick-input-list').innerText();
+  expect(!/\bmanual\b/.test(listed) && (await page.locator('.quick-input-box input').getAttribute('placeholder')).includes('1 not shown'),
+    'a Service without a selector (manual) is not offered, and the wizard says one is hidden');
   await shot('wizard.png');
   await answer('api', { pick: true });
   await quickTitle('(5/8)');
@@ -171,7 +188,7 @@ async function run(timings) {
   const line = fs.readFileSync(path.join(WS, 'api.js'), 'utf8').split('\n').findIndex((l) => l.includes('// BREAKPOINT')) + 1;
   await until('api.js in the editor', () => page.locator('.tab.active', { hasText: 'api.js' }).isVisible(), 10000);
   await page.keyboard.press('Control+G');
-  await answer(String(line));
+  await answer(':' + line); // Go to Line's quick input starts with ':'
   await page.keyboard.press('F9');
   await until('the breakpoint glyph', () => page.locator('.codicon-debug-breakpoint').first().isVisible(), 10000);
   expect(true, `breakpoint set on api.js:${line}`);
@@ -222,16 +239,31 @@ async function run(timings) {
   await page.waitForTimeout(1000); // the editor notices the file
   await command('Tasks: Run Task');
   await until('the task list', async () => (await page.locator('.quick-input-list').innerText()).includes('kbridge: nope'), 20000);
-  await answer('kbridge: nope', { pick: true });
+  await choose('kbridge: nope');
   const toast = await notification(/not found/, 60000);
   expect(/nope/.test(toast) && /Check the namespace and Service/.test(toast), `the error notification says what and what to do: "${toast.replace(/\s+/g, ' ').slice(0, 200)}"`);
   await shot('error-notification.png');
   await page.locator('.notification-toast').filter({ hasText: 'not found' }).getByRole('button', { name: 'Show log' }).click();
-  await until('the log with the error', async () => (await page.locator('.output-view, .panel').first().innerText()).includes('ERROR (not_found)'), 15000);
+  // Monaco renders spaces as no-break spaces.
+  await until('the log with the error', async () => (await page.locator('.part.panel').innerText()).replace(/\u00a0/g, ' ').includes('ERROR (not_found)'), 15000);
   expect(true, '"Show log" opens the kbridge log with the error');
   await statusIs(/kbridge: nope failed/, 10000);
   await ask({ cmd: 'unchanged', what: 'the failed connect to a missing Service' });
   expect(true, 'the failed connect left the cluster unchanged');
+
+  // The extension's log, as VS Code keeps it on disk: kbridge's own time to
+  // ready, next to the F5 figure measured above.
+  const logs = path.join(path.dirname(process.env.KB_USER_DIR), 'logs');
+  const found = [];
+  const walk = (d) => { for (const e of fs.readdirSync(d, { withFileTypes: true })) { const f = path.join(d, e.name); if (e.isDirectory()) walk(f); else if (/kbridge\.log$/.test(e.name)) found.push(f); } };
+  walk(logs);
+  expect(found.length === 1, `the "kbridge" output channel is on disk (${found.join(', ')})`);
+  const logText = fs.readFileSync(found[0], 'utf8');
+  fs.writeFileSync(path.join(OUT, 'kbridge-output.log'), logText);
+  const m = /\[api\] ready in ([0-9.]+) s/.exec(logText);
+  expect(m !== null, 'the log has the session\'s ready line');
+  timings.kbridge_connect_ready_s = Number(m[1]);
+  expect(/\[api\] connection from \S+ closed after/.test(logText), 'the log has the connection log of the routed request');
 }
 
 main().then(

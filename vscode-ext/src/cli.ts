@@ -89,6 +89,7 @@ export interface ServiceInfo {
   taken_over: boolean;
   mode?: string;
   by?: string;
+  selector: Record<string, string>;
   ports: ServicePort[];
   routes: RouteInfo[];
 }
@@ -112,6 +113,7 @@ export async function listServices(bin: string, ns: string, f: KubeFlags): Promi
     taken_over: o['taken_over'] === true,
     mode: typeof o['mode'] === 'string' ? o['mode'] : undefined,
     by: typeof o['by'] === 'string' ? o['by'] : undefined,
+    selector: typeof o['selector'] === 'object' && o['selector'] !== null ? (o['selector'] as Record<string, string>) : {},
     ports: Array.isArray(o['ports']) ? (o['ports'] as ServicePort[]) : [],
     routes: Array.isArray(o['routes']) ? (o['routes'] as RouteInfo[]) : [],
   }));

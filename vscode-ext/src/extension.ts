@@ -170,6 +170,17 @@ export function activate(context: vscode.ExtensionContext): void {
     }),
     vscode.commands.registerCommand('kbridge.refresh', () => tree.refresh()),
   );
+  sub.push(vscode.debug.onDidStartDebugSession((ds) => m.log(`debug session "${ds.name}" started`)));
+  /* Only logs: when F5 reaches the debug configuration, for the timeline in the log. */
+  sub.push(
+    vscode.debug.registerDebugConfigurationProvider('*', {
+      resolveDebugConfiguration(_folder, config) {
+        if (typeof config.preLaunchTask === 'string' && executionFor(config.preLaunchTask) === undefined)
+          m.log(`debug configuration "${config.name}" starting; preLaunchTask "${config.preLaunchTask}"`);
+        return config;
+      },
+    }),
+  );
   /* F5 ran our task as preLaunchTask: when that debug session ends, disconnect. */
   sub.push(
     vscode.debug.onDidTerminateDebugSession((ds) => {

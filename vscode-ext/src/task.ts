@@ -76,8 +76,12 @@ class KbridgePty implements vscode.Pseudoterminal {
   }
 
   open(): void {
+    this.manager.log(`[task ${this.label}] terminal open`);
     const def: Record<string, unknown> = {};
     for (const [k, v] of Object.entries(this.def)) def[k] = substitute(v, this.folder);
+    /* A relative env file belongs to the task's folder. */
+    if (typeof def['envFile'] === 'string' && def['envFile'] !== '' && !path.isAbsolute(def['envFile']) && this.folder)
+      def['envFile'] = path.join(this.folder.uri.fsPath, def['envFile']);
     const where = this.folder ? path.join(this.folder.uri.fsPath, '.vscode', 'tasks.json') : 'tasks.json';
     this.line(`kbridge: connecting ${String(def['namespace'])}/${String(def['service'])} (task "${this.label}")`);
     let args: string[];
@@ -171,7 +175,10 @@ export function makeTask(
     scope,
     name,
     'kbridge',
-    new vscode.CustomExecution(async (resolved) => new KbridgePty(manager, { ...resolved }, name, folder)),
+    new vscode.CustomExecution(async (resolved) => {
+      manager.log(`[task ${name}] starting`);
+      return new KbridgePty(manager, { ...resolved }, name, folder);
+    }),
     ['$kbridge'],
   );
   task.isBackground = true;
@@ -189,6 +196,7 @@ export class KbridgeTaskProvider implements vscode.TaskProvider {
 
   resolveTask(task: vscode.Task): vscode.Task | undefined {
     if (task.definition.type !== TASK_TYPE) return undefined;
+    this.manager.log(`[task ${task.name}] resolved`);
     const scope = task.scope ?? vscode.TaskScope.Workspace;
     return makeTask(this.manager, task.definition, scope as vscode.WorkspaceFolder | vscode.TaskScope, task.name);
   }

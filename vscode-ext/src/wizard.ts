@@ -141,9 +141,13 @@ export async function configure(manager: Manager, preset?: { namespace?: string;
     manager.notifyError(undefined, e instanceof CliError ? e.reason : 'failed', (e as Error).message);
     return false;
   }
-  const usable = services.filter((s) => s.ports.some((p) => p.protocol === 'TCP') && s.service !== 'kubernetes' && !s.service.endsWith('-kbridge-origin'));
+  /* What kbridge can take over: a TCP port and a selector (or already taken
+   * over, whose selector is then the agent's). */
+  const candidates = services.filter((s) => s.service !== 'kubernetes' && !s.service.endsWith('-kbridge-origin'));
+  const usable = candidates.filter((s) => s.ports.some((p) => p.protocol === 'TCP') && (s.taken_over || Object.keys(s.selector).length > 0));
+  const hidden = candidates.length - usable.length;
   if (usable.length === 0) {
-    void vscode.window.showErrorMessage(`kbridge: namespace ${namespace} has no Service with a TCP port`);
+    void vscode.window.showErrorMessage(`kbridge: namespace ${namespace} has no Service kbridge can take over (one that selects pods and has a TCP port)`);
     return false;
   }
   let svc = preset?.service ? usable.find((s) => s.service === preset.service) : undefined;
@@ -156,7 +160,7 @@ export async function configure(manager: Manager, preset?: { namespace?: string;
         value: s,
       })),
       title(3, 'Service'),
-      `Services of ${namespace}: the one you run locally`,
+      `Services of ${namespace}: the one you run locally${hidden ? ` (${hidden} not shown: no selector or no TCP port)` : ''}`,
     );
     if (!svc) return false;
   }
@@ -240,8 +244,13 @@ export async function configure(manager: Manager, preset?: { namespace?: string;
   if (!choice) return false;
 
   const label = taskLabel(svc.service);
-  const envFile = `\${workspaceFolder}/.vscode/kbridge/${svc.service}.env`;
-  const def: KbridgeTaskDefinition = { type: 'kbridge', namespace, service: svc.service, port: port.port, localPort, envFile };
+  /* The task names the env file relative to its folder, the launch
+   * configuration with ${workspaceFolder}: a task definition without variables
+   * starts without VS Code's input-resolution step, whose 5 s "cannot be
+   * tracked" timer a loaded machine can miss before the task reports active. */
+  const envRel = `.vscode/kbridge/${svc.service}.env`;
+  const envFile = `\${workspaceFolder}/${envRel}`;
+  const def: KbridgeTaskDefinition = { type: 'kbridge', namespace, service: svc.service, port: port.port, localPort, envFile: envRel };
   if (routeAs) def.routeAs = routeAs;
   else def.replace = true;
   if (context) def.context = context;
