@@ -10,9 +10,9 @@ on the cluster's state; vscode-ext/e2e/ui.mjs owns the editor and the browser.
 They talk over ui.mjs's stdin/stdout, one JSON object a line: ui.mjs asks
 ({"cmd": ...}) and this answers ({"ok": true, ...} or {"ok": false, "error":
 ...}). Commands: wait_port, send (a request from the frontend pod, in the
-background), result (its answer), taken (the api Service selects the agent),
-unchanged (Service and Deployment equal the snapshot before, no kbridge
-object). What is tested is in ui.mjs's docstring.
+background), result (its answer), taken (a Service selects the agent),
+unchanged (api's Service and Deployment equal the snapshot before, store's
+selector is its own, no kbridge object). What is tested is in ui.mjs's docstring.
 
 Screenshots and timings go to --out (default tests/vscode/out under the build
 dir's cwd). Tools are installed by vscode-ext/e2e/setup-tools; when that fails
@@ -67,7 +67,9 @@ def tools():
 
 
 def workspace(tmp):
-    ws = os.path.join(tmp, "shop-api")
+    """The multi-root workspace: folders shop-api and shop-store and the
+    .code-workspace file naming them."""
+    ws = os.path.join(tmp, "ws")
     shutil.copytree(os.path.join(EXT, "e2e", "workspace"), ws)
     return ws
 
@@ -159,11 +161,16 @@ class Harness:
             return {"answer": box["answer"], "served_by": tc.served_by(box["answer"]),
                     "t": box["t"]}
         if cmd == "taken":
-            sel = json.loads(tc.kubectl("get", "service", "api", "-n", tc.NS, "-o",
+            svc = req.get("service", "api")
+            sel = json.loads(tc.kubectl("get", "service", svc, "-n", tc.NS, "-o",
                                         "jsonpath={.spec.selector}").stdout or "{}")
             return {"selector": sel, "taken": "kbridge.dev/agent" in sel}
         if cmd == "unchanged":
             tc.check_restored(self.before, req.get("what", "the editor's session"))
+            store = json.loads(tc.kubectl("get", "service", "store", "-n", tc.NS, "-o",
+                                          "jsonpath={.spec.selector}").stdout or "{}")
+            if store != {"app": "store"}:
+                raise Fail("service store selects %s, not its pods" % store)
             return {}
         raise Fail("unknown command from ui.mjs: %r" % cmd)
 
@@ -176,9 +183,10 @@ class Harness:
             return False
 
 
-def run_ui(t, url, ws, out, harness, local_port, user_dir):
+def run_ui(t, url, ws, out, harness, user_dir):
     env = dict(os.environ, KB_URL=url, KB_WS=ws, KB_OUT=out, KB_CHROMIUM=t["CHROMIUM"],
-               KB_LOCAL_PORT=str(local_port), KB_USER_DIR=user_dir,
+               KB_LOCAL_PORT=str(tc.free_port()), KB_LOCAL_PORT2=str(tc.free_port()),
+               KB_USER_DIR=user_dir,
                NODE_PATH=os.path.join(EXT, "node_modules"))
     p = subprocess.Popen(["node", os.path.join(EXT, "e2e", "ui.mjs")], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, text=True, env=env, cwd=EXT)
@@ -227,7 +235,7 @@ def main():
         before = tc.snapshot()
         url, user_dir = start_code_server(t, tmp, os.path.abspath(a.vsix), tc.ARGS.kbridge, tc.restricted())
         ws = workspace(tmp)
-        result = run_ui(t, url, ws, a.out, Harness(before), tc.free_port(), user_dir)
+        result = run_ui(t, url, ws, a.out, Harness(before), user_dir)
         say("timings: %s" % json.dumps(result.get("timings")))
         with open(os.path.join(a.out, "result.json"), "w") as f:
             json.dump(result, f, indent=2)
@@ -241,8 +249,9 @@ def main():
                 p.kill()
         try:
             if tc.info():
-                tc.kb("restore", "-n", tc.NS, "--service", "api",
-                      kubeconfig=tc.info()["admin_kubeconfig"])
+                for svc in ("api", "store"):
+                    tc.kb("restore", "-n", tc.NS, "--service", svc,
+                          kubeconfig=tc.info()["admin_kubeconfig"])
         except Exception as e:
             say("cleanup restore failed: %s" % e)
         if os.environ.get("KBRIDGE_E2E_KEEP") != "1" and tc.info():

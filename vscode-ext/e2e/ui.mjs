@@ -3,10 +3,12 @@
 // in Debian's chromium with playwright-core, the way a person would: keys and
 // typed answers, no extension API calls.
 //
+// The workspace has two folders (shop-api, shop-store): multi-root.
 //  1. The extension is active: the status bar says "kbridge: disconnected".
-//  2. Configure wizard through its QuickPicks: context, namespace (the
-//     restricted user may not list namespaces: typed), Service api, local
-//     port, "Route my requests only", route key alice, "New: Node.js", program.
+//  2. Configure wizard through its QuickPicks: folder shop-api, context,
+//     namespace (the restricted user may not list namespaces: typed), Service
+//     api, local port, "Route my requests only", route key alice, "New:
+//     Node.js", program.
 //  3. api.js opened, a breakpoint set on its request handler (F9), F5: the
 //     status bar reaches "connected as alice to api" (time measured).
 //  4. A request with alice's header, from the frontend pod, stops the debugger
@@ -15,10 +17,15 @@
 //     local answer, with the pod's config map and secret values in its env.
 //  5. Shift+F5: the debug session ends, kbridge disconnects, the status bar
 //     says disconnected, and the cluster equals its state before.
-//  6. Error path: a task for a Service that does not exist, run by hand, shows
+//  6. Two sessions at once: the wizard again for folder shop-store, Service
+//     store, "Attach later"; its task run by hand connects store; F5 again
+//     (warm: measured) connects api: the status bar shows both; the status bar
+//     menu disconnects store; Shift+F5 api; the cluster is as before.
+//  7. Error path: a task for a Service that does not exist, run by hand, shows
 //     the error notification with "Show log"; the cluster is unchanged.
 // Screenshots: wizard.png, paused.png, statusbar-connected.png,
-// error-notification.png (and failure.png when a step fails) in $KB_OUT.
+// statusbar-two.png, error-notification.png (and failure.png when a step
+// fails) in $KB_OUT.
 // Protocol with the harness: one JSON line each way (see test_vscode.py).
 import { createInterface } from 'node:readline';
 import * as fs from 'node:fs';
@@ -27,9 +34,11 @@ import { chromium } from 'playwright-core';
 import { applyEdits, modify } from 'jsonc-parser';
 
 const URL_ = process.env.KB_URL;
-const WS = process.env.KB_WS;
+const WS = path.join(process.env.KB_WS, 'shop-api');
+const STORE_WS = path.join(process.env.KB_WS, 'shop-store');
 const OUT = process.env.KB_OUT;
 const LOCAL_PORT = Number(process.env.KB_LOCAL_PORT);
+const LOCAL_PORT2 = Number(process.env.KB_LOCAL_PORT2);
 const T0 = Date.now();
 const log = (m) => console.error(`[ui ${((Date.now() - T0) / 1000).toFixed(1).padStart(6)}s] ${m}`);
 
@@ -106,6 +115,12 @@ async function command(title) {
   await choose('>' + title, title);
 }
 
+// The wizard's first question in a multi-root workspace.
+async function folderPick(name) {
+  await until('the folder pick', async () => ((await page.locator('.quick-input-box input').getAttribute('placeholder')) ?? '').includes('Which folder'), 20000);
+  await choose(name);
+}
+
 async function notification(re, timeoutMs) {
   return until(`a notification matching ${re}`, async () => {
     const toasts = await page.locator('.notification-toast').allInnerTexts();
@@ -142,13 +157,14 @@ async function main() {
 
 async function run(timings) {
   // 1. the editor, the extension active
-  await page.goto(`${URL_}/?folder=${encodeURIComponent(WS)}`);
+  await page.goto(`${URL_}/?workspace=${encodeURIComponent(path.join(process.env.KB_WS, 'shop.code-workspace'))}`);
   await page.waitForSelector('.monaco-workbench', { timeout: 90000 });
   await statusIs(/kbridge: disconnected/, 90000);
   expect(true, 'the extension is active: status bar "kbridge: disconnected"');
 
   // 2. the Configure wizard
   await command('kbridge: Configure a service for debugging');
+  await folderPick('shop-api');
   await quickTitle('(1/8)');
   await page.keyboard.press('Enter'); // the current context, listed first
   await quickTitle('(2/8)');
@@ -231,7 +247,50 @@ async function run(timings) {
   await ask({ cmd: 'unchanged', what: 'stopping the debug session' });
   expect(true, 'stopping the debug session disconnected kbridge and the cluster is as before');
 
-  // 6. error path: a Service that does not exist
+  // 6. two sessions at once, one per folder
+  await command('kbridge: Configure a service for debugging');
+  await folderPick('shop-store');
+  await quickTitle('(1/8)');
+  await page.keyboard.press('Enter');
+  await quickTitle('(2/8)');
+  await answer('shop');
+  await quickTitle('(3/8)');
+  await answer('store', { pick: true });
+  await quickTitle('(5/8)');
+  await answer(String(LOCAL_PORT2));
+  await quickTitle('(6/8): route');
+  await answer('Route my requests only', { pick: true });
+  await quickTitle('(6/8): route key');
+  await answer('alice');
+  await quickTitle('(7/8)');
+  await answer('Attach later', { pick: true });
+  await notification(/task "kbridge: store" written/, 20000);
+  expect(fs.existsSync(path.join(STORE_WS, '.vscode', 'tasks.json')) && !fs.existsSync(path.join(STORE_WS, '.vscode', 'launch.json')),
+    'the second folder got its own tasks.json and no launch configuration ("Attach later")');
+  await command('Tasks: Run Task');
+  await choose('kbridge: store');
+  await statusIs(/kbridge: connected as alice to store/, 120000);
+  expect((await ask({ cmd: 'taken', service: 'store' })).taken, 'store is taken over by its task');
+  const tWarm = Date.now();
+  await page.keyboard.press('F5');
+  await statusIs(/kbridge: 2 sessions/, 120000);
+  timings.f5_warm_to_connected_s = (Date.now() - tWarm) / 1000;
+  log(`F5 (second time) -> connected: ${timings.f5_warm_to_connected_s.toFixed(2)} s`);
+  expect((await ask({ cmd: 'taken', service: 'api' })).taken, 'api and store are taken over at once');
+  expect(/alice→store/.test(await statusText()) && /alice→api/.test(await statusText()), `the status bar shows both sessions ("${await statusText()}")`);
+  await page.locator('#workbench\\.parts\\.statusbar').screenshot({ path: path.join(OUT, 'statusbar-two.png') });
+  await page.locator('.statusbar-item', { hasText: 'kbridge:' }).first().click();
+  const disconnectStore = page.locator('.quick-input-list .monaco-list-row').filter({ hasText: 'Disconnect' }).filter({ hasText: 'shop/store' }).first();
+  await until('the status bar menu with "Disconnect shop/store"', () => disconnectStore.isVisible(), 10000);
+  await disconnectStore.click();
+  await statusIs(/kbridge: connected as alice to api/, 60000);
+  expect(!(await ask({ cmd: 'taken', service: 'store' })).taken, 'the menu disconnected store (its selector is back) while api stays connected');
+  await page.keyboard.press('Shift+F5');
+  await statusIs(/kbridge: disconnected/, 120000);
+  await ask({ cmd: 'unchanged', what: 'two sessions' });
+  expect(true, 'after two sessions the cluster is as before');
+
+  // 7. error path: a Service that does not exist
   const tf = path.join(WS, '.vscode', 'tasks.json');
   let text = fs.readFileSync(tf, 'utf8');
   text = applyEdits(text, modify(text, ['tasks', -1], { label: 'kbridge: nope', type: 'kbridge', namespace: 'shop', service: 'nope', localPort: LOCAL_PORT, routeAs: 'alice', problemMatcher: '$kbridge', isBackground: true }, { isArrayInsertion: true, formattingOptions: { insertSpaces: true, tabSize: 2 } }));

@@ -168,6 +168,10 @@ export class Manager implements vscode.Disposable {
     if (connecting.length > 0) {
       text = `$(sync~spin) kbridge: connecting to ${connecting.map((s) => s.spec.service).join(', ')}`;
       tip = 'kbridge is taking over the Service and opening the tunnels';
+    } else if (stopping.length > 0) {
+      /* Before "connected": a restore in progress is news, even with other sessions up. */
+      text = `$(sync~spin) kbridge: disconnecting from ${stopping.map((s) => s.spec.service).join(', ')}`;
+      tip = 'kbridge is restoring the Service';
     } else if (connected.length === 1) {
       const s = connected[0];
       text = s.ready?.mode === 'exclusive' ? `$(plug) kbridge: connected to ${s.spec.service} (all traffic)` : `$(plug) kbridge: connected as ${s.ready?.route} to ${s.spec.service}`;
@@ -175,9 +179,6 @@ export class Manager implements vscode.Disposable {
     } else if (connected.length > 1) {
       text = `$(plug) kbridge: ${connected.length} sessions (${connected.map((s) => `${s.ready?.route}→${s.spec.service}`).join(', ')})`;
       tip = 'Click for the session menu';
-    } else if (stopping.length > 0) {
-      text = `$(sync~spin) kbridge: disconnecting from ${stopping.map((s) => s.spec.service).join(', ')}`;
-      tip = 'kbridge is restoring the Service';
     } else if (this.lastFailed && this.lastFailed.state === 'failed' && this.lastFailed === all.find((s) => s === this.lastFailed)) {
       text = `$(error) kbridge: ${this.lastFailed.spec.service} failed`;
       tip = this.lastFailed.error?.message ?? 'failed';
