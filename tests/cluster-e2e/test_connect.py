@@ -490,9 +490,37 @@ def part_badinput():
         msg = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ""
         check(r.returncode != 0 and all(w.lower() in r.stderr.lower() for w in words),
               "%s: exit %d, %r" % (what, r.returncode, msg[:220]))
+    # The same failures as JSON error events: the reason tools act on.
+    reasons = {"unknown Service": "not_found", "no permission": "forbidden",
+               "unreachable API server": "unreachable", "broken kubeconfig": "kubeconfig",
+               "--forward to a local port in use": "port_in_use"}
+    for what, argv, kcfg, _ in cases:
+        if what not in reasons:
+            continue
+        r = kb(*(argv + ["--output", "json"]), kubeconfig=kcfg, env={"XDG_RUNTIME_DIR": TMP})
+        errs = [json.loads(line) for line in r.stdout.splitlines() if '"event":"error"' in line]
+        check(r.returncode != 0 and errs and errs[0].get("reason") == reasons[what] and errs[0].get("message"),
+              "%s: error event with reason %s (%s)" % (what, reasons[what], errs[:1]))
     busy.close()
     check(snapshot() == before and not kbridge_objects(),
           "bad input left the cluster unchanged")
+    # What an editor lists: every Service with its ports; namespaces (refused
+    # to a user with rights in one namespace only, as an error event).
+    r = kb("list", "-n", NS, "--all", "--output", "json")
+    svcs = {o["service"]: o for o in json.loads(r.stdout)} if r.returncode == 0 else {}
+    check({"api", "frontend", "store", "manual"} <= set(svcs)
+          and svcs["api"]["ports"] == [{"name": "http", "port": 8080, "targetPort": 8080, "protocol": "TCP"}]
+          and svcs["frontend"]["ports"][0]["targetPort"] == "http"
+          and svcs["manual"]["selector"] == {} and svcs["api"]["taken_over"] is False,
+          "list --all: every Service with its ports and selector (%s)" % sorted(svcs))
+    r = kb("namespaces", "--output", "json")
+    ev = json.loads(r.stdout.splitlines()[-1]) if r.stdout.strip() else {}
+    check(r.returncode == 1 and ev.get("reason") == "forbidden",
+          "namespaces as the developer: refused as an error event (%s)" % ev.get("reason"))
+    r = kb("namespaces", "--output", "json", kubeconfig=info()["admin_kubeconfig"])
+    ns = json.loads(r.stdout) if r.returncode == 0 else {}
+    check(NS in ns.get("namespaces", []) and "kube-system" in ns.get("namespaces", []),
+          "namespaces as admin: %s" % ns.get("namespaces"))
     # Fails after writes began: an agent image that cannot be pulled is undone.
     t = time.time()
     r = kb("connect", "-n", NS, "--service", "api", "--local-port", str(port), "--agent-image",
