@@ -279,6 +279,15 @@ async function run(timings) {
   expect((await ask({ cmd: 'taken', service: 'api' })).taken, 'api and store are taken over at once');
   expect(/alice→store/.test(await statusText()) && /alice→api/.test(await statusText()), `the status bar shows both sessions ("${await statusText()}")`);
   await page.locator('#workbench\\.parts\\.statusbar').screenshot({ path: path.join(OUT, 'statusbar-two.png') });
+  // The kbridge side bar: the namespace's Services, who holds routes, ours marked.
+  await page.locator('.activitybar .action-item a[aria-label^="kbridge"], .activitybar .action-item[aria-label^="kbridge"]').first().click();
+  const rows = page.locator('.pane-body .monaco-list-row');
+  await until('the Services view with api and store held by alice', async () => {
+    const t = (await rows.allInnerTexts()).join('\n');
+    return /api[\s\S]*routing: alice/.test(t) && /store[\s\S]*routing: alice/.test(t) && /frontend/.test(t);
+  }, 30000);
+  expect(true, 'the Services view lists the namespace with the routes held on api and store');
+  await shot('sidebar.png');
   await page.locator('.statusbar-item', { hasText: 'kbridge:' }).first().click();
   const disconnectStore = page.locator('.quick-input-list .monaco-list-row').filter({ hasText: 'Disconnect' }).filter({ hasText: 'shop/store' }).first();
   await until('the status bar menu with "Disconnect shop/store"', () => disconnectStore.isVisible(), 10000);

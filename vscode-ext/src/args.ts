@@ -108,6 +108,19 @@ export function shellQuote(argv: string[]): string {
     .join(' ');
 }
 
+/* The problem matcher a configured task carries inline: the same as the
+ * "$kbridge" one package.json contributes (a unit test keeps them equal). Inline,
+ * because VS Code resolves a named matcher from a registry that a loaded editor
+ * may not have filled yet when F5 starts the task; without its background
+ * patterns the debugger never learns that the task is ready. */
+export const TASK_PROBLEM_MATCHER = {
+  owner: 'kbridge',
+  source: 'kbridge',
+  fileLocation: 'absolute',
+  pattern: { regexp: '^kbridge: failed: (/.*/tasks\\.json): (.*)$', file: 1, message: 2, kind: 'file' },
+  background: { activeBegins: true, beginsPattern: '^kbridge: connecting ', endsPattern: '^kbridge: (ready|failed|disconnected)' },
+};
+
 /* The label a configured task gets, and by which a launch configuration's
  * preLaunchTask finds it. */
 export function taskLabel(service: string, namespace?: string): string {

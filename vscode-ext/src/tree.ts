@@ -77,6 +77,12 @@ export class ServicesTree implements vscode.TreeDataProvider<Node> {
       : 'not taken over';
     it.iconPath = new vscode.ThemeIcon(mine ? 'plug' : n.info.taken_over ? 'broadcast' : 'server');
     it.contextValue = mine ? 'service-connected' : 'service';
+    if (!n.info.taken_over && Object.keys(n.info.selector).length === 0) {
+      /* kbridge takes over Services that select pods; say so instead of offering it. */
+      it.description = `${it.description} · no selector`;
+      it.tooltip = 'no selector (endpoints managed by hand): kbridge cannot take it over';
+      it.contextValue = 'service-unusable';
+    }
     return it;
   }
 

@@ -9,7 +9,7 @@
  * git. Escape at any step changes nothing. */
 import * as net from 'node:net';
 import * as vscode from 'vscode';
-import { taskLabel, type KbridgeTaskDefinition } from './args';
+import { TASK_PROBLEM_MATCHER, taskLabel, type KbridgeTaskDefinition } from './args';
 import { CliError, listNamespaces, listServices, type ServiceInfo } from './cli';
 import { linkLaunchConfig, listLaunchConfigs, upsertLaunchConfig, upsertTask } from './jsonedit';
 import { kubeconfigFiles, readContexts } from './kubeconfig';
@@ -254,7 +254,7 @@ export async function configure(manager: Manager, preset?: { namespace?: string;
   if (routeAs) def.routeAs = routeAs;
   else def.replace = true;
   if (context) def.context = context;
-  const task = { label, ...def, isBackground: true, problemMatcher: '$kbridge' };
+  const task = { label, ...def, isBackground: true, problemMatcher: TASK_PROBLEM_MATCHER };
 
   /* 8. write */
   let launchName: string | undefined;

@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { connectArgs, shellQuote, TaskDefinitionError } from '../src/args';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { connectArgs, shellQuote, TASK_PROBLEM_MATCHER, TaskDefinitionError } from '../src/args';
 
 const base = { type: 'kbridge', namespace: 'shop', service: 'api', localPort: 5000 };
 
@@ -59,4 +61,17 @@ test('bad values are refused with the field and the reason', () => {
 
 test('shellQuote renders argv for a POSIX shell', () => {
   assert.equal(shellQuote(['kbridge', 'connect', '--context', 'dev cluster', "it's", '']), `kbridge connect --context 'dev cluster' 'it'\\''s' ''`);
+});
+
+test('the inline problem matcher equals the contributed $kbridge one', () => {
+  const pkg = JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', 'package.json'), 'utf8'));
+  const contributed = pkg.contributes.problemMatchers.find((m: { name: string }) => m.name === 'kbridge');
+  assert.deepEqual(contributed.pattern, TASK_PROBLEM_MATCHER.pattern);
+  assert.deepEqual(contributed.background, TASK_PROBLEM_MATCHER.background);
+  assert.equal(contributed.owner, TASK_PROBLEM_MATCHER.owner);
+  const ready = new RegExp(TASK_PROBLEM_MATCHER.background.endsPattern);
+  assert.ok(ready.test('kbridge: ready in 2.11 s: route alice -> 127.0.0.1:5000'), 'the ready line ends the background phase');
+  assert.ok(new RegExp(TASK_PROBLEM_MATCHER.background.beginsPattern).test('kbridge: connecting shop/api (task "kbridge: api")'));
+  const m = new RegExp(TASK_PROBLEM_MATCHER.pattern.regexp).exec('kbridge: failed: /w/.vscode/tasks.json: kbridge task for "api": localPort is missing');
+  assert.equal(m?.[1], '/w/.vscode/tasks.json');
 });
