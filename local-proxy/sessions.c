@@ -231,6 +231,29 @@ static const char *reason_of(const struct kube_err *e) {
   }
 }
 
+/* The opening of list and namespaces: parse --output, open the API client,
+ * list `resource` (in the namespace, or cluster-wide when cluster_wide).
+ * Returns 0 with *k and *list (the caller frees both), or the exit status (1 or
+ * 2) after printing the error. */
+static int open_and_list(struct restore_config *cfg, const char *resource, int cluster_wide,
+                         int *json, struct kube **k, cJSON **list) {
+  char err[1200];
+  if (output_json(cfg, json) < 0) return 2;
+  log_init("kbridge", LOGL_WARN);
+  if (connect_kube_open(&cfg->kf, k, err, sizeof err) < 0) {
+    print_error(*json, "kubeconfig", err);
+    return 1;
+  }
+  struct kube_ref r = {"v1", resource, cluster_wide ? NULL : kube_namespace(*k), NULL, NULL};
+  struct kube_err e;
+  if (kube_list(*k, &r, NULL, list, &e) < 0) {
+    print_error(*json, reason_of(&e), e.msg);
+    kube_free(*k);
+    return 1;
+  }
+  return 0;
+}
+
 /* The Service's ports as [{"name","port","targetPort","protocol"}] and its
  * selector, for list --all. */
 static void add_ports(cJSON *o, const cJSON *svc) {
@@ -302,21 +325,11 @@ int list_run(struct restore_config *cfg) {
   struct kube *k = NULL;
   char err[1200];
   int json;
-  if (output_json(cfg, &json) < 0) return 2;
-  log_init("kbridge", LOGL_WARN);
-  if (connect_kube_open(&cfg->kf, &k, err, sizeof err) < 0) {
-    print_error(json, "kubeconfig", err);
-    return 1;
-  }
-  const char *ns = kube_namespace(k);
-  struct kube_ref r = {"v1", "services", ns, NULL, NULL};
-  struct kube_err e;
   cJSON *list = NULL;
-  if (kube_list(k, &r, NULL, &list, &e) < 0) {
-    print_error(json, reason_of(&e), e.msg);
-    kube_free(k);
-    return 1;
-  }
+  int rc = open_and_list(cfg, "services", 0, &json, &k, &list);
+  if (rc) return rc;
+  const char *ns = kube_namespace(k);
+  struct kube_err e;
   cJSON *out = cJSON_CreateArray();
   const cJSON *svc;
   cJSON_ArrayForEach(svc, cJSON_GetObjectItemCaseSensitive(list, "items")) {
@@ -434,23 +447,11 @@ int list_run(struct restore_config *cfg) {
 
 int namespaces_run(struct restore_config *cfg) {
   struct kube *k = NULL;
-  char err[1200];
   int json;
-  if (output_json(cfg, &json) < 0) return 2;
-  log_init("kbridge", LOGL_WARN);
-  if (connect_kube_open(&cfg->kf, &k, err, sizeof err) < 0) {
-    print_error(json, "kubeconfig", err);
-    return 1;
-  }
-  const char *mine = kube_namespace(k);
-  struct kube_ref r = {"v1", "namespaces", NULL, NULL, NULL};
-  struct kube_err e;
   cJSON *list = NULL;
-  if (kube_list(k, &r, NULL, &list, &e) < 0) {
-    print_error(json, reason_of(&e), e.msg);
-    kube_free(k);
-    return 1;
-  }
+  int rc = open_and_list(cfg, "namespaces", 1, &json, &k, &list);
+  if (rc) return rc;
+  const char *mine = kube_namespace(k);
   cJSON *out = cJSON_CreateObject();
   cJSON_AddStringToObject(out, "current", mine);
   cJSON *names = cJSON_AddArrayToObject(out, "namespaces");
