@@ -633,9 +633,11 @@ static void begin_forward(struct downstream *ds) {
   ds->up = u;
   metrics_count_request(&ag->stats, ds->route[0] ? ds->route : NULL);
   if (log_level_current >= LOGL_DEBUG) {
-    log_debug("%s: %s %.*s -> %s (%s)", ds->peer, llhttp_method_name(ds->method),
+    const char *who = ds->route[0] && u->at && u->at->identity[0] ? u->at->identity : "";
+    log_debug("%s: %s %.*s -> %s%s%s%s (%s)", ds->peer, llhttp_method_name(ds->method),
               (int)ds->head.url_len, ds->head.buf + ds->head.url_off,
-              ds->route[0] ? ds->route : "fallback", route_source_name(m.source));
+              ds->route[0] ? ds->route : "fallback", who[0] ? " [" : "", who, who[0] ? "]" : "",
+              route_source_name(m.source));
   }
   if (send_head(ds, u, &m) < 0) {
     upstream_failed(ds, u, "refused the request head");

@@ -1,7 +1,7 @@
 /* metrics.c: counters, and /healthz + /metrics over evhttp.
  *
  * /healthz answers 200 with a line "ok" and then one JSON object: the keys held
- * and their tunnel counts. /metrics is Prometheus text format 0.0.4. */
+ * and their tunnel counts, the identity holding each key. /metrics is Prometheus text format 0.0.4. */
 #include "metrics.h"
 
 #include <stdio.h>
@@ -17,6 +17,7 @@
 #include "agent.h"
 #include "lifecycle.h"
 #include "route_table.h"
+#include "tunnels.h"
 
 static const char *const error_names[MERR_MAX] = {
     [MERR_BAD_REQUEST] = "bad_request",
@@ -84,6 +85,30 @@ static void add_key(const char *key, size_t nconns, void *arg) {
   kl->first = 0;
 }
 
+/* "identities": key -> the identity holding it (tunnels.h), JSON-escaped. */
+struct id_list {
+  struct evbuffer *b;
+  struct agent *ag;
+  int first;
+};
+
+static void add_identity(const char *key, size_t nconns, void *arg) {
+  struct id_list *il = arg;
+  const char *id = tunnels_key_identity(il->ag, key);
+  evbuffer_add_printf(il->b, "%s\"%s\":\"", il->first ? "" : ",", key);
+  for (const unsigned char *p = (const unsigned char *)(id ? id : ""); *p; p++) {
+    if (*p == '"' || *p == '\\')
+      evbuffer_add_printf(il->b, "\\%c", *p);
+    else if (*p < 0x20)
+      evbuffer_add_printf(il->b, "\\u%04x", *p);
+    else
+      evbuffer_add(il->b, p, 1);
+  }
+  evbuffer_add(il->b, "\"", 1);
+  il->first = 0;
+  (void)nconns;
+}
+
 static void healthz(struct evhttp_request *req, void *arg) {
   struct agent *ag = arg;
   struct evbuffer *b = evbuffer_new();
@@ -94,6 +119,9 @@ static void healthz(struct evhttp_request *req, void *arg) {
   struct key_list kl = {b, 1};
   evbuffer_add_printf(b, "ok\n{\"keys\":{");
   route_table_foreach(ag->routes, add_key, &kl);
+  struct id_list il = {b, ag, 1};
+  evbuffer_add_printf(b, "},\"identities\":{");
+  route_table_foreach(ag->routes, add_identity, &il);
   evbuffer_add_printf(b, "},\"exclusive\":%s,\"tunnels\":%ld,\"connections\":%ld",
                       ag->opt->exclusive ? "true" : "false", ag->stats.tunnels,
                       ag->stats.connections_open);

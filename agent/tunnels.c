@@ -3,7 +3,8 @@
  *
  * Life of a tunnel: TCP accept -> TLS 1.3 handshake (client certificate from the
  * service CA required) -> HELLO -> on_hello checks (CN == key, key valid,
- * exclusive rules) -> route_table_add -> INBOUND streams carry requests ->
+ * exclusive rules, the key not held by another identity unless HELLO says
+ * force) -> route_table_add -> INBOUND streams carry requests ->
  * on_close: route_table_remove, drop pooled streams; requests in flight see
  * their streams CLOSED (TUNNEL_LOST) and answer 502 or cut the client. */
 #include "tunnels.h"
@@ -164,6 +165,30 @@ static void open_outbound(struct agent *ag, struct agent_tunnel *at, struct tunn
 
 /* --- tunnel callbacks ----------------------------------------------------------- */
 
+const char *tunnels_key_identity(struct agent *ag, const char *key) {
+  struct agent_tunnel *o;
+  TAILQ_FOREACH(o, &ag->tunnels, link) {
+    if (o->registered && strcmp(o->key, key) == 0) return o->identity;
+  }
+  return NULL;
+}
+
+/* HELLO for key from identity id: another identity's tunnels holding key are
+ * taken out of the route table at once and sent GOAWAY (their proxies then
+ * reconnect and are refused, which tells their users). */
+static void evict_holders(struct agent *ag, const char *key, const char *id, const char *by) {
+  struct agent_tunnel *o;
+  char why[600];
+  snprintf(why, sizeof why, "route key %s taken over with --force by %s", key, by);
+  TAILQ_FOREACH(o, &ag->tunnels, link) {
+    if (!o->registered || strcmp(o->key, key) != 0 || strcmp(o->identity, id) == 0) continue;
+    route_table_remove(ag->routes, o->key, o);
+    o->registered = 0;
+    tunnels_pools_clear(o);
+    if (o->t) tunnel_goaway(o->t, FRAME_RESET_CANCEL, why);
+  }
+}
+
 static int on_hello(struct tunnel *t, const struct frame_hello *hello, char *msg, size_t msglen,
                     void *arg) {
   struct agent_tunnel *at = arg;
@@ -185,6 +210,28 @@ static int on_hello(struct tunnel *t, const struct frame_hello *hello, char *msg
     log_warn("tunnel from %s refused: key %s, certificate %s", at->peer, hello->key, cn);
     return FRAME_WELCOME_KEY_MISMATCH;
   }
+  char id[TLS_IDENTITY_MAX + 1];
+  if (tls_peer_identity(ssl, id, sizeof id) < 0) {
+    snprintf(msg, msglen, "the certificate's identity is malformed");
+    log_warn("tunnel from %s (%s) refused: malformed identity in the certificate", at->peer,
+             hello->key);
+    return FRAME_WELCOME_KEY_MISMATCH;
+  }
+  const char *holder = tunnels_key_identity(ag, hello->key);
+  int forced = 0;
+  if (holder && strcmp(holder, id) != 0) {
+    if (!(hello->flags & FRAME_HELLO_FORCE)) {
+      snprintf(msg, msglen, "route key \"%s\" is held by %s; kbridge connect --force takes it "
+               "over", hello->key, holder[0] ? holder : "a certificate without identity");
+      log_warn("tunnel from %s refused: route key %s is held by %s, not %s", at->peer,
+               hello->key, holder[0] ? holder : "(no identity)", id[0] ? id : "(no identity)");
+      return FRAME_WELCOME_CONFLICT;
+    }
+    log_warn("FORCE: route key %s taken over by %s from %s (tunnel from %s, %s)", hello->key,
+             id[0] ? id : "(no identity)", holder[0] ? holder : "(no identity)", at->peer,
+             hello->label);
+    forced = 1;
+  }
   if (ag->opt->exclusive && ag->excl_key[0] && strcmp(ag->excl_key, hello->key) != 0 &&
       route_table_conns(ag->routes, ag->excl_key) > 0) {
     snprintf(msg, msglen, "route held by %s since %s (exclusive mode)", ag->excl_key,
@@ -193,11 +240,13 @@ static int on_hello(struct tunnel *t, const struct frame_hello *hello, char *msg
              ag->excl_key);
     return FRAME_WELCOME_CONFLICT;
   }
+  if (forced) evict_holders(ag, hello->key, id, id[0] ? id : "(no identity)");
   if (route_table_add(ag->routes, hello->key, at) < 0) {
     snprintf(msg, msglen, "cannot register route key (out of memory)");
     return FRAME_WELCOME_CONFLICT;
   }
   snprintf(at->key, sizeof at->key, "%s", hello->key);
+  snprintf(at->identity, sizeof at->identity, "%s", id);
   at->registered = 1;
   pending_done(at);
   if (ag->opt->exclusive && strcmp(ag->excl_key, hello->key) != 0) {
@@ -207,8 +256,9 @@ static int on_hello(struct tunnel *t, const struct frame_hello *hello, char *msg
     snprintf(ag->excl_key, sizeof ag->excl_key, "%s", hello->key);
     strftime(ag->excl_since, sizeof ag->excl_since, "%Y-%m-%dT%H:%M:%SZ", &tm);
   }
-  log_info("developer %s connected from %s (%s); %zu tunnel(s) for this key", hello->key,
-           at->peer, hello->label, route_table_conns(ag->routes, hello->key));
+  log_info("developer %s [%s] connected from %s (%s); %zu tunnel(s) for this key", hello->key,
+           id[0] ? id : "no identity", at->peer, hello->label,
+           route_table_conns(ag->routes, hello->key));
   lifecycle_check(ag->life);
   return FRAME_WELCOME_OK;
 }

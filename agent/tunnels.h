@@ -28,6 +28,10 @@ struct agent_tunnel {
   struct tunnel *t;        /* NULL once the tunnel is dead */
   char key[64];            /* registered route key; "" before HELLO */
   char peer[64];           /* remote address of the TLS connection */
+  /* The Kubernetes identity the client certificate was issued to
+   * (tls_peer_identity), or "" for a certificate without one (`kbridge certs
+   * issue` in direct mode). A key is held by one identity at a time. */
+  char identity[256];
   int registered;          /* in the route table */
   int pending;             /* counted in ag->tunnels_pending (before HELLO accepted) */
   int refs;                /* the list entry + upstreams using it */
@@ -48,6 +52,8 @@ void agent_tunnel_unref(struct agent_tunnel *at);
 /* Expire idle pooled streams older than max_idle_ms / drop them all. */
 void tunnels_pools_sweep(struct agent_tunnel *at, long max_idle_ms);
 void tunnels_pools_clear(struct agent_tunnel *at);
+/* The identity holding key now ("" if none or unbound); NULL if nobody holds key. */
+const char *tunnels_key_identity(struct agent *ag, const char *key);
 /* Shutdown: stop accepting, GOAWAY every tunnel. */
 void tunnels_shutdown(struct agent *ag);
 /* At exit: free every tunnel without callbacks. */

@@ -70,12 +70,15 @@ struct frame_header {
 
 struct frame_hello {
   uint8_t version;
-  uint8_t flags;          /* bit 0: exclusive (take all traffic) */
+  uint8_t flags;          /* bit 0: exclusive (take all traffic); bit 1: force */
   uint32_t window;        /* initial per-stream window the sender grants, bytes */
   char key[FRAME_KEY_MAX + 1];
   char label[256];        /* who: "alice@laptop pid 4242"; informative */
 };
 #define FRAME_HELLO_EXCLUSIVE 0x01
+/* Take the key over even if another identity holds it (kbridge connect
+ * --force): the agent logs it and sends GOAWAY to the other holder's tunnels. */
+#define FRAME_HELLO_FORCE 0x02
 
 struct frame_welcome {
   uint8_t version;

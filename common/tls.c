@@ -141,11 +141,58 @@ static int add_ext(X509 *cert, X509V3_CTX *ctx, int nid, const char *value) {
   return ok ? 0 : -1;
 }
 
+/* Percent-encode identity into a URI after TLS_IDENTITY_URI: bytes other
+ * than unreserved characters and ':' '@' become %XX. 0, or -1 if too long. */
+static int identity_uri(const char *identity, char *out, size_t outlen) {
+  static const char hex[] = "0123456789ABCDEF";
+  size_t n = strlen(TLS_IDENTITY_URI);
+  if (n >= outlen) return -1;
+  memcpy(out, TLS_IDENTITY_URI, n);
+  for (const unsigned char *p = (const unsigned char *)identity; *p; p++) {
+    int plain = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+                strchr("-._~:@", *p) != NULL;
+    if (n + (plain ? 1 : 3) >= outlen) return -1;
+    if (plain) {
+      out[n++] = (char)*p;
+    } else {
+      out[n++] = '%';
+      out[n++] = hex[*p >> 4];
+      out[n++] = hex[*p & 15];
+    }
+  }
+  out[n] = '\0';
+  return 0;
+}
+
+/* Add the subjectAltName URI that binds a client certificate to the
+ * Kubernetes identity that asked for it (see tls.h). */
+static int add_identity(X509 *x, const char *identity) {
+  char uri[TLS_IDENTITY_MAX * 3 + 32];
+  if (!*identity || strlen(identity) > TLS_IDENTITY_MAX ||
+      identity_uri(identity, uri, sizeof uri) < 0)
+    return -1;
+  GENERAL_NAMES *names = GENERAL_NAMES_new();
+  GENERAL_NAME *gn = GENERAL_NAME_new();
+  ASN1_IA5STRING *ia5 = ASN1_IA5STRING_new();
+  int rc = -1;
+  if (!names || !gn || !ia5 || !ASN1_STRING_set(ia5, uri, (int)strlen(uri))) goto done;
+  GENERAL_NAME_set0_value(gn, GEN_URI, ia5);
+  ia5 = NULL;
+  if (!sk_GENERAL_NAME_push(names, gn)) goto done;
+  gn = NULL;
+  if (X509_add1_ext_i2d(x, NID_subject_alt_name, names, 0, X509V3_ADD_DEFAULT) == 1) rc = 0;
+done:
+  ASN1_IA5STRING_free(ia5);
+  GENERAL_NAME_free(gn);
+  GENERAL_NAMES_free(names);
+  return rc;
+}
+
 /* Build and sign a certificate for `key` with subject CN=cn.
  * issuer/issuer_key NULL: self-signed CA. Otherwise a leaf signed by the issuer;
  * server selects the agent profile (serverAuth + SAN) or the client profile. */
 static X509 *make_cert(const char *cn, EVP_PKEY *key, X509 *issuer, EVP_PKEY *issuer_key,
-                       int server, int days) {
+                       int server, long seconds, const char *identity) {
   X509 *x = X509_new();
   X509_NAME *name = X509_NAME_new();
   BIGNUM *bn = BN_new();
@@ -162,7 +209,7 @@ static X509 *make_cert(const char *cn, EVP_PKEY *key, X509 *issuer, EVP_PKEY *is
     goto fail;
   /* Backdate an hour: clocks of laptops and clusters disagree a little. */
   if (!X509_gmtime_adj(X509_getm_notBefore(x), -3600) ||
-      !X509_time_adj_ex(X509_getm_notAfter(x), days, 0, NULL))
+      !X509_time_adj_ex(X509_getm_notAfter(x), 0, seconds, NULL))
     goto fail;
   if (!X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const unsigned char *)cn, -1, -1, 0) ||
       !X509_set_subject_name(x, name) ||
@@ -188,6 +235,7 @@ static X509 *make_cert(const char *cn, EVP_PKEY *key, X509 *issuer, EVP_PKEY *is
     if (server && add_ext(x, &ctx, NID_subject_alt_name,
                           "DNS:" TLS_AGENT_NAME ",DNS:localhost,IP:127.0.0.1,IP:::1") < 0)
       goto fail;
+    if (!server && identity && add_identity(x, identity) < 0) goto fail;
   }
   EVP_PKEY *signer = is_ca ? key : issuer_key;
   if (X509_sign(x, signer, sign_md(signer)) <= 0) goto fail;
@@ -211,7 +259,7 @@ int tls_ca_create(const char *name, enum tls_key_type type, struct tls_pem *ca, 
     fail(err, errlen, "generating the CA key");
     return -1;
   }
-  X509 *x = make_cert(cn, key, NULL, NULL, 0, CA_DAYS);
+  X509 *x = make_cert(cn, key, NULL, NULL, 0, CA_DAYS * 86400L, NULL);
   int rc = -1;
   if (x == NULL)
     fail(err, errlen, "building the CA certificate");
@@ -226,6 +274,12 @@ int tls_ca_create(const char *name, enum tls_key_type type, struct tls_pem *ca, 
 
 int tls_issue(const struct tls_pem *ca, const char *cn, int server, enum tls_key_type type,
               int days, struct tls_pem *out, char *err, size_t errlen) {
+  return tls_issue_for(ca, cn, server, type, days, NULL, out, err, errlen);
+}
+
+int tls_issue_for(const struct tls_pem *ca, const char *cn, int server, enum tls_key_type type,
+                  int days, const char *identity, struct tls_pem *out, char *err,
+                  size_t errlen) {
   memset(out, 0, sizeof *out);
   if (cn == NULL || *cn == '\0' || strlen(cn) > 64) { /* X.509 ub-common-name */
     snprintf(err, errlen, "certificate name must be 1-64 characters");
@@ -252,7 +306,11 @@ int tls_issue(const struct tls_pem *ca, const char *cn, int server, enum tls_key
     fail(err, errlen, "generating a key");
     goto done;
   }
-  if ((x = make_cert(cn, key, cacert, cakey, server, days)) == NULL) {
+  if (identity && (!*identity || strlen(identity) > TLS_IDENTITY_MAX)) {
+    fail(err, errlen, "identity must be 1-%d bytes", TLS_IDENTITY_MAX);
+    goto done;
+  }
+  if ((x = make_cert(cn, key, cacert, cakey, server, days * 86400L, identity)) == NULL) {
     fail(err, errlen, "building the certificate for \"%s\"", cn);
     goto done;
   }
@@ -266,6 +324,203 @@ done:
   X509_free(cacert);
   EVP_PKEY_free(key);
   EVP_PKEY_free(cakey);
+  return rc;
+}
+
+/* ---- certificate signing requests (PKCS#10) --------------------------------- */
+
+int tls_csr_new(const char *cn, enum tls_key_type type, char **csr_pem, char **key_pem,
+                char *err, size_t errlen) {
+  *csr_pem = *key_pem = NULL;
+  if (cn == NULL || *cn == '\0' || strlen(cn) > 64) {
+    snprintf(err, errlen, "certificate name must be 1-64 characters");
+    return -1;
+  }
+  EVP_PKEY *key = keygen(type);
+  X509_REQ *req = X509_REQ_new();
+  X509_NAME *name = X509_NAME_new();
+  BIO *rb = BIO_new(BIO_s_mem()), *kb = BIO_new(BIO_s_secmem());
+  int rc = -1;
+  if (!key || !req || !name || !rb || !kb) {
+    fail(err, errlen, "making a key and a certificate request");
+    goto done;
+  }
+  if (!X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const unsigned char *)cn, -1, -1, 0) ||
+      !X509_REQ_set_version(req, 0) || !X509_REQ_set_subject_name(req, name) ||
+      !X509_REQ_set_pubkey(req, key) || X509_REQ_sign(req, key, sign_md(key)) <= 0 ||
+      !PEM_write_bio_X509_REQ(rb, req) ||
+      !PEM_write_bio_PrivateKey(kb, key, NULL, NULL, 0, NULL, NULL)) {
+    fail(err, errlen, "building the certificate request for \"%s\"", cn);
+    goto done;
+  }
+  *csr_pem = bio_to_string(rb);
+  *key_pem = bio_to_string(kb);
+  if (!*csr_pem || !*key_pem) {
+    free(*csr_pem);
+    if (*key_pem) OPENSSL_cleanse(*key_pem, strlen(*key_pem));
+    free(*key_pem);
+    *csr_pem = *key_pem = NULL;
+    snprintf(err, errlen, "out of memory");
+    goto done;
+  }
+  rc = 0;
+done:
+  EVP_PKEY_free(key);
+  X509_REQ_free(req);
+  X509_NAME_free(name);
+  BIO_free(rb);
+  BIO_free(kb);
+  return rc;
+}
+
+/* Parse csr_pem and check its self-signature; its public key into *pub
+ * (caller frees) when pub is not NULL; its single CN into cn. */
+static int csr_read(const char *csr_pem, char *cn, size_t cnlen, EVP_PKEY **pub, char *err,
+                    size_t errlen) {
+  BIO *b = BIO_new_mem_buf(csr_pem, -1);
+  X509_REQ *req = b ? PEM_read_bio_X509_REQ(b, NULL, NULL, NULL) : NULL;
+  BIO_free(b);
+  EVP_PKEY *k = req ? X509_REQ_get_pubkey(req) : NULL;
+  int rc = -1;
+  if (!req || !k) {
+    fail(err, errlen, "the request is not a PEM certificate request");
+    goto done;
+  }
+  int kt = EVP_PKEY_get_base_id(k);
+  if (kt != EVP_PKEY_EC && kt != EVP_PKEY_ED25519) {
+    snprintf(err, errlen, "the request's key is neither ECDSA nor Ed25519");
+    goto done;
+  }
+  if (X509_REQ_verify(req, k) != 1) {
+    fail(err, errlen, "the request's signature does not verify");
+    goto done;
+  }
+  X509_NAME *subj = X509_REQ_get_subject_name(req);
+  int idx = X509_NAME_get_index_by_NID(subj, NID_commonName, -1);
+  if (idx < 0 || X509_NAME_get_index_by_NID(subj, NID_commonName, idx) >= 0 ||
+      X509_NAME_entry_count(subj) != 1) {
+    snprintf(err, errlen, "the request's subject must be exactly one CN");
+    goto done;
+  }
+  unsigned char *utf8 = NULL;
+  int len = ASN1_STRING_to_UTF8(&utf8, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subj, idx)));
+  if (len < 0 || (size_t)len >= cnlen || memchr(utf8, '\0', (size_t)len)) {
+    OPENSSL_free(utf8);
+    snprintf(err, errlen, "the request's CN is too long");
+    goto done;
+  }
+  memcpy(cn, utf8, (size_t)len);
+  cn[len] = '\0';
+  OPENSSL_free(utf8);
+  if (pub) {
+    *pub = k;
+    k = NULL;
+  }
+  rc = 0;
+done:
+  EVP_PKEY_free(k);
+  X509_REQ_free(req);
+  return rc;
+}
+
+int tls_csr_cn(const char *csr_pem, char *cn, size_t cnlen, char *err, size_t errlen) {
+  return csr_read(csr_pem, cn, cnlen, NULL, err, errlen);
+}
+
+int tls_sign_csr(const struct tls_pem *ca, const char *csr_pem, int server, const char *identity,
+                 long seconds, char **cert_pem, char *err, size_t errlen) {
+  char cn[65];
+  *cert_pem = NULL;
+  EVP_PKEY *pub = NULL;
+  if (csr_read(csr_pem, cn, sizeof cn, &pub, err, errlen) < 0) return -1;
+  X509 *cacert = ca && ca->cert ? pem_to_cert(ca->cert) : NULL;
+  EVP_PKEY *cakey = ca && ca->key ? pem_to_key(ca->key) : NULL;
+  X509 *x = NULL;
+  BIO *b = NULL;
+  int rc = -1;
+  if (!cacert || !cakey || X509_check_private_key(cacert, cakey) != 1) {
+    fail(err, errlen, "reading the CA");
+    goto done;
+  }
+  if (seconds <= 0 || (identity && (!*identity || strlen(identity) > TLS_IDENTITY_MAX))) {
+    snprintf(err, errlen, "bad validity or identity");
+    goto done;
+  }
+  if ((x = make_cert(cn, pub, cacert, cakey, server, seconds, identity)) == NULL ||
+      (b = BIO_new(BIO_s_mem())) == NULL || !PEM_write_bio_X509(b, x) ||
+      (*cert_pem = bio_to_string(b)) == NULL) {
+    fail(err, errlen, "signing the certificate for \"%s\"", cn);
+    goto done;
+  }
+  rc = 0;
+done:
+  BIO_free(b);
+  X509_free(x);
+  X509_free(cacert);
+  EVP_PKEY_free(cakey);
+  EVP_PKEY_free(pub);
+  return rc;
+}
+
+/* The identity URI of x, decoded into out: 1, 0 if it has none, -1 if it is
+ * malformed or too long. */
+static int cert_identity(X509 *x, char *out, size_t outlen) {
+  out[0] = '\0';
+  GENERAL_NAMES *names = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+  if (!names) return 0;
+  int rc = 0;
+  size_t pl = strlen(TLS_IDENTITY_URI);
+  for (int i = 0; i < sk_GENERAL_NAME_num(names) && rc == 0; i++) {
+    const GENERAL_NAME *gn = sk_GENERAL_NAME_value(names, i);
+    if (gn->type != GEN_URI) continue;
+    const char *u = (const char *)ASN1_STRING_get0_data(gn->d.uniformResourceIdentifier);
+    size_t ul = (size_t)ASN1_STRING_length(gn->d.uniformResourceIdentifier);
+    if (ul < pl || memcmp(u, TLS_IDENTITY_URI, pl) != 0) continue;
+    size_t n = 0;
+    rc = 1;
+    for (size_t j = pl; j < ul; j++) {
+      int c = (unsigned char)u[j];
+      if (c == '%') {
+        if (j + 2 >= ul) {
+          rc = -1;
+          break;
+        }
+        char h[3] = {u[j + 1], u[j + 2], 0};
+        char *end;
+        c = (int)strtol(h, &end, 16);
+        if (*end || c == 0) {
+          rc = -1;
+          break;
+        }
+        j += 2;
+      }
+      if (n + 1 >= outlen) {
+        rc = -1;
+        break;
+      }
+      out[n++] = (char)c;
+    }
+    out[n] = '\0';
+    if (rc == 1 && n == 0) rc = -1;
+  }
+  GENERAL_NAMES_free(names);
+  if (rc < 0) out[0] = '\0';
+  return rc;
+}
+
+int tls_peer_identity(SSL *ssl, char *out, size_t outlen) {
+  if (ssl == NULL || outlen == 0) return -1;
+  out[0] = '\0';
+  X509 *peer = SSL_get0_peer_certificate(ssl);
+  if (peer == NULL || SSL_get_verify_result(ssl) != X509_V_OK) return -1;
+  return cert_identity(peer, out, outlen);
+}
+
+int tls_cert_identity(const char *cert_pem, char *out, size_t outlen) {
+  X509 *x = pem_to_cert(cert_pem);
+  if (!x) return -1;
+  int rc = cert_identity(x, out, outlen);
+  X509_free(x);
   return rc;
 }
 
@@ -443,6 +698,11 @@ int tls_dir_init(const char *dir, enum tls_key_type type, int force, char *err, 
 
 int tls_dir_issue(const char *dir, const char *key, enum tls_key_type type, char *err,
                   size_t errlen) {
+  return tls_dir_issue_for(dir, key, type, NULL, err, errlen);
+}
+
+int tls_dir_issue_for(const char *dir, const char *key, enum tls_key_type type,
+                      const char *identity, char *err, size_t errlen) {
   if (key == NULL || !dns_label_valid(key, strlen(key))) {
     snprintf(err, errlen,
              "\"%s\" is not a valid route key (1-63 of a-z, 0-9, '-', not starting or ending "
@@ -458,7 +718,7 @@ int tls_dir_issue(const char *dir, const char *key, enum tls_key_type type, char
   struct tls_pem ca, leaf;
   if (read_pair(dir, "ca", &ca, err, errlen) < 0) return -1;
   int rc = -1;
-  if (tls_issue(&ca, key, 0, type, CLIENT_DAYS, &leaf, err, errlen) == 0) {
+  if (tls_issue_for(&ca, key, 0, type, CLIENT_DAYS, identity, &leaf, err, errlen) == 0) {
     rc = write_pair(dir, key, &leaf, err, errlen);
     tls_pem_clear(&leaf);
   }

@@ -37,12 +37,44 @@ int tls_ca_create(const char *name, enum tls_key_type type, struct tls_pem *ca, 
 int tls_issue(const struct tls_pem *ca, const char *cn, int server, enum tls_key_type type,
               int days, struct tls_pem *out, char *err, size_t errlen);
 
+/* A developer's certificate may carry the Kubernetes identity (user name) it
+ * was issued to, as a subjectAltName URI TLS_IDENTITY_URI + the name with
+ * bytes other than [A-Za-z0-9-._~:@] percent-encoded. The agent records it at
+ * HELLO (who holds a key) and names it in its logs and /healthz. */
+#define TLS_IDENTITY_URI "kbridge-identity:"
+#define TLS_IDENTITY_MAX 253
+
+/* As tls_issue; identity (NULL: none) goes into a client certificate. */
+int tls_issue_for(const struct tls_pem *ca, const char *cn, int server, enum tls_key_type type,
+                  int days, const char *identity, struct tls_pem *out, char *err,
+                  size_t errlen);
+
+/* A new private key and a PKCS#10 request for it with subject CN = cn, both
+ * PEM (malloc'd; free the key with OPENSSL_cleanse + free). 0 or -1 + err. */
+int tls_csr_new(const char *cn, enum tls_key_type type, char **csr_pem, char **key_pem,
+                char *err, size_t errlen);
+/* Check a request (PEM, ECDSA or Ed25519 key, valid self-signature, subject
+ * exactly one CN) and copy its CN into cn. 0 or -1 + err. */
+int tls_csr_cn(const char *csr_pem, char *cn, size_t cnlen, char *err, size_t errlen);
+/* Sign the request with ca: its CN and public key, valid for `seconds` (from an
+ * hour ago, for clock skew); server/client profile as tls_issue; identity
+ * (NULL: none) as above. *cert_pem is malloc'd. 0 or -1 + err. */
+int tls_sign_csr(const struct tls_pem *ca, const char *csr_pem, int server, const char *identity,
+                 long seconds, char **cert_pem, char *err, size_t errlen);
+/* The identity of the verified peer certificate / of a PEM certificate into
+ * out: 1, 0 when it carries none, -1 when malformed or too long (out ""). */
+int tls_peer_identity(SSL *ssl, char *out, size_t outlen);
+int tls_cert_identity(const char *cert_pem, char *out, size_t outlen);
+
 /* `kbridge certs init DIR`: ca + agent cert into DIR (created 0700). Refuses to
  * overwrite an existing ca.key unless force. */
 int tls_dir_init(const char *dir, enum tls_key_type type, int force, char *err, size_t errlen);
 /* `kbridge certs issue DIR --key KEY`: DIR/KEY.crt + DIR/KEY.key from DIR/ca.*. */
 int tls_dir_issue(const char *dir, const char *key, enum tls_key_type type, char *err,
                   size_t errlen);
+/* The same, bound to identity (NULL: none): `kbridge certs issue --identity`. */
+int tls_dir_issue_for(const char *dir, const char *key, enum tls_key_type type,
+                      const char *identity, char *err, size_t errlen);
 
 /* TLS 1.3 only, peer certificate required and verified against ca.crt. */
 SSL_CTX *tls_server_ctx_from_dir(const char *dir, char *err, size_t errlen);

@@ -24,6 +24,8 @@ static const struct opt_def issue_opts[] = {
      "the route key the certificate is for (its subject CN)"},
     {"ed25519", OPT_FLAG, CFG_OFF(ed25519), 0, 0, NULL, NULL, 0, 0,
      "an Ed25519 key instead of ECDSA P-256"},
+    {"identity", OPT_STRING, CFG_OFF(identity), 0, 0, NULL, "NAME", 0, 0,
+     "bind the certificate to this identity (the agent lets only one identity hold a key)"},
 };
 
 const struct opt_cmd certs_init_cmd = {
@@ -39,7 +41,9 @@ const struct opt_cmd certs_issue_cmd = {
     "certs issue",
     "Issue a developer's client certificate for a route key from the CA in DIR.",
     "Writes DIR/KEY.crt and DIR/KEY.key (mode 0600), valid for 365 days; an existing\n"
-    "pair for the same key is replaced. The agent accepts the certificate for KEY only.",
+    "pair for the same key is replaced. The agent accepts the certificate for KEY only.\n"
+    "In a cluster, kbridge connect gets its certificate from kbridge-signer instead;\n"
+    "this is for an agent run by hand (direct mode) with a CA you keep yourself.",
     issue_opts,
     sizeof issue_opts / sizeof issue_opts[0],
 };
@@ -58,8 +62,8 @@ int certs_init_run(struct certs_config *cfg) {
 
 int certs_issue_run(struct certs_config *cfg) {
   char err[600];
-  if (tls_dir_issue(cfg->dir, cfg->key, cfg->ed25519 ? TLS_KEY_ED25519 : TLS_KEY_P256, err,
-                    sizeof err) < 0) {
+  if (tls_dir_issue_for(cfg->dir, cfg->key, cfg->ed25519 ? TLS_KEY_ED25519 : TLS_KEY_P256,
+                        cfg->identity, err, sizeof err) < 0) {
     fprintf(stderr, "kbridge: certs issue: %s\n", err);
     return 1;
   }

@@ -10,6 +10,7 @@ struct certs_config {
   char key[OPT_KEY_SIZE]; /* issue: --key */
   int ed25519;            /* --ed25519: Ed25519 keys instead of ECDSA P-256 */
   int force;              /* init: --force replaces an existing CA */
+  const char *identity;   /* issue: --identity, the name the certificate is bound to */
 };
 
 extern const struct opt_cmd certs_init_cmd, certs_issue_cmd;

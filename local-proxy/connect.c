@@ -5,19 +5,24 @@
  * takeover_restore() before exiting:
  *   1. inspect   Service, selector, pods, owning workload, target ports (named
  *                ones resolved against the pod template)
- *   2. agent     a fresh takeover creates the agent Deployment (0 replicas),
- *                then its ServiceAccount, Role, RoleBinding, Secret (CA + agent
- *                certificate, minted here) and, in routing mode, the shadow
+ *   2. agent     this developer's client certificate (CN = route key) is asked
+ *                of kbridge-signer (certreq.h: a CertificateSigningRequest;
+ *                the signer binds it to our Kubernetes identity, or denies it
+ *                when another identity holds the key and --force is not given).
+ *                A fresh takeover then gets the agent's certificate the same
+ *                way, creates the agent Deployment (0 replicas),
+ *                then its ServiceAccount, Role, RoleBinding, Secret (the CA
+ *                certificate + the agent's certificate and key; never a CA key)
+ *                and, in routing mode, the shadow
  *                Service, all owned by the Deployment; then scales it to 1 and
  *                waits for the pod to be Ready (image pull errors and the like
  *                end the wait with the pod's reason). An existing takeover is
- *                reused: the CA comes from its Secret.
+ *                reused.
  *   3. switch    the Service's selector goes to the agent pods, the original
  *                selector and the takeover record into annotations (only after
  *                the agent is Ready: the Service never points at nothing);
  *                exclusive mode then scales the workload to 0.
- *   4. tunnels   this developer's client certificate (CN = route key) is minted
- *                from the CA; proxy.c runs the tunnels, each carried by a
+ *   4. tunnels   proxy.c runs the tunnels with that certificate, each carried by a
  *                port-forward to the current agent pod (looked up again on every
  *                reconnect, so a replaced pod is found).
  *   5. leave     on SIGINT/SIGTERM, `kbridge disconnect` (SIGTERM) or the end of
@@ -52,6 +57,7 @@
 #include <openssl/rand.h>
 
 #include "agentquery.h"
+#include "certreq.h"
 #include "dnslabel.h"
 #include "kube.h"
 #include "kubeconfig.h"
@@ -81,6 +87,9 @@ static const struct opt_def connect_opts[] = {
      "your route key (default: your user name and 4 random characters)"},
     {"replace", OPT_FLAG, CFG_OFF(replace), 0, 0, NULL, NULL, 0, 0,
      "exclusive mode: all of the Service's traffic to you, its workload scaled to 0"},
+    {"force", OPT_FLAG, CFG_OFF(force), 0, 0, NULL, NULL, 0, 0,
+     "take the route key over even if another identity holds it (logged by the signer and "
+     "the agent; the other developer's tunnels are closed)"},
     {"env-file", OPT_PATH, CFG_OFF(env_file), 0, 0, NULL, NULL, 0, 0,
      "write the original container's environment here (KEY=VALUE lines)"},
     {"agent-image", OPT_STRING, CFG_OFF(agent_image), 0, 0, NULL, "IMAGE", 0, 0,
@@ -162,7 +171,8 @@ struct conn {
   int fresh;
   int routed;              /* our route annotation is on the Service */
   char by[200];            /* user@host */
-  struct tls_pem ca, me;
+  struct tls_pem ca, me;   /* ca: the CA certificate only (ca.key stays NULL) */
+  char identity[256];      /* the Kubernetes identity our certificate is bound to */
   SSL_CTX *api_ssl;        /* to the API server, for port-forwards */
   SSL_CTX *tun_ssl;        /* the tunnel's client context */
   struct proxy *px;
@@ -760,37 +770,44 @@ static int wait_agent_ready(struct conn *c) {
   }
 }
 
-/* Secret data -> the CA (cert + key). */
-static int read_ca(struct conn *c) {
-  struct kube_ref r = {"v1", "secrets", c->ns, c->nm.secret, NULL};
-  struct kube_err e;
-  cJSON *s = NULL;
-  if (kube_get(c->k, &r, &s, &e) < 0) {
-    fail_kube(c, &e);
+/* Our client certificate from kbridge-signer (certreq.h), before anything is
+ * written: a request denied because another identity holds the key ends the
+ * run here, with the signer's reason. */
+static int client_cert(struct conn *c) {
+  char err[1200];
+  int denied = 0;
+  char *ca = NULL;
+  progress(c, "certificate", "asking kbridge-signer for a client certificate for route key \"%s\"%s",
+           c->cfg->key, c->cfg->force ? " (--force: taking it over from whoever holds it)" : "");
+  if (certreq_obtain(c->k, c->ns, c->svc, c->cfg->key, 0, c->cfg->force, 60, &c->me, &ca,
+                     c->identity, sizeof c->identity, &denied, err, sizeof err) < 0) {
+    if (denied && strstr(err, "is held by")) c->reason = "route_held";
+    fail(c, "%s", err);
     return -1;
   }
-  cJSON *data = jget(s, "data");
-  const char *cb = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(data, "ca.crt"));
-  const char *kb = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(data, "ca.key"));
-  c->ca.cert = cb ? b64dec(cb, NULL) : NULL;
-  c->ca.key = kb ? b64dec(kb, NULL) : NULL;
-  cJSON_Delete(s);
-  if (!c->ca.cert || !c->ca.key) {
-    fail(c, "secret %s/%s lacks a valid ca.crt or ca.key", c->ns, c->nm.secret);
-    return -1;
-  }
+  c->ca.cert = ca;
+  progress(c, "certificate", "client certificate for route key \"%s\" issued to %s", c->cfg->key,
+           c->identity[0] ? c->identity : "(no identity)");
   return 0;
 }
 
 static int create_agent(struct conn *c) {
-  char err[600];
+  char err[1200];
   struct tls_pem agent = {NULL, NULL};
-  if (tls_ca_create(c->svc, TLS_KEY_P256, &c->ca, err, sizeof err) < 0 ||
-      tls_issue(&c->ca, TLS_AGENT_NAME, 1, TLS_KEY_P256, 3650, &agent, err, sizeof err) < 0) {
-    fail(c, "cannot make the CA: %s", err);
-    tls_pem_clear(&agent);
+  char *agent_ca = NULL, noid[8];
+  int denied;
+  if (certreq_obtain(c->k, c->ns, c->svc, TLS_AGENT_NAME, 1, 0, 60, &agent, &agent_ca, noid,
+                     sizeof noid, &denied, err, sizeof err) < 0) {
+    fail(c, "the agent's certificate: %s", err);
     return -1;
   }
+  if (strcmp(agent_ca, c->ca.cert) != 0) { /* one signer, one CA per Service */
+    free(agent_ca);
+    tls_pem_clear(&agent);
+    fail(c, "the agent's certificate and yours come from different CAs; try again");
+    return -1;
+  }
+  free(agent_ca);
   progress(c, "create-agent", "creating the agent: deployment %s (image %s)", c->nm.agent,
            c->image);
   cJSON *dep = NULL, *want = agent_deployment(c);
@@ -818,7 +835,6 @@ static int create_agent(struct conn *c) {
   cJSON_AddStringToObject(sec, "type", "Opaque");
   cJSON *sd = cJSON_AddObjectToObject(sec, "stringData");
   cJSON_AddStringToObject(sd, "ca.crt", c->ca.cert);
-  cJSON_AddStringToObject(sd, "ca.key", c->ca.key);
   cJSON_AddStringToObject(sd, "agent.crt", agent.cert);
   cJSON_AddStringToObject(sd, "agent.key", agent.key);
   tls_pem_clear(&agent);
@@ -1142,6 +1158,11 @@ static int key_held(struct conn *c) {
   }
   cJSON_Delete(h);
   cJSON_Delete(vj);
+  if (held && c->cfg->force) {
+    progress(c, "force", "route key \"%s\" is held on %s/%s by %s: --force takes it over",
+             c->cfg->key, c->ns, c->svc, who);
+    held = 0;
+  }
   if (held) {
     c->reason = "route_held";
     fail(c, "route key \"%s\" is already held on %s/%s by %s; choose another --route-as", c->cfg->key,
@@ -1628,6 +1649,7 @@ static void hook_welcome(void *arg, int ok, const char *message) {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "event", "ready");
     cJSON_AddStringToObject(o, "route", c->cfg->key);
+    cJSON_AddStringToObject(o, "identity", c->identity);
     cJSON_AddStringToObject(o, "mode", c->cfg->replace ? "exclusive" : "routing");
     cJSON_AddItemToObject(o, "urls", cJSON_Duplicate(urls, 1));
     cJSON_AddStringToObject(o, "header", hdr);
@@ -1639,8 +1661,10 @@ static void hook_welcome(void *arg, int ok, const char *message) {
     if (message && *message) cJSON_AddStringToObject(o, "agent", message);
     emit_json(o);
   } else {
-    printf("ready in %.2f s: route %s -> %s:%d%s%s\n", dt, c->cfg->key, c->cfg->local_host,
-           c->cfg->local_port, c->cfg->replace ? " (exclusive: all traffic)" : "", "");
+    printf("ready in %.2f s: route %s -> %s:%d%s (certificate bound to %s)\n", dt, c->cfg->key,
+           c->cfg->local_host, c->cfg->local_port,
+           c->cfg->replace ? " (exclusive: all traffic)" : "",
+           c->identity[0] ? c->identity : "no identity");
     if (!c->cfg->replace) {
       printf("  subdomain: http://%s.%s:%d/\n", c->cfg->key, host, c->ports[0].port);
       printf("  header:    curl -H '%s' http://%s:%d/\n", hdr, host, c->ports[0].port);
@@ -1899,9 +1923,9 @@ int connect_run(struct connect_config *cfg) {
     progress(c, "reuse-agent", "service %s/%s is already taken over (by %s%s%s): reusing agent %s",
              c->ns, c->svc, c->by[0] ? "" : "", holders[0] ? holders : "nobody connected now", "",
              c->nm.agent);
-    if (read_ca(c) < 0) goto out;
     if (wait_agent_ready(c) < 0) goto out;
     if (key_held(c) < 0) goto out;
+    if (client_cert(c) < 0) goto out;
   } else {
     c->orig_selector = jget(c->service, "spec.selector");
     if (!cJSON_IsObject(c->orig_selector) || cJSON_GetArraySize(c->orig_selector) == 0) {
@@ -1964,6 +1988,7 @@ int connect_run(struct connect_config *cfg) {
            c->wl_name);
       goto out;
     }
+    if (client_cert(c) < 0) goto out;
     c->fresh = 1;
     /* 2. agent — from here on, failures undo */
     if (create_agent(c) < 0 || wait_agent_ready(c) < 0) goto undo_out;
@@ -1973,13 +1998,10 @@ int connect_run(struct connect_config *cfg) {
 
   /* 4. tunnels */
   {
-    if (tls_issue(&c->ca, cfg->key, 0, TLS_KEY_P256, 30, &c->me, err, sizeof err) < 0 ||
-        (c->tun_ssl = tls_client_ctx_from_pem(c->ca.cert, &c->me, err, sizeof err)) == NULL) {
-      fail(c, "cannot make your client certificate: %s", err);
+    if ((c->tun_ssl = tls_client_ctx_from_pem(c->ca.cert, &c->me, err, sizeof err)) == NULL) {
+      fail(c, "cannot use your client certificate: %s", err);
       goto undo_out;
     }
-    progress(c, "certificate", "client certificate for route key \"%s\" issued by the service's CA",
-             cfg->key);
     c->api_ssl = kube_ssl_ctx_new(c->k, err, sizeof err);
     if (!c->api_ssl) {
       fail(c, "%s", err);
@@ -2020,6 +2042,7 @@ int connect_run(struct connect_config *cfg) {
     pc.local_host = cfg->local_host;
     pc.tunnels = cfg->tunnels;
     pc.exclusive = cfg->replace;
+    pc.force = cfg->force;
     pc.forwards = cfg->forwards;
     pc.log_level = cfg->log_level;
     pc.hooks = &h;

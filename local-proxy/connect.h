@@ -26,6 +26,7 @@ struct connect_config {
   const char *local_host;   /* --local-host */
   char key[OPT_KEY_SIZE];   /* --route-as ("" = $USER + 4 random characters) */
   int replace;              /* --replace: exclusive mode */
+  int force;                /* --force: take the route key over from another identity */
   const char *env_file;     /* --env-file */
   const char *agent_image;  /* --agent-image */
   const char *output;       /* --output: text | json */

@@ -830,7 +830,8 @@ int proxy_run(struct proxy_config *cfg) {
   }
   tunnel_config_default(&px.tcfg);
   px.hello.version = FRAME_PROTOCOL_VERSION;
-  px.hello.flags = cfg->exclusive ? FRAME_HELLO_EXCLUSIVE : 0;
+  px.hello.flags = (uint8_t)((cfg->exclusive ? FRAME_HELLO_EXCLUSIVE : 0) |
+                             (cfg->force ? FRAME_HELLO_FORCE : 0));
   px.hello.window = px.tcfg.stream_window;
   snprintf(px.hello.key, sizeof px.hello.key, "%s", cfg->key);
   make_label(px.hello.label, sizeof px.hello.label);

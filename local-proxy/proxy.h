@@ -74,6 +74,7 @@ struct proxy_config {
   int tunnels;              /* --tunnels */
   struct opt_forwards forwards;
   int exclusive;            /* --exclusive: ask for all of the service's traffic */
+  int force;                /* HELLO with FRAME_HELLO_FORCE: take the key over */
   enum log_level log_level; /* --log-level */
   /* connect only: */
   const struct proxy_hooks *hooks; /* carrier other than TCP to --agent */

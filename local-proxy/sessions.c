@@ -394,11 +394,17 @@ int list_run(struct restore_config *cfg) {
     cJSON *h = NULL;
     if (ready && agent_healthz(k, ns, name ? name : "", &h, err, sizeof err) == 0) {
       cJSON *keys = cJSON_DetachItemFromObjectCaseSensitive(h, "keys");
+      cJSON *ids = cJSON_DetachItemFromObjectCaseSensitive(h, "identities");
       cJSON_AddItemToObject(o, "connected", keys ? keys : cJSON_CreateObject());
+      cJSON_AddItemToObject(o, "identities", ids ? ids : cJSON_CreateObject());
       const cJSON *ro;
       cJSON_ArrayForEach(ro, routes) {
         const cJSON *n = cJSON_GetObjectItemCaseSensitive(keys, sget(ro, "key"));
         cJSON_AddBoolToObject((cJSON *)(uintptr_t)ro, "connected", cJSON_IsNumber(n) && n->valueint > 0);
+        /* Who holds the key, from the certificates the agent verified (the
+         * annotation's "by" is what the CLI says about itself). */
+        const char *id = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(ids, sget(ro, "key")));
+        if (id) cJSON_AddStringToObject((cJSON *)(uintptr_t)ro, "identity", id);
       }
       cJSON_Delete(h);
     } else if (ready) {
@@ -419,14 +425,16 @@ int list_run(struct restore_config *cfg) {
     printf("%-24s %-9s %-21s %-24s %-6s %s\n", "SERVICE", "MODE", "SINCE", "BY", "AGENT",
            "ROUTES");
     cJSON_ArrayForEach(o, out) {
-      char routes[800] = "", agent[32];
+      char routes[2000] = "", agent[32];
       const cJSON *ro;
       cJSON_ArrayForEach(ro, cJSON_GetObjectItemCaseSensitive(o, "routes")) {
         size_t l = strlen(routes);
         const cJSON *conn = cJSON_GetObjectItemCaseSensitive(ro, "connected");
-        snprintf(routes + l, sizeof routes - l, "%s%s (%s since %s%s)", l ? ", " : "",
-                 sget(ro, "key"), sget(ro, "by"), sget(ro, "since"),
-                 cJSON_IsFalse(conn) ? ", not connected now" : "");
+        const char *id = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(ro, "identity"));
+        if (!id) id = "";
+        snprintf(routes + l, sizeof routes - l, "%s%s (%s%s%s since %s%s)", l ? ", " : "",
+                 sget(ro, "key"), id[0] ? id : "", id[0] ? ", " : "", sget(ro, "by"),
+                 sget(ro, "since"), cJSON_IsFalse(conn) ? ", not connected now" : "");
       }
       if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "taken_over"))) {
         printf("%-24s %-9s %-21s %-24s %-6s %s\n", sget(o, "service"), "-", "-", "-", "-", "-");
