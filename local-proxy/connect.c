@@ -1117,12 +1117,26 @@ static int route_mutate(cJSON *obj, void *arg, char *err, size_t errlen) {
       snprintf(ra->holders + l, sizeof ra->holders - l, "%s%s", l ? ", " : "", it->string + 18);
     }
   }
+  /* Our key taken over with --force by another identity: the annotation is
+   * theirs now; leave it, and count them as staying. */
+  const char *cur = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(ann, mine));
+  cJSON *cv = cur ? cJSON_Parse(cur) : NULL;
+  const char *cid = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(cv, "identity"));
+  int theirs = !ra->add && cid && *cid && strcmp(cid, c->identity) != 0;
+  cJSON_Delete(cv);
+  if (theirs) {
+    ra->others++;
+    size_t l = strlen(ra->holders);
+    snprintf(ra->holders + l, sizeof ra->holders - l, "%s%s", l ? ", " : "", c->cfg->key);
+    return 1;
+  }
   cJSON_DeleteItemFromObjectCaseSensitive(ann, mine);
   if (ra->add) {
-    char since[40], v[400];
+    char since[40], v[1000];
     iso_now(since, sizeof since);
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "by", c->by);
+    if (c->identity[0]) cJSON_AddStringToObject(o, "identity", c->identity);
     cJSON_AddStringToObject(o, "since", since);
     cJSON_AddStringToObject(o, "host", host);
     cJSON_AddNumberToObject(o, "pid", (double)getpid());
@@ -1184,7 +1198,11 @@ static int agent_other_keys(struct conn *c, char *names, size_t len) {
   int n = 0;
   const cJSON *it;
   cJSON_ArrayForEach(it, jget(h, "keys")) {
-    if (strcmp(it->string, c->cfg->key) == 0 || !cJSON_IsNumber(it) || it->valueint <= 0) continue;
+    /* our own key counts when another identity holds it now (--force) */
+    const char *id = cJSON_GetStringValue(
+        cJSON_GetObjectItemCaseSensitive(jget(h, "identities"), it->string));
+    int ours = strcmp(it->string, c->cfg->key) == 0 && !(id && strcmp(id, c->identity) != 0);
+    if (ours || !cJSON_IsNumber(it) || it->valueint <= 0) continue;
     size_t l = strlen(names);
     snprintf(names + l, len - l, "%s%s", l ? ", " : "", it->string);
     n++;

@@ -60,6 +60,9 @@ static const struct opt_def proxy_opts[] = {
      "HOST:PORT from inside the cluster"},
     {"exclusive", OPT_FLAG, CFG_OFF(exclusive), 0, 0, NULL, NULL, 0, 0,
      "ask for all of the service's traffic, not only requests for your key"},
+    {"force", OPT_FLAG, CFG_OFF(force), 0, 0, NULL, NULL, 0, 0,
+     "take the route key over even if another identity holds it (the agent logs it and "
+     "closes the other holder's tunnels)"},
     {"log-level", OPT_LOGLEVEL, CFG_OFF(log_level), 0, 0, "info", NULL, 0, 0,
      "error, warn, info or debug (logs go to stderr)"},
 };

@@ -335,7 +335,59 @@ static void test_describe(void) {
   CHECK(strstr(tls_describe_error(NULL, code, buf, sizeof buf), "certificate verify failed") != NULL);
 }
 
+/* Requests and signing, as kbridge connect and kbridge-signer use them: the
+ * certificate keeps the request's CN and key, carries the identity (decoded
+ * back exactly, odd bytes included), and a forged request is refused. */
+static void test_csr_and_identity(void) {
+  char cn[80], id[300];
+  struct tls_pem ca;
+  CHECK_EQ_INT(tls_ca_create("shop/api", TLS_KEY_P256, &ca, err, sizeof err), 0);
+  char *csr = NULL, *key = NULL, *cert = NULL;
+  CHECK_EQ_INT(tls_csr_new("alice", TLS_KEY_P256, &csr, &key, err, sizeof err), 0);
+  CHECK_EQ_INT(tls_csr_cn(csr, cn, sizeof cn, err, sizeof err), 0);
+  CHECK(strcmp(cn, "alice") == 0);
+  const char *who = "user \"Bob\" <bob@example.com> 100%";
+  CHECK_EQ_INT(tls_sign_csr(&ca, csr, 0, who, 3600, &cert, err, sizeof err), 0);
+  CHECK_EQ_INT(tls_cert_identity(cert, id, sizeof id), 1);
+  CHECK(strcmp(id, who) == 0);
+  /* the certificate works with the request's key, against the CA */
+  struct tls_pem me = {cert, key};
+  SSL_CTX *cctx = tls_client_ctx_from_pem(ca.cert, &me, err, sizeof err);
+  CHECK(cctx != NULL);
+  if (cctx) SSL_CTX_free(cctx);
+  /* too small a buffer: -1, not a truncated name */
+  CHECK_EQ_INT(tls_cert_identity(cert, id, 8), -1);
+  free(cert);
+  cert = NULL;
+  /* without identity (the agent's certificate) */
+  CHECK_EQ_INT(tls_sign_csr(&ca, csr, 1, NULL, 3600, &cert, err, sizeof err), 0);
+  CHECK_EQ_INT(tls_cert_identity(cert, id, sizeof id), 0);
+  free(cert);
+  cert = NULL;
+  /* a request whose signature does not match: refused */
+  char *bad = strdup(csr);
+  char *mid = strstr(bad, "\n") + 40;
+  *mid = *mid == 'A' ? 'B' : 'A';
+  CHECK_EQ_INT(tls_csr_cn(bad, cn, sizeof cn, err, sizeof err), -1);
+  CHECK_EQ_INT(tls_sign_csr(&ca, bad, 0, "x", 3600, &cert, err, sizeof err), -1);
+  CHECK(cert == NULL);
+  free(bad);
+  CHECK_EQ_INT(tls_csr_cn("not a request", cn, sizeof cn, err, sizeof err), -1);
+  free(csr);
+  free(key);
+  /* tls_issue_for: the same identity, through the direct-mode path */
+  struct tls_pem leaf;
+  CHECK_EQ_INT(tls_issue_for(&ca, "bob", 0, TLS_KEY_ED25519, 1, "system:serviceaccount:shop:b",
+                             &leaf, err, sizeof err), 0);
+  CHECK_EQ_INT(tls_cert_identity(leaf.cert, id, sizeof id), 1);
+  CHECK(strcmp(id, "system:serviceaccount:shop:b") == 0);
+  tls_pem_clear(&leaf);
+  CHECK_EQ_INT(tls_issue_for(&ca, "bob", 0, TLS_KEY_P256, 1, "", &leaf, err, sizeof err), -1);
+  tls_pem_clear(&ca);
+}
+
 int main(void) {
+  test_csr_and_identity();
   test_ca_and_issue(TLS_KEY_P256);
   test_ca_and_issue(TLS_KEY_ED25519);
   test_handshakes(TLS_KEY_P256);
