@@ -1162,9 +1162,15 @@ static int key_held(struct conn *c) {
   snprintf(who, sizeof who, "%s%s%s", jstr(vj, "by") ? jstr(vj, "by") : "someone",
            jstr(vj, "since") ? " since " : "", jstr(vj, "since") ? jstr(vj, "since") : "");
   int held = 0;
+  if (jstr(vj, "identity")) /* the identity its certificate names, when recorded */
+    snprintf(who, sizeof who, "%s%s%s", jstr(vj, "identity"), jstr(vj, "since") ? " since " : "",
+             jstr(vj, "since") ? jstr(vj, "since") : "");
   if (agent_healthz(c->k, c->ns, c->svc, &h, err, sizeof err) == 0) {
     const cJSON *n = cJSON_GetObjectItemCaseSensitive(jget(h, "keys"), c->cfg->key);
     held = cJSON_IsNumber(n) && n->valueint > 0;
+    const char *id = cJSON_GetStringValue(
+        cJSON_GetObjectItemCaseSensitive(jget(h, "identities"), c->cfg->key));
+    if (held && id && *id) snprintf(who, sizeof who, "%s", id); /* the agent knows best */
   } else {
     log_warn("cannot ask the agent who is connected (%s); going by the annotations", err);
     gethostname(host, sizeof host - 1);
@@ -1179,8 +1185,8 @@ static int key_held(struct conn *c) {
   }
   if (held) {
     c->reason = "route_held";
-    fail(c, "route key \"%s\" is already held on %s/%s by %s; choose another --route-as", c->cfg->key,
-         c->ns, c->svc, who);
+    fail(c, "route key \"%s\" is already held on %s/%s by %s; choose another --route-as (or "
+         "take it over with --force, which is logged)", c->cfg->key, c->ns, c->svc, who);
     return -1;
   }
   return 0;

@@ -32,6 +32,12 @@ Parts (default: all, in this order):
     forward    --forward 127.0.0.1:0=store...:8080: the ready event names the local
                port, a GET through it answers from the real store pod, the env has
                STORE_SERVICE_HOST/PORT pointing at the forward
+    identity   two developers (two ServiceAccounts): certificates bound to each
+               identity (ready event, kbridge list); a request for the other's key
+               is denied by the signer, connect refuses it, approving is forbidden;
+               no CA key in the namespace, the signer's out of reach; --force
+               takes the key over (signer and agent log it), the old holder is
+               told and leaves without restoring; the last one out restores
     ingress    --ingress: an Ingress routing shop.example.com/api to api is cloned
                as alice.shop.example.com (labels, annotations, owner), one routing
                elsewhere is not; bob's clone goes when bob leaves, alice's when she
@@ -127,7 +133,10 @@ def cluster_up():
     sd = info()["state_dir"]
     with open(os.path.join(sd, "images.json"), "w") as f:
         json.dump({"images": {"kbridge/agent:*": {"entrypoint": [ARGS.agent], "cmd": [],
-                                                  "user": 65532}}}, f)
+                                                  "user": 65532},
+                              "kbridge/signer:*": {"entrypoint": [signer_bin()], "cmd": [],
+                                                   "user": 65532}}}, f)
+    install_signer()
     kubectl("apply", "-f", os.path.join(REPO, "deploy", "demo", "shop.yaml"))
     # A Service without a selector, for the bad-input part.
     kubectl("apply", "-f", "-", input=json.dumps({
@@ -147,13 +156,51 @@ def cluster_up():
         "deploy/rbac/developer-role.yaml" % NAME)
 
 
+def signer_bin():
+    """kbridge-signer, built beside the agent (build/signer/kbridge-signer)."""
+    return getattr(ARGS, "signer", None) or os.path.join(
+        os.path.dirname(os.path.dirname(ARGS.agent)), "signer", "kbridge-signer")
+
+
+SIGNER_NS = "kbridge-system"
+
+
+def signer_pod():
+    pods = json.loads(kubectl("get", "pods", "-n", SIGNER_NS, "-o", "json").stdout)["items"]
+    for p in pods:
+        if not p["metadata"].get("deletionTimestamp") and \
+                p.get("status", {}).get("phase") == "Running":
+            return p["metadata"]["name"]
+    return None
+
+
+def install_signer():
+    """deploy/signer.yaml as a cluster administrator applies it, with the image of
+    the binary under test."""
+    with open(os.path.join(REPO, "deploy", "signer.yaml")) as f:
+        text = f.read()
+    import re
+    text, n = re.subn(r"image: \S+signer:\S+", "image: kbridge/signer:e2e", text)
+    check(n == 1, "deploy/signer.yaml read (image replaced)")
+    kubectl("apply", "-f", "-", input=text)
+    wait("kbridge-signer to run", signer_pod, 60)
+    with open(os.path.join(REPO, "deploy", "rbac", "developer-csr.yaml")) as f:
+        kubectl("apply", "-f", "-", input=f.read())
+
+
 DEV_KUBECONFIG = os.path.join(TMP, "developer.kubeconfig")
+DEV2_KUBECONFIG = os.path.join(TMP, "developer2.kubeconfig")
 
 
 def developer_user():
-    """A ServiceAccount holding only deploy/rbac/developer-role.yaml in NS, and a
-    kubeconfig with its token: the tests run kbridge as this user, so the Role
-    documented in docs/rbac.md is proven sufficient."""
+    """A ServiceAccount holding only deploy/rbac/developer-role.yaml in NS (and
+    deploy/rbac/developer-csr.yaml), and a kubeconfig with its token: the tests
+    run kbridge as this user, so the Role documented in docs/rbac.md is proven
+    sufficient."""
+    return make_developer("kbridge-e2e-dev", DEV_KUBECONFIG)
+
+
+def make_developer(sa_name, kubeconfig_path):
     # Under its own name: the test cluster's restricted user has a Role called
     # kbridge-developer too, which must stay as it is.
     with open(os.path.join(REPO, "deploy", "rbac", "developer-role.yaml")) as f:
@@ -163,16 +210,22 @@ def developer_user():
     kubectl("apply", "-f", "-", input=json.dumps({
         "apiVersion": "v1", "kind": "List", "items": [
             {"apiVersion": "v1", "kind": "ServiceAccount",
-             "metadata": {"name": "kbridge-e2e-dev", "namespace": NS}},
+             "metadata": {"name": sa_name, "namespace": NS}},
             {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-             "metadata": {"name": "kbridge-e2e-dev", "namespace": NS},
+             "metadata": {"name": sa_name, "namespace": NS},
              "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                          "name": "kbridge-e2e-developer"},
-             "subjects": [{"kind": "ServiceAccount", "name": "kbridge-e2e-dev",
+             "subjects": [{"kind": "ServiceAccount", "name": sa_name,
+                           "namespace": NS}]},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+             "metadata": {"name": "kbridge-e2e-csr-" + sa_name},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                         "name": "kbridge-developer-csr"},
+             "subjects": [{"kind": "ServiceAccount", "name": sa_name,
                            "namespace": NS}]}]}))
 
     def token():
-        sa = json.loads(kubectl("get", "sa", "kbridge-e2e-dev", "-n", NS, "-o", "json").stdout)
+        sa = json.loads(kubectl("get", "sa", sa_name, "-n", NS, "-o", "json").stdout)
         for ref in sa.get("secrets", []):
             sec = json.loads(kubectl("get", "secret", ref["name"], "-n", NS, "-o", "json").stdout)
             if sec.get("data", {}).get("token"):
@@ -184,9 +237,9 @@ def developer_user():
         text = f.read()
     import re
     text = re.sub(r"token: \S+", "token: " + tok, text)
-    with open(DEV_KUBECONFIG, "w") as f:
+    with open(kubeconfig_path, "w") as f:
         f.write(text)
-    os.chmod(DEV_KUBECONFIG, 0o600)
+    os.chmod(kubeconfig_path, 0o600)
     return tok
 
 
@@ -970,10 +1023,152 @@ def part_ingress():
     kubectl("delete", "ingresses.networking.k8s.io", "shop", "stock", "-n", NS)
 
 
+def csr_for(key, kubeconfig, force=False):
+    """Create a CertificateSigningRequest for route key `key` as the user of
+    kubeconfig (openssl makes the key and request); return its name."""
+    d = tempfile.mkdtemp(dir=TMP)
+    subprocess.run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=" + key,
+                    "-keyout", os.path.join(d, "k"), "-out", os.path.join(d, "r")],
+                   check=True, capture_output=True)
+    import base64
+    with open(os.path.join(d, "r"), "rb") as f:
+        req = base64.b64encode(f.read()).decode()
+    md = {"generateName": "e2e-%s-" % key}
+    if force:
+        md["annotations"] = {"kbridge.dev/force": "true"}
+    r = kubectl("create", "-o", "json", "-f", "-", kubeconfig=kubeconfig, input=json.dumps({
+        "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+        "metadata": md,
+        "spec": {"request": req, "signerName": "kbridge.dev/%s.api" % NS,
+                 "usages": ["digital signature", "client auth"]}}))
+    return json.loads(r.stdout)["metadata"]["name"]
+
+
+def csr_outcome(name, kubeconfig):
+    """("Approved"|"Denied", message) once the signer decided."""
+    def decided():
+        o = json.loads(kubectl("get", "csr", name, "-o", "json", kubeconfig=kubeconfig).stdout)
+        for c in o.get("status", {}).get("conditions", []):
+            if c["type"] == "Denied" or (c["type"] == "Approved" and
+                                         o["status"].get("certificate")):
+                return (c["type"], c.get("message", ""))
+        return None
+    return wait("the signer's answer to %s" % name, decided, 30)
+
+
+def part_identity():
+    """Two developers (two ServiceAccounts, each with only the developer Role and
+    the CSR ClusterRole): certificates bound to each identity, neither can get or
+    use a certificate for the other's key, --force takes a key over and is
+    logged, neither can read a CA key, kbridge list names the identities."""
+    before = snapshot()
+    make_developer("kbridge-e2e-dev2", DEV2_KUBECONFIG)
+    id1 = "system:serviceaccount:%s:kbridge-e2e-dev" % NS
+    id2 = "system:serviceaccount:%s:kbridge-e2e-dev2" % NS
+    _, p1 = backend("dev1-local")
+    _, p2 = backend("dev2-local")
+    one = Session("ida", p1)
+    ev = one.ready()
+    check(ev.get("identity") == id1, "dev1's certificate is bound to %s" % ev.get("identity"))
+    two = Session("idb", p2, kubeconfig=DEV2_KUBECONFIG)
+    ev = two.ready()
+    check(ev.get("identity") == id2, "dev2's certificate is bound to %s" % ev.get("identity"))
+    a = probe([(API, hdr("ida")), (API, hdr("idb")), (API, {})])
+    check([served_by(x) for x in a] == ["dev1-local", "dev2-local", "api"],
+          "each developer gets their own route: %s" % [served_by(x) for x in a])
+
+    # kbridge list shows who holds which key (from the agent, i.e. the certificates)
+    for who, kc_ in (("dev1", restricted()), ("dev2", DEV2_KUBECONFIG)):
+        r = kb("list", "-n", NS, "--output", "json", kubeconfig=kc_)
+        svc = [o for o in json.loads(r.stdout) if o["service"] == "api"][0]
+        ids = {ro["key"]: ro.get("identity") for ro in svc["routes"]}
+        check(ids.get("ida") == id1 and ids.get("idb") == id2,
+              "kbridge list (as %s) names the identities: %s" % (who, ids))
+    r = kb("list", "-n", NS)
+    check(id1 in r.stdout and id2 in r.stdout, "kbridge list (text) names both identities")
+
+    # dev2 cannot obtain a certificate for dev1's key: the signer denies it
+    name = csr_for("ida", DEV2_KUBECONFIG)
+    verdict, msg = csr_outcome(name, DEV2_KUBECONFIG)
+    check(verdict == "Denied" and ("held by " + id1) in msg,
+          "dev2's request for dev1's key is denied: %s" % msg)
+    # ... nor approve a request itself
+    o = json.loads(kubectl("get", "csr", name, "-o", "json", kubeconfig=DEV2_KUBECONFIG).stdout)
+    o["status"]["conditions"] = [{"type": "Approved", "status": "True", "reason": "e2e",
+                                  "message": "self-approved"}]
+    r = kubectl("replace", "--raw",
+                "/apis/certificates.k8s.io/v1/certificatesigningrequests/%s/approval" % name,
+                "-f", "-", kubeconfig=DEV2_KUBECONFIG, check_rc=False, input=json.dumps(o))
+    check(r.returncode != 0 and "forbidden" in r.stderr.lower(),
+          "dev2 cannot approve a certificate request: %s" % r.stderr.strip()[-150:])
+    # ... and connect refuses to join dev1's key (held, no --force)
+    r = kb("connect", "-n", NS, "--service", "api", "--local-port", str(p2), "--route-as", "ida",
+           "--agent-image", IMAGE, kubeconfig=DEV2_KUBECONFIG, env={"XDG_RUNTIME_DIR": TMP})
+    check(r.returncode != 0 and "already held" in r.stderr and "--force" in r.stderr,
+          "dev2's connect for dev1's key is refused: %s" % r.stderr.strip().splitlines()[-1][:200])
+    # dev1 may renew its own key
+    name = csr_for("ida", restricted())
+    verdict, msg = csr_outcome(name, restricted())
+    check(verdict == "Approved", "dev1 may get another certificate for its own key: %s" % msg)
+
+    # Neither can read a CA key: none in the Service's namespace, and the
+    # signer's namespace is out of reach.
+    for who, kc_ in (("dev1", restricted()), ("dev2", DEV2_KUBECONFIG)):
+        sec = json.loads(kubectl("get", "secret", "kbridge-agent-api-tls", "-n", NS, "-o", "json",
+                                 kubeconfig=kc_).stdout)
+        check(sorted(sec["data"]) == ["agent.crt", "agent.key", "ca.crt"],
+              "%s: the agent's Secret holds no CA key (%s)" % (who, sorted(sec["data"])))
+        r = kubectl("get", "secrets", "-n", SIGNER_NS, kubeconfig=kc_, check_rc=False)
+        check(r.returncode != 0 and "forbidden" in r.stderr.lower(),
+              "%s cannot list the signer's Secrets" % who)
+        r = kubectl("get", "secret", "kbridge-ca.%s.api" % NS, "-n", SIGNER_NS, kubeconfig=kc_,
+                    check_rc=False)
+        check(r.returncode != 0 and "forbidden" in r.stderr.lower(),
+              "%s cannot read the CA key (kbridge-ca.%s.api)" % (who, NS))
+        r = kubectl("auth", "can-i", "create", "pods", "-n", SIGNER_NS, kubeconfig=kc_,
+                    check_rc=False)
+        check(r.stdout.strip() == "no", "%s cannot run pods in %s" % (who, SIGNER_NS))
+    ca = json.loads(kubectl("get", "secret", "kbridge-ca.%s.api" % NS, "-n", SIGNER_NS, "-o",
+                            "json").stdout)
+    check("ca.key" in ca["data"], "the CA key exists, in the signer's namespace only")
+
+    # --force: dev2 takes "ida" over; logged by the signer and the agent; dev1
+    # is told and leaves without restoring (dev2 is still there).
+    three = Session("ida", p2, "--force", kubeconfig=DEV2_KUBECONFIG)
+    ev = three.ready()
+    check(ev.get("identity") == id2, "dev2 took ida over with --force")
+    a = probe([(API, hdr("ida")), (API, hdr("idb"))])
+    check([served_by(x) for x in a] == ["dev2-local", "dev2-local"],
+          "ida now reaches dev2: %s" % [served_by(x) for x in a])
+    try:
+        one.p.wait(30)
+    except subprocess.TimeoutExpired:
+        raise Fail("dev1's connect still runs after losing its key")
+    check(one.p.returncode != 0 and ("held by " + id2) in one.stderr(),
+          "dev1's connect ends, told who holds its key now: %s" %
+          [l for l in one.stderr().splitlines() if "held by" in l][-1:])
+    slog = kubectl("logs", "-n", SIGNER_NS, signer_pod()).stdout
+    check(("FORCE" in slog and id2 + ' takes route key "ida"' in slog and ("from " + id1) in slog),
+          "the signer logged the forced takeover")
+    agent = [p for p in agent_pods()][0]["metadata"]["name"]
+    alog = kubectl("logs", "-n", NS, agent).stdout + kubectl("logs", "-n", NS, agent).stderr
+    check("FORCE: route key ida taken over by %s from %s" % (id2, id1) in alog,
+          "the agent logged the forced takeover")
+    r = kb("list", "-n", NS, "--output", "json")
+    svc = [o for o in json.loads(r.stdout) if o["service"] == "api"][0]
+    check(svc["identities"].get("ida") == id2, "kbridge list: ida is held by dev2 now")
+    a = probe([(API, hdr("ida"))])
+    check(served_by(a[0]) == "dev2-local", "the takeover stayed after dev1 left")
+    three.stop()
+    two.stop()
+    check_restored(before, "two developers and a forced takeover")
+
+
 PARTS = {"badinput": part_badinput, "routing": part_routing, "replace": part_replace,
          "command": part_command, "restore": part_restore, "agentpod": part_agentpod,
          "lease": part_lease, "direct": part_direct, "named": part_named,
-         "forward": part_forward, "ingress": part_ingress}
+         "forward": part_forward, "ingress": part_ingress, "identity": part_identity}
 
 
 def main():
@@ -981,6 +1176,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--kbridge", required=True)
     ap.add_argument("--agent", required=True)
+    ap.add_argument("--signer", help="kbridge-signer (default: beside the agent's build dir)")
     ap.add_argument("parts", nargs="*")
     ARGS = ap.parse_args()
     if os.geteuid() != 0 or not shutil.which("kubectl"):
@@ -988,6 +1184,8 @@ def main():
         return 77
     ARGS.kbridge = os.path.abspath(ARGS.kbridge)
     ARGS.agent = os.path.abspath(ARGS.agent)
+    if ARGS.signer:
+        ARGS.signer = os.path.abspath(ARGS.signer)
     parts = ARGS.parts or list(PARTS)
     rc = 0
     try:
