@@ -782,6 +782,12 @@ static int client_cert(struct conn *c) {
   if (certreq_obtain(c->k, c->ns, c->svc, c->cfg->key, 0, c->cfg->force, 60, &c->me, &ca,
                      c->identity, sizeof c->identity, &denied, err, sizeof err) < 0) {
     if (denied && strstr(err, "is held by")) c->reason = "route_held";
+    if (!denied && strstr(err, "forbidden")) {
+      c->reason = "forbidden";
+      fail(c, "%s (kbridge needs the ClusterRole of deploy/rbac/developer-csr.yaml to ask for "
+           "certificates: docs/rbac.md)", err);
+      return -1;
+    }
     fail(c, "%s", err);
     return -1;
   }
