@@ -1,7 +1,8 @@
 /* metrics.c: counters, and /healthz + /metrics over evhttp.
  *
  * /healthz answers 200 with a line "ok" and then one JSON object: the keys held
- * and their tunnel counts, the identity holding each key. /metrics is Prometheus text format 0.0.4. */
+ * and their tunnel counts, and the identity holding each key. /metrics is
+ * Prometheus text format 0.0.4. */
 #include "metrics.h"
 
 #include <stdio.h>

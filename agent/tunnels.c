@@ -227,10 +227,7 @@ static int on_hello(struct tunnel *t, const struct frame_hello *hello, char *msg
                hello->key, holder[0] ? holder : "(no identity)", id[0] ? id : "(no identity)");
       return FRAME_WELCOME_CONFLICT;
     }
-    log_warn("FORCE: route key %s taken over by %s from %s (tunnel from %s, %s)", hello->key,
-             id[0] ? id : "(no identity)", holder[0] ? holder : "(no identity)", at->peer,
-             hello->label);
-    forced = 1;
+    forced = 1; /* logged below, once the other checks passed */
   }
   if (ag->opt->exclusive && ag->excl_key[0] && strcmp(ag->excl_key, hello->key) != 0 &&
       route_table_conns(ag->routes, ag->excl_key) > 0) {
@@ -240,7 +237,12 @@ static int on_hello(struct tunnel *t, const struct frame_hello *hello, char *msg
              ag->excl_key);
     return FRAME_WELCOME_CONFLICT;
   }
-  if (forced) evict_holders(ag, hello->key, id, id[0] ? id : "(no identity)");
+  if (forced) {
+    log_warn("FORCE: route key %s taken over by %s from %s (tunnel from %s, %s)", hello->key,
+             id[0] ? id : "(no identity)", holder[0] ? holder : "(no identity)", at->peer,
+             hello->label);
+    evict_holders(ag, hello->key, id, id[0] ? id : "(no identity)");
+  }
   if (route_table_add(ag->routes, hello->key, at) < 0) {
     snprintf(msg, msglen, "cannot register route key (out of memory)");
     return FRAME_WELCOME_CONFLICT;
