@@ -780,7 +780,10 @@ def t_down():
     others = set()
     for f in kc.glob.glob(os.path.join(kc.STATE_ROOT, "kbridge-cluster-*", "*-dirs")):
         others |= set(open(f).read().split())
-    left = [d for d in made if os.path.exists(d) and d not in others]
+    # Kept: what another running cluster lists, and the parents of what it
+    # lists (they cannot be empty while it runs).
+    left = [d for d in made if os.path.exists(d) and d not in others
+            and not any(o.startswith(d.rstrip("/") + "/") for o in others)]
     check(not left, "mount point dirs made for pods removed (%d made, %d kept for other running clusters, left: %s)"
           % (len(made), len(made & others), left))
     r = subprocess.run([os.path.join(HERE, "down"), "--name", NAME])
