@@ -143,13 +143,35 @@ struct service_arg {
   int had_takeover;   /* some kbridge.dev/ annotation was there */
   int conflict;       /* selector changed by someone else */
   int restored;       /* selector set back */
+  int unmerged;       /* conflict, but our key was removed from a merged selector */
   char original[512]; /* the original selector, as stored */
   char current[512];  /* the selector found, when in conflict */
 };
 
-/* Are a and b the same JSON value (objects compared key by key)? */
-static int json_equal(const cJSON *a, const cJSON *b) {
-  return cJSON_Compare(a, b, 1);
+
+enum takeover_sel takeover_selector_state(const cJSON *sel, const cJSON *mine,
+                                          const cJSON *orig) {
+  if (!cJSON_IsObject(sel) || !cJSON_IsObject(mine)) return TAKEOVER_SEL_OTHER;
+  if (cJSON_Compare(sel, mine, 1)) return TAKEOVER_SEL_AGENT;
+  if (orig && cJSON_Compare(sel, orig, 1)) return TAKEOVER_SEL_ORIGINAL;
+  const cJSON *m;
+  int n = 0;
+  cJSON_ArrayForEach(m, mine) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(sel, m->string);
+    if (!v || !cJSON_Compare(v, m, 1)) return TAKEOVER_SEL_OTHER;
+    n++;
+  }
+  return n > 0 && cJSON_GetArraySize(sel) > n ? TAKEOVER_SEL_MERGED : TAKEOVER_SEL_OTHER;
+}
+
+cJSON *takeover_selector_unmerge(const cJSON *sel, const cJSON *mine) {
+  cJSON *out = cJSON_CreateObject();
+  const cJSON *it;
+  cJSON_ArrayForEach(it, sel) {
+    if (cJSON_GetObjectItemCaseSensitive(mine, it->string)) continue;
+    cJSON_AddItemToObject(out, it->string, cJSON_Duplicate(it, 1));
+  }
+  return out;
 }
 
 static int service_mutate(cJSON *obj, void *arg, char *err, size_t errlen) {
@@ -175,12 +197,31 @@ static int service_mutate(cJSON *obj, void *arg, char *err, size_t errlen) {
                TAKEOVER_ANN_ORIGINAL_SELECTOR, TAKEOVER_ANN_AGENT_SELECTOR);
       return -1;
     }
-    if (sel && json_equal(sel, mj)) {
+    enum takeover_sel st = takeover_selector_state(sel, mj, oj);
+    if (st == TAKEOVER_SEL_AGENT) {
       cJSON_ReplaceItemInObjectCaseSensitive(spec, "selector", oj);
       sa->restored = 1;
     } else if (sel == NULL && cJSON_GetArraySize(mj) == 0) {
       cJSON_AddItemToObject(spec, "selector", oj);
       sa->restored = 1;
+    } else if (st == TAKEOVER_SEL_ORIGINAL) {
+      cJSON_Delete(oj); /* put back already (by a session that saw a re-apply) */
+      sa->restored = 1;
+    } else if (st == TAKEOVER_SEL_MERGED) {
+      /* A re-apply merged the manifest's selector with ours ({"app":"api",
+       * "kbridge.dev/agent":"api"} matches no pod): our keys go, theirs stay. */
+      cJSON *un = takeover_selector_unmerge(sel, mj);
+      if (cJSON_Compare(un, oj, 1)) {
+        sa->restored = 1;
+      } else {
+        char *cur = cJSON_PrintUnformatted(un);
+        snprintf(sa->current, sizeof sa->current, "%s", cur ? cur : "?");
+        free(cur);
+        sa->conflict = 1;
+        sa->unmerged = 1;
+      }
+      cJSON_ReplaceItemInObjectCaseSensitive(spec, "selector", un);
+      cJSON_Delete(oj);
     } else {
       char *cur = sel ? cJSON_PrintUnformatted(sel) : NULL;
       snprintf(sa->current, sizeof sa->current, "%s", cur ? cur : "none");
@@ -426,7 +467,8 @@ int takeover_restore(struct kube *k, const char *ns, const char *service,
     else if (sa.conflict) {
       rep->conflicts++;
       say(rep, "service %s/%s: selector left as %s: it was changed by someone else while taken "
-          "over (the selector before the takeover was %s)", ns, service, sa.current, sa.original);
+          "over%s (the selector before the takeover was %s)", ns, service, sa.current,
+          sa.unmerged ? "; kbridge's key removed from it" : "", sa.original);
     } else {
       say(rep, "service %s/%s: kbridge annotations removed", ns, service);
     }

@@ -31,7 +31,11 @@
  *
  * Restore never overwrites someone else's change: if the Service's selector is no
  * longer the agent selector, it leaves the selector alone and reports a conflict
- * (the kbridge objects are still removed). Every step is idempotent: an object
+ * (the kbridge objects are still removed). Two exceptions, both ours: a selector
+ * already put back to the original counts as restored, and a selector that
+ * holds the agent selector's keys plus others (a re-apply of the manifest merged
+ * them; it matches no pod) has our keys removed (restored when what is left is
+ * the original, else a conflict with their selector kept without our keys). Every step is idempotent: an object
  * already gone, or an annotation already removed, counts as done. */
 #ifndef KB_TAKEOVER_H
 #define KB_TAKEOVER_H
@@ -90,6 +94,22 @@ struct cJSON;
 /* The longest Service name that can be taken over: "<svc>-kbridge-origin" must
  * still be a Service name (63 characters). */
 #define TAKEOVER_MAX_SERVICE 48
+
+/* How a taken-over Service's selector sel stands, given the agent selector
+ * kbridge put there (mine) and the one before the takeover (orig, may be NULL):
+ *   AGENT     sel is mine: the takeover is in place;
+ *   ORIGINAL  sel is orig: put back (by restore, or by a session after a re-apply);
+ *   MERGED    sel holds every key of mine plus others: a `kubectl apply`, Helm or
+ *             GitOps re-sync merged the manifest's selector with ours; it matches
+ *             no pod (the agent pods carry none of the manifest's labels);
+ *   OTHER     anything else: someone replaced it, theirs stands.
+ * MERGED is never left in place: takeover_selector_unmerge() gives sel without
+ * mine's keys (the manifest's selector), what restore and connect write back. */
+enum takeover_sel { TAKEOVER_SEL_AGENT, TAKEOVER_SEL_ORIGINAL, TAKEOVER_SEL_MERGED, TAKEOVER_SEL_OTHER };
+enum takeover_sel takeover_selector_state(const struct cJSON *sel, const struct cJSON *mine,
+                                          const struct cJSON *orig);
+/* A new object (caller owns it): sel without the keys of mine. */
+struct cJSON *takeover_selector_unmerge(const struct cJSON *sel, const struct cJSON *mine);
 
 /* The names of the kbridge objects of a Service. */
 struct takeover_names {

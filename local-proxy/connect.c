@@ -24,7 +24,12 @@
  *                exclusive mode then scales the workload to 0.
  *   4. tunnels   proxy.c runs the tunnels with that certificate, each carried by a
  *                port-forward to the current agent pod (looked up again on every
- *                reconnect, so a replaced pod is found).
+ *                reconnect, so a replaced pod is found). Meanwhile the re-sync
+ *                guard reads the Service every second: a selector merged by a
+ *                re-apply of its manifest loses our key at once (real pods
+ *                again), then the takeover is re-established, at most
+ *                GUARD_RETAKES times in GUARD_WINDOW_S; a further revert, a
+ *                replaced selector or a deleted Service ends the session.
  *   5. leave     on SIGINT/SIGTERM, `kbridge disconnect` (SIGTERM) or the end of
  *                the command after "--": GOAWAY, remove our route annotation,
  *                and when no other developer holds a route, restore the cluster
@@ -70,6 +75,14 @@
 #define TLS_MOUNT "/etc/kbridge/tls"
 #define AGENT_UID 65532
 #define MAX_PORTS 16
+/* Re-sync guard: the Service's selector is read every GUARD_PERIOD_MS; a
+ * re-apply that merged or replaced it is repaired at once, and the takeover
+ * re-established at most GUARD_RETAKES times in GUARD_WINDOW_S seconds; one more
+ * revert within that window ends the session (see the user guide, "On a real
+ * cluster"). */
+#define GUARD_PERIOD_MS 1000
+#define GUARD_RETAKES 3
+#define GUARD_WINDOW_S 600.0
 
 extern char **environ;
 
@@ -178,6 +191,10 @@ struct conn {
   struct proxy *px;
   struct event *sigchld;
   struct event *tunnel_timer;  /* --timeout for the first registration */
+  struct event *guard_timer;   /* looks at the Service's selector every second */
+  double retakes[GUARD_RETAKES]; /* when the takeover was last re-established */
+  int nretakes;
+  char guard_seen[512];        /* the last unexpected selector reported */
   int gone_reported;           /* the agent Deployment disappeared */
   char tunnel_err[700];        /* the last carrier failure */
   pid_t child;
@@ -1569,6 +1586,134 @@ static void sigchld_cb(evutil_socket_t fd, short what, void *arg) {
   }
 }
 
+/* ---- the re-sync guard ---- */
+
+struct guard_arg {
+  const cJSON *mine, *orig;
+  int retake;                /* 1: set the agent selector when the original is there */
+  enum takeover_sel found;   /* what was there */
+  char now[512];             /* the selector written or left */
+};
+
+/* Repair (retake 0) or re-establish (retake 1) the takeover's selector. A
+ * merged selector loses our keys; the original gets the agent selector back
+ * only when retake is set; anything else is someone else's and stays. */
+static int guard_mutate(cJSON *obj, void *arg, char *err, size_t errlen) {
+  struct guard_arg *ga = arg;
+  (void)err;
+  (void)errlen;
+  cJSON *spec = cJSON_GetObjectItemCaseSensitive(obj, "spec");
+  cJSON *sel = cJSON_GetObjectItemCaseSensitive(spec, "selector");
+  ga->found = takeover_selector_state(sel, ga->mine, ga->orig);
+  cJSON *next = NULL;
+  if (ga->found == TAKEOVER_SEL_MERGED) next = takeover_selector_unmerge(sel, ga->mine);
+  else if (ga->found == TAKEOVER_SEL_ORIGINAL && ga->retake) next = cJSON_Duplicate(ga->mine, 1);
+  char *p = cJSON_PrintUnformatted(next ? next : sel);
+  snprintf(ga->now, sizeof ga->now, "%s", p ? p : "none");
+  free(p);
+  if (!next) return 1;
+  if (sel) cJSON_ReplaceItemInObjectCaseSensitive(spec, "selector", next);
+  else cJSON_AddItemToObject(spec, "selector", next);
+  return 0;
+}
+
+/* End the session with an error event of reason service_changed. */
+static void guard_end(struct conn *c, const char *msg) {
+  c->reason = "service_changed";
+  fail(c, "%s", msg);
+  proxy_shutdown(c->px, 1);
+}
+
+/* Every GUARD_PERIOD_MS: is the Service still taken over as we left it? A
+ * blocking GET (one small object; the loop already makes blocking calls when
+ * tunnels open), so a re-apply is seen within about a second. */
+static void guard_cb(evutil_socket_t fd, short what, void *arg) {
+  struct conn *c = arg;
+  (void)fd;
+  (void)what;
+  struct kube_ref r = {"v1", "services", c->ns, c->svc, NULL};
+  struct kube_err e;
+  cJSON *svc = NULL;
+  if (kube_get(c->k, &r, &svc, &e) < 0) {
+    if (e.status == 404) {
+      char m[300];
+      snprintf(m, sizeof m, "service %s/%s was deleted while taken over; the session ends", c->ns,
+               c->svc);
+      guard_end(c, m);
+      return;
+    }
+    log_debug("re-sync guard: %s", e.msg); /* the API server hiccuped: next tick */
+    return;
+  }
+  const char *mine_s = takeover_annotation(svc, TAKEOVER_ANN_AGENT_SELECTOR);
+  const char *orig_s = takeover_annotation(svc, TAKEOVER_ANN_ORIGINAL_SELECTOR);
+  cJSON *mine = mine_s ? cJSON_Parse(mine_s) : NULL, *orig = orig_s ? cJSON_Parse(orig_s) : NULL;
+  const cJSON *sel = jget(svc, "spec.selector");
+  enum takeover_sel st = mine ? takeover_selector_state(sel, mine, orig) : TAKEOVER_SEL_AGENT;
+  /* No annotations: the takeover was ended elsewhere (restore, lease); the
+   * tunnels notice the agent going. */
+  if (st == TAKEOVER_SEL_AGENT) goto done;
+  char *cur = sel ? cJSON_PrintUnformatted(sel) : NULL;
+  char seen[512];
+  snprintf(seen, sizeof seen, "%s", cur ? cur : "none");
+  free(cur);
+  struct guard_arg ga = {mine, orig, 0, TAKEOVER_SEL_AGENT, ""};
+  if (st == TAKEOVER_SEL_MERGED) {
+    /* First the Service back to real pods, whatever happens next. */
+    if (kube_update_retry(c->k, &r, guard_mutate, &ga, NULL, &e) < 0) {
+      log_warn("re-sync guard: cannot repair the selector %s: %s", seen, e.msg);
+      goto done;
+    }
+    progress(c, "selector-reverted", "service %s/%s: its selector became %s (a re-apply of its "
+             "manifest merged it with kbridge's, matching no pod); set to %s", c->ns, c->svc,
+             seen, ga.now);
+    cJSON *now = cJSON_Parse(ga.now);
+    st = takeover_selector_state(now, mine, orig);
+    cJSON_Delete(now);
+  } else if (strcmp(seen, c->guard_seen) != 0) {
+    progress(c, "selector-reverted", "service %s/%s: its selector became %s", c->ns, c->svc, seen);
+  }
+  snprintf(c->guard_seen, sizeof c->guard_seen, "%s", seen);
+  char m[1200];
+  if (st != TAKEOVER_SEL_ORIGINAL) {
+    snprintf(m, sizeof m, "service %s/%s: its selector was replaced with %s by someone else while "
+             "taken over; theirs stands and the session ends", c->ns, c->svc,
+             ga.now[0] ? ga.now : seen);
+    guard_end(c, m);
+    goto done;
+  }
+  /* The original selector is back: take over again, a bounded number of times. */
+  double t = now_s();
+  int recent = 0;
+  for (int i = 0; i < c->nretakes; i++) recent += t - c->retakes[i] < GUARD_WINDOW_S;
+  if (recent >= GUARD_RETAKES) {
+    snprintf(m, sizeof m, "service %s/%s: its selector was reverted %d times in %.0f minutes (a "
+             "GitOps controller, Helm or kubectl apply keeps re-applying its manifest: pause it "
+             "for this Service, see \"On a real cluster\" in the user guide); the Service "
+             "selects its own pods again and the session ends", c->ns, c->svc, GUARD_RETAKES + 1,
+             GUARD_WINDOW_S / 60);
+    guard_end(c, m);
+    goto done;
+  }
+  ga.retake = 1;
+  if (kube_update_retry(c->k, &r, guard_mutate, &ga, NULL, &e) < 0) {
+    log_warn("re-sync guard: cannot take the Service over again: %s", e.msg);
+    goto done;
+  }
+  if (c->nretakes == GUARD_RETAKES) {
+    memmove(c->retakes, c->retakes + 1, sizeof c->retakes[0] * (GUARD_RETAKES - 1));
+    c->nretakes--;
+  }
+  c->retakes[c->nretakes++] = t;
+  c->guard_seen[0] = '\0';
+  progress(c, "retake", "service %s/%s selects the agent again (%d of %d re-takeovers in %.0f "
+           "minutes)", c->ns, c->svc, recent + 1, GUARD_RETAKES, GUARD_WINDOW_S / 60);
+done:
+  cJSON_Delete(mine);
+  cJSON_Delete(orig);
+  cJSON_Delete(svc);
+}
+
 static void hook_started(void *arg, struct proxy *px, struct event_base *base) {
   struct conn *c = arg;
   c->px = px;
@@ -1576,6 +1721,11 @@ static void hook_started(void *arg, struct proxy *px, struct event_base *base) {
   if (c->tunnel_timer) {
     struct timeval tv = {c->cfg->timeout, 0};
     evtimer_add(c->tunnel_timer, &tv);
+  }
+  c->guard_timer = event_new(base, -1, EV_PERSIST, guard_cb, c);
+  if (c->guard_timer) {
+    struct timeval tv = {GUARD_PERIOD_MS / 1000, (GUARD_PERIOD_MS % 1000) * 1000};
+    event_add(c->guard_timer, &tv);
   }
   if (c->cfg->cmd) {
     c->sigchld = evsignal_new(base, SIGCHLD, sigchld_cb, c);
@@ -2091,6 +2241,8 @@ int connect_run(struct connect_config *cfg) {
     c->sigchld = NULL;
     if (c->tunnel_timer) event_free(c->tunnel_timer);
     c->tunnel_timer = NULL;
+    if (c->guard_timer) event_free(c->guard_timer);
+    c->guard_timer = NULL;
     sigaction(SIGINT, &sa, NULL); /* libevent restored the defaults */
     sigaction(SIGTERM, &sa, NULL);
     if (c->child > 0) { /* we are leaving before the command: stop it */

@@ -1,0 +1,217 @@
+#!/usr/bin/env python3
+"""Takeovers on Services shaped like those of real clusters (issue 17), against
+the local test cluster, as the restricted developer of test_connect.py (whose
+fixture, snapshots and probes this file reuses).
+
+    test_takeover.py --kbridge BIN --agent BIN [PART...]
+
+Parts (default: all, in this order):
+    gitops     during a takeover, `kubectl apply -f deploy/demo/shop.yaml` and
+               `kubectl apply --server-side --force-conflicts --field-manager=flux`
+               merge the manifest's selector with the agent's: the session puts the
+               real pods back and takes over again within seconds (unrouted-request
+               failures during each re-apply printed, bounded); a revert beyond the
+               re-takeover budget ends the session with an error event (reason
+               service_changed) and the cluster is restored; with the CLI killed,
+               `kbridge restore` of a merged selector restores the original
+    longkey    a route key of 63 characters is refused before anything changes
+               (its annotation name would be too long), exit 2
+    headless   a headless Service (clusterIP None, as in front of a StatefulSet) is
+               refused with the reason, exit 2, cluster untouched
+    domain     the agent reaches the shadow Service by <name>.<ns>.svc, not by a
+               hard-coded cluster.local name; unrouted requests still answered
+
+The cluster is $KBRIDGE_E2E_CLUSTER (default kbe2e), as for test_connect.py.
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import test_connect as tc  # noqa: E402
+
+from test_connect import (NS, Fail, Session, backend, check, check_restored, kb,  # noqa: E402
+                          kubectl, say, served_by, snapshot, probe, API, hdr, wait,
+                          kbridge_objects)
+
+SHOP = os.path.join(tc.REPO, "deploy", "demo", "shop.yaml")
+
+# Unrouted requests (no key) to api from the frontend pod, one every 0.1 s for
+# DURATION seconds; prints "go" after the first answer, then one JSON list of
+# [seconds since start, ok] at the end.
+LOOP = r'''
+import json, sys, time, urllib.request
+url, duration = sys.argv[1], float(sys.argv[2])
+t0 = time.time(); out = []
+while time.time() - t0 < duration:
+    t = time.time()
+    try:
+        r = urllib.request.urlopen(url, timeout=1)
+        ok = "service" in json.loads(r.read().decode())
+    except Exception:
+        ok = False
+    out.append([round(t - t0, 2), ok])
+    if len(out) == 1:
+        print("go", flush=True)
+    time.sleep(max(0, 0.1 - (time.time() - t)))
+print(json.dumps(out), flush=True)
+'''
+
+
+def selector(name="api"):
+    return json.loads(kubectl("get", "service", name, "-n", NS, "-o", "json").stdout)["spec"].get(
+        "selector")
+
+
+def wait_step(sess, steps, timeout=30):
+    """The next progress event whose step is in steps, or an error event."""
+    end = time.time() + timeout
+    while True:
+        ev = sess.next_event(max(0.1, end - time.time()))
+        if ev is None:
+            raise Fail("connect ended while waiting for %s" % (steps,))
+        if ev["event"] == "error" or (ev["event"] == "progress" and ev.get("step") in steps):
+            return ev
+
+
+# The api Service of deploy/demo/shop.yaml as Flux renders it for a server-side
+# apply. The API server 1.20 refuses server-side apply of ports without a
+# protocol ("associative list with keys has an element that omits key field
+# protocol"), so it is spelt out here.
+SSA_API = json.dumps({
+    "apiVersion": "v1", "kind": "Service", "metadata": {"name": "api", "namespace": NS},
+    "spec": {"selector": {"app": "api"},
+             "ports": [{"name": "http", "port": 8080, "targetPort": 8080, "protocol": "TCP"}]}})
+
+
+def reapply_under_load(argv, duration=9.0, at=2.0, stdin=None):
+    """Run the unrouted-request loop in the frontend pod, re-apply the manifest
+    `at` seconds in; returns (failures, total, failures in the last 3 s)."""
+    p = subprocess.Popen([os.path.join(tc.CLUSTER_DIR, "pod-exec"), "--name", tc.NAME, NS,
+                          tc.frontend_pod(), "--", "python3", "-c", LOOP, API, str(duration)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tc.PROCS.append(p)
+    if p.stdout.readline().strip() != "go":
+        raise Fail("request loop did not start: %s" % p.stderr.read()[-500:])
+    time.sleep(at)
+    r = kubectl(*argv, input=stdin)
+    say("%s: %s" % (" ".join(argv[:4]), r.stdout.strip().replace("\n", "; ")))
+    out, err = p.communicate(timeout=duration + 30)
+    res = json.loads(out.strip().splitlines()[-1])
+    fails = [t for t, ok in res if not ok]
+    late = [t for t in fails if t > duration - 3]
+    return len(fails), len(res), len(late), fails
+
+
+def part_gitops():
+    before = snapshot()
+    _, pa = backend("alice")
+    alice = Session("alice", pa)
+    alice.ready()
+    agent_sel = {"kbridge.dev/agent": "api"}
+    check(selector() == agent_sel, "api taken over: selector %s" % selector())
+    figures = []
+    applies = [("kubectl apply", ["apply", "-f", SHOP], None),
+               ("server-side apply as flux", ["apply", "--server-side", "--force-conflicts",
+                                              "--field-manager=flux", "-f", "-"], SSA_API)]
+    for what, argv, stdin in applies:
+        nfail, total, late, fails = reapply_under_load(argv, stdin=stdin)
+        figures.append((what, nfail, total))
+        say("%s during the takeover: %d of %d unrouted requests failed (at %s s)" % (
+            what, nfail, total, fails[:3] + (["..."] if len(fails) > 3 else [])))
+        ev = wait_step(alice, ("retake",))
+        check(ev["event"] == "progress" and alice.events[-2].get("step") == "selector-reverted",
+              "%s: the session reported the revert (%s) and took over again" % (
+                  what, alice.events[-2].get("message", "")[:150]))
+        sel = selector()
+        check(sel == agent_sel, "%s: the Service selects the agent again (%s)" % (what, sel))
+        check(late == 0, "%s: no unrouted request failed in the last 3 s of the loop" % what)
+        check(nfail <= 25, "%s: at most 25 unrouted requests failed (%d)" % (what, nfail))
+        a = probe([(API, hdr("alice")), (API, {})])
+        check([served_by(x) for x in a] == ["alice", "api"],
+              "%s: alice's route and the real pods answer again (%s)" % (
+                  what, [served_by(x) for x in a]))
+    # The budget: 3 re-takeovers in 10 minutes; the 4th revert ends the session.
+    kubectl("apply", "-f", SHOP)
+    ev = wait_step(alice, ("retake",))
+    check(ev["event"] == "progress", "third revert: taken over again (%s)" % ev.get("message"))
+    t = time.time()
+    kubectl("apply", "-f", SHOP)
+    ev = wait_step(alice, ("__none__",))
+    check(ev.get("reason") == "service_changed" and "reverted" in ev.get("message", ""),
+          "fourth revert within 10 minutes ends the session in %.1f s: %s" % (
+              time.time() - t, ev.get("message", "")[:160]))
+    ev = alice.until(("disconnected",), 60)
+    alice.p.wait(30)
+    check(ev and ev.get("restored") is True and alice.p.returncode == 1,
+          "the session restored the cluster and exited 1")
+    check_restored(before, "a takeover ended by repeated re-applies")
+
+    # The CLI gone (kill -9): the merged selector is repaired by restore.
+    alice = Session("alice", pa)
+    alice.ready()
+    alice.p.kill()
+    alice.p.wait()
+    kubectl("apply", "-f", SHOP)
+    merged = selector()
+    check(merged == {"app": "api", "kbridge.dev/agent": "api"},
+          "with no session left, a re-apply merges the selectors: %s" % merged)
+    r = kb("restore", "-n", NS, "--service", "api")
+    check(r.returncode == 0 and "selector restored to" in r.stdout and "left as" not in r.stdout,
+          "kbridge restore recognises the merged selector as ours: %s" % r.stdout.strip()[:200])
+    check_restored(before, "restore of a merged selector")
+    for what, n, total in figures:
+        say("FIGURE unrouted failures during %s: %d of %d" % (what, n, total))
+
+
+PARTS = {"gitops": part_gitops}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--kbridge", required=True)
+    ap.add_argument("--agent", required=True)
+    ap.add_argument("parts", nargs="*")
+    args = ap.parse_args()
+    tc.ARGS = args
+    if os.geteuid() != 0 or not shutil.which("kubectl"):
+        print("skipped: needs root and kubectl")
+        return 77
+    args.kbridge = os.path.abspath(args.kbridge)
+    args.agent = os.path.abspath(args.agent)
+    parts = args.parts or list(PARTS)
+    rc = 0
+    try:
+        tc.cluster_up()
+        for p in parts:
+            say("== %s" % p)
+            PARTS[p]()
+    except Fail as e:
+        say("FAIL: %s" % e)
+        rc = 1
+    finally:
+        for p in tc.PROCS:
+            if p.poll() is None:
+                p.kill()
+        try:
+            if tc.info():
+                for s in ("api", "db"):
+                    kb("restore", "-n", NS, "--service", s,
+                       kubeconfig=tc.info()["admin_kubeconfig"])
+        except Exception as e:
+            say("cleanup restore failed: %s" % e)
+        if os.environ.get("KBRIDGE_E2E_KEEP") != "1" and tc.info():
+            subprocess.run([os.path.join(tc.CLUSTER_DIR, "down"), "--name", tc.NAME],
+                           capture_output=True)
+        shutil.rmtree(tc.TMP, ignore_errors=True)
+    say("PASS" if rc == 0 else "FAILED")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
