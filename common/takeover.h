@@ -111,6 +111,12 @@ enum takeover_sel takeover_selector_state(const struct cJSON *sel, const struct 
 /* A new object (caller owns it): sel without the keys of mine. */
 struct cJSON *takeover_selector_unmerge(const struct cJSON *sel, const struct cJSON *mine);
 
+/* The longest route key connect accepts: the annotation kbridge.dev/route-<key>
+ * must have a name part ("route-<key>") of at most 63 characters. Checked
+ * before the first write (a key of 58-63 characters, a valid DNS label, used to
+ * be refused by the API server only after the Service was switched). */
+#define TAKEOVER_MAX_ROUTE_KEY 57
+
 /* The names of the kbridge objects of a Service. */
 struct takeover_names {
   char agent[80];  /* kbridge-agent-<svc>: Deployment, ServiceAccount, Role, RoleBinding */

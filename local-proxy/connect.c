@@ -559,10 +559,12 @@ static cJSON *agent_deployment(const struct conn *c) {
       snprintf(buf, sizeof buf, "0.0.0.0:%d", q->target);
       cJSON_AddItemToArray(args, cJSON_CreateString("--listen"));
       cJSON_AddItemToArray(args, cJSON_CreateString(buf));
-      snprintf(buf, sizeof buf, "%s.%s.svc.cluster.local:%d", c->nm.origin, c->ns, q->target);
+      /* <name>.<ns>.svc, completed by the pod's resolv.conf search list: no
+       * cluster domain is assumed (custom domains are not cluster.local). */
+      snprintf(buf, sizeof buf, "%s.%s.svc:%d", c->nm.origin, c->ns, q->target);
       cJSON_AddItemToArray(args, cJSON_CreateString("--fallback"));
     } else {
-      snprintf(buf, sizeof buf, "0.0.0.0:%d=%s.%s.svc.cluster.local:%d", q->target,
+      snprintf(buf, sizeof buf, "0.0.0.0:%d=%s.%s.svc:%d", q->target,
                c->nm.origin, c->ns, q->target);
       cJSON_AddItemToArray(args, cJSON_CreateString("--port-map"));
     }
@@ -2011,6 +2013,13 @@ int connect_run(struct connect_config *cfg) {
     return 2;
   }
   if (cfg->key[0] == '\0') default_key(cfg->key, sizeof cfg->key);
+  if (strlen(cfg->key) > TAKEOVER_MAX_ROUTE_KEY) {
+    c->reason = "bad_flag";
+    fail(c, "--route-as: \"%s\" has %zu characters; a route key for connect may have at most %d "
+         "(it is part of the annotation name kbridge.dev/route-KEY, which Kubernetes limits to 63 "
+         "after the prefix)", cfg->key, strlen(cfg->key), TAKEOVER_MAX_ROUTE_KEY);
+    return 2;
+  }
   if (forwards_bindable(c) < 0) return 2;
   const char *img = cfg->agent_image ? cfg->agent_image : getenv("KBRIDGE_AGENT_IMAGE");
   snprintf(c->image, sizeof c->image, "%s", img && *img ? img : CONNECT_DEFAULT_IMAGE);
@@ -2116,6 +2125,19 @@ int connect_run(struct connect_config *cfg) {
     const char *type = jstr(c->service, "spec.type");
     if (type && strcmp(type, "ExternalName") == 0) {
       fail(c, "service %s/%s is an ExternalName service: nothing to take over", c->ns, c->svc);
+      goto out;
+    }
+    const char *cip = jstr(c->service, "spec.clusterIP");
+    if (cip && strcmp(cip, "None") == 0) {
+      /* Its DNS name lists the pods themselves, and each pod of a StatefulSet
+       * has its own name under it (db-0.db.NS.svc): with the agent selected
+       * those names stop resolving and peer discovery breaks. */
+      c->reason = "unsupported";
+      fail(c, "service %s/%s is headless (clusterIP: None): its DNS names are the pods' own "
+           "(for a StatefulSet, <pod>.%s.%s.svc), and a takeover would replace them with the "
+           "agent's; take over a ClusterIP Service in front of the same pods instead", c->ns,
+           c->svc, c->svc, c->ns);
+      rc = 2;
       goto out;
     }
     /* Leftovers of an earlier takeover that was not restored. */

@@ -169,7 +169,91 @@ def part_gitops():
         say("FIGURE unrouted failures during %s: %d of %d" % (what, n, total))
 
 
-PARTS = {"gitops": part_gitops}
+def refused(argv, words, reason, what, timeout=40):
+    """connect with argv must exit 2 with an error event of reason, the cluster
+    untouched."""
+    before = snapshot()
+    db = json.loads(kubectl("get", "services", "-n", NS, "-o", "json").stdout)["items"]
+    try:
+        r = kb(*(argv + ["--output", "json"]), env={"XDG_RUNTIME_DIR": tc.TMP}, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise Fail("%s: connect was still running after %d s (it took the Service over)" % (
+            what, timeout))
+    errs = [json.loads(x) for x in r.stdout.splitlines() if '"event":"error"' in x]
+    progress = [json.loads(x).get("step") for x in r.stdout.splitlines() if '"progress"' in x]
+    msg = errs[0]["message"] if errs else r.stderr.strip()[-300:]
+    check(r.returncode == 2 and errs and errs[0].get("reason") == reason and
+          all(w in msg for w in words),
+          "%s: exit %d, reason %s: %s" % (what, r.returncode, errs[0].get("reason") if errs else None,
+                                          msg[:200]))
+    check(not {"create-agent", "switch-selector", "undo"} & set(progress),
+          "%s: refused before the first write (steps %s)" % (what, progress))
+    after = json.loads(kubectl("get", "services", "-n", NS, "-o", "json").stdout)["items"]
+    strip = lambda items: sorted(json.dumps({"n": i["metadata"]["name"], "spec": i["spec"],
+                                             "rv": i["metadata"]["resourceVersion"]})
+                                 for i in items)
+    check(snapshot() == before and not kbridge_objects() and strip(db) == strip(after),
+          "%s: cluster untouched (every Service as it was, no kbridge object)" % what)
+
+
+def part_longkey():
+    port = tc.free_port()
+    base = ["connect", "-n", NS, "--service", "api", "--local-port", str(port),
+            "--agent-image", tc.IMAGE, "--route-as"]
+    refused(base + ["k" * 63], ["--route-as", "63 characters", "at most 57"], "bad_flag",
+            "a 63-character route key")
+    refused(base + ["k" * 58], ["--route-as", "58 characters"], "bad_flag",
+            "a 58-character route key")
+    # The longest key that fits works end to end.
+    _, pk = backend("longkey")
+    key = "k" * 57
+    s = Session(key, pk)
+    s.ready()
+    a = probe([(API, hdr(key))])
+    check(served_by(a[0]) == "longkey", "a 57-character route key connects and routes")
+    before_stop = selector()
+    ev = s.stop()
+    check(before_stop == {"kbridge.dev/agent": "api"} and ev.get("restored") is True,
+          "and restores on disconnect")
+
+
+def part_headless():
+    kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "db", "namespace": NS},
+        "spec": {"clusterIP": "None", "selector": {"app": "api"},
+                 "ports": [{"name": "http", "port": 8080}]}}))
+    try:
+        port = tc.free_port()
+        refused(["connect", "-n", NS, "--service", "db", "--local-port", str(port),
+                 "--agent-image", tc.IMAGE, "--route-as", "alice"],
+                ["headless", "clusterIP: None", "ClusterIP Service"], "unsupported",
+                "a headless Service")
+        check(selector("db") == {"app": "api"}, "the headless Service still selects its pods")
+    finally:
+        kubectl("delete", "service", "db", "-n", NS, "--wait=false")
+
+
+def part_domain():
+    _, pa = backend("alice")
+    s = Session("alice", pa)
+    s.ready()
+    dep = json.loads(kubectl("get", "deployment", "kbridge-agent-api", "-n", NS, "-o",
+                             "json").stdout)
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    fb = [a for a in args if "kbridge-origin" in a]
+    check(fb == ["api-kbridge-origin.shop.svc:8080"] and not any("cluster.local" in a for a in args),
+          "the agent reaches the shadow Service by <name>.<ns>.svc, no cluster domain assumed "
+          "(%s)" % fb)
+    a = probe([(API, {}), (API, hdr("alice")), (API, {})])
+    check([served_by(x) for x in a] == ["api", "alice", "api"],
+          "unrouted requests reach the real pods through that name (%s)" % [served_by(x) for x in a])
+    ev = s.stop()
+    check(ev.get("restored") is True, "restored on disconnect")
+
+
+PARTS = {"gitops": part_gitops, "longkey": part_longkey, "headless": part_headless,
+         "domain": part_domain}
 
 
 def main():
