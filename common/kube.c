@@ -17,6 +17,7 @@
 #include <event2/event.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
+#include <openssl/rand.h>
 #include <openssl/x509v3.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -546,9 +547,50 @@ static int finish(struct req *q, CURLcode cc, cJSON **out, struct kube_err *e) {
 
 /* ---- blocking ---- */
 
+/* Retrying (blocking calls): a call is tried at most RETRY_ATTEMPTS times.
+ *   429 Too Many Requests (API Priority and Fairness, max-in-flight): any
+ *       method; the server did not execute the request.
+ *   5xx and transport errors (reset, nothing received, send/receive failed):
+ *       GET, PUT, DELETE only (idempotent; a PUT carries its resourceVersion, so
+ *       a repeated one that already happened gets a 409, which the callers'
+ *       read-modify-write loop handles, and a repeated DELETE a 404).
+ *   A refused connection: any method (nothing was sent).
+ * Not retried: timeouts (the call already waited its full time), TLS and
+ * credential failures, every other status. The wait is the server's
+ * Retry-After when it sends one (capped at RETRY_AFTER_MAX_S), else 250 ms
+ * doubling, each randomized to 50-100 %. */
+#define RETRY_ATTEMPTS 4
+#define RETRY_BASE_MS 250
+#define RETRY_AFTER_MAX_S 10
+
+static int idempotent(const char *method) {
+  return strcmp(method, "GET") == 0 || strcmp(method, "PUT") == 0 ||
+         strcmp(method, "DELETE") == 0 || strcmp(method, "HEAD") == 0;
+}
+
+/* How long to wait before trying q again (ms), or -1: do not retry. */
+static long retry_delay(const struct req *q, CURLcode cc, long status, int attempt) {
+  if (attempt >= RETRY_ATTEMPTS) return -1;
+  int again;
+  if (cc != CURLE_OK)
+    again = cc == CURLE_COULDNT_CONNECT ||
+            (idempotent(q->method) && (cc == CURLE_GOT_NOTHING || cc == CURLE_SEND_ERROR ||
+                                       cc == CURLE_RECV_ERROR || cc == CURLE_PARTIAL_FILE));
+  else
+    again = status == 429 || (status >= 500 && status <= 599 && idempotent(q->method));
+  if (!again) return -1;
+  curl_off_t ra = 0; /* 0: no Retry-After (or "0"): our own back-off */
+  if (cc == CURLE_OK && curl_easy_getinfo(q->easy, CURLINFO_RETRY_AFTER, &ra) == CURLE_OK && ra > 0)
+    return (long)(ra > RETRY_AFTER_MAX_S ? RETRY_AFTER_MAX_S : ra) * 1000L;
+  long base = (long)RETRY_BASE_MS << (attempt - 1);
+  unsigned r = 0;
+  if (RAND_bytes((unsigned char *)&r, sizeof r) != 1) r = (unsigned)rand();
+  return base / 2 + (long)(r % (unsigned)(base / 2 + 1));
+}
+
 static int run_blocking(struct kube *k, struct req *q, cJSON **out, struct kube_err *e) {
   q->easy = k->easy;
-  for (;;) {
+  for (int attempt = 1;;) {
     if (setup(q, e) < 0) return -1;
     CURLcode cc = curl_easy_perform(q->easy);
     long status = 0;
@@ -558,7 +600,23 @@ static int run_blocking(struct kube *k, struct req *q, cJSON **out, struct kube_
       rejected(k, q);
       continue;
     }
-    return finish(q, cc, out, e);
+    long ms = retry_delay(q, cc, status, attempt);
+    if (ms >= 0) {
+      log_debug("%s: %s; trying again in %ld ms (attempt %d of %d)", q->what,
+                cc != CURLE_OK ? curl_easy_strerror(cc) : "the API server is busy", ms,
+                attempt + 1, RETRY_ATTEMPTS);
+      struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+      while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
+      }
+      attempt++;
+      continue;
+    }
+    int rc = finish(q, cc, out, e);
+    if (rc < 0 && attempt > 1) {
+      size_t l = strlen(e->msg);
+      snprintf(e->msg + l, sizeof e->msg - l, " (after %d attempts)", attempt);
+    }
+    return rc;
   }
 }
 

@@ -194,6 +194,7 @@ class Handler(BaseHTTPRequestHandler):
                 return self.send_json(200, {"connections": STATE["connections"],
                                             "requests": STATE["requests"],
                                             "proxied": STATE.get("proxied", 0),
+                                            "flaky": STATE.get("flaky", {}),
                                             "last_delete": STATE["last_delete"]})
         user, role = self.user()
         if not user:
@@ -202,6 +203,28 @@ class Handler(BaseHTTPRequestHandler):
         if not m:
             return self.send_json(*status(404, "NotFound", "the server could not find the requested resource"))
         gv, ns, res, name = m.groups()
+        # Retry tests: objects named busy-N answer 429 (Retry-After: 1) to the
+        # first N requests on their path, fail5-N 503 without Retry-After, and
+        # always-busy always 429 (Retry-After: 0); the counts per method+path
+        # are in /api/debug/stats under "flaky".
+        fm = re.match(r"^(busy|fail5)-(\d+)$", name or "")
+        if fm or name == "always-busy":
+            key = "%s %s" % (method, url.path)
+            with LOCK:
+                seen = STATE.setdefault("flaky", {})
+                seen[key] = seen.get(key, 0) + 1
+                n = seen[key]
+            if name == "always-busy" or (fm.group(1) == "busy" and n <= int(fm.group(2))):
+                body = json.dumps(status(429, "TooManyRequests", "too many requests, please try again later")[1]).encode()
+                self.send_response(429)
+                self.send_header("Retry-After", "0" if name == "always-busy" else "1")
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            if fm.group(1) == "fail5" and n <= int(fm.group(2)):
+                return self.send_json(*status(503, "ServiceUnavailable", "etcdserver: leader changed"))
         coll = "/%s/%s/%s" % (gv, ns or "", res)
         group = gv.split("/")[1] if gv.startswith("apis/") else ""
         verb = {"GET": "get" if name else ("watch" if q.get("watch") else "list"), "POST": "create",

@@ -394,7 +394,8 @@ static void test_errors(void) {
   CHECK_EQ_INT(kube_get(k, &r, NULL, &e), -1);
   CHECK_EQ_INT(e.status, 0);
   CHECK_HAS(e.msg, "get configmaps \"cm2\" in namespace \"t\": cannot reach the API server https://127.0.0.1:1: Couldn't connect to server");
-  CHECK(now_s() - t0 < 2);
+  CHECK_HAS(e.msg, "(after 4 attempts)"); /* a refused connection is tried again, briefly */
+  CHECK(now_s() - t0 < 3);
   kube_free(k);
 
   k = client("mute");
@@ -430,6 +431,68 @@ static void test_errors(void) {
   CHECK(kube_new(kc, err, sizeof err) == NULL);
   CHECK_HAS(err, "cluster \"k\": certificate-authority ");
   CHECK_HAS(err, "nope/ca.crt: No such file or directory");
+}
+
+/* How many requests the mock saw for "METHOD /path" of a flaky object. */
+static long flaky_count(struct kube *k, const char *key) {
+  cJSON *st = NULL;
+  if (stat_of(k, "requests", &st) < 0) return -1;
+  const cJSON *n = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(st, "flaky"), key);
+  long v = cJSON_IsNumber(n) ? (long)n->valuedouble : 0;
+  cJSON_Delete(st);
+  return v;
+}
+
+/* Blocking calls retry 429 (any method, Retry-After honoured), 5xx (idempotent
+ * methods only) and refused connections, at most 4 attempts. */
+static void test_retry(void) {
+  struct kube *k = client("admin");
+  struct kube_err e;
+  cJSON *out = NULL;
+  struct kube_ref cms = {"v1", "configmaps", "t", NULL, NULL};
+  const char *names[] = {"busy-1", "fail5-2", "fail5-1"};
+  for (size_t i = 0; i < 3; i++) {
+    cJSON *o = configmap(names[i], "v");
+    CHECK_EQ_INT(kube_create(k, &cms, o, NULL, &e), 0);
+    cJSON_Delete(o);
+  }
+  /* 429 with Retry-After: 1, then 200: one wait of about a second. */
+  struct kube_ref r = {"v1", "configmaps", "t", "busy-1", NULL};
+  double t0 = now_s();
+  CHECK_EQ_INT(kube_get(k, &r, &out, &e), 0);
+  double dt = now_s() - t0;
+  CHECK(out && data_of(out, "a") && strcmp(data_of(out, "a"), "1") == 0);
+  cJSON_Delete(out);
+  printf("429 (Retry-After: 1) then 200 after %.2f s\n", dt);
+  CHECK(dt > 0.9 && dt < 3);
+  CHECK_EQ_INT(flaky_count(k, "GET /api/v1/namespaces/t/configmaps/busy-1"), 2);
+  /* 503 twice, then 200: back-off without Retry-After (GET is idempotent). */
+  struct kube_ref f2 = {"v1", "configmaps", "t", "fail5-2", NULL};
+  t0 = now_s();
+  CHECK_EQ_INT(kube_get(k, &f2, NULL, &e), 0);
+  dt = now_s() - t0;
+  printf("503, 503, then 200 after %.2f s\n", dt);
+  CHECK(dt > 0.3 && dt < 2);
+  CHECK_EQ_INT(flaky_count(k, "GET /api/v1/namespaces/t/configmaps/fail5-2"), 3);
+  /* A PATCH is not retried on 503: it may have been applied. */
+  struct kube_ref f1 = {"v1", "configmaps", "t", "fail5-1", NULL};
+  CHECK_EQ_INT(kube_patch(k, &f1, KUBE_PATCH_MERGE, "{\"data\":{\"value\":\"w\"}}", NULL, &e), -1);
+  CHECK_EQ_INT(e.status, 503);
+  CHECK_EQ_INT(flaky_count(k, "PATCH /api/v1/namespaces/t/configmaps/fail5-1"), 1);
+  /* ... but a 429 is (the server did not execute it). */
+  struct kube_ref b2 = {"v1", "configmaps", "t", "busy-1", NULL};
+  CHECK_EQ_INT(kube_patch(k, &b2, KUBE_PATCH_MERGE, "{\"data\":{\"value\":\"w\"}}", NULL, &e), 0);
+  CHECK_EQ_INT(flaky_count(k, "PATCH /api/v1/namespaces/t/configmaps/busy-1"), 2);
+  /* Always busy: bounded, 4 attempts, the last answer reported. */
+  struct kube_ref ab = {"v1", "configmaps", "t", "always-busy", NULL};
+  t0 = now_s();
+  CHECK_EQ_INT(kube_get(k, &ab, NULL, &e), -1);
+  dt = now_s() - t0;
+  CHECK_EQ_INT(e.status, 429);
+  CHECK_HAS(e.msg, "(after 4 attempts)");
+  CHECK_EQ_INT(flaky_count(k, "GET /api/v1/namespaces/t/configmaps/always-busy"), 4);
+  CHECK(dt < 2);
+  kube_free(k);
 }
 
 static void test_credentials(void) {
@@ -800,6 +863,7 @@ int main(int argc, char **argv) {
   test_crud();
   test_update_retry();
   test_errors();
+  test_retry();
   test_credentials();
   test_watch_blocking();
   test_async();
