@@ -395,7 +395,7 @@ static void test_errors(void) {
   CHECK_EQ_INT(e.status, 0);
   CHECK_HAS(e.msg, "get configmaps \"cm2\" in namespace \"t\": cannot reach the API server https://127.0.0.1:1: Couldn't connect to server");
   CHECK_HAS(e.msg, "(after 4 attempts)"); /* a refused connection is tried again, briefly */
-  CHECK(now_s() - t0 < 3);
+  CHECK(now_s() - t0 < 5); /* at most 1.75 s of waiting */
   kube_free(k);
 
   k = client("mute");
@@ -464,7 +464,7 @@ static void test_retry(void) {
   CHECK(out && data_of(out, "a") && strcmp(data_of(out, "a"), "1") == 0);
   cJSON_Delete(out);
   printf("429 (Retry-After: 1) then 200 after %.2f s\n", dt);
-  CHECK(dt > 0.9 && dt < 3);
+  CHECK(dt > 0.9 && dt < 5);
   CHECK_EQ_INT(flaky_count(k, "GET /api/v1/namespaces/t/configmaps/busy-1"), 2);
   /* 503 twice, then 200: back-off without Retry-After (GET is idempotent). */
   struct kube_ref f2 = {"v1", "configmaps", "t", "fail5-2", NULL};
@@ -472,7 +472,7 @@ static void test_retry(void) {
   CHECK_EQ_INT(kube_get(k, &f2, NULL, &e), 0);
   dt = now_s() - t0;
   printf("503, 503, then 200 after %.2f s\n", dt);
-  CHECK(dt > 0.3 && dt < 2);
+  CHECK(dt > 0.3 && dt < 4); /* waits 125-250 + 250-500 ms; the rest is a busy machine */
   CHECK_EQ_INT(flaky_count(k, "GET /api/v1/namespaces/t/configmaps/fail5-2"), 3);
   /* A PATCH is not retried on 503: it may have been applied. */
   struct kube_ref f1 = {"v1", "configmaps", "t", "fail5-1", NULL};
@@ -491,7 +491,8 @@ static void test_retry(void) {
   CHECK_EQ_INT(e.status, 429);
   CHECK_HAS(e.msg, "(after 4 attempts)");
   CHECK_EQ_INT(flaky_count(k, "GET /api/v1/namespaces/t/configmaps/always-busy"), 4);
-  CHECK(dt < 2);
+  printf("always 429: gave up after 4 attempts, %.2f s\n", dt);
+  CHECK(dt < 5); /* at most 1.75 s of waiting */
   kube_free(k);
 }
 
