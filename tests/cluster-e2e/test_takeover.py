@@ -3,7 +3,7 @@
 the local test cluster, as the restricted developer of test_connect.py (whose
 fixture, snapshots and probes this file reuses).
 
-    test_takeover.py --kbridge BIN --agent BIN [PART...]
+    test_takeover.py --kbridge BIN --agent BIN [--signer BIN] [PART...]
 
 Parts (default: all, in this order):
     gitops     during a takeover, `kubectl apply -f deploy/demo/shop.yaml` and
@@ -260,8 +260,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--kbridge", required=True)
     ap.add_argument("--agent", required=True)
+    ap.add_argument("--signer", help="kbridge-signer (default: beside the agent's build dir)")
     ap.add_argument("parts", nargs="*")
     args = ap.parse_args()
+    if args.signer:
+        args.signer = os.path.abspath(args.signer)
     tc.ARGS = args
     if os.geteuid() != 0 or not shutil.which("kubectl"):
         print("skipped: needs root and kubectl")
