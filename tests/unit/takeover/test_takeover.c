@@ -1,6 +1,8 @@
 /* test_takeover.c: takeover_ingress_clone(), the Ingress a developer's --ingress
  * gets: which Ingresses are cloned, how hosts, tls and annotations are carried
- * over, and what is refused with a reason. */
+ * over, and what is refused with a reason; takeover_selector_state() and
+ * takeover_selector_unmerge(), what restore and connect's re-sync guard decide
+ * on (a selector merged by a re-apply is recognised and loses only our key). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -127,8 +129,49 @@ static void test_refusals(void) {
   cJSON_Delete(ing);
 }
 
+/* The selector states connect's re-sync guard and restore act on. */
+static void test_selector_state(void) {
+  cJSON *mine = cJSON_Parse("{\"kbridge.dev/agent\":\"api\"}");
+  cJSON *orig = cJSON_Parse("{\"app\":\"api\"}");
+  struct {
+    const char *sel;
+    enum takeover_sel want;
+    const char *unmerged;
+  } cases[] = {
+      {"{\"kbridge.dev/agent\":\"api\"}", TAKEOVER_SEL_AGENT, NULL},
+      {"{\"app\":\"api\"}", TAKEOVER_SEL_ORIGINAL, NULL},
+      /* kubectl apply, server-side apply, Helm 3: the manifest's keys added */
+      {"{\"app\":\"api\",\"kbridge.dev/agent\":\"api\"}", TAKEOVER_SEL_MERGED, "{\"app\":\"api\"}"},
+      {"{\"kbridge.dev/agent\":\"api\",\"app\":\"api\",\"tier\":\"v2\"}", TAKEOVER_SEL_MERGED,
+       "{\"app\":\"api\",\"tier\":\"v2\"}"},
+      /* someone else's selector, or our key with another value: not ours */
+      {"{\"app\":\"api\",\"tier\":\"v2\"}", TAKEOVER_SEL_OTHER, NULL},
+      {"{\"app\":\"api\",\"kbridge.dev/agent\":\"web\"}", TAKEOVER_SEL_OTHER, NULL},
+      {"{}", TAKEOVER_SEL_OTHER, NULL},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    cJSON *sel = cJSON_Parse(cases[i].sel);
+    CHECK_EQ_INT((int)takeover_selector_state(sel, mine, orig), (int)cases[i].want);
+    if (cases[i].unmerged) {
+      cJSON *un = takeover_selector_unmerge(sel, mine), *want = cJSON_Parse(cases[i].unmerged);
+      CHECK(cJSON_Compare(un, want, 1));
+      cJSON_Delete(un);
+      cJSON_Delete(want);
+    }
+    cJSON_Delete(sel);
+  }
+  CHECK_EQ_INT((int)takeover_selector_state(NULL, mine, orig), (int)TAKEOVER_SEL_OTHER);
+  /* no original recorded: never taken for ORIGINAL */
+  cJSON *sel = cJSON_Parse("{\"app\":\"api\"}");
+  CHECK_EQ_INT((int)takeover_selector_state(sel, mine, NULL), (int)TAKEOVER_SEL_OTHER);
+  cJSON_Delete(sel);
+  cJSON_Delete(mine);
+  cJSON_Delete(orig);
+}
+
 int main(void) {
   test_clone();
   test_refusals();
+  test_selector_state();
   return check_done();
 }
