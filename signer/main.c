@@ -502,7 +502,8 @@ int main(int argc, char **argv) {
   long interval_ms = 1000;
   const char *nsopt = NULL, *kcpath = NULL;
   enum log_level level = LOGL_INFO;
-  for (int i = 1; i < argc; i++) {
+  /* Flags come in pairs (--name value): each turn of the loop takes two. */
+  for (int i = 1; i < argc; i += 2) {
     const char *a = argv[i];
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;
     if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -531,7 +532,6 @@ int main(int argc, char **argv) {
       fprintf(stderr, "kbridge-signer: bad argument %s %s\n%s", a, v, usage);
       return 2;
     }
-    i++;
   }
   log_init("kbridge-signer", level);
   char err[1024];
