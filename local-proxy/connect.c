@@ -268,7 +268,7 @@ static void fail(struct conn *c, const char *fmt, ...) {
 }
 
 /* The error event's "reason" for a failed API call: a word tools can act on. */
-static const char *kube_reason(const struct kube_err *e) {
+const char *connect_kube_reason(const struct kube_err *e) {
   switch (e->status) {
   case 0: return "unreachable"; /* no HTTP answer: DNS, TCP, TLS, credentials plugin */
   case 401: return "unauthorized";
@@ -281,7 +281,7 @@ static const char *kube_reason(const struct kube_err *e) {
 
 /* fail() with the message and reason of a failed API call. */
 static void fail_kube(struct conn *c, const struct kube_err *e) {
-  c->reason = kube_reason(e);
+  c->reason = connect_kube_reason(e);
   fail(c, "%s", e->msg);
 }
 

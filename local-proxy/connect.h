@@ -55,6 +55,11 @@ struct kube;
  * 0, or -1 with err (broken file, unknown context, invalid namespace). */
 int connect_kube_open(const struct kube_flags *kf, struct kube **out, char *err, size_t errlen);
 
+struct kube_err;
+/* The "reason" word of an error event for a failed API call (unreachable,
+ * unauthorized, forbidden, not_found, conflict, api_error): what tools act on. */
+const char *connect_kube_reason(const struct kube_err *e);
+
 extern const struct opt_cmd connect_cmd, restore_cmd, list_cmd, status_cmd, disconnect_cmd,
     namespaces_cmd;
 

@@ -221,16 +221,6 @@ static void print_error(int json, const char *reason, const char *msg) {
   fprintf(stderr, "kbridge: %s\n", msg);
 }
 
-static const char *reason_of(const struct kube_err *e) {
-  switch (e->status) {
-  case 0: return "unreachable";
-  case 401: return "unauthorized";
-  case 403: return "forbidden";
-  case 404: return "not_found";
-  default: return "api_error";
-  }
-}
-
 /* The opening of list and namespaces: parse --output, open the API client,
  * list `resource` (in the namespace, or cluster-wide when cluster_wide).
  * Returns 0 with *k and *list (the caller frees both), or the exit status (1 or
@@ -247,7 +237,7 @@ static int open_and_list(struct restore_config *cfg, const char *resource, int c
   struct kube_ref r = {"v1", resource, cluster_wide ? NULL : kube_namespace(*k), NULL, NULL};
   struct kube_err e;
   if (kube_list(*k, &r, NULL, list, &e) < 0) {
-    print_error(*json, reason_of(&e), e.msg);
+    print_error(*json, connect_kube_reason(&e), e.msg);
     kube_free(*k);
     return 1;
   }
