@@ -67,10 +67,12 @@
 #include "kube.h"
 #include "kubeconfig.h"
 #include "portforward.h"
+#include "portplan.h"
 #include "proxy.h"
 #include "session.h"
 #include "takeover.h"
 #include "tls.h"
+#include "workloads.h"
 
 #define TLS_MOUNT "/etc/kbridge/tls"
 #define AGENT_UID 65532
@@ -158,7 +160,7 @@ static void on_interrupt(int sig) {
 struct port {
   char name[64];    /* the Service port's name ("" if none) */
   int port;         /* Service port */
-  int target;       /* resolved container port */
+  int target;       /* the agent's port serving it (portplan.h) */
   char tname[64];   /* targetPort's name when named */
   char proto[8];
 };
@@ -176,6 +178,8 @@ struct conn {
   cJSON *orig_selector;    /* borrowed from service */
   char wl_kind[32], wl_name[256];
   cJSON *pod_template;     /* a pod spec of the workload (owned), or NULL */
+  struct workloads wls;    /* every workload behind the selector (the first is wl_*) */
+  struct portplan plan;    /* the agent's listeners and the shadow Service's ports */
   struct port ports[MAX_PORTS];
   int nports;
   int tunnel_port, metrics_port;
@@ -339,125 +343,47 @@ static char *selector_string(const cJSON *sel) {
   return buf;
 }
 
-/* Follow the controller ownerReference of a pod up to its workload. */
-static int find_workload(struct conn *c, const cJSON *pod) {
-  const cJSON *ref;
+/* The workloads behind the selector (workloads.h); the first one is the one
+ * whose env the developer gets and which --replace scales. */
+static int find_workloads(struct conn *c, const cJSON *pods) {
+  struct kube_err e;
+  if (workloads_find(c->k, c->ns, pods, &c->wls, &e) < 0) {
+    fail_kube(c, &e);
+    return -1;
+  }
   snprintf(c->wl_kind, sizeof c->wl_kind, "Pods");
   c->wl_name[0] = '\0';
-  cJSON_ArrayForEach(ref, jget(pod, "metadata.ownerReferences")) {
-    if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(ref, "controller"))) continue;
-    const char *kind = jstr(ref, "kind"), *name = jstr(ref, "name");
-    if (!kind || !name) continue;
-    if (strcmp(kind, "ReplicaSet") == 0) {
-      struct kube_ref r = {"apps/v1", "replicasets", c->ns, name, NULL};
-      struct kube_err e;
-      cJSON *rs = NULL;
-      if (kube_get(c->k, &r, &rs, &e) < 0) {
-        fail_kube(c, &e);
-        return -1;
-      }
-      snprintf(c->wl_kind, sizeof c->wl_kind, "ReplicaSet");
-      snprintf(c->wl_name, sizeof c->wl_name, "%s", name);
-      const cJSON *r2;
-      cJSON_ArrayForEach(r2, jget(rs, "metadata.ownerReferences")) {
-        const char *k2 = jstr(r2, "kind"), *n2 = jstr(r2, "name");
-        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r2, "controller")) && k2 && n2 &&
-            strcmp(k2, "Deployment") == 0) {
-          snprintf(c->wl_kind, sizeof c->wl_kind, "Deployment");
-          snprintf(c->wl_name, sizeof c->wl_name, "%s", n2);
-        }
-      }
-      cJSON_Delete(rs);
-    } else if (strcmp(kind, "StatefulSet") == 0) {
-      snprintf(c->wl_kind, sizeof c->wl_kind, "StatefulSet");
-      snprintf(c->wl_name, sizeof c->wl_name, "%s", name);
-    } else {
-      snprintf(c->wl_kind, sizeof c->wl_kind, "%s", kind); /* DaemonSet, Job...: not scalable */
-      snprintf(c->wl_name, sizeof c->wl_name, "%s", name);
-    }
-    break;
-  }
-  /* The pod template of a workload we know, for named ports and the env. */
-  const char *res = takeover_workload_resource(c->wl_kind);
-  if (res) {
-    struct kube_ref r = {"apps/v1", res, c->ns, c->wl_name, NULL};
-    struct kube_err e;
-    cJSON *w = NULL;
-    if (kube_get(c->k, &r, &w, &e) < 0) {
-      fail_kube(c, &e);
-      return -1;
-    }
-    c->pod_template = cJSON_Duplicate(jget(w, "spec.template.spec"), 1);
-    cJSON_Delete(w);
-  } else {
-    c->pod_template = cJSON_Duplicate(jget(pod, "spec"), 1);
+  if (c->wls.n > 0) {
+    snprintf(c->wl_kind, sizeof c->wl_kind, "%s", c->wls.w[0].kind);
+    snprintf(c->wl_name, sizeof c->wl_name, "%s", c->wls.w[0].name);
+    c->pod_template = cJSON_Duplicate(c->wls.w[0].spec, 1);
   }
   return 0;
 }
 
-/* A named targetPort: the containerPort of that name in the pod spec. */
-static int resolve_named(const cJSON *spec, const char *name) {
-  const cJSON *ctr, *p;
-  cJSON_ArrayForEach(ctr, jget(spec, "containers")) {
-    cJSON_ArrayForEach(p, cJSON_GetObjectItemCaseSensitive(ctr, "ports")) {
-      const char *n = jstr(p, "name");
-      const cJSON *cp = cJSON_GetObjectItemCaseSensitive(p, "containerPort");
-      if (n && strcmp(n, name) == 0 && cJSON_IsNumber(cp)) return cp->valueint;
-    }
-  }
-  return -1;
-}
-
 static int inspect_ports(struct conn *c) {
-  const cJSON *p;
-  c->nports = 0;
-  cJSON_ArrayForEach(p, jget(c->service, "spec.ports")) {
-    if (c->nports == MAX_PORTS) {
-      fail(c, "service %s/%s has more than %d ports", c->ns, c->svc, MAX_PORTS);
-      return -1;
-    }
-    struct port *q = &c->ports[c->nports++];
-    memset(q, 0, sizeof *q);
-    snprintf(q->name, sizeof q->name, "%s", jstr(p, "name") ? jstr(p, "name") : "");
-    snprintf(q->proto, sizeof q->proto, "%s", jstr(p, "protocol") ? jstr(p, "protocol") : "TCP");
-    const cJSON *port = cJSON_GetObjectItemCaseSensitive(p, "port");
-    const cJSON *tp = cJSON_GetObjectItemCaseSensitive(p, "targetPort");
-    q->port = cJSON_IsNumber(port) ? port->valueint : 0;
-    if (strcmp(q->proto, "TCP") != 0) {
-      fail(c, "service %s/%s port %d is %s: kbridge carries TCP only", c->ns, c->svc, q->port,
-           q->proto);
-      return -1;
-    }
-    if (cJSON_IsString(tp)) {
-      snprintf(q->tname, sizeof q->tname, "%s", tp->valuestring);
-      q->target = c->pod_template ? resolve_named(c->pod_template, tp->valuestring) : -1;
-      if (q->target < 0) {
-        fail(c, "service %s/%s port %d: targetPort \"%s\" names no container port of %s %s",
-             c->ns, c->svc, q->port, tp->valuestring, c->wl_kind,
-             c->wl_name[0] ? c->wl_name : "(no pods selected)");
-        return -1;
-      }
-    } else {
-      q->target = cJSON_IsNumber(tp) ? tp->valueint : q->port;
-    }
-  }
-  if (c->nports == 0) {
-    fail(c, "service %s/%s has no ports", c->ns, c->svc);
+  const cJSON *specs[WORKLOADS_MAX];
+  char what[600], err[800];
+  for (int i = 0; i < c->wls.n; i++) specs[i] = c->wls.w[i].spec;
+  snprintf(what, sizeof what, "%s/%s", c->ns, c->svc);
+  if (portplan_build(&c->plan, what, jget(c->service, "spec.ports"), specs, c->wls.n, err,
+                     sizeof err) < 0) {
+    fail(c, "%s", err);
     return -1;
   }
-  /* The agent's own ports must not collide with the service's. */
-  int cand_t[] = {7443, 17443, 27443}, cand_m[] = {9090, 19090, 29090};
-  c->tunnel_port = c->metrics_port = 0;
-  for (int i = 0; i < 3 && !c->tunnel_port; i++) {
-    int used = 0;
-    for (int j = 0; j < c->nports; j++) used |= c->ports[j].target == cand_t[i];
-    if (!used) c->tunnel_port = cand_t[i];
+  c->nports = c->plan.nsvc < MAX_PORTS ? c->plan.nsvc : MAX_PORTS;
+  for (int i = 0; i < c->nports; i++) {
+    const struct portplan_port *q = &c->plan.svc[i];
+    struct port *d = &c->ports[i];
+    memset(d, 0, sizeof *d);
+    snprintf(d->name, sizeof d->name, "%s", q->name);
+    snprintf(d->tname, sizeof d->tname, "%s", q->tname);
+    snprintf(d->proto, sizeof d->proto, "TCP");
+    d->port = q->port;
+    d->target = q->listen;
   }
-  for (int i = 0; i < 3 && !c->metrics_port; i++) {
-    int used = 0;
-    for (int j = 0; j < c->nports; j++) used |= c->ports[j].target == cand_m[i];
-    if (!used) c->metrics_port = cand_m[i];
-  }
+  c->tunnel_port = c->plan.tunnel_port;
+  c->metrics_port = c->plan.metrics_port;
   return 0;
 }
 
@@ -502,8 +428,8 @@ static cJSON *agent_deployment(const struct conn *c) {
   cJSON_AddItemToObject(d, "metadata", meta(c, c->nm.agent, NULL));
   char buf[4096], sysctl[160] = "";
   int low_port = 65536;
-  for (int i = 0; i < c->nports; i++)
-    if (c->ports[i].target < low_port) low_port = c->ports[i].target;
+  for (int i = 0; i < c->plan.nl; i++)
+    if (c->plan.l[i].port < low_port) low_port = c->plan.l[i].port;
   /* A port below 1024: NET_BIND_SERVICE would not help a non-root process
    * under no_new_privs (see deploy/agent-deployment.example.yaml); the
    * namespaced sysctl does, and Pod Security "restricted" allows it. */
@@ -542,39 +468,10 @@ static cJSON *agent_deployment(const struct conn *c) {
   cJSON_AddStringToObject(ctr, "image", c->image);
   cJSON *args = cJSON_AddArrayToObject(ctr, "args");
   cJSON *ports = cJSON_AddArrayToObject(ctr, "ports");
-  int distinct = 0;
-  for (int i = 0; i < c->nports; i++) {
-    int dup = 0;
-    for (int j = 0; j < i; j++) dup |= c->ports[j].target == c->ports[i].target;
-    distinct += !dup;
-  }
-  for (int i = 0; i < c->nports; i++) {
-    const struct port *q = &c->ports[i];
-    int dup = 0; /* two Service ports may share a target */
-    for (int j = 0; j < i; j++) dup |= c->ports[j].target == q->target;
-    if (dup) continue;
-    /* One port: --listen + --fallback; several: one --port-map each, so every
-     * port's unrouted traffic goes to the same port of the original pods. */
-    if (distinct == 1) {
-      snprintf(buf, sizeof buf, "0.0.0.0:%d", q->target);
-      cJSON_AddItemToArray(args, cJSON_CreateString("--listen"));
-      cJSON_AddItemToArray(args, cJSON_CreateString(buf));
-      /* <name>.<ns>.svc, completed by the pod's resolv.conf search list: no
-       * cluster domain is assumed (custom domains are not cluster.local). */
-      snprintf(buf, sizeof buf, "%s.%s.svc:%d", c->nm.origin, c->ns, q->target);
-      cJSON_AddItemToArray(args, cJSON_CreateString("--fallback"));
-    } else {
-      snprintf(buf, sizeof buf, "0.0.0.0:%d=%s.%s.svc:%d", q->target,
-               c->nm.origin, c->ns, q->target);
-      cJSON_AddItemToArray(args, cJSON_CreateString("--port-map"));
-    }
-    cJSON_AddItemToArray(args, cJSON_CreateString(buf));
-    cJSON *p = cJSON_CreateObject();
-    /* Named like the original container port, so named targetPorts resolve. */
-    if (q->tname[0]) cJSON_AddStringToObject(p, "name", q->tname);
-    cJSON_AddNumberToObject(p, "containerPort", q->target);
-    cJSON_AddItemToArray(ports, p);
-  }
+  /* <name>.<ns>.svc, completed by the pod's resolv.conf search list: no
+   * cluster domain is assumed (custom domains are not cluster.local). */
+  snprintf(buf, sizeof buf, "%s.%s.svc", c->nm.origin, c->ns);
+  portplan_agent(&c->plan, buf, args, ports);
   const char *fixed[] = {"--tunnel-listen", NULL, "--tls-dir", TLS_MOUNT, "--metrics", NULL,
                          "--namespace", c->ns, "--service", c->svc, "--lease-seconds", NULL,
                          "--grace-seconds", "5"};
@@ -661,19 +558,9 @@ static cJSON *shadow_service(const struct conn *c, const char *uid) {
   cJSON *s = simple_object(c, "v1", "Service", c->nm.origin, uid);
   cJSON *spec = cJSON_AddObjectToObject(s, "spec");
   cJSON_AddItemToObject(spec, "selector", cJSON_Duplicate(c->orig_selector, 1));
-  cJSON *ports = cJSON_AddArrayToObject(spec, "ports");
-  for (int i = 0; i < c->nports; i++) {
-    int dup = 0;
-    for (int j = 0; j < i; j++) dup |= c->ports[j].target == c->ports[i].target;
-    if (dup) continue;
-    cJSON *p = cJSON_CreateObject();
-    char name[32];
-    snprintf(name, sizeof name, "p%d", c->ports[i].target);
-    cJSON_AddStringToObject(p, "name", name);
-    cJSON_AddNumberToObject(p, "port", c->ports[i].target);
-    cJSON_AddNumberToObject(p, "targetPort", c->ports[i].target);
-    cJSON_AddItemToArray(ports, p);
-  }
+  /* Each port's targetPort as the Service has it: a name is resolved per pod by
+   * the endpoints controller (stable and canary may differ), never here. */
+  cJSON_AddItemToObject(spec, "ports", portplan_shadow_ports(&c->plan));
   return s;
 }
 
@@ -2162,28 +2049,38 @@ int connect_run(struct connect_config *cfg) {
       fail_kube(c, &e);
       goto out;
     }
-    const cJSON *pod = cJSON_GetArrayItem(jget(pods, "items"), 0);
     int npods = cJSON_GetArraySize(jget(pods, "items"));
-    if (pod) {
-      if (find_workload(c, pod) < 0) {
-        cJSON_Delete(pods);
-        goto out;
-      }
-    } else {
-      snprintf(c->wl_kind, sizeof c->wl_kind, "Pods");
+    if (find_workloads(c, jget(pods, "items")) < 0) {
+      cJSON_Delete(pods);
+      goto out;
     }
     cJSON_Delete(pods);
     if (inspect_ports(c) < 0) goto out;
-    char plist[400] = "";
+    char plist[600] = "", wlist[1200];
     for (int i = 0; i < c->nports; i++) {
       size_t l = strlen(plist);
-      snprintf(plist + l, sizeof plist - l, "%s%d->%d%s%s%s", i ? ", " : "", c->ports[i].port,
-               c->ports[i].target, c->ports[i].tname[0] ? " (" : "", c->ports[i].tname,
-               c->ports[i].tname[0] ? ")" : "");
+      if (c->ports[i].tname[0])
+        snprintf(plist + l, sizeof plist - l, "%s%d->%s (per pod; agent port %d)", i ? ", " : "",
+                 c->ports[i].port, c->ports[i].tname, c->ports[i].target);
+      else
+        snprintf(plist + l, sizeof plist - l, "%s%d->%d", i ? ", " : "", c->ports[i].port,
+                 c->ports[i].target);
     }
-    progress(c, "inspect", "service %s/%s selects %s (%d pod%s of %s %s); ports %s", c->ns, c->svc,
-             selector_string(c->orig_selector), npods, npods == 1 ? "" : "s", c->wl_kind,
-             c->wl_name[0] ? c->wl_name : "-", plist);
+    workloads_describe(&c->wls, wlist, sizeof wlist);
+    progress(c, "inspect", "service %s/%s selects %s (%d pod%s: %s); ports %s", c->ns, c->svc,
+             selector_string(c->orig_selector), npods, npods == 1 ? "" : "s",
+             c->wls.n ? wlist : "none yet", plist);
+    if (cfg->replace && (c->wls.n > 1 || c->wls.more)) {
+      /* Scaling one would leave the others serving and consuming; scaling all
+       * would need a restore record per workload. Refused, nothing changed. */
+      c->reason = "unsupported";
+      fail(c, "--replace: service %s/%s selects pods of several workloads (%s); --replace scales "
+           "one workload to 0 and the others would keep taking traffic and work. Connect without "
+           "--replace (--route-as KEY: unrouted traffic keeps reaching all of them), or scale "
+           "the others to 0 yourself first", c->ns, c->svc, wlist);
+      rc = 2;
+      goto out;
+    }
     if (cfg->replace && npods > 0 && !takeover_workload_resource(c->wl_kind) &&
         strcmp(c->wl_kind, "Pods") != 0) {
       fail(c, "--replace: the pods belong to %s %s, which kbridge cannot scale to 0", c->wl_kind,
@@ -2328,6 +2225,7 @@ out:
   if (c->session_path[0]) unlink(c->session_path);
   cJSON_Delete(c->service);
   cJSON_Delete(c->pod_template);
+  workloads_free(&c->wls);
   cJSON_Delete(c->ingress_urls);
   tls_pem_clear(&c->ca);
   tls_pem_clear(&c->me);

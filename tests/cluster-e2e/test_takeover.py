@@ -20,6 +20,12 @@ Parts (default: all, in this order):
                refused with the reason, exit 2, cluster untouched
     domain     the agent reaches the shadow Service by <name>.<ns>.svc, not by a
                hard-coded cluster.local name; unrouted requests still answered
+    canary     Service `multi` (80 -> named targetPort "http") in front of two
+               Deployments, stable (http=8080) and canary (http=8081): inspect names
+               both, unrouted requests during the takeover reach both with no
+               failure (count printed), --replace is refused naming both (exit 2)
+    dual       Service `dual` maps 8080 -> 8080 and 80 -> "http" (=8080 in the api
+               pods): both ports answer during the takeover, routed and unrouted
 
 The cluster is $KBRIDGE_E2E_CLUSTER (default kbe2e), as for test_connect.py.
 """
@@ -252,8 +258,147 @@ def part_domain():
     check(ev.get("restored") is True, "restored on disconnect")
 
 
+# Unrouted requests from the frontend pod, THREADS at a time (so the agent opens
+# several upstream connections, each balanced anew by the shadow Service), COUNT
+# in all; prints one JSON list of the answers' "version" or "error: ...".
+SPREAD = r'''
+import json, sys, threading, urllib.request
+url, count, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+out, lock = [], threading.Lock()
+def run(n):
+    for _ in range(n):
+        try:
+            r = urllib.request.urlopen(url, timeout=5)
+            v = json.loads(r.read().decode()).get("version", "?")
+        except Exception as e:
+            v = "error: %s" % e
+        with lock:
+            out.append(v)
+ts = [threading.Thread(target=run, args=(count // threads,)) for _ in range(threads)]
+for t in ts: t.start()
+for t in ts: t.join()
+print(json.dumps(out))
+'''
+
+
+def spread(url, count=48, threads=8):
+    r = subprocess.run([os.path.join(tc.CLUSTER_DIR, "pod-exec"), "--name", tc.NAME, NS,
+                        tc.frontend_pod(), "--", "python3", "-c", SPREAD, url, str(count),
+                        str(threads)], capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        raise Fail("request loop failed: %s" % r.stderr[-800:])
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def api_deployment(name, port, labels):
+    """A Deployment of the demo api whose container port "http" is port."""
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                     "template": {"metadata": {"labels": labels}, "spec": {"containers": [{
+                         "name": "api", "image": "kbridge-demo/api:1",
+                         "ports": [{"name": "http", "containerPort": port}],
+                         "env": [{"name": "PORT", "value": str(port)},
+                                 {"name": "VERSION", "value": name}],
+                         "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"},
+                                            "periodSeconds": 1}}]}}}}
+
+
+def pods_ready(selector, n):
+    def ready():
+        pods = json.loads(kubectl("get", "pods", "-n", NS, "-l", selector, "-o",
+                                  "json").stdout)["items"]
+        live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+        return len(live) == n and all(
+            any(c["type"] == "Ready" and c["status"] == "True"
+                for c in p.get("status", {}).get("conditions", [])) for p in live)
+    wait("%d ready pod(s) with %s" % (n, selector), ready, 120)
+
+
+def normalized_service(name):
+    s = json.loads(kubectl("get", "service", name, "-n", NS, "-o", "json").stdout)
+    return {"selector": s["spec"].get("selector"), "ports": s["spec"]["ports"],
+            "annotations": {k: v for k, v in s["metadata"].get("annotations", {}).items()
+                            if not k.startswith("kubectl.kubernetes.io/")}}
+
+
+def part_canary():
+    objs = [api_deployment("stable", 8080, {"app": "multi", "track": "stable"}),
+            api_deployment("canary", 8081, {"app": "multi", "track": "canary"}),
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "multi", "namespace": NS},
+             "spec": {"selector": {"app": "multi"},
+                      "ports": [{"name": "web", "port": 80, "targetPort": "http"}]}}]
+    kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                  "items": objs}))
+    try:
+        pods_ready("app=multi", 2)
+        url = "http://multi.%s.svc.cluster.local/" % NS
+        before = normalized_service("multi")
+        got = spread(url)
+        check(sorted(set(got)) == ["canary", "stable"],
+              "before the takeover, multi:80 reaches stable and canary (%d requests)" % len(got))
+        _, pa = backend("alice")
+        s = Session("alice", pa, "--service", "multi")
+        s.ready()
+        got = spread(url)
+        fails = [v for v in got if v not in ("stable", "canary")]
+        say("FIGURE canary: %d of %d unrouted requests failed during the takeover (%s)" % (
+            len(fails), len(got), sorted(set(fails))[:2]))
+        insp = [e.get("message", "") for e in s.events
+                if e.get("event") == "progress" and e.get("step") == "inspect"]
+        check(any("Deployment stable" in m and "Deployment canary" in m for m in insp),
+              "inspect names both workloads: %s" % (insp[-1][:200] if insp else None))
+        check(not fails, "no unrouted request failed during the takeover")
+        check(sorted(set(got)) == ["canary", "stable"],
+              "unrouted requests reached stable and canary, each on its own http port (%d/%d)" %
+              (got.count("stable"), got.count("canary")))
+        a = probe([(url, hdr("alice"))])
+        check(served_by(a[0]) == "alice", "alice's requests to multi:80 reach her")
+        ev = s.stop()
+        check(ev.get("restored") is True, "restored on disconnect")
+        wait("multi restored", lambda: normalized_service("multi") == before and
+             not kbridge_objects(), 30)
+        check(True, "Service multi equals what it was before, no kbridge object left")
+        # --replace would scale one workload and leave the other serving.
+        port = tc.free_port()
+        refused(["connect", "-n", NS, "--service", "multi", "--local-port", str(port),
+                 "--agent-image", tc.IMAGE, "--replace"],
+                ["--replace", "Deployment stable", "Deployment canary"], "unsupported",
+                "--replace on a Service in front of two workloads")
+    finally:
+        kubectl("delete", "service,deployment", "multi", "stable", "canary", "-n", NS,
+                "--wait=false", check_rc=False)
+
+
+def part_dual():
+    kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "dual", "namespace": NS},
+        "spec": {"selector": {"app": "api"},
+                 "ports": [{"name": "direct", "port": 8080, "targetPort": 8080},
+                           {"name": "web", "port": 80, "targetPort": "http"}]}}))
+    try:
+        before = normalized_service("dual")
+        u80 = "http://dual.%s.svc.cluster.local/" % NS
+        u8080 = "http://dual.%s.svc.cluster.local:8080/" % NS
+        _, pa = backend("alice")
+        s = Session("alice", pa, "--service", "dual")
+        s.ready()
+        who = [served_by(a) for a in probe([(u80, {}), (u80, hdr("alice")), (u8080, {}),
+                                            (u8080, hdr("alice"))])]
+        say("FIGURE dual during the takeover: 80 -> %s, 8080 -> %s" % (who[:2], who[2:]))
+        check(who == ["api", "alice", "api", "alice"],
+              "during the takeover both ports answer: 80 (named http) and 8080 (%s)" % who)
+        ev = s.stop()
+        check(ev.get("restored") is True, "restored on disconnect")
+        wait("dual restored", lambda: normalized_service("dual") == before and
+             not kbridge_objects(), 30)
+        check(True, "Service dual equals what it was before, no kbridge object left")
+    finally:
+        kubectl("delete", "service", "dual", "-n", NS, "--wait=false", check_rc=False)
+
+
 PARTS = {"gitops": part_gitops, "longkey": part_longkey, "headless": part_headless,
-         "domain": part_domain}
+         "domain": part_domain, "canary": part_canary, "dual": part_dual}
 
 
 def main():
@@ -287,7 +432,7 @@ def main():
                 p.kill()
         try:
             if tc.info():
-                for s in ("api", "db"):
+                for s in ("api", "db", "multi", "dual"):
                     kb("restore", "-n", NS, "--service", s,
                        kubeconfig=tc.info()["admin_kubeconfig"])
         except Exception as e:
