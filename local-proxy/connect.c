@@ -61,6 +61,7 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
+#include "agentpod.h"
 #include "agentquery.h"
 #include "certreq.h"
 #include "dnslabel.h"
@@ -126,6 +127,25 @@ static const struct opt_def connect_opts[] = {
     {"ingress", OPT_FLAG, CFG_OFF(ingress), 0, 0, NULL, NULL, 0, 0,
      "clone each Ingress routing to the Service with every host H as KEY.H (a browser URL "
      "for your route); the clones are removed when you leave"},
+    {"image-pull-secret", OPT_LIST, CFG_OFF(pull_secrets), 0, 0, NULL, "NAME", 0, 0,
+     "the agent pod's imagePullSecrets: a Secret of the namespace for a private registry"},
+    {"node-selector", OPT_LIST, CFG_OFF(node_selector), 0, 0, NULL, "KEY=VALUE", 0, 0,
+     "run the agent pod only on nodes with this label"},
+    {"toleration", OPT_LIST, CFG_OFF(tolerations), 0, 0, NULL, "KEY[=VALUE][:EFFECT]", 0, 0,
+     "let the agent pod run on nodes with this taint (as kubectl taint writes it; no VALUE: "
+     "any value, no EFFECT: any effect)"},
+    {"agent-requests", OPT_STRING, CFG_OFF(agent_requests), 0, 0, NULL, "cpu=Q,memory=Q", 0, 0,
+     "the agent container's resource requests (default cpu=" AGENTPOD_REQ_CPU
+     ",memory=" AGENTPOD_REQ_MEMORY "; also ephemeral-storage)"},
+    {"agent-limits", OPT_STRING, CFG_OFF(agent_limits), 0, 0, NULL, "cpu=Q,memory=Q", 0, 0,
+     "the agent container's resource limits (default memory=" AGENTPOD_LIMIT_MEMORY ")"},
+    {"agent-label", OPT_LIST, CFG_OFF(agent_labels), 0, 0, NULL, "KEY=VALUE", 0, 0,
+     "an extra label on the agent pod (policies that require labels; not kbridge.dev/*)"},
+    {"agent-annotation", OPT_LIST, CFG_OFF(agent_annotations), 0, 0, NULL, "KEY=VALUE", 0, 0,
+     "an extra annotation on the agent pod (e.g. sidecar.istio.io/inject=false)"},
+    {"config", OPT_PATH, CFG_OFF(config), 0, 0, NULL, NULL, 0, 0,
+     "read options from this YAML file: keys are these flags' names without --, the command "
+     "line wins (default: kbridge.yaml in the current directory, if there is one)"},
     {"kubeconfig", OPT_PATH, CFG_OFF(kf.kubeconfig), 0, 0, NULL, NULL, 0, 0,
      "kubeconfig file (default $KUBECONFIG, else ~/.kube/config)"},
     {"context", OPT_STRING, CFG_OFF(kf.context), 0, 0, NULL, NULL, 0, 0,
@@ -211,6 +231,7 @@ struct conn {
   cJSON *ingress_urls;     /* ["http://alice.shop.example.com/", ...] (owned) */
   double t0;
   const char *reason;      /* the next error event's "reason" (see fail), or NULL */
+  struct agentpod pod;     /* the developer's additions to the agent pod */
 };
 
 /* ---- output ---- */
@@ -456,8 +477,6 @@ static cJSON *agent_deployment(const struct conn *c) {
            "\"periodSeconds\":1,\"failureThreshold\":2},"
            "\"livenessProbe\":{\"tcpSocket\":{\"port\":%d},\"periodSeconds\":10,"
            "\"failureThreshold\":3},"
-           "\"resources\":{\"requests\":{\"cpu\":\"50m\",\"memory\":\"32Mi\"},"
-           "\"limits\":{\"memory\":\"256Mi\"}},"
            "\"volumeMounts\":[{\"name\":\"tls\",\"mountPath\":\"" TLS_MOUNT "\",\"readOnly\":true}]"
            "}]}}}",
            TAKEOVER_LABEL_AGENT, c->svc, TAKEOVER_LABEL_AGENT, c->svc, TAKEOVER_LABEL_MANAGED,
@@ -494,6 +513,7 @@ static cJSON *agent_deployment(const struct conn *c) {
   cJSON_AddNumberToObject(p, "containerPort", c->metrics_port);
   cJSON_AddItemToArray(ports, p);
   cJSON_AddItemToObject(d, "spec", spec);
+  agentpod_apply(&c->pod, d);
   return d;
 }
 
@@ -645,6 +665,34 @@ static int ready_agent_pod(struct conn *c, char *out, size_t len, char *why, siz
   return rc;
 }
 
+/* No agent pod exists: did admission refuse to create it? The ReplicaSet's
+ * ReplicaFailure condition (FailedCreate, with the API server's message) is
+ * copied onto the Deployment, which we may read (agentpod.h). A refusal for
+ * good ends the run (1, error reported); a passing failure is added to why. */
+static int agent_refused(struct conn *c, char *why, size_t whylen) {
+  struct kube_ref r = {"apps/v1", "deployments", c->ns, c->nm.agent, NULL};
+  struct kube_err e;
+  cJSON *d = NULL;
+  char msg[1000];
+  if (kube_get(c->k, &r, &d, &e) < 0) return 0; /* the next look will tell */
+  int how = agentpod_refusal(d, msg, sizeof msg);
+  cJSON_Delete(d);
+  if (how == 2) snprintf(why, whylen, "no agent pod yet: %s", msg);
+  if (how != 1) return 0;
+  const char *hint =
+      strstr(msg, "quota") ? "the namespace's ResourceQuota has no room for it: ask for more, or "
+                             "make the agent fit with --agent-requests/--agent-limits"
+      : strstr(msg, "LimitRange") || strstr(msg, "maximum") || strstr(msg, "minimum")
+          ? "a LimitRange bounds the pods of the namespace: set --agent-requests/--agent-limits "
+            "within it"
+          : "an admission policy refused it: --agent-label, --agent-annotation, --node-selector, "
+            "--toleration, --image-pull-secret and the resources flags adapt the agent pod";
+  c->reason = "agent_refused";
+  fail(c, "the cluster refused to create the agent pod: \"%s\" (%s; see the user guide, "
+       "\"Admission refuses the agent pod\")", msg, hint);
+  return 1;
+}
+
 static int wait_agent_ready(struct conn *c) {
   double deadline = now_s() + c->cfg->timeout;
   char pod[256], why[1200];
@@ -659,6 +707,8 @@ static int wait_agent_ready(struct conn *c) {
       fail(c, "%s", why);
       return -1;
     }
+    if (rc == 1 && strcmp(why, "no agent pod yet") == 0 && agent_refused(c, why, sizeof why))
+      return -1;
     /* An image pull error is reported at once; give a crash two looks. */
     if (hopeless && (strstr(why, "Image") || strstr(why, "Config") || ++hopeless_seen >= 2)) {
       fail(c, "the agent did not start: %s", why);
@@ -1916,6 +1966,16 @@ int connect_run(struct connect_config *cfg) {
     return 2;
   }
   {
+    struct agentpod_flags pf = {&cfg->pull_secrets, &cfg->node_selector, &cfg->tolerations,
+                                &cfg->agent_labels, &cfg->agent_annotations, cfg->agent_requests,
+                                cfg->agent_limits};
+    if (agentpod_parse(&pf, &c->pod, err, sizeof err) < 0) {
+      c->reason = "bad_flag";
+      fail(c, "%s", err);
+      return 2;
+    }
+  }
+  {
     char host[128] = "?";
     const char *user = getenv("USER");
     struct passwd *pw = user ? NULL : getpwuid(getuid());
@@ -1996,6 +2056,10 @@ int connect_run(struct connect_config *cfg) {
       fail(c, "deployment %s/%s has no kb-tunnel port", c->ns, c->nm.agent);
       goto out;
     }
+    if (cfg->pull_secrets.n || cfg->node_selector.n || cfg->tolerations.n || cfg->agent_labels.n ||
+        cfg->agent_annotations.n || cfg->agent_requests || cfg->agent_limits)
+      log_warn("the agent of %s/%s exists already: the agent pod flags apply when it is created, "
+               "not to the running agent", c->ns, c->svc);
     progress(c, "reuse-agent", "service %s/%s is already taken over (by %s%s%s): reusing agent %s",
              c->ns, c->svc, c->by[0] ? "" : "", holders[0] ? holders : "nobody connected now", "",
              c->nm.agent);
@@ -2007,6 +2071,14 @@ int connect_run(struct connect_config *cfg) {
     if (!cJSON_IsObject(c->orig_selector) || cJSON_GetArraySize(c->orig_selector) == 0) {
       fail(c, "service %s/%s has no selector: kbridge can only take over Services that select "
            "pods (this one has manually managed endpoints)", c->ns, c->svc);
+      goto out;
+    }
+    if (agentpod_selected_by(&c->pod, c->orig_selector)) {
+      c->reason = "bad_flag";
+      fail(c, "--agent-label: the labels given include the whole selector of service %s/%s (%s): "
+           "the agent pod would count as one of the original pods; leave one of them out",
+           c->ns, c->svc, selector_string(c->orig_selector));
+      rc = 2;
       goto out;
     }
     const char *type = jstr(c->service, "spec.type");
@@ -2232,5 +2304,6 @@ out:
   if (c->api_ssl) SSL_CTX_free(c->api_ssl);
   if (c->tun_ssl) SSL_CTX_free(c->tun_ssl);
   if (c->k) kube_free(c->k);
+  agentpod_clear(&c->pod);
   return rc;
 }

@@ -36,6 +36,15 @@ struct connect_config {
   struct hostport agent_address; /* --agent-address: direct carrier (port 0: unset) */
   struct opt_forwards forwards;  /* --forward LADDR:LPORT=HOST:PORT, repeatable */
   int ingress;              /* --ingress: clone the Service's Ingresses for the key */
+  const char *config;       /* --config: options file (main.c reads it; default ./kbridge.yaml) */
+  /* the agent pod (agentpod.h) */
+  struct opt_list pull_secrets;  /* --image-pull-secret NAME */
+  struct opt_list node_selector; /* --node-selector KEY=VALUE */
+  struct opt_list tolerations;   /* --toleration KEY[=VALUE][:EFFECT] */
+  const char *agent_requests;    /* --agent-requests cpu=Q,memory=Q */
+  const char *agent_limits;      /* --agent-limits cpu=Q,memory=Q */
+  struct opt_list agent_labels;  /* --agent-label KEY=VALUE */
+  struct opt_list agent_annotations; /* --agent-annotation KEY=VALUE */
   enum log_level log_level; /* --log-level */
   char **cmd;               /* the command after "--", NULL-terminated, or NULL */
 };

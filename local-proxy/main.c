@@ -3,9 +3,11 @@
  *
  * Exit status: 0 success, 1 the command failed, 2 the command line was wrong
  * (with a one-line error on stderr naming the flag and what it expects). */
+#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <event2/event.h>
 #include <openssl/crypto.h>
@@ -15,6 +17,10 @@
 #include "log.h"
 #include "options.h"
 #include "proxy.h"
+
+/* Read for the options of a command that has a --config flag, when present in
+ * the current directory. */
+#define CONFIG_FILE "kbridge.yaml"
 
 static int run_proxy(void *cfg) {
   struct proxy_config *pc = cfg;
@@ -130,7 +136,39 @@ int main(int argc, char **argv) {
       }
       if (strcmp(args[j], "-n") == 0) args[j] = (char *)(uintptr_t)"--namespace";
     }
-    int rc = opt_parse(c->opts, nargs, args, c->cfg, err, sizeof err);
+    /* A command with a --config flag (connect) also reads its options from that
+     * file, else from ./kbridge.yaml when there is one; the command line wins. */
+    struct opt_file file;
+    int have_file = 0;
+    const char *cfgpath = NULL;
+    int explicit_cfg = 0;
+    for (size_t k = 0; k < c->opts->nopts; k++)
+      if (strcmp(c->opts->opts[k].name, "config") == 0) cfgpath = CONFIG_FILE;
+    for (int j = 0; cfgpath && j < nargs; j++) {
+      if (strcmp(args[j], "--config") == 0 && j + 1 < nargs) cfgpath = args[j + 1];
+      else if (strncmp(args[j], "--config=", 9) == 0) cfgpath = args[j] + 9;
+      else continue;
+      explicit_cfg = 1;
+    }
+    if (cfgpath && (explicit_cfg || access(CONFIG_FILE, F_OK) == 0)) {
+      int h = 0;
+      for (int j = 0; j < nargs; j++) h |= strcmp(args[j], "--help") == 0 || strcmp(args[j], "-h") == 0;
+      if (!h) {
+        if (access(cfgpath, R_OK) < 0) {
+          fprintf(stderr, "kbridge: --config: %s: %s\n", cfgpath, strerror(errno));
+          return 2;
+        }
+        if (opt_file_load(c->opts, cfgpath, &file, err, sizeof err) < 0) {
+          fprintf(stderr, "kbridge: %s\n", err);
+          return 2;
+        }
+        have_file = 1;
+      }
+    }
+    int rc = opt_parse_with(c->opts, have_file ? &file : NULL, nargs, args, c->cfg, err, sizeof err);
+    if (rc < 0 || rc == 1) {
+      if (have_file) opt_file_free(&file);
+    }
     if (rc == 1) {
       opt_help(c->opts, stdout);
       return 0;
@@ -139,7 +177,9 @@ int main(int argc, char **argv) {
       fprintf(stderr, "kbridge: %s\n", err);
       return 2;
     }
-    return c->run(c->cfg);
+    rc = c->run(c->cfg);
+    if (have_file) opt_file_free(&file);
+    return rc;
   }
   if (strcmp(w, "certs") == 0 && argc == 3 &&
       (strcmp(argv[2], "--help") == 0 || strcmp(argv[2], "-h") == 0)) {

@@ -8,6 +8,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include <yaml.h>
+
 #include "dnslabel.h"
 #include "log.h"
 
@@ -25,6 +27,7 @@ static const char *metavar(const struct opt_def *o) {
   case OPT_INT: return "N";
   case OPT_LOGLEVEL: return "LEVEL";
   case OPT_FORWARD: return "LADDR:LPORT=HOST:PORT";
+  case OPT_LIST: return "VALUE";
   }
   return "VALUE";
 }
@@ -151,6 +154,19 @@ static int set_value(const struct opt_def *o, const char *v, void *cfg, char *er
     fw->n++;
     return 0;
   }
+  case OPT_LIST: {
+    struct opt_list *l = (struct opt_list *)(void *)field;
+    if (*v == '\0') {
+      snprintf(err, errlen, "%s: expected %s, got \"\"", lb, metavar(o));
+      return -1;
+    }
+    if (l->n == OPT_LIST_MAX) {
+      snprintf(err, errlen, "%s: given more than %d times", lb, OPT_LIST_MAX);
+      return -1;
+    }
+    l->v[l->n++] = v;
+    return 0;
+  }
   }
   snprintf(err, errlen, "%s: unknown option type", lb);
   return -1;
@@ -164,28 +180,24 @@ static const struct opt_def *find_flag(const struct opt_cmd *cmd, const char *na
   return NULL;
 }
 
-int opt_parse(const struct opt_cmd *cmd, int argc, char **argv, void *cfg, char *err,
-              size_t errlen) {
-  unsigned char seen[64] = {0}; /* per table index: given on the command line */
-  char lb[80];
-  if (cmd->nopts > sizeof seen) {
-    snprintf(err, errlen, "%s: option table too large", cmd->name);
-    return -1;
-  }
-  for (int i = 0; i < argc; i++)
-    if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) return 1;
-    else if (strcmp(argv[i], "--") == 0) break;
+static int repeatable(const struct opt_def *o) {
+  return o->type == OPT_FORWARD || o->type == OPT_LIST;
+}
 
-  for (size_t i = 0; i < cmd->nopts; i++) {
-    const struct opt_def *o = &cmd->opts[i];
-    if (o->def && set_value(o, o->def, cfg, err, errlen) < 0) return -1; /* a bug in the table */
-  }
-
+/* One source of arguments. seen[i]: 0 not given, 1 given by the file, 2 given
+ * on the command line. A command-line flag replaces the file's value; within one
+ * source only repeatable flags may come twice. file: NULL for the command line;
+ * then positionals are allowed. */
+static int parse_source(const struct opt_cmd *cmd, const struct opt_file *file, int argc,
+                        char **argv, void *cfg, unsigned char *seen, char *err, size_t errlen) {
+  unsigned char src = file ? 1 : 2;
+  char lb[80], where[300] = "";
   size_t next_pos = 0; /* index among positionals */
   int only_positionals = 0;
   for (int i = 0; i < argc; i++) {
     const char *a = argv[i];
-    if (!only_positionals && strcmp(a, "--") == 0) {
+    if (file) snprintf(where, sizeof where, "%s:%d: ", file->path, file->line[i]);
+    if (!file && !only_positionals && strcmp(a, "--") == 0) {
       only_positionals = 1;
       continue;
     }
@@ -201,11 +213,17 @@ int opt_parse(const struct opt_cmd *cmd, int argc, char **argv, void *cfg, char 
       }
       size_t idx = (size_t)(o - cmd->opts);
       label(o, lb, sizeof lb);
-      if (seen[idx] && o->type != OPT_FORWARD) {
-        snprintf(err, errlen, "%s: given more than once", lb);
+      if (seen[idx] == src && !repeatable(o)) {
+        snprintf(err, errlen, "%s%s: given more than once", where, lb);
         return -1;
       }
-      seen[idx] = 1;
+      if (seen[idx] == 1 && src == 2 && repeatable(o)) {
+        /* the command line's list replaces the file's */
+        char *field = (char *)cfg + o->offset;
+        if (o->type == OPT_LIST) ((struct opt_list *)(void *)field)->n = 0;
+        else ((struct opt_forwards *)(void *)field)->n = 0;
+      }
+      seen[idx] = src;
       if (o->type == OPT_FLAG) {
         if (eq) {
           snprintf(err, errlen, "%s: takes no value, got \"%s\"", lb, eq + 1);
@@ -222,12 +240,19 @@ int opt_parse(const struct opt_cmd *cmd, int argc, char **argv, void *cfg, char 
         }
         v = argv[++i];
       }
-      if (set_value(o, v, cfg, err, errlen) < 0) return -1;
+      if (set_value(o, v, cfg, err, errlen) < 0) {
+        if (file) { /* name the file and line in front of set_value's error */
+          char e2[700];
+          snprintf(e2, sizeof e2, "%s", err);
+          snprintf(err, errlen, "%s%s", where, e2);
+        }
+        return -1;
+      }
       continue;
     }
     /* A positional argument. */
     const struct opt_def *o = NULL;
-    for (size_t k = 0, p = 0; k < cmd->nopts; k++) {
+    for (size_t k = 0, p = 0; !file && k < cmd->nopts; k++) {
       if (!cmd->opts[k].positional) continue;
       if (p++ == next_pos) {
         o = &cmd->opts[k];
@@ -243,6 +268,28 @@ int opt_parse(const struct opt_cmd *cmd, int argc, char **argv, void *cfg, char 
     next_pos++;
     if (set_value(o, a, cfg, err, errlen) < 0) return -1;
   }
+  return 0;
+}
+
+int opt_parse_with(const struct opt_cmd *cmd, const struct opt_file *file, int argc, char **argv,
+                   void *cfg, char *err, size_t errlen) {
+  unsigned char seen[64] = {0}; /* per table index: 0, 1 from the file, 2 from argv */
+  char lb[80];
+  if (cmd->nopts > sizeof seen) {
+    snprintf(err, errlen, "%s: option table too large", cmd->name);
+    return -1;
+  }
+  for (int i = 0; i < argc; i++)
+    if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) return 1;
+    else if (strcmp(argv[i], "--") == 0) break;
+
+  for (size_t i = 0; i < cmd->nopts; i++) {
+    const struct opt_def *o = &cmd->opts[i];
+    if (o->def && set_value(o, o->def, cfg, err, errlen) < 0) return -1; /* a bug in the table */
+  }
+  if (file && parse_source(cmd, file, file->argc, file->argv, cfg, seen, err, errlen) < 0)
+    return -1;
+  if (parse_source(cmd, NULL, argc, argv, cfg, seen, err, errlen) < 0) return -1;
 
   for (size_t i = 0; i < cmd->nopts; i++) {
     const struct opt_def *o = &cmd->opts[i];
@@ -253,6 +300,190 @@ int opt_parse(const struct opt_cmd *cmd, int argc, char **argv, void *cfg, char 
     }
   }
   return 0;
+}
+
+int opt_parse(const struct opt_cmd *cmd, int argc, char **argv, void *cfg, char *err,
+              size_t errlen) {
+  return opt_parse_with(cmd, NULL, argc, argv, cfg, err, errlen);
+}
+
+/* ---- options from a YAML file ---- */
+
+static int file_push(struct opt_file *f, int *cap, const char *s, size_t len, int line) {
+  if (f->argc + 1 >= *cap) {
+    int ncap = *cap ? *cap * 2 : 16;
+    char **nv = realloc(f->argv, (size_t)ncap * sizeof *nv);
+    int *nl = realloc(f->line, (size_t)ncap * sizeof *nl);
+    if (nv) f->argv = nv;
+    if (nl) f->line = nl;
+    if (!nv || !nl) return -1;
+    *cap = ncap;
+  }
+  char *copy = malloc(len + 1);
+  if (!copy) return -1;
+  memcpy(copy, s, len);
+  copy[len] = '\0';
+  f->line[f->argc] = line;
+  f->argv[f->argc++] = copy;
+  f->argv[f->argc] = NULL;
+  return 0;
+}
+
+static const char *node_text(yaml_node_t *n) {
+  return (const char *)n->data.scalar.value;
+}
+
+/* "K=V[,K=V...]" from a mapping of scalars into buf; -1 if a value is no scalar. */
+static int join_pairs(yaml_document_t *doc, yaml_node_t *map, const char *sep, char *buf,
+                      size_t len, int *bad_line) {
+  size_t used = 0;
+  buf[0] = '\0';
+  for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
+    yaml_node_t *k = yaml_document_get_node(doc, p->key), *v = yaml_document_get_node(doc, p->value);
+    if (!k || !v || k->type != YAML_SCALAR_NODE || v->type != YAML_SCALAR_NODE) {
+      *bad_line = (int)(k ? k->start_mark.line : map->start_mark.line) + 1;
+      return -1;
+    }
+    int n = snprintf(buf + used, len - used, "%s%s=%s", used ? sep : "", node_text(k), node_text(v));
+    if (n < 0 || (size_t)n >= len - used) {
+      *bad_line = (int)k->start_mark.line + 1;
+      return -1;
+    }
+    used += (size_t)n;
+  }
+  return 0;
+}
+
+int opt_file_load(const struct opt_cmd *cmd, const char *path, struct opt_file *out, char *err,
+                  size_t errlen) {
+  memset(out, 0, sizeof *out);
+  out->path = path;
+  FILE *fp = fopen(path, "rb");
+  if (!fp) {
+    snprintf(err, errlen, "%s: %s", path, strerror(errno));
+    return -1;
+  }
+  yaml_parser_t parser;
+  yaml_document_t doc;
+  yaml_parser_initialize(&parser);
+  yaml_parser_set_input_file(&parser, fp);
+  if (!yaml_parser_load(&parser, &doc)) {
+    snprintf(err, errlen, "%s:%zu: not valid YAML (%s)", path, parser.problem_mark.line + 1,
+             parser.problem ? parser.problem : "parse error");
+    yaml_parser_delete(&parser);
+    fclose(fp);
+    return -1;
+  }
+  yaml_parser_delete(&parser);
+  fclose(fp);
+  int rc = -1, cap = 0;
+  char buf[4096];
+  yaml_node_t *root = yaml_document_get_root_node(&doc);
+  if (root == NULL) { /* an empty file: no options */
+    rc = 0;
+    goto done;
+  }
+  if (root->type != YAML_MAPPING_NODE) {
+    snprintf(err, errlen, "%s:%zu: expected a mapping of option names to values (such as "
+             "\"timeout: 60\")", path, root->start_mark.line + 1);
+    goto done;
+  }
+  for (yaml_node_pair_t *p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top; p++) {
+    yaml_node_t *k = yaml_document_get_node(&doc, p->key), *v = yaml_document_get_node(&doc, p->value);
+    int line = (int)k->start_mark.line + 1;
+    if (k->type != YAML_SCALAR_NODE) {
+      snprintf(err, errlen, "%s:%d: expected an option name as key", path, line);
+      goto done;
+    }
+    const char *name = node_text(k);
+    const struct opt_def *o = find_flag(cmd, name, strlen(name));
+    if (o == NULL || strcmp(name, "config") == 0) {
+      snprintf(err, errlen, "%s:%d: \"%s\" is not an option of `kbridge %s` (keys are its flag "
+               "names without \"--\"; see kbridge %s --help)", path, line, name, cmd->name,
+               cmd->name);
+      goto done;
+    }
+    snprintf(buf, sizeof buf, "--%s", name);
+    if (o->type == OPT_FLAG) {
+      const char *t = v->type == YAML_SCALAR_NODE ? node_text(v) : "";
+      if (strcmp(t, "true") != 0 && strcmp(t, "false") != 0) {
+        snprintf(err, errlen, "%s:%d: %s: expected true or false", path, line, name);
+        goto done;
+      }
+      if (strcmp(t, "true") == 0 && file_push(out, &cap, buf, strlen(buf), line) < 0) goto oom;
+      continue;
+    }
+    int bad = line;
+    if (v->type == YAML_SCALAR_NODE || (v->type == YAML_MAPPING_NODE && !repeatable(o))) {
+      const char *val = v->type == YAML_SCALAR_NODE ? node_text(v) : NULL;
+      char joined[2048];
+      if (!val) {
+        if (join_pairs(&doc, v, ",", joined, sizeof joined, &bad) < 0) {
+          snprintf(err, errlen, "%s:%d: %s: expected a mapping of names to plain values", path,
+                   bad, name);
+          goto done;
+        }
+        val = joined;
+      }
+      if (file_push(out, &cap, buf, strlen(buf), line) < 0 ||
+          file_push(out, &cap, val, strlen(val), line) < 0)
+        goto oom;
+    } else if (v->type == YAML_SEQUENCE_NODE && repeatable(o)) {
+      for (yaml_node_item_t *it = v->data.sequence.items.start; it < v->data.sequence.items.top; it++) {
+        yaml_node_t *e = yaml_document_get_node(&doc, *it);
+        if (!e || e->type != YAML_SCALAR_NODE) {
+          snprintf(err, errlen, "%s:%d: %s: expected a list of %s", path,
+                   e ? (int)e->start_mark.line + 1 : line, name, metavar(o));
+          goto done;
+        }
+        if (file_push(out, &cap, buf, strlen(buf), (int)e->start_mark.line + 1) < 0 ||
+            file_push(out, &cap, node_text(e), strlen(node_text(e)), (int)e->start_mark.line + 1) < 0)
+          goto oom;
+      }
+    } else if (v->type == YAML_MAPPING_NODE) { /* repeatable: one K=V per entry */
+      for (yaml_node_pair_t *q = v->data.mapping.pairs.start; q < v->data.mapping.pairs.top; q++) {
+        yaml_node_t *kk = yaml_document_get_node(&doc, q->key);
+        yaml_node_t *vv = yaml_document_get_node(&doc, q->value);
+        if (!kk || !vv || kk->type != YAML_SCALAR_NODE || vv->type != YAML_SCALAR_NODE) {
+          snprintf(err, errlen, "%s:%d: %s: expected a mapping of names to plain values", path,
+                   kk ? (int)kk->start_mark.line + 1 : line, name);
+          goto done;
+        }
+        int n = snprintf(buf, sizeof buf, "%s=%s", node_text(kk), node_text(vv));
+        if (n < 0 || (size_t)n >= sizeof buf) {
+          snprintf(err, errlen, "%s:%d: %s: value too long", path, (int)kk->start_mark.line + 1,
+                   name);
+          goto done;
+        }
+        char flag[80];
+        snprintf(flag, sizeof flag, "--%s", name);
+        if (file_push(out, &cap, flag, strlen(flag), (int)kk->start_mark.line + 1) < 0 ||
+            file_push(out, &cap, buf, strlen(buf), (int)kk->start_mark.line + 1) < 0)
+          goto oom;
+      }
+    } else {
+      snprintf(err, errlen, "%s:%d: %s: expected %s%s", path, line, name,
+               repeatable(o) ? "a value or a list of " : "one value, ", metavar(o));
+      goto done;
+    }
+  }
+  rc = 0;
+  goto done;
+oom:
+  snprintf(err, errlen, "%s: out of memory", path);
+done:
+  yaml_document_delete(&doc);
+  if (rc < 0) opt_file_free(out);
+  return rc;
+}
+
+void opt_file_free(struct opt_file *f) {
+  for (int i = 0; i < f->argc; i++) free(f->argv[i]);
+  free(f->argv);
+  free(f->line);
+  f->argv = NULL;
+  f->line = NULL;
+  f->argc = 0;
 }
 
 /* "  LEFT   text..." with the text wrapped at 79 columns under its own column. */
@@ -306,7 +537,7 @@ void opt_help(const struct opt_cmd *cmd, FILE *out) {
       snprintf(left, sizeof left, "--%s%s%s", o->name, o->type == OPT_FLAG ? "" : " ", metavar(o));
     snprintf(text, sizeof text, "%s%s%s%s%s", o->help, o->required ? " (required)" : "",
              o->def ? " (default " : "", o->def ? o->def : "", o->def ? ")" : "");
-    if (o->type == OPT_FORWARD) snprintf(text + strlen(text), sizeof text - strlen(text), " (repeatable)");
+    if (repeatable(o)) snprintf(text + strlen(text), sizeof text - strlen(text), " (repeatable)");
     print_wrapped(out, left, text);
   }
   print_wrapped(out, "-h, --help", "show this help");

@@ -30,6 +30,9 @@ enum opt_type {          /* and the C type stored at the option's offset: */
   OPT_INT,               /* int within [min, max] */
   OPT_LOGLEVEL,          /* enum log_level */
   OPT_FORWARD,           /* struct opt_forwards; repeatable: each use appends */
+  OPT_LIST,              /* struct opt_list of non-empty strings; repeatable: each
+                            use appends (checked by the command, which knows the
+                            syntax: KEY=VALUE, names, ...) */
 };
 
 #define OPT_KEY_SIZE 64
@@ -42,6 +45,12 @@ struct opt_forward {
 };
 struct opt_forwards {
   struct opt_forward v[OPT_FORWARDS_MAX];
+  size_t n;
+};
+
+#define OPT_LIST_MAX 32
+struct opt_list {
+  const char *v[OPT_LIST_MAX];
   size_t n;
 };
 
@@ -71,6 +80,29 @@ struct opt_cmd {
  * -1 with a one-line reason in err that names the flag. */
 int opt_parse(const struct opt_cmd *cmd, int argc, char **argv, void *cfg, char *err,
               size_t errlen);
+
+/* Options from a file: the YAML mapping at path, whose keys are the command's
+ * flag names without "--" and whose values are what the flag takes: a scalar; for
+ * a flag without value, true or false; for a repeatable flag a sequence, or a
+ * mapping {K: V} standing for the values "K=V". A flag given on the command line
+ * replaces the file's value (a repeatable flag: the whole list). Result: an
+ * argument vector (--name value ...) for opt_parse_with(), owned by *out, freed
+ * with opt_file_free(). Returns 0, or -1 with a one-line err naming the file, the
+ * line and the key (an unknown key, a value of the wrong shape, a YAML error). */
+struct opt_file {
+  char **argv;
+  int *line;       /* the file's line of each argv[i] (for errors) */
+  int argc;
+  const char *path;
+};
+int opt_file_load(const struct opt_cmd *cmd, const char *path, struct opt_file *out, char *err,
+                  size_t errlen);
+void opt_file_free(struct opt_file *f);
+
+/* opt_parse() with the options of a file (may be NULL) applied before argv, and
+ * overridden by argv. Errors about a file value name the file. */
+int opt_parse_with(const struct opt_cmd *cmd, const struct opt_file *file, int argc, char **argv,
+                   void *cfg, char *err, size_t errlen);
 
 /* The usage line, details and the option list, generated from the table. */
 void opt_help(const struct opt_cmd *cmd, FILE *out);

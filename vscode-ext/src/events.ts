@@ -34,7 +34,8 @@ export interface ReadyEvent {
 export interface ErrorEvent {
   event: 'error';
   /* kubeconfig, unreachable, unauthorized, forbidden, not_found, conflict,
-   * port_in_use, route_held, bad_flag, api_error, failed */
+   * port_in_use, route_held, service_changed, unsupported, agent_refused,
+   * bad_flag, api_error, failed */
   reason: string;
   message: string;
 }

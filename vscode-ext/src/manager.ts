@@ -25,6 +25,8 @@ export function advice(reason: string): string {
       return 'A local port is in use: choose another in the task.';
     case 'route_held':
       return 'Someone else holds this route key: choose another routeAs in the task.';
+    case 'agent_refused':
+      return 'The cluster refused the agent pod (quota, LimitRange or policy): adapt it with the agent pod keys of kbridge.yaml (agent-requests, agent-limits, agent-label, ...; see the user guide).';
     case 'bad_flag':
     case 'task':
       return 'Fix the kbridge task in .vscode/tasks.json.';

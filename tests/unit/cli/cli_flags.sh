@@ -78,5 +78,23 @@ m=$(stat -c %a "$tmp/tls")
 # proxy with a tls dir lacking bob's certificate: exit 1 with the fix in the message.
 expect 1 'kbridge certs issue' proxy --agent 127.0.0.1:1 --tls-dir "$tmp/tls" --route-as bob --local-port 1
 
+# connect: the agent pod's flags and kbridge.yaml are checked before the cluster
+# is contacted (no kubeconfig is read: KUBECONFIG points nowhere).
+c="connect --service api --local-port 5000 --kubeconfig $tmp/none"
+expect 2 '--toleration: expected KEY[=VALUE][:EFFECT]' $c --toleration 'a=b:Sometimes'
+expect 2 '--agent-limits: cpu: "lots" is not a Kubernetes quantity' $c --agent-limits cpu=lots
+expect 2 '--agent-label: "kbridge.dev/agent" is kbridge' $c --agent-label kbridge.dev/agent=x
+expect 2 '--node-selector: expected KEY=VALUE, got "ssd"' $c --node-selector ssd
+expect 2 '--agent-requests: memory=1Gi is more than --agent-limits memory=64Mi' $c --agent-requests memory=1Gi --agent-limits memory=64Mi
+expect 2 '--image-pull-secret: expected the name of a Secret' $c --image-pull-secret 'Reg_Cred'
+printf 'timeout: 30\nnode-selectr: {disk: ssd}\n' >"$tmp/kb.yaml"
+expect 2 'kb.yaml:2: "node-selectr" is not an option of `kbridge connect`' $c --config "$tmp/kb.yaml"
+printf 'timeout: 3\n' >"$tmp/kb.yaml"
+expect 2 'kb.yaml:1: --timeout: expected a number 5-3600, got "3"' $c --config "$tmp/kb.yaml"
+expect 2 '--config: '"$tmp"'/missing.yaml: No such file' $c --config "$tmp/missing.yaml"
+mkdir "$tmp/proj" && printf 'agent-limits:\n  cpu: lots\n' >"$tmp/proj/kbridge.yaml"
+(cd "$tmp/proj" && expect 2 '--agent-limits: cpu: "lots"' $c)
+expect 0 '' connect --help
+
 echo "$passes passed, $fails failed"
 [ "$fails" -eq 0 ]

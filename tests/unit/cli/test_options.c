@@ -5,6 +5,8 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 #include "check.h"
 #include "log.h"
@@ -18,6 +20,7 @@ struct cfg {
   char key[OPT_KEY_SIZE];
   enum log_level level;
   struct opt_forwards fw;
+  struct opt_list list;
 };
 
 #define OFF(f) offsetof(struct cfg, f)
@@ -33,6 +36,7 @@ static const struct opt_def opts[] = {
     {"key", OPT_KEY, OFF(key), 0, 0, NULL, NULL, 0, 0, "a key"},
     {"log-level", OPT_LOGLEVEL, OFF(level), 0, 0, "info", NULL, 0, 0, "a level"},
     {"forward", OPT_FORWARD, OFF(fw), 0, 0, NULL, NULL, 0, 0, "forwards"},
+    {"item", OPT_LIST, OFF(list), 0, 0, NULL, "K=V", 0, 0, "items"},
 };
 static const struct opt_cmd cmd = {"test", "A test command.", NULL, opts, sizeof opts / sizeof *opts};
 
@@ -149,6 +153,74 @@ int main(void) {
   /* "--" ends the flags: what follows is positional. */
   CHECK_EQ_INT(parse("--port", "1", "--", "--weird-path", NULL), 0);
   CHECK_EQ_STR(c.path, "--weird-path");
+
+  /* OPT_LIST: repeatable, in order, never empty. */
+  CHECK_EQ_INT(parse("p", "--port", "1", "--item", "a=1", "--item=b=2", NULL), 0);
+  CHECK_EQ_INT(c.list.n, 2);
+  CHECK_EQ_STR(c.list.v[0], "a=1");
+  CHECK_EQ_STR(c.list.v[1], "b=2");
+  BAD("--item: expected K=V", "\"\"", "p", "--port", "1", "--item", "");
+
+  /* Options from a YAML file: keys are flag names; lists, mappings (K=V) and
+   * booleans; the command line wins, a list given there replaces the file's. */
+  {
+    char path[] = "/tmp/kb-test-options-XXXXXX";
+    int fd = mkstemp(path);
+    const char *yaml = "# options\nport: 7\nflag: true\nstr: from-file\n"
+                       "item:\n  a: \"1\"\n  b: two\ncount: 9\n";
+    CHECK(fd >= 0 && write(fd, yaml, strlen(yaml)) == (ssize_t)strlen(yaml));
+    close(fd);
+    struct opt_file file;
+    CHECK_EQ_INT(opt_file_load(&cmd, path, &file, err, sizeof err), 0);
+    char *argv[] = {"p", "--count", "3", NULL};
+    memset(&c, 0, sizeof c);
+    CHECK_EQ_INT(opt_parse_with(&cmd, &file, 3, argv, &c, err, sizeof err), 0);
+    CHECK_EQ_INT(c.port, 7); /* required, satisfied by the file */
+    CHECK_EQ_INT(c.flag, 1);
+    CHECK_EQ_STR(c.str, "from-file");
+    CHECK_EQ_INT(c.count, 3); /* the command line wins */
+    CHECK_EQ_INT(c.list.n, 2);
+    CHECK_EQ_STR(c.list.v[0], "a=1");
+    CHECK_EQ_STR(c.list.v[1], "b=two");
+    char *argv2[] = {"p", "--item", "c=3", NULL};
+    memset(&c, 0, sizeof c);
+    CHECK_EQ_INT(opt_parse_with(&cmd, &file, 3, argv2, &c, err, sizeof err), 0);
+    CHECK_EQ_INT(c.list.n, 1);
+    CHECK_EQ_STR(c.list.v[0], "c=3");
+    opt_file_free(&file);
+
+    /* Errors name the file, the line and the key. */
+    static const struct {
+      const char *yaml, *frag;
+    } bad[] = {
+        {"port: 1\nbogus: 2\n", ":2: \"bogus\" is not an option of `kbridge test`"},
+        {"flag: maybe\n", ":1: flag: expected true or false"},
+        {"port: [1, 2]\n", ":1: port: expected one value"},
+        {"- port\n", ":1: expected a mapping"},
+        {"port: 1\n  x: [\n", "not valid YAML"},
+        {"port: 1\nitem: [a=1, {b: 2}]\n", ":2: item: expected a list of K=V"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+      fd = open(path, O_WRONLY | O_TRUNC);
+      CHECK(fd >= 0 && write(fd, bad[i].yaml, strlen(bad[i].yaml)) == (ssize_t)strlen(bad[i].yaml));
+      close(fd);
+      CHECK_EQ_INT(opt_file_load(&cmd, path, &file, err, sizeof err), -1);
+      CHECK(strstr(err, bad[i].frag) != NULL && strstr(err, path) == err);
+      if (!strstr(err, bad[i].frag)) fprintf(stderr, "  err: %s\n", err);
+    }
+    /* A value the type refuses: named with the file and line. */
+    fd = open(path, O_WRONLY | O_TRUNC);
+    const char *big = "port: 1\ncount: 99\n";
+    CHECK(fd >= 0 && write(fd, big, strlen(big)) == (ssize_t)strlen(big));
+    close(fd);
+    CHECK_EQ_INT(opt_file_load(&cmd, path, &file, err, sizeof err), 0);
+    char *argv3[] = {"p", NULL};
+    memset(&c, 0, sizeof c);
+    CHECK_EQ_INT(opt_parse_with(&cmd, &file, 1, argv3, &c, err, sizeof err), -1);
+    CHECK(strstr(err, ":2: --count: expected a number 1-64") != NULL);
+    opt_file_free(&file);
+    unlink(path);
+  }
 
   /* The help text comes from the table. */
   FILE *f = tmpfile();
