@@ -12,6 +12,8 @@ tests/cluster/CMakeLists.txt, label `cluster`).
                                 image pull errors, restarts
     test_cluster.py features    env/valueFrom, volumes, securityContext, exec probes,
                                 grace period, liveness restarts
+    test_cluster.py netpol      NetworkPolicy enforcement: ingress/egress, pod and
+                                namespace selectors, ipBlock, named ports, DNS
     test_cluster.py second      a second cluster at the same time; its down
                                 leaves the first alone
     test_cluster.py down        down + nothing left behind (fixture cleanup)
@@ -722,6 +724,124 @@ def t_features():
     kubectl("delete", "pod", "-n", "shop", "features", "--wait=true")
 
 
+CONNECT_SCRIPT = r"""
+import json, socket, sys
+out = []
+for host, port in json.loads(sys.argv[1]):
+    try:
+        socket.create_connection((host, port), 3).close(); out.append(True)
+    except Exception as e:
+        out.append(str(e)[:60])
+print(json.dumps(out))
+"""
+
+
+def reach(ns, pod, targets):
+    """[True or the error] for each (host, port), connecting from pod."""
+    r = pod_exec(ns, pod, "python3", "-c", CONNECT_SCRIPT, json.dumps(targets), timeout=60)
+    try:
+        return json.loads(r.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise Fail("connect from %s/%s: %r %r" % (ns, pod, r.stdout[-300:], r.stderr[-300:]))
+
+
+def policy(name, ns, spec):
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": name, "namespace": ns}, "spec": spec}
+
+
+def t_netpol():
+    """NetworkPolicy enforced by the node (node/netpol.py): ingress and egress,
+    podSelector, namespaceSelector, ipBlock with except, numbered and named ports,
+    the DNS pseudo-pod; everything open again once the policies are gone."""
+    ensure_demo()
+    i = info()
+    fe, st = one_pod("frontend"), one_pod("store")
+    api_ip = [p["status"]["podIP"] for p in pods("shop", "app=api") if ready(p)][0]
+    api = ("api.shop.svc.cluster.local", 8080)
+    apiserver = ("kubernetes.default.svc.cluster.local", 443)
+    kubectl("create", "namespace", "np-other", check_rc=False)
+    kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client", "namespace": "np-other",
+                                                        "labels": {"role": "client"}},
+        "spec": {"containers": [{"name": "c", "image": "kbridge-demo/sh:1",
+                                 "command": ["sleep", "3600"]}]}}))
+    wait("np-other/client Running", lambda: ready(admin().get("/api/v1/namespaces/np-other/pods/client")), 60)
+    names = []
+
+    def apply(*pols):
+        kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(pols)}))
+        names.extend((p["metadata"]["namespace"], p["metadata"]["name"]) for p in pols)
+
+    def expect(ns, pod, targets, want, what, timeout=15):
+        last = []
+
+        def ok():
+            last[:] = reach(ns, pod, targets)
+            return [x is True for x in last] == want
+        try:
+            wait(what, ok, timeout, interval=0.3)
+        except Fail:
+            raise Fail("%s: got %s, want %s" % (what, last, want))
+        check(True, "%s (%s)" % (what, ["open" if x else "denied" for x in want]))
+
+    try:
+        expect("shop", fe, [api, (api_ip, 8080)], [True, True], "no policy: frontend reaches api")
+        t = time.time()
+        apply(policy("default-deny", "shop", {"podSelector": {}, "policyTypes": ["Ingress"]}))
+        expect("shop", fe, [api, (api_ip, 8080)], [False, False],
+               "default-deny ingress: frontend -> api (Service and pod IP) refused")
+        say("policy in force %.1f s after kubectl apply" % (time.time() - t))
+        apply(policy("api-from-frontend", "shop", {
+            "podSelector": {"matchLabels": {"app": "api"}},
+            "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "frontend"}}}],
+                         "ports": [{"port": "http"}]}]}))
+        expect("shop", fe, [api, (api_ip, 8080)], [True, True],
+               "allow from app=frontend on the named port http: frontend reaches api")
+        expect("shop", st, [api], [False], "store (not app=frontend) still refused by api")
+        expect("np-other", "client", [api], [False], "a pod of another namespace refused by api")
+        apply(policy("api-from-np-other", "shop", {
+            "podSelector": {"matchLabels": {"app": "api"}},
+            "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {
+                "kubernetes.io/metadata.name": "np-other"}}, "podSelector": {
+                "matchExpressions": [{"key": "role", "operator": "In", "values": ["client"]}]}}],
+                "ports": [{"port": 8080, "protocol": "TCP"}]}]}))
+        expect("np-other", "client", [api], [True],
+               "namespaceSelector + podSelector (matchExpressions) on port 8080: np-other/client reaches api")
+        # Egress of the frontend: nothing, then DNS (the kube-dns pseudo-pod), api, the API server.
+        # (store's ingress open again, so a refusal below is the frontend's egress.)
+        kubectl("delete", "networkpolicy", "default-deny", "-n", "shop")
+        expect("shop", fe, [("store.shop.svc.cluster.local", 8080)], [True], "default-deny deleted: store open")
+        apply(policy("fe-egress", "shop", {"podSelector": {"matchLabels": {"app": "frontend"}},
+                                           "policyTypes": ["Egress"]}))
+        expect("shop", fe, [(api_ip, 8080), api], [False, False],
+               "default-deny egress of frontend: neither api's pod IP nor DNS")
+        apply(policy("fe-egress-allow", "shop", {
+            "podSelector": {"matchLabels": {"app": "frontend"}}, "policyTypes": ["Egress"],
+            "egress": [{"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+                        "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]},
+                       {"to": [{"podSelector": {"matchLabels": {"app": "api"}}}]},
+                       {"to": [{"ipBlock": {"cidr": i["net"]["host_ip"] + "/32"}}]}]}))
+        expect("shop", fe, [api, (api_ip, 8080), apiserver, ("store.shop.svc.cluster.local", 8080)],
+               [True, True, True, False],
+               "egress allows DNS, app=api and the API server by ipBlock; store refused")
+        apply(policy("fe-egress-allow", "shop", {
+            "podSelector": {"matchLabels": {"app": "frontend"}}, "policyTypes": ["Egress"],
+            "egress": [{"ports": [{"port": 53, "protocol": "UDP"}]},
+                       {"to": [{"ipBlock": {"cidr": i["net"]["pod_cidr"],
+                                            "except": [api_ip + "/32"]}}]}]}))
+        expect("shop", fe, [(api_ip, 8080), ("store.shop.svc.cluster.local", 8080), apiserver],
+               [False, True, False], "ipBlock pod CIDR except one api pod: that pod refused, store open, "
+               "API server (outside the block) refused")
+    finally:
+        for ns, n in sorted(set(names)):
+            kubectl("delete", "networkpolicy", n, "-n", ns, "--ignore-not-found", check_rc=False)
+    expect("shop", fe, [api, (api_ip, 8080), apiserver], [True, True, True],
+           "policies deleted: everything open again")
+    kubectl("delete", "namespace", "np-other", "--wait=true", "--timeout=60s", check_rc=False)
+
+
 def kubectl_minor():
     r = subprocess.run(["kubectl", "version", "--client", "-o", "json"], capture_output=True, text=True)
     try:
@@ -791,7 +911,8 @@ def t_down():
 
 
 TESTS = {"up": t_up, "demo": t_demo, "services": t_services, "portforward": t_portforward, "rbac": t_rbac,
-         "lifecycle": t_lifecycle, "features": t_features, "second": t_second, "down": t_down}
+         "lifecycle": t_lifecycle, "features": t_features, "netpol": t_netpol, "second": t_second,
+         "down": t_down}
 
 
 def main():

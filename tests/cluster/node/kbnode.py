@@ -7,7 +7,8 @@ started by tests/cluster/up as `kbnode.py <cluster.json>`.
   kube-node-lease every few seconds and refreshes the Ready condition;
 - watches pods bound to it and runs one PodWorker (pods.py) per pod;
 - watches Services and Endpoints and keeps the iptables rules and DNS of the
-  node network namespace in line (proxy.py);
+  node network namespace in line (proxy.py); with NetworkPolicies, pods and
+  namespaces, the policy rules of the same table (netpol.py);
 - serves the kubelet HTTPS endpoint for port-forward and logs
   (kubelet_server.py).
 
@@ -25,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from kubeapi import Kube  # noqa: E402
 import pods  # noqa: E402
+import netpol  # noqa: E402
 import proxy  # noqa: E402
 from kubelet_server import KubeletServer  # noqa: E402
 
@@ -232,7 +234,13 @@ class Node:
             try:
                 svcs = self.kube.get("/api/v1/services")["items"]
                 eps = self.kube.get("/api/v1/endpoints")["items"]
-                self.proxy.sync(svcs, eps)
+                pols = self.kube.get("/apis/networking.k8s.io/v1/networkpolicies")["items"]
+                np = None
+                if pols:
+                    np = netpol.rules(pols, self.kube.get("/api/v1/pods")["items"],
+                                      self.kube.get("/api/v1/namespaces")["items"],
+                                      self.net["bridge_ip"])
+                self.proxy.sync(svcs, eps, np)
             except Exception as e:  # noqa: BLE001
                 log("services sync: %s" % e)
                 time.sleep(1)
@@ -261,6 +269,10 @@ class Node:
         threading.Thread(target=self.heartbeat, daemon=True, name="heartbeat").start()
         Trigger(self.kube, "/api/v1/services", self.svc_event).start()
         Trigger(self.kube, "/api/v1/endpoints", self.svc_event).start()
+        # NetworkPolicy rules depend on policies, pod labels and IPs, namespace labels.
+        Trigger(self.kube, "/apis/networking.k8s.io/v1/networkpolicies", self.svc_event).start()
+        Trigger(self.kube, "/api/v1/pods", self.svc_event).start()
+        Trigger(self.kube, "/api/v1/namespaces", self.svc_event).start()
         Trigger(self.kube, "/api/v1/pods", self.pod_event, {"fieldSelector": "spec.nodeName=" + self.name}).start()
         threading.Thread(target=self.svc_loop, daemon=True, name="services").start()
         self.pod_loop()

@@ -9,6 +9,9 @@ cluster), all inside the node network namespace:
 - filter rules: nothing from the root namespace (host0) is forwarded to pods
   unless it answers a connection a pod opened, or it was DNATed by a
   NodePort rule (node address:nodePort -> ready endpoints, as on a node).
+- NetworkPolicy (netpol.py): chains KB-NETPOL (FORWARD, before the
+  Service filter rules) and KB-NETPOL-IN (INPUT from the bridge) of the same
+  filter table.
 - dnsmasq on the bridge address answers <svc>.<ns>.svc.cluster.local from a
   hosts file this module rewrites (SIGHUP on change); the kube-dns Service
   (ClusterIP .10) points at it. Headless Services resolve to their ready
@@ -61,7 +64,9 @@ class Proxy:
         if self.dnsmasq and self.dnsmasq.poll() is None:
             self.dnsmasq.terminate()
 
-    def sync(self, services, endpoints):
+    def sync(self, services, endpoints, netpol=None):
+        """netpol: (chains, rules) of the filter table from netpol.rules(), or None."""
+        np_chains, np_rules = netpol or ([], [])
         eps = {(e["metadata"]["namespace"], e["metadata"]["name"]): e for e in endpoints}
         nat = [":KB-SERVICES - [0:0]", ":KB-POSTROUTING - [0:0]"]
         body = []
@@ -123,14 +128,16 @@ class Proxy:
             "-A KB-POSTROUTING -s %s -o host0 -j MASQUERADE" % self.net["pod_cidr"]]
         rules += [r for t, r in body if t == "nat"] + ["COMMIT", "*filter", ":INPUT ACCEPT [0:0]",
                                                          ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
-                                                         ":KB-FORWARD - [0:0]", ":KB-INPUT - [0:0]",
+                                                         ":KB-FORWARD - [0:0]", ":KB-INPUT - [0:0]"] + np_chains + (
+                                                         ["-A FORWARD -j KB-NETPOL",
+                                                          "-A INPUT -i kbbr0 -j KB-NETPOL-IN"] if np_chains else []) + [
                                                          "-A FORWARD -j KB-FORWARD", "-A INPUT -j KB-INPUT",
                                                          "-A KB-FORWARD -i host0 -m conntrack --ctstate "
                                                          "ESTABLISHED,RELATED -j ACCEPT",
                                                          "-A KB-FORWARD -i host0 -m mark --mark 0x4000/0x4000 "
                                                          "-m comment --comment nodeport -j ACCEPT",
                                                          "-A KB-FORWARD -i host0 -j DROP"]
-        rules += [r for t, r in body if t == "filter"] + ["COMMIT"]
+        rules += [r for t, r in body if t == "filter"] + np_rules + ["COMMIT"]
         text = "\n".join(rules) + "\n"
         if text != self.applied_rules:
             r = subprocess.run(["ip", "netns", "exec", self.node.node_netns, "iptables-restore"],
