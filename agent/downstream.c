@@ -36,6 +36,7 @@
 
 #include "addr.h"
 #include "agent.h"
+#include "forwarded.h"
 #include "http_head.h"
 #include "log.h"
 #include "route.h"
@@ -71,6 +72,7 @@ struct downstream {
   uint16_t port;             /* service port the client connected to */
   struct agent_listener *li; /* its listener: fallback address and pool */
   char peer[64];             /* client "ip:port" */
+  char client_ip[48];        /* client address alone, for X-Forwarded-For / Forwarded */
 
   llhttp_t *req;             /* allocated on the first HTTP request */
   llhttp_t *resp;
@@ -568,18 +570,32 @@ static struct upstream *pick_upstream(struct downstream *ds, int fresh) {
   return u;
 }
 
-/* Serialize the head (plus route lines when routed by subdomain) to u. */
+/* Serialize the head to u, with the route lines when routed by subdomain and
+ * the client's address (forwarded.h) always: to the original pods and to a
+ * developer alike. */
 static int send_head(struct downstream *ds, struct upstream *u, const struct route_match *m) {
   struct agent *ag = ds->ag;
-  char extra[1024];
+  char small[2048], route_lines[1024];
   int replace_baggage = 0;
-  extra[0] = 0;
+  route_lines[0] = 0;
   if (m && m->source == ROUTE_SUBDOMAIN &&
-      route_inject(&ag->rcfg, &ds->head, m, extra, sizeof extra, &replace_baggage) < 0)
-    extra[0] = 0;
+      route_inject(&ag->rcfg, &ds->head, m, route_lines, sizeof route_lines, &replace_baggage) < 0)
+    route_lines[0] = 0;
+  size_t rlen = strlen(route_lines), need = rlen + forwarded_size(&ds->head);
+  char *extra = need <= sizeof small ? small : malloc(need); /* long existing X-Forwarded-For */
+  if (!extra) return -1;
+  memcpy(extra, route_lines, rlen);
+  if (forwarded_lines(&ds->head, ds->client_ip, extra + rlen, need - rlen) < 0)
+    extra[rlen] = 0; /* not an IP client (cannot happen for TCP): nothing to say */
+  const char *drop[FORWARDED_NREPLACED + 2];
+  size_t nd = 0;
+  for (; forwarded_replaced[nd]; nd++) drop[nd] = forwarded_replaced[nd];
+  if (extra[rlen] == 0) nd = 0; /* no merged lines: keep the originals */
+  if (replace_baggage) drop[nd++] = "baggage";
+  drop[nd] = NULL;
   struct evbuffer *tmp = ag->scratch;
-  int r = http_head_write_request_skip(&ds->head, replace_baggage ? "baggage" : NULL,
-                                       extra[0] ? extra : NULL, tmp);
+  int r = http_head_write_request_drop(&ds->head, drop, extra[0] ? extra : NULL, tmp);
+  if (extra != small) free(extra);
   size_t n = evbuffer_get_length(tmp);
   if (r == 0) {
     ag->stats.bytes_request += n;
@@ -1162,6 +1178,7 @@ int downstream_accept(struct agent_listener *li, evutil_socket_t fd, const struc
   ds->li = li;
   ds->state = DS_SNIFF;
   addr_format_sa(sa, ds->peer, sizeof ds->peer);
+  addr_ip_sa(sa, ds->client_ip, sizeof ds->client_ip);
   agent_conn_opened(ag);
   TAILQ_INSERT_TAIL(&ag->clients, ds, link);
   int one = 1; /* responses are relayed as they come: no Nagle delay on them */

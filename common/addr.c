@@ -65,21 +65,31 @@ char *addr_format(const struct hostport *hp, char *buf, size_t len) {
   return buf;
 }
 
-char *addr_format_sa(const struct sockaddr *sa, char *buf, size_t len) {
+char *addr_ip_sa(const struct sockaddr *sa, char *buf, size_t len) {
   char ip[INET6_ADDRSTRLEN] = "?";
-  unsigned port = 0;
   if (sa->sa_family == AF_INET) {
     const struct sockaddr_in *in = (const struct sockaddr_in *)(const void *)sa;
     inet_ntop(AF_INET, &in->sin_addr, ip, sizeof ip);
-    port = ntohs(in->sin_port);
-    snprintf(buf, len, "%s:%u", ip, port);
   } else if (sa->sa_family == AF_INET6) {
     const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)(const void *)sa;
-    inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof ip);
-    port = ntohs(in6->sin6_port);
-    snprintf(buf, len, "[%s]:%u", ip, port);
-  } else {
-    snprintf(buf, len, "unix");
+    if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) /* an IPv4 client of a dual-stack socket */
+      inet_ntop(AF_INET, &in6->sin6_addr.s6_addr[12], ip, sizeof ip);
+    else
+      inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof ip);
   }
+  snprintf(buf, len, "%s", ip);
+  return buf;
+}
+
+char *addr_format_sa(const struct sockaddr *sa, char *buf, size_t len) {
+  char ip[INET6_ADDRSTRLEN];
+  addr_ip_sa(sa, ip, sizeof ip);
+  if (sa->sa_family == AF_INET)
+    snprintf(buf, len, "%s:%u", ip, ntohs(((const struct sockaddr_in *)(const void *)sa)->sin_port));
+  else if (sa->sa_family == AF_INET6)
+    snprintf(buf, len, strchr(ip, ':') ? "[%s]:%u" : "%s:%u", ip,
+             ntohs(((const struct sockaddr_in6 *)(const void *)sa)->sin6_port));
+  else
+    snprintf(buf, len, "unix");
   return buf;
 }

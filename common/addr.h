@@ -19,8 +19,13 @@ int addr_parse(const char *s, int allow_port0, struct hostport *out, char *err, 
 /* Format as "host:port" or "[v6]:port" into buf. Returns buf. */
 char *addr_format(const struct hostport *hp, char *buf, size_t len);
 
-/* Format a socket address (AF_INET/AF_INET6) as "ip:port". Returns buf. */
+/* Format a socket address (AF_INET/AF_INET6) as "ip:port" or "[v6]:port". An
+ * IPv4-mapped IPv6 address (an IPv4 client of a dual-stack socket) is shown as
+ * IPv4. Returns buf. */
 struct sockaddr;
 char *addr_format_sa(const struct sockaddr *sa, char *buf, size_t len);
+/* The numeric address alone ("10.0.0.5", "fd00::5"; IPv4-mapped shown as
+ * IPv4; "?" for other families). Returns buf. */
+char *addr_ip_sa(const struct sockaddr *sa, char *buf, size_t len);
 
 #endif

@@ -136,17 +136,29 @@ int http_head_write_request(const struct http_head *h, const char *extra, struct
   return http_head_write_request_skip(h, NULL, extra, out);
 }
 
-/* Serialize into one contiguous reservation: the size is known in advance, so
- * this is one evbuffer operation and no intermediate copy. */
 int http_head_write_request_skip(const struct http_head *h, const char *skip, const char *extra,
                                  struct evbuffer *out) {
+  const char *drop[2] = {skip, NULL};
+  return http_head_write_request_drop(h, skip ? drop : NULL, extra, out);
+}
+
+/* Is field i named one of drop[] (NULL-terminated; drop itself may be NULL)? */
+static int dropped(const struct http_head *h, size_t i, const char *const *drop) {
+  for (; drop && *drop; drop++)
+    if (http_head_field_is(h, i, *drop, strlen(*drop))) return 1;
+  return 0;
+}
+
+/* Serialize into one contiguous reservation: the size is known in advance, so
+ * this is one evbuffer operation and no intermediate copy. */
+int http_head_write_request_drop(const struct http_head *h, const char *const *drop,
+                                 const char *extra, struct evbuffer *out) {
   const char *method = llhttp_method_name((llhttp_method_t)h->method);
   size_t mlen = strlen(method), elen = extra ? strlen(extra) : 0;
-  size_t slen = skip ? strlen(skip) : 0;
   if (h->http_major > 9 || h->http_minor > 9 || h->url_len == 0) return -1;
   size_t total = mlen + 1 + h->url_len + sizeof(" HTTP/x.y\r\n") - 1 + elen + 2;
   for (size_t i = 0; i < h->nfields; i++) {
-    if (skip && http_head_field_is(h, i, skip, slen)) continue;
+    if (dropped(h, i, drop)) continue;
     total += h->fields[i].name_len + 2 + h->fields[i].value_len + 2;
   }
   struct evbuffer_iovec v;
@@ -166,7 +178,7 @@ int http_head_write_request_skip(const struct http_head *h, const char *skip, co
   *p++ = '\n';
   for (size_t i = 0; i < h->nfields; i++) {
     const struct http_field *f = &h->fields[i];
-    if (skip && http_head_field_is(h, i, skip, slen)) continue;
+    if (dropped(h, i, drop)) continue;
     memcpy(p, h->buf + f->name_off, f->name_len);
     p += f->name_len;
     *p++ = ':';

@@ -63,6 +63,11 @@ int http_head_write_request(const struct http_head *h, const char *extra, struct
  * lines that carry the merged baggage header. */
 int http_head_write_request_skip(const struct http_head *h, const char *skip, const char *extra,
                                  struct evbuffer *out);
+/* The same, leaving out every field named like one of drop[] (a NULL-terminated
+ * array of names, or NULL): the agent drops the baggage lines route_inject()
+ * merged and the X-Forwarded-For / Forwarded lines forwarded_lines() merged. */
+int http_head_write_request_drop(const struct http_head *h, const char *const *drop,
+                                 const char *extra, struct evbuffer *out);
 
 /* Request smuggling checks llhttp 8.1 does not make itself (call after the
  * headers are complete; http_head_parse_request() calls it). Rejects: an HTTP

@@ -26,6 +26,14 @@ Parts (default: all, in this order):
                failure (count printed), --replace is refused naming both (exit 2)
     dual       Service `dual` maps 8080 -> 8080 and 80 -> "http" (=8080 in the api
                pods): both ports answer during the takeover, routed and unrouted
+    affinity   Service `echo` (pods that echo their request headers) with
+               sessionAffinity ClientIP: during the takeover unrouted and routed
+               requests are answered and carry the client's address (as the
+               agent sees it: the test cluster masquerades Service traffic to
+               the node bridge address) in X-Forwarded-For and Forwarded, an
+               existing X-Forwarded-For appended to; the shadow Service has no affinity
+               (the agent is its only client); afterwards the Service, its
+               sessionAffinity and timeout included, equals what it was
 
 The cluster is $KBRIDGE_E2E_CLUSTER (default kbe2e), as for test_connect.py.
 """
@@ -397,8 +405,80 @@ def part_dual():
         kubectl("delete", "service", "dual", "-n", NS, "--wait=false", check_rc=False)
 
 
+def echo_objects(name, service_spec):
+    """A Deployment of the header-echoing demo app and a Service `name` for it."""
+    labels = {"app": name}
+    dep = api_deployment(name, 8080, labels)
+    dep["spec"]["template"]["spec"]["containers"][0]["image"] = "kbridge-demo/echo:1"
+    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": NS},
+           "spec": dict({"selector": labels,
+                         "ports": [{"name": "http", "port": 8080, "targetPort": "http"}]},
+                        **service_spec)}
+    return {"apiVersion": "v1", "kind": "List", "items": [dep, svc]}
+
+
+def service_spec(name):
+    """The Service's spec and annotations, without the fields the API server
+    fills in or bumps."""
+    s = json.loads(kubectl("get", "service", name, "-n", NS, "-o", "json").stdout)
+    return {"spec": s["spec"],
+            "annotations": {k: v for k, v in s["metadata"].get("annotations", {}).items()
+                            if not k.startswith("kubectl.kubernetes.io/")}}
+
+
+def pod_ip(name):
+    return json.loads(kubectl("get", "pod", name, "-n", NS, "-o", "json").stdout)["status"]["podIP"]
+
+
+def part_affinity():
+    kubectl("apply", "-f", "-", input=json.dumps(echo_objects("echo", {
+        "sessionAffinity": "ClientIP",
+        "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 1800}}})))
+    try:
+        pods_ready("app=echo", 1)
+        url = "http://echo.%s.svc:8080/" % NS
+        before = service_spec("echo")
+        # The test cluster masquerades all Service traffic (docs/test-cluster.md):
+        # the agent's peer is the node bridge address, x.y.z.1 of the client pod's
+        # subnet, not the pod itself. That peer is what the agent must report.
+        client = pod_ip(tc.frontend_pod()).rsplit(".", 1)[0] + ".1"
+        _, pa = backend("alice")
+        s = Session("alice", pa, "--service", "echo")
+        s.ready()
+        shadow = json.loads(kubectl("get", "service", "echo-kbridge-origin", "-n", NS, "-o",
+                                    "json").stdout)["spec"]
+        check(shadow.get("sessionAffinity", "None") == "None",
+              "the shadow Service has no session affinity (its only client is the agent): %s" %
+              shadow.get("sessionAffinity"))
+        a = probe([(url, {}), (url, hdr("alice")), (url, {"X-Forwarded-For": "203.0.113.7"})])
+        who = [served_by(x) for x in a]
+        check(who == ["echo", "alice", "echo"],
+              "during the takeover unrouted and routed requests are answered (%s)" % who)
+        h = [{k.lower(): v for k, v in x.get("headers", {}).items()} for x in a]
+        say("FIGURE headers at the original pod: X-Forwarded-For %r, Forwarded %r" % (
+            h[0].get("x-forwarded-for"), h[0].get("forwarded")))
+        check(h[0].get("x-forwarded-for") == client and h[0].get("forwarded") == "for=" + client
+              and h[0].get("x-forwarded-proto") == "http",
+              "the original pod sees the agent's client %s (the node bridge, as the test "
+              "cluster masquerades) in X-Forwarded-For and Forwarded" % client)
+        check(h[1].get("x-forwarded-for") == client,
+              "alice's process sees the client too (%s)" % h[1].get("x-forwarded-for"))
+        check(h[2].get("x-forwarded-for") == "203.0.113.7, " + client,
+              "an existing X-Forwarded-For is appended to (%s)" % h[2].get("x-forwarded-for"))
+        ev = s.stop()
+        check(ev.get("restored") is True, "restored on disconnect")
+        wait("echo restored", lambda: service_spec("echo") == before and
+             not kbridge_objects(), 30)
+        check(True, "Service echo equals what it was before, sessionAffinity ClientIP and its "
+              "timeout included; no kbridge object left")
+    finally:
+        kubectl("delete", "service,deployment", "echo", "-n", NS, "--wait=false",
+                check_rc=False)
+
+
 PARTS = {"gitops": part_gitops, "longkey": part_longkey, "headless": part_headless,
-         "domain": part_domain, "canary": part_canary, "dual": part_dual}
+         "domain": part_domain, "canary": part_canary, "dual": part_dual,
+         "affinity": part_affinity}
 
 
 def main():
@@ -432,7 +512,7 @@ def main():
                 p.kill()
         try:
             if tc.info():
-                for s in ("api", "db", "multi", "dual"):
+                for s in ("api", "db", "multi", "dual", "echo"):
                     kb("restore", "-n", NS, "--service", s,
                        kubeconfig=tc.info()["admin_kubeconfig"])
         except Exception as e:

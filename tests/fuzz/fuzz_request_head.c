@@ -5,9 +5,11 @@
  *  - feeding llhttp the same bytes in small pieces (as across reads) builds the
  *    same head as one complete parse;
  *  - a decided route key is a valid DNS label, and a subdomain key is held;
- *  - the forwarded head (route_inject + http_head_write_request_skip) parses
- *    again, completely, and routes to the same key: by the same rule when
- *    nothing was injected, by any rule after a subdomain injection.
+ *  - the forwarded head (route_inject + forwarded_lines, as the agent writes
+ *    it with http_head_write_request_drop) parses again, completely, with one
+ *    X-Forwarded-For and one Forwarded line, and routes to the same key: by the
+ *    same rule when nothing was injected, by any rule after a subdomain
+ *    injection.
  * A violated property aborts, so libFuzzer reports it with the input. */
 #include <event2/buffer.h>
 #include <llhttp.h>
@@ -17,6 +19,7 @@
 #include <string.h>
 
 #include "dnslabel.h"
+#include "forwarded.h"
 #include "http_head.h"
 #include "route.h"
 #include "route_table.h"
@@ -97,7 +100,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   static struct route_config cfg;
   static struct http_head h, h2, h3;
   static struct evbuffer *out;
-  static char extra[ROUTE_INJECT_MAX];
+  static char extra[ROUTE_INJECT_MAX + 2 * HEAD_LIMIT + 512];
   static int conn;
   if (!rt) {
     rt = route_table_new();
@@ -105,7 +108,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) route_table_add(rt, keys[i], &conn);
     route_config_default(&cfg);
     http_head_init(&h, HEAD_LIMIT, MAX_FIELDS);
-    http_head_init(&h2, HEAD_LIMIT + ROUTE_INJECT_MAX, MAX_FIELDS + 2);
+    http_head_init(&h2, 2 * HEAD_LIMIT + ROUTE_INJECT_MAX + 512, MAX_FIELDS + 5);
     http_head_init(&h3, HEAD_LIMIT, MAX_FIELDS);
     out = evbuffer_new();
   }
@@ -139,9 +142,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                   (rep_small && !strstr(small, "baggage: "))))
     fail("route_inject with a small buffer");
 
+  size_t rlen = strlen(extra);
+  if (forwarded_size(&h) > sizeof(extra) - rlen) fail("forwarded_size too large");
+  if (forwarded_lines(&h, size & 1 ? "fd00::5" : "10.0.0.5", extra + rlen, sizeof(extra) - rlen) < 0)
+    fail("forwarded_lines failed");
+  const char *drop[] = {"x-forwarded-for", "forwarded", rep ? "baggage" : NULL, NULL};
   evbuffer_drain(out, evbuffer_get_length(out));
-  if (http_head_write_request_skip(&h, rep ? "baggage" : NULL, extra, out) != 0)
-    fail("write_request failed");
+  if (http_head_write_request_drop(&h, drop, extra, out) != 0) fail("write_request failed");
   size_t wlen = evbuffer_get_length(out);
   const char *w = (const char *)evbuffer_pullup(out, -1);
   long r2 = http_head_parse_request(w, wlen, &h2, &err);
@@ -149,6 +156,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     fprintf(stderr, "reparse: %ld of %zu: %s\n%.*s", r2, wlen, r2 < 0 ? err : "", (int)wlen, w);
     fail("forwarded head does not parse");
   }
+  if (http_head_count(&h2, "x-forwarded-for") != 1 || http_head_count(&h2, "forwarded") != 1)
+    fail("forwarded head without exactly one X-Forwarded-For and Forwarded");
   route_decide(&cfg, &h2, rt, &m2);
   if (strcmp(m.key, m2.key) != 0) fail("forwarded head routes elsewhere");
   if (m.source != ROUTE_SUBDOMAIN && m.source != m2.source) fail("forwarded head changes rule");
