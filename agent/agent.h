@@ -36,6 +36,7 @@ struct lifecycle;
 struct agent_listener {
   struct agent *ag;
   struct evconnlistener *lev;
+  struct evconnlistener *lev2;   /* the IPv4 socket when "[::]" took two (bind.h), or NULL */
   uint16_t port; /* the bound port, told to developers in OPEN frames */
   const struct hostport *fallback; /* where its unrouted traffic goes (--fallback or
                                     * its --port-map entry's) */
@@ -62,6 +63,7 @@ struct agent {
   struct event *accept_backoff;   /* re-enables after the EMFILE back-off */
   struct event *sweep;            /* 1 s tick: expire idle pooled upstreams */
   struct evconnlistener *tunnel_lev;
+  struct evconnlistener *tunnel_lev2; /* the IPv4 socket when "[::]" took two, or NULL */
   size_t tunnels_pending;         /* tunnel connections not past TLS + HELLO yet */
   int tunnel_paused_cap;          /* tunnel listener off: --max-pending-tunnels reached */
   int tunnel_paused_fd;           /* tunnel listener off: EMFILE/ENFILE back-off */

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -19,6 +20,7 @@
 
 #include "addr.h"
 #include "agent.h"
+#include "bind.h"
 #include "downstream.h"
 #include "lifecycle.h"
 #include "log.h"
@@ -35,10 +37,14 @@
 static void update_listeners(struct agent *ag) {
   int on = !ag->accept_paused_cap && !ag->accept_paused_fd && !ag->stopping;
   for (size_t i = 0; i < ag->nlisteners; i++) {
-    if (on)
-      evconnlistener_enable(ag->listeners[i].lev);
-    else
-      evconnlistener_disable(ag->listeners[i].lev);
+    struct agent_listener *li = &ag->listeners[i];
+    if (on) {
+      evconnlistener_enable(li->lev);
+      if (li->lev2) evconnlistener_enable(li->lev2);
+    } else {
+      evconnlistener_disable(li->lev);
+      if (li->lev2) evconnlistener_disable(li->lev2);
+    }
   }
 }
 
@@ -182,39 +188,37 @@ static void restored_cb(void *arg) {
 
 static int listen_service(struct agent *ag, const struct hostport *hp,
                           const struct hostport *fallback, char *err, size_t errlen) {
-  struct evutil_addrinfo hints, *res = NULL;
-  memset(&hints, 0, sizeof hints);
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = EVUTIL_AI_PASSIVE;
-  char port[8], a[300];
-  snprintf(port, sizeof port, "%u", hp->port);
-  int r = evutil_getaddrinfo(hp->host, port, &hints, &res);
-  if (r != 0) {
-    snprintf(err, errlen, "--listen %s: %s", addr_format(hp, a, sizeof a), evutil_gai_strerror(r));
+  char a[300], how[300], why[300];
+  int fds[BIND_MAX_FDS];
+  int n = bind_listen(hp, 1024, fds, how, sizeof how, why, sizeof why);
+  if (n < 0) {
+    snprintf(err, errlen, "--listen %s: %s", addr_format(hp, a, sizeof a), why);
     return -1;
   }
   struct agent_listener *li = &ag->listeners[ag->nlisteners];
   li->ag = ag;
   li->fallback = fallback;
   pool_init(&li->pool, ag);
-  li->lev = evconnlistener_new_bind(ag->base, accept_cb, li,
-                                    LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_FREE |
-                                        LEV_OPT_CLOSE_ON_EXEC,
-                                    1024, res->ai_addr, (int)res->ai_addrlen);
-  evutil_freeaddrinfo(res);
-  if (!li->lev) {
-    snprintf(err, errlen, "--listen %s: %s", addr_format(hp, a, sizeof a),
-             evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+  const unsigned flags = LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC;
+  li->lev = evconnlistener_new(ag->base, accept_cb, li, flags, 0, fds[0]); /* 0: listening */
+  if (!li->lev) close(fds[0]);
+  if (n > 1) {
+    li->lev2 = li->lev ? evconnlistener_new(ag->base, accept_cb, li, flags, 0, fds[1]) : NULL;
+    if (!li->lev2) close(fds[1]);
+  }
+  if (!li->lev || (n > 1 && !li->lev2)) {
+    snprintf(err, errlen, "--listen %s: out of memory", addr_format(hp, a, sizeof a));
     return -1;
   }
   evconnlistener_set_error_cb(li->lev, accept_error_cb);
+  if (li->lev2) evconnlistener_set_error_cb(li->lev2, accept_error_cb);
   struct sockaddr_storage ss;
   socklen_t sl = sizeof ss;
-  getsockname(evconnlistener_get_fd(li->lev), (struct sockaddr *)&ss, &sl);
+  getsockname(fds[0], (struct sockaddr *)&ss, &sl);
   li->port = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
                                       : ntohs(((struct sockaddr_in *)&ss)->sin_port);
   printf("listen %s\n", addr_format_sa((struct sockaddr *)&ss, a, sizeof a));
+  log_info("port %s: listening on %s", a, how);
   ag->nlisteners++;
   return 0;
 }
@@ -330,10 +334,14 @@ int main(int argc, char **argv) {
 
   /* Orderly teardown so sanitizers see what is still owned. */
   lifecycle_free(ag.life); /* waits for a restore that is running */
-  for (size_t i = 0; i < ag.nlisteners; i++) evconnlistener_free(ag.listeners[i].lev);
+  for (size_t i = 0; i < ag.nlisteners; i++) {
+    evconnlistener_free(ag.listeners[i].lev);
+    if (ag.listeners[i].lev2) evconnlistener_free(ag.listeners[i].lev2);
+  }
   downstream_close_all(&ag);
   agent_splices_abort(&ag);
   if (ag.tunnel_lev) evconnlistener_free(ag.tunnel_lev);
+  if (ag.tunnel_lev2) evconnlistener_free(ag.tunnel_lev2);
   tunnels_free_all(&ag);
   for (size_t i = 0; i < ag.nlisteners; i++) pool_clear(&ag.listeners[i].pool);
   metrics_stop(&ag);

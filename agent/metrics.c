@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -16,7 +17,9 @@
 
 #include "addr.h"
 #include "agent.h"
+#include "bind.h"
 #include "lifecycle.h"
+#include "log.h"
 #include "route_table.h"
 #include "tunnels.h"
 
@@ -215,18 +218,27 @@ int metrics_serve(struct agent *ag, const struct hostport *hp, char *bound, size
   evhttp_set_cb(http, "/healthz", healthz, ag);
   evhttp_set_cb(http, "/metrics", metrics_page, ag);
   evhttp_set_gencb(http, not_found, ag);
-  struct evhttp_bound_socket *bs = evhttp_bind_socket_with_handle(http, hp->host, hp->port);
-  if (!bs) {
-    char a[300];
-    snprintf(err, errlen, "--metrics %s: cannot listen: %s", addr_format(hp, a, sizeof a),
-             evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+  char a[300], how[300], why[300];
+  int fds[BIND_MAX_FDS];
+  int n = bind_listen(hp, 128, fds, how, sizeof how, why, sizeof why);
+  if (n < 0) {
+    snprintf(err, errlen, "--metrics %s: cannot listen: %s", addr_format(hp, a, sizeof a), why);
     evhttp_free(http);
     return -1;
   }
+  for (int i = 0; i < n; i++) {
+    if (!evhttp_accept_socket_with_handle(http, fds[i])) {
+      snprintf(err, errlen, "--metrics %s: out of memory", addr_format(hp, a, sizeof a));
+      for (int j = i; j < n; j++) close(fds[j]);
+      evhttp_free(http);
+      return -1;
+    }
+  }
   struct sockaddr_storage ss;
   socklen_t sl = sizeof ss;
-  getsockname(evhttp_bound_socket_get_fd(bs), (struct sockaddr *)&ss, &sl);
+  getsockname(fds[0], (struct sockaddr *)&ss, &sl);
   addr_format_sa((struct sockaddr *)&ss, bound, boundlen);
+  log_info("metrics %s: listening on %s", bound, how);
   ag->metrics_http = http;
   return 0;
 }

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 
@@ -26,6 +27,7 @@
 
 #include "addr.h"
 #include "agent.h"
+#include "bind.h"
 #include "dnslabel.h"
 #include "lifecycle.h"
 #include "log.h"
@@ -44,10 +46,13 @@ void agent_tunnel_ref(struct agent_tunnel *at) { at->refs++; }
  * or --max-pending-tunnels connections are still before their HELLO. */
 static void update_tunnel_listener(struct agent *ag) {
   if (!ag->tunnel_lev) return;
-  if (ag->tunnel_paused_fd || ag->tunnel_paused_cap)
-    evconnlistener_disable(ag->tunnel_lev);
-  else
-    evconnlistener_enable(ag->tunnel_lev);
+  struct evconnlistener *levs[2] = {ag->tunnel_lev, ag->tunnel_lev2};
+  for (int i = 0; i < 2 && levs[i]; i++) {
+    if (ag->tunnel_paused_fd || ag->tunnel_paused_cap)
+      evconnlistener_disable(levs[i]);
+    else
+      evconnlistener_enable(levs[i]);
+  }
 }
 
 /* A tunnel connection left the pending state (HELLO accepted, or closed). */
@@ -391,42 +396,42 @@ static void tunnel_accept_error(struct evconnlistener *l, void *arg) {
 
 int tunnels_listen(struct agent *ag, const struct hostport *hp, char *bound, size_t boundlen,
                    char *err, size_t errlen) {
-  struct evutil_addrinfo hints, *res = NULL;
-  memset(&hints, 0, sizeof hints);
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = EVUTIL_AI_PASSIVE;
-  char port[8];
-  snprintf(port, sizeof port, "%u", hp->port);
-  int r = evutil_getaddrinfo(hp->host, port, &hints, &res);
-  if (r != 0) {
-    snprintf(err, errlen, "--tunnel-listen %s: %s", hp->host, evutil_gai_strerror(r));
+  char how[300], why[300], a[300];
+  int fds[BIND_MAX_FDS];
+  int n = bind_listen(hp, 128, fds, how, sizeof how, why, sizeof why);
+  if (n < 0) {
+    snprintf(err, errlen, "--tunnel-listen %s: %s", addr_format(hp, a, sizeof a), why);
     return -1;
   }
-  ag->tunnel_lev = evconnlistener_new_bind(ag->base, tunnel_accept, ag,
-                                           LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_FREE |
-                                               LEV_OPT_CLOSE_ON_EXEC,
-                                           128, res->ai_addr, (int)res->ai_addrlen);
-  evutil_freeaddrinfo(res);
-  if (!ag->tunnel_lev) {
-    snprintf(err, errlen, "--tunnel-listen %s:%u: %s", hp->host, hp->port,
-             evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
-    return -1;
+  const unsigned flags = LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC;
+  ag->tunnel_lev = evconnlistener_new(ag->base, tunnel_accept, ag, flags, 0, fds[0]);
+  if (!ag->tunnel_lev) close(fds[0]);
+  if (n > 1) {
+    ag->tunnel_lev2 = ag->tunnel_lev ? evconnlistener_new(ag->base, tunnel_accept, ag, flags, 0,
+                                                          fds[1])
+                                     : NULL;
+    if (!ag->tunnel_lev2) close(fds[1]);
   }
-  evconnlistener_set_error_cb(ag->tunnel_lev, tunnel_accept_error);
   ag->tunnel_backoff = evtimer_new(ag->base, tunnel_backoff_done, ag);
-  if (!ag->tunnel_backoff) {
+  if (!ag->tunnel_lev || (n > 1 && !ag->tunnel_lev2) || !ag->tunnel_backoff) {
     snprintf(err, errlen, "--tunnel-listen: out of memory");
     return -1;
   }
+  evconnlistener_set_error_cb(ag->tunnel_lev, tunnel_accept_error);
+  if (ag->tunnel_lev2) evconnlistener_set_error_cb(ag->tunnel_lev2, tunnel_accept_error);
   struct sockaddr_storage ss;
   socklen_t sl = sizeof ss;
-  getsockname(evconnlistener_get_fd(ag->tunnel_lev), (struct sockaddr *)&ss, &sl);
+  getsockname(fds[0], (struct sockaddr *)&ss, &sl);
   addr_format_sa((struct sockaddr *)&ss, bound, boundlen);
+  log_info("tunnel-listen %s: listening on %s", bound, how);
   return 0;
 }
 
 void tunnels_shutdown(struct agent *ag) {
+  if (ag->tunnel_lev2) {
+    evconnlistener_free(ag->tunnel_lev2);
+    ag->tunnel_lev2 = NULL;
+  }
   if (ag->tunnel_lev) {
     evconnlistener_free(ag->tunnel_lev);
     ag->tunnel_lev = NULL;

@@ -495,8 +495,8 @@ static cJSON *agent_deployment(const struct conn *c) {
                          "--namespace", c->ns, "--service", c->svc, "--lease-seconds", NULL,
                          "--grace-seconds", "5"};
   char tl[32], ml[32], ls[16];
-  snprintf(tl, sizeof tl, "0.0.0.0:%d", c->tunnel_port);
-  snprintf(ml, sizeof ml, "0.0.0.0:%d", c->metrics_port);
+  snprintf(tl, sizeof tl, "[::]:%d", c->tunnel_port); /* both families: agent/bind.h */
+  snprintf(ml, sizeof ml, "[::]:%d", c->metrics_port);
   snprintf(ls, sizeof ls, "%d", c->cfg->lease_seconds);
   fixed[1] = tl;
   fixed[5] = ml;

@@ -6,8 +6,9 @@
 #include <stdio.h>
 #include <string.h>
 
-/* Where the agent listens: every address of the pod. */
-#define LISTEN_ANY "0.0.0.0"
+/* Where the agent listens: every address of the pod, IPv6 and IPv4 (the agent
+ * reads "[::]" as both families, agent/bind.h). */
+#define LISTEN_ANY "[::]"
 
 static const char *str(const cJSON *o, const char *key) {
   return cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(o, key));

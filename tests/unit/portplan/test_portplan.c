@@ -48,7 +48,7 @@ static void test_canary(void) {
   cJSON_Delete(sh);
   cJSON *args = cJSON_CreateArray(), *cports = cJSON_CreateArray();
   portplan_agent(&pp, "multi-kbridge-origin.shop.svc", args, cports);
-  CHECK_EQ_STR(dump(args), "[\"--listen\",\"0.0.0.0:8080\",\"--fallback\","
+  CHECK_EQ_STR(dump(args), "[\"--listen\",\"[::]:8080\",\"--fallback\","
                            "\"multi-kbridge-origin.shop.svc:8080\"]");
   CHECK_EQ_STR(dump(cports), "[{\"name\":\"http\",\"containerPort\":8080}]");
   cJSON_Delete(args);
@@ -79,8 +79,8 @@ static void test_dual(void) {
   CHECK_EQ_INT(pp.svc[1].listen, 8081); /* 8080 is the numeric one's */
   cJSON *args = cJSON_CreateArray(), *cports = cJSON_CreateArray();
   portplan_agent(&pp, "dual-kbridge-origin.shop.svc", args, cports);
-  CHECK_EQ_STR(dump(args), "[\"--port-map\",\"0.0.0.0:8080=dual-kbridge-origin.shop.svc:8080\","
-                           "\"--port-map\",\"0.0.0.0:8081=dual-kbridge-origin.shop.svc:8081\"]");
+  CHECK_EQ_STR(dump(args), "[\"--port-map\",\"[::]:8080=dual-kbridge-origin.shop.svc:8080\","
+                           "\"--port-map\",\"[::]:8081=dual-kbridge-origin.shop.svc:8081\"]");
   CHECK_EQ_STR(dump(cports), "[{\"containerPort\":8080},{\"name\":\"http\",\"containerPort\":8081}]");
   cJSON *sh = portplan_shadow_ports(&pp);
   CHECK_EQ_STR(dump(sh), "[{\"name\":\"p8080\",\"port\":8080,\"targetPort\":8080},"
