@@ -31,6 +31,7 @@
 #include "kube_exec.h"
 #include "kubeconfig.h"
 #include "log.h"
+#include "netproxy.h"
 
 #define CONNECT_TIMEOUT_MS 5000L
 #define CALL_TIMEOUT_MS 30000L
@@ -103,6 +104,9 @@ struct kube {
   char *connect_to;  /* CURLOPT_CONNECT_TO entry when tls-server-name is set */
   char *host;        /* server host, no brackets */
   int port;
+  char *proxy;       /* normalized proxy URL every connection goes through, or NULL
+                      * (netproxy_choose(): proxy-url, else HTTPS_PROXY unless NO_PROXY) */
+  const char *proxy_source; /* "proxy-url", "$HTTPS_PROXY", ... */
   char *ca_pem;
   char *cert_pem, *key_pem; /* static client certificate */
   /* token file state */
@@ -377,7 +381,10 @@ static int setup(struct req *q, struct kube_err *e) {
   }
   curl_easy_setopt(c, CURLOPT_WRITEDATA, q);
   if (k->connect_list) curl_easy_setopt(c, CURLOPT_CONNECT_TO, k->connect_list);
-  if (k->kc->proxy_url) curl_easy_setopt(c, CURLOPT_PROXY, k->kc->proxy_url);
+  /* The proxy was decided once (kube_new); curl must not look at the
+   * environment itself, or API calls and the tunnel could go different ways. */
+  curl_easy_setopt(c, CURLOPT_PROXY, k->proxy ? k->proxy : "");
+  curl_easy_setopt(c, CURLOPT_NOPROXY, "");
   if (k->kc->insecure_skip_tls_verify) {
     curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 0L);
     curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 0L);
@@ -1380,6 +1387,28 @@ struct kube *kube_new(struct kubeconfig *kc, char *err, size_t errlen) {
   k->kc = kc;
   char what[300];
   if (parse_server(k, err, errlen) < 0) goto fail;
+  {
+    char *chosen = netproxy_choose(kc->proxy_url, strncmp(kc->server, "http://", 7) != 0,
+                                   k->host, k->port, &k->proxy_source);
+    if (chosen) {
+      struct netproxy np;
+      char perr[400];
+      int prc = netproxy_parse(chosen, &np, perr, sizeof perr);
+      free(chosen);
+      if (prc < 0) {
+        if (strcmp(k->proxy_source, "proxy-url") == 0)
+          snprintf(err, errlen, "%s: cluster \"%s\": proxy-url: %s", kc->origin,
+                   kc->cluster_name ? kc->cluster_name : "", perr);
+        else
+          snprintf(err, errlen, "%s: %s; fix it, or add the API server's host to $NO_PROXY",
+                   k->proxy_source, perr);
+        goto fail;
+      }
+      k->proxy = np.url;
+      np.url = NULL;
+      netproxy_clear(&np);
+    }
+  }
   if (kc->ca_pem) {
     k->ca_pem = xstrdup(kc->ca_pem);
   } else if (kc->ca_file) {
@@ -1443,6 +1472,7 @@ void kube_free(struct kube *k) {
   kube_exec_cred_clear(&k->exec);
   free(k->base_url);
   free(k->connect_to);
+  free(k->proxy);
   free(k->host);
   free(k->ca_pem);
   free(k->cert_pem);
@@ -1457,6 +1487,8 @@ const char *kube_namespace(const struct kube *k) { return k->kc->namespace; }
 const char *kube_server_url(const struct kube *k) { return k->kc->server; }
 const char *kube_server_host(const struct kube *k) { return k->host; }
 int kube_server_port(const struct kube *k) { return k->port; }
+const char *kube_proxy(const struct kube *k) { return k->proxy; }
+const char *kube_proxy_source(const struct kube *k) { return k->proxy ? k->proxy_source : NULL; }
 const char *kube_ca_pem(const struct kube *k) { return k->ca_pem; }
 const char *kube_tls_name(const struct kube *k) {
   return k->kc->tls_server_name ? k->kc->tls_server_name : k->host;

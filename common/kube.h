@@ -176,6 +176,15 @@ int kube_server_port(const struct kube *k);
 const char *kube_tls_name(const struct kube *k);
 /* CA bundle PEM from the kubeconfig, or NULL (system CAs). */
 const char *kube_ca_pem(const struct kube *k);
+/* The proxy every connection to the API server goes through, decided once in
+ * kube_new() by netproxy_choose() (the kubeconfig's proxy-url, else
+ * $HTTPS_PROXY/$https_proxy unless $NO_PROXY/$no_proxy matches the server or
+ * it is loopback): a normalized URL "scheme://[userinfo@]host:port", or NULL
+ * for a direct connection. libcurl gets exactly this (and does not read the
+ * environment itself); pass it as pf_target.proxy_url. kube_proxy_source()
+ * says where it came from ("proxy-url", "$HTTPS_PROXY", ...), NULL if none. */
+const char *kube_proxy(const struct kube *k);
+const char *kube_proxy_source(const struct kube *k);
 
 /* The current credentials, refreshed if needed (exec plugin expired or
  * invalidated, token file changed). *token: bearer token or NULL; *cert_pem /

@@ -45,6 +45,7 @@
 
 #include "addr.h"
 #include "log.h"
+#include "netproxy.h"
 
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #define HEAD_MAX 16384       /* largest response head we read */
@@ -602,7 +603,9 @@ int pf_carrier_stats(struct bufferevent *carrier, struct pf_stats *out) {
 enum dial_state {
   DIAL_START,      /* scheduled: the connect starts from the loop, never inside pf_connect() */
   DIAL_RESOLVING,  /* looking up the API server's host name */
-  DIAL_TCP,        /* TCP connect to one of its addresses (the next one if it fails) */
+  DIAL_TCP,        /* TCP connect to one of its addresses (the next one if it fails);
+                    * with a proxy: the proxy's name and addresses */
+  DIAL_PROXY,      /* CONNECT sent to the proxy (conn_ev: writing, then reading the answer) */
   DIAL_TLS,        /* TLS handshake with the API server */
   DIAL_HEAD,       /* upgrade request sent; waiting for the whole answer head */
   DIAL_BODY,       /* a non-101 answer: reading its body for the Status message */
@@ -627,6 +630,12 @@ struct pf_connecting {
 
   char host[256];   /* from the URL, without brackets */
   uint16_t hport;
+  int use_proxy;     /* connect through proxy (HTTP CONNECT) */
+  struct netproxy proxy;
+  char *preq;        /* DIAL_PROXY: the CONNECT request, sent from preq_off */
+  size_t preq_len, preq_off;
+  char presp[HEAD_MAX + 1]; /* DIAL_PROXY: the proxy's answer so far */
+  size_t presp_len;
   char *prefix;     /* URL path without trailing '/', may be "" */
   char *token;      /* or NULL */
   char ns[64], pod[254];
@@ -661,6 +670,11 @@ static void dial_free(struct pf_connecting *d) {
   if (d->api) bufferevent_free(d->api);
   if (d->timer) event_free(d->timer);
   free(d->prefix);
+  if (d->preq) {
+    OPENSSL_cleanse(d->preq, d->preq_len);
+    free(d->preq);
+  }
+  netproxy_clear(&d->proxy);
   if (d->token) {
     OPENSSL_cleanse(d->token, strlen(d->token));
     free(d->token);
@@ -727,8 +741,11 @@ static void dial_timeout(evutil_socket_t fd, short what, void *arg) {
   (void)fd;
   (void)what;
   dial_fail(d, 0, "timed out after %u ms %s", d->timeout_ms,
-            d->state == DIAL_RESOLVING ? "resolving the API server's host name"
+            d->state == DIAL_RESOLVING && d->use_proxy ? "resolving the proxy's host name"
+            : d->state == DIAL_RESOLVING ? "resolving the API server's host name"
+            : d->state == DIAL_TCP && d->use_proxy ? "connecting to the proxy"
             : d->state == DIAL_TCP     ? "connecting to the API server"
+            : d->state == DIAL_PROXY   ? "waiting for the proxy to answer CONNECT"
             : d->state == DIAL_TLS     ? "in the TLS handshake with the API server"
             : d->state == DIAL_HEAD     ? "waiting for the API server to answer the upgrade"
                                         : "reading the API server's error answer");
@@ -1000,6 +1017,121 @@ static void start_tls(struct pf_connecting *d, evutil_socket_t fd) {
 
 static void try_next_address(struct pf_connecting *d);
 
+/* --- through an HTTP proxy: CONNECT, then TLS as if connected directly --- */
+
+static void proxy_io(evutil_socket_t fd, short what, void *arg);
+
+static int proxy_wait(struct pf_connecting *d, short what) {
+  if (d->conn_ev) event_free(d->conn_ev);
+  d->conn_ev = event_new(d->base, d->fd, what | EV_PERSIST, proxy_io, d);
+  return d->conn_ev && event_add(d->conn_ev, NULL) == 0 ? 0 : -1;
+}
+
+/* The proxy's answer head is complete (n bytes, more may follow): a 2xx hands
+ * the socket to TLS, anything else fails naming the proxy. */
+static void proxy_answer(struct pf_connecting *d, size_t head_len) {
+  int v6 = strchr(d->host, ':') != NULL;
+  char line[200];
+  size_t ll = strcspn(d->presp, "\r\n");
+  if (ll >= sizeof line) ll = sizeof line - 1;
+  for (size_t i = 0; i < ll; i++) {
+    unsigned char ch = (unsigned char)d->presp[i];
+    line[i] = ch < 0x20 || ch == 0x7f ? ' ' : (char)ch;
+  }
+  line[ll] = '\0';
+  int status = 0;
+  if (ll < 12 || strncmp(line, "HTTP/1.", 7) != 0 || sscanf(line + 8, " %3d", &status) != 1) {
+    dial_fail(d, 0, "the proxy %s did not answer CONNECT %s%s%s:%u with HTTP (\"%s\")",
+              d->proxy.shown, v6 ? "[" : "", d->host, v6 ? "]" : "", (unsigned)d->hport, line);
+    return;
+  }
+  if (status < 200 || status > 299) {
+    const char *reason = line + 8;
+    while (*reason == ' ') reason++;
+    dial_fail(d, status == 407 ? 407 : 0,
+              "the proxy %s refused CONNECT %s%s%s:%u: HTTP %s%s", d->proxy.shown,
+              v6 ? "[" : "", d->host, v6 ? "]" : "", (unsigned)d->hport, reason,
+              status == 407 ? (d->proxy.user ? " (the user and password in the proxy URL "
+                                                "were refused)"
+                                             : " (put user:password@ in the proxy URL)")
+                            : "");
+    return;
+  }
+  if (d->presp_len > head_len) {
+    dial_fail(d, 0, "the proxy %s sent %zu bytes after its CONNECT answer, before TLS began",
+              d->proxy.shown, d->presp_len - head_len);
+    return;
+  }
+  log_debug("%s: proxy %s: %s", d->what, d->proxy.shown, line);
+  evutil_socket_t fd = d->fd;
+  event_free(d->conn_ev);
+  d->conn_ev = NULL;
+  d->fd = -1;
+  start_tls(d, fd);
+}
+
+static void proxy_io(evutil_socket_t fd, short what, void *arg) {
+  struct pf_connecting *d = arg;
+  (void)what;
+  if (d->preq_off < d->preq_len) {
+    ssize_t n = send(fd, d->preq + d->preq_off, d->preq_len - d->preq_off, MSG_NOSIGNAL);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+    if (n < 0) {
+      dial_fail(d, 0, "sending CONNECT to the proxy %s (%s) failed: %s", d->proxy.shown, d->addr,
+                strerror(errno));
+      return;
+    }
+    d->preq_off += (size_t)n;
+    if (d->preq_off == d->preq_len && proxy_wait(d, EV_READ) < 0)
+      dial_fail(d, 0, "out of memory");
+    return;
+  }
+  ssize_t n = recv(fd, d->presp + d->presp_len, HEAD_MAX - d->presp_len, 0);
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+  if (n <= 0) {
+    dial_fail(d, 0, "the proxy %s (%s) closed the connection before answering CONNECT%s%s",
+              d->proxy.shown, d->addr, n < 0 ? ": " : "", n < 0 ? strerror(errno) : "");
+    return;
+  }
+  d->presp_len += (size_t)n;
+  d->presp[d->presp_len] = '\0';
+  char *end = strstr(d->presp, "\r\n\r\n");
+  if (end) {
+    proxy_answer(d, (size_t)(end - d->presp) + 4);
+    return;
+  }
+  if (d->presp_len >= HEAD_MAX)
+    dial_fail(d, 0, "the proxy %s's answer head is longer than %d bytes", d->proxy.shown,
+              HEAD_MAX);
+}
+
+/* TCP connected to the proxy: send CONNECT host:port. */
+static void proxy_start(struct pf_connecting *d, evutil_socket_t fd) {
+  char auth[700];
+  int v6 = strchr(d->host, ':') != NULL;
+  d->fd = fd;
+  d->state = DIAL_PROXY;
+  if (netproxy_basic_auth(&d->proxy, auth, sizeof auth) < 0) {
+    dial_fail(d, 0, "the user and password in the proxy URL %s are too long", d->proxy.shown);
+    return;
+  }
+  size_t n = strlen(d->host) + strlen(auth) * 2 + 256;
+  if (!(d->preq = malloc(n))) {
+    dial_fail(d, 0, "out of memory");
+    return;
+  }
+  int len = snprintf(d->preq, n,
+                     "CONNECT %s%s%s:%u HTTP/1.1\r\nHost: %s%s%s:%u\r\n"
+                     "User-Agent: kbridge/" KBRIDGE_VERSION "\r\n%s%s%s\r\n",
+                     v6 ? "[" : "", d->host, v6 ? "]" : "", (unsigned)d->hport, v6 ? "[" : "",
+                     d->host, v6 ? "]" : "", (unsigned)d->hport,
+                     auth[0] ? "Proxy-Authorization: " : "", auth, auth[0] ? "\r\n" : "");
+  OPENSSL_cleanse(auth, sizeof auth);
+  d->preq_len = (size_t)len;
+  d->preq_off = 0;
+  if (proxy_wait(d, EV_WRITE) < 0) dial_fail(d, 0, "out of memory");
+}
+
 static void tcp_done(evutil_socket_t fd, short what, void *arg) {
   struct pf_connecting *d = arg;
   int err = 0;
@@ -1018,7 +1150,10 @@ static void tcp_done(evutil_socket_t fd, short what, void *arg) {
     try_next_address(d);
     return;
   }
-  start_tls(d, fd);
+  if (d->use_proxy)
+    proxy_start(d, fd);
+  else
+    start_tls(d, fd);
 }
 
 /* Connect to the next address of the list; when none is left, fail with the
@@ -1053,7 +1188,11 @@ static void try_next_address(struct pf_connecting *d) {
              evutil_socket_error_to_string(errno));
     evutil_closesocket(fd);
   }
-  if (d->n_tried > 1)
+  if (d->use_proxy)
+    dial_fail(d, 0, "cannot connect to the proxy %s (for the API server %s:%u): %s",
+              d->proxy.shown, d->host, (unsigned)d->hport,
+              d->n_tried ? d->last_err : "no IPv4/IPv6 address");
+  else if (d->n_tried > 1)
     dial_fail(d, 0, "cannot connect to the API server %s:%u (%d addresses tried; last %s)",
               d->host, (unsigned)d->hport, d->n_tried, d->last_err);
   else
@@ -1066,8 +1205,12 @@ static void resolved(int result, struct evutil_addrinfo *res, void *arg) {
   if (result == EVUTIL_EAI_CANCEL) return; /* dial_free() is cancelling the lookup */
   d->dns_req = NULL;
   if (result != 0) {
-    dial_fail(d, 0, "cannot resolve the API server host \"%s\": %s", d->host,
-              evutil_gai_strerror(result));
+    if (d->use_proxy)
+      dial_fail(d, 0, "cannot resolve the proxy %s: %s", d->proxy.shown,
+                evutil_gai_strerror(result));
+    else
+      dial_fail(d, 0, "cannot resolve the API server host \"%s\": %s", d->host,
+                evutil_gai_strerror(result));
     return;
   }
   d->ai_list = d->ai_next = res;
@@ -1088,18 +1231,21 @@ static void dial_start(evutil_socket_t fd, short what, void *arg) {
     dial_fail(d, 0, "out of memory");
     return;
   }
-  snprintf(port, sizeof(port), "%u", (unsigned)d->hport);
+  /* Through a proxy only the proxy's name is resolved here; the API server's
+   * name goes to the proxy in the CONNECT line, as curl does. */
+  const char *host = d->use_proxy ? d->proxy.host : d->host;
+  snprintf(port, sizeof(port), "%u", (unsigned)(d->use_proxy ? d->proxy.port : d->hport));
   d->state = DIAL_RESOLVING;
   if (d->dns) {
     /* May answer at once (IP literal, hosts file): resolved() then runs inside
      * this call and d may be gone when it returns NULL. */
     struct evdns_getaddrinfo_request *req =
-        evdns_getaddrinfo(d->dns, d->host, port, &hints, resolved, d);
+        evdns_getaddrinfo(d->dns, host, port, &hints, resolved, d);
     if (req) d->dns_req = req;
     return;
   }
   struct evutil_addrinfo *res = NULL;
-  int rc = evutil_getaddrinfo(d->host, port, &hints, &res); /* blocking, as documented */
+  int rc = evutil_getaddrinfo(host, port, &hints, &res); /* blocking, as documented */
   resolved(rc, rc == 0 ? res : NULL, d);
 }
 
@@ -1233,6 +1379,12 @@ struct pf_connecting *pf_connect(struct event_base *base, struct evdns_base *dns
     snprintf(err, errlen, "no TLS context for the API server");
     goto fail;
   }
+  if (t->proxy_url) {
+    if (pf_proxy_check(t->proxy_url, err, errlen) < 0 ||
+        netproxy_parse(t->proxy_url, &d->proxy, err, errlen) < 0)
+      goto fail;
+    d->use_proxy = 1;
+  }
   if (!t->ns || !valid_label(t->ns)) {
     snprintf(err, errlen, "invalid namespace \"%s\" (a DNS label: [a-z0-9-], at most 63)",
              t->ns ? t->ns : "");
@@ -1297,6 +1449,25 @@ fail:
   if (ssl) SSL_free(ssl);
   dial_free(d);
   return NULL;
+}
+
+int pf_proxy_check(const char *proxy_url, char *err, size_t errlen) {
+  struct netproxy p;
+  if (!proxy_url) return 0;
+  if (netproxy_parse(proxy_url, &p, err, errlen) < 0) return -1;
+  int rc = 0;
+  if (strcmp(p.scheme, "http") != 0) {
+    snprintf(err, errlen, "the proxy %s cannot carry the port-forward tunnel: only http:// "
+             "proxies (HTTP CONNECT) are supported for it%s; use an http:// proxy URL, put the "
+             "API server's host in $NO_PROXY if it is reachable directly, or use "
+             "--agent-address", p.shown,
+             strncmp(p.scheme, "socks", 5) == 0 ? ", not SOCKS"
+             : strcmp(p.scheme, "https") == 0   ? ", not TLS to the proxy (https://)"
+                                                : "");
+    rc = -1;
+  }
+  netproxy_clear(&p);
+  return rc;
 }
 
 int pf_ws_accept(const char *key, char *out, size_t outlen) {

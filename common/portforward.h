@@ -58,8 +58,15 @@
  * BEV_FINISHED) sends a close frame after the pending bytes; freeing the carrier
  * just closes the connection (the tunnel's TLS close_notify above says "done").
  *
- * Not supported: plain http:// servers (kubectl proxy), HTTP proxies
- * (HTTPS_PROXY), the base64 subprotocol, several ports per connection. */
+ * Proxies: with pf_target.proxy_url (an http:// proxy) the TCP connection goes
+ * to the proxy, which is asked "CONNECT host:port" of the API server (with
+ * Basic Proxy-Authorization if the URL has credentials); TLS to the API server
+ * starts after its 2xx answer. Any other answer fails the dial with the
+ * proxy's status line, naming the proxy (without its credentials).
+ *
+ * Not supported: plain http:// servers (kubectl proxy), https:// and SOCKS
+ * proxies (refused by pf_connect() and pf_proxy_check() with the reason), the
+ * base64 subprotocol, several ports per connection. */
 #ifndef KB_PORTFORWARD_H
 #define KB_PORTFORWARD_H
 
@@ -95,6 +102,11 @@ struct pf_target {
   const char *ns;              /* namespace (DNS label) */
   const char *pod;             /* pod name (DNS subdomain) */
   uint16_t port;               /* pod port, 1..65535 */
+  const char *proxy_url;       /* NULL: connect directly; else an http:// proxy that
+                                * the connection goes through with HTTP CONNECT
+                                * (credentials in the URL: Basic Proxy-Authorization);
+                                * other schemes are refused (pf_proxy_check()).
+                                * Give it kube_proxy(): the API calls' own choice */
   unsigned timeout_ms;         /* 0: PF_DEFAULT_TIMEOUT_MS */
   size_t max_frame;            /* 0: PF_DEFAULT_MAX_FRAME */
 };
@@ -121,6 +133,11 @@ typedef void (*pf_ready_cb)(struct bufferevent *carrier, const char *err, int ht
 struct pf_connecting *pf_connect(struct event_base *base, struct evdns_base *dns,
                                  const struct pf_target *t, pf_ready_cb cb, void *arg,
                                  char *err, size_t errlen);
+
+/* Can the carrier go through this proxy URL? 0, or -1 with a message for the
+ * user in err (a bad URL, or a scheme other than http://). For callers that
+ * check before changing anything (kbridge connect). NULL is fine (direct). */
+int pf_proxy_check(const char *proxy_url, char *err, size_t errlen);
 
 /* Abort a connect in progress: everything is freed and cb is never called. Must
  * not be called once cb has been called (the handle is gone then). */

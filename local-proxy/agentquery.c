@@ -154,6 +154,7 @@ int agent_healthz(struct kube *k, const char *ns, const char *service, struct cJ
   t.server_url = kube_server_url(k);
   t.ssl_ctx = ssl;
   t.tls_server_name = kube_tls_name(k);
+  t.proxy_url = kube_proxy(k);
   t.bearer_token = token;
   t.ns = ns;
   t.pod = pod;

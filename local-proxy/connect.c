@@ -1426,7 +1426,7 @@ static void pf_ready(struct bufferevent *carrier, const char *err, int status, v
   if (!carrier) snprintf(c->tunnel_err, sizeof c->tunnel_err, "%s", err ? err : "?");
   done(carrier, err, slot);
   /* Not allowed to port-forward: retrying cannot help. */
-  if (!carrier && (status == 401 || status == 403) && !c->ready_announced && c->px) {
+  if (!carrier && (status == 401 || status == 403 || status == 407) && !c->ready_announced && c->px) {
     fail(c, "cannot open a tunnel: %s", err ? err : "forbidden");
     proxy_shutdown(c->px, 1);
   }
@@ -1484,6 +1484,7 @@ static void *hook_open(void *arg, struct event_base *base, proxy_carrier_done do
   t.server_url = kube_server_url(c->k);
   t.ssl_ctx = c->api_ssl;
   t.tls_server_name = kube_tls_name(c->k);
+  t.proxy_url = kube_proxy(c->k);
   t.bearer_token = token;
   t.ns = c->ns;
   t.pod = pod;
@@ -1989,6 +1990,13 @@ int connect_run(struct connect_config *cfg) {
     c->reason = "kubeconfig";
     fail(c, "%s", err);
     return 1;
+  }
+  /* The tunnels go through the API calls' proxy: refuse one they cannot use
+   * before anything is written. */
+  if (!cfg->agent_address.port && pf_proxy_check(kube_proxy(c->k), err, sizeof err) < 0) {
+    c->reason = "proxy";
+    fail(c, "%s (from %s)", err, kube_proxy_source(c->k));
+    return 2;
   }
   c->ns = kube_namespace(c->k);
   progress(c, "inspect", "reading service %s/%s", c->ns, c->svc);

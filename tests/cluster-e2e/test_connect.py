@@ -337,9 +337,10 @@ def kb(*args, kubeconfig=None, timeout=60, env=None):
 class Session:
     """A running `kbridge connect --output json`: events read line by line."""
 
-    def __init__(self, key, port, *extra, kubeconfig=None):
+    def __init__(self, key, port, *extra, kubeconfig=None, env=None):
         self.key = key
         e = dict(os.environ, KUBECONFIG=kubeconfig or restricted(), XDG_RUNTIME_DIR=TMP)
+        e.update(env or {})
         svc = "api"
         if "--service" in extra:
             i = extra.index("--service")

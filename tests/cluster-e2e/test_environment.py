@@ -14,15 +14,26 @@ Parts (default: all, in this order):
                kbridge.yaml) makes it fit; the agent pod flags (imagePullSecrets,
                nodeSelector, tolerations, resources, labels, annotations) are read
                back from the created Deployment and pod
+    proxy      HTTPS_PROXY (with user:password) names a CONNECT proxy on
+               loopback, and the kubeconfig names the API server by a host only
+               that proxy can resolve, so no direct route exists: connect gets
+               ready, a request routed to alice from a pod reaches her local
+               server through the tunnel, and the proxy saw the tunnel's CONNECT
+               (a connection to the API server that stays open); a socks5://
+               proxy is refused before any change (exit 2, reason proxy)
 
 The cluster is $KBRIDGE_E2E_CLUSTER (default kbe2e), as for test_connect.py.
 """
 import argparse
+import base64
 import json
 import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -163,7 +174,147 @@ def part_admission():
         kubectl("delete", "limitrange", "e2e-min", "-n", NS, "--ignore-not-found")
 
 
-PARTS = {"admission": part_admission}
+class ConnectProxy:
+    """An HTTP CONNECT proxy on loopback wanting Basic credentials. Names ending
+    in .invalid are dialled at `real_host` (only this proxy can reach them).
+    Counts CONNECTs and tracks how long each relayed connection stays open."""
+
+    def __init__(self, real_host, user, password):
+        self.real_host = real_host
+        self.auth = "Basic " + base64.b64encode(("%s:%s" % (user, password)).encode()).decode()
+        self.lock = threading.Lock()
+        self.connects = []       # (target, opened at)
+        self.open_now = 0
+        self.refused = 0
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        head = b""
+        while b"\r\n\r\n" not in head:
+            d = c.recv(4096)
+            if not d:
+                return c.close()
+            head += d
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split()
+        auth = [ln.split(":", 1)[1].strip() for ln in lines[1:]
+                if ln.lower().startswith("proxy-authorization:")]
+        if len(parts) < 2 or parts[0] != "CONNECT" or auth != [self.auth]:
+            with self.lock:
+                self.refused += 1
+            c.sendall(b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+                      b"Content-Length: 0\r\n\r\n")
+            return c.close()
+        host, port = parts[1].rsplit(":", 1)
+        host = host.strip("[]")
+        try:
+            u = socket.create_connection((self.real_host if host.endswith(".invalid") else host,
+                                          int(port)), timeout=10)
+            u.settimeout(None)
+        except OSError as e:
+            c.sendall(("HTTP/1.1 502 Bad Gateway\r\n\r\n%s" % e).encode())
+            return c.close()
+        with self.lock:
+            self.connects.append((parts[1], time.time()))
+            self.open_now += 1
+        c.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        done = threading.Event()
+
+        def pipe(a, b):
+            try:
+                while True:
+                    d = a.recv(65536)
+                    if not d:
+                        break
+                    b.sendall(d)
+            except OSError:
+                pass
+            for x in (a, b):
+                try:
+                    x.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            if done.is_set():
+                with self.lock:
+                    self.open_now -= 1
+            done.set()
+        threading.Thread(target=pipe, args=(u, c), daemon=True).start()
+        pipe(c, u)
+
+    def close(self):
+        self.sock.close()
+
+
+def part_proxy():
+    host = tc.info()["net"]["host_ip"]
+    with open(tc.DEV_KUBECONFIG) as f:
+        text = f.read()
+    server = re.search(r"server: (https://\S+)", text).group(1)
+    port = server.rsplit(":", 1)[1]
+    only = "https://kbridge-e2e-apiserver.invalid:%s" % port
+    # The name resolves nowhere but in the proxy; the certificate is checked
+    # against a name it carries.
+    text = text.replace("server: %s" % server,
+                        "server: %s\n    tls-server-name: kubernetes.default.svc" % only)
+    kcfg = os.path.join(tc.TMP, "only-via-proxy.kubeconfig")
+    with open(kcfg, "w") as f:
+        f.write(text)
+    os.chmod(kcfg, 0o600)
+    px = ConnectProxy(host, "kb dev", "p@ss:w")
+    env = {"HTTPS_PROXY": "http://kb%%20dev:p%%40ss%%3Aw@127.0.0.1:%d" % px.port,
+           "NO_PROXY": "example.com,192.168.0.0/16"}  # matches neither the API server nor its name
+    before = snapshot()
+    try:
+        _, pa = backend("alice-proxied")
+        s = tc.Session("alice", pa, "--timeout", "40", kubeconfig=kcfg, env=env)
+        ev = s.until(("ready", "error"), 120)
+        if ev is None or ev["event"] != "ready":
+            raise Fail("connect through the proxy did not get ready: %s; stderr: %s" % (
+                ev, s.stderr()[-1500:]))
+        check(True, "connect through HTTPS_PROXY got ready in %.1f s (API server reachable only "
+              "through the proxy)" % ev["seconds"])
+        who = [served_by(a) for a in probe([(API, hdr("alice")), (API, {})])]
+        check(who == ["alice-proxied", "api"],
+              "from a pod: alice's header -> her local server through the tunnel, no header -> "
+              "the real pods (%s)" % who)
+        with px.lock:
+            targets = sorted(set(t for t, _ in px.connects))
+            n, still = len(px.connects), px.open_now
+        check(targets == ["kbridge-e2e-apiserver.invalid:%s" % port] and px.refused == 0,
+              "the proxy relayed %d CONNECTs, all to the API server (%s), none refused" %
+              (n, targets))
+        check(still >= 1, "%d relayed connection(s) still open: the tunnel's carrier" % still)
+        s.stop()
+        tc.check_restored(before, "a session through a proxy")
+        # A proxy the tunnel cannot use: refused before anything is written.
+        r = kb(*(base_argv() + ["--output", "json"]), kubeconfig=kcfg,
+               env={"HTTPS_PROXY": "socks5://127.0.0.1:1080", "XDG_RUNTIME_DIR": tc.TMP})
+        evs = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+        errs = [e for e in evs if e["event"] == "error"]
+        msg = errs[0]["message"] if errs else r.stderr
+        say("socks5: exit %d: %s" % (r.returncode, msg))
+        check(r.returncode == 2 and errs and errs[0].get("reason") == "proxy" and
+              "socks5://127.0.0.1:1080" in msg and "only http://" in msg and
+              "$HTTPS_PROXY" in msg, "a socks5:// proxy is refused with the reason, exit 2")
+        check(snapshot() == before and not kbridge_objects(), "cluster untouched by the refusal")
+    finally:
+        px.close()
+
+
+PARTS = {"admission": part_admission, "proxy": part_proxy}
 
 
 def main():

@@ -35,7 +35,7 @@ export interface ErrorEvent {
   event: 'error';
   /* kubeconfig, unreachable, unauthorized, forbidden, not_found, conflict,
    * port_in_use, route_held, service_changed, unsupported, agent_refused,
-   * bad_flag, api_error, failed */
+   * proxy, bad_flag, api_error, failed */
   reason: string;
   message: string;
 }

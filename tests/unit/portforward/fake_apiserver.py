@@ -28,8 +28,15 @@ What the server does is picked by the pod name (first dash-separated word):
 Every client frame is checked (masked, channel 0, known opcode); a bad one gets
 an error text on channel 1, so the client test fails loudly.
 
+An HTTP CONNECT proxy runs beside it, for pf_target.proxy_url: it wants
+"Proxy-Authorization: Basic" of the user "kb user" and password "p@ss:w"
+(407 otherwise), refuses a target port 9 with 403, and dials any other
+target whose host ends in .invalid at 127.0.0.1 (so a name only the proxy
+can resolve shows the connection really went through it). It counts the
+CONNECTs it relayed.
+
 Usage: fake_apiserver.py --cert C --key K [--token T] [--prefix /p]
-Prints the port it listens on (127.0.0.1) and serves until stdin closes.
+Prints "PORT PROXY-PORT" (127.0.0.1) and serves until stdin closes.
 Debugging: with PF_DUMP=PATH in the environment, the bytes relayed to and from
 the pod port are appended to PATH.up and PATH.down (test_portforward then
 writes its pattern to PATH.pattern for comparison)."""
@@ -303,6 +310,63 @@ class Conn:
                     pass
 
 
+PROXY_AUTH = "Basic " + base64.b64encode(b"kb user:p@ss:w").decode()
+
+
+async def proxy_handle(reader, writer):
+    """One CONNECT: check the credentials, dial, relay both ways."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split()
+        hdrs = {}
+        for ln in lines[1:]:
+            if ":" in ln:
+                k, v = ln.split(":", 1)
+                hdrs[k.strip().lower()] = v.strip()
+        if len(parts) != 3 or parts[0] != "CONNECT":
+            writer.write(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")
+            return
+        if hdrs.get("proxy-authorization") != PROXY_AUTH:
+            writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+                         b"Proxy-Authenticate: Basic realm=\"test\"\r\n"
+                         b"Content-Length: 0\r\n\r\n")
+            return
+        host, port = parts[1].rsplit(":", 1)
+        host = host.strip("[]")
+        if port == "9":
+            writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+            return
+        if host.endswith(".invalid"):
+            host = "127.0.0.1"
+        ur, uw = await asyncio.open_connection(host, int(port))
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+        async def pipe(r, w):
+            try:
+                while True:
+                    d = await r.read(65536)
+                    if not d:
+                        break
+                    w.write(d)
+                    await w.drain()
+            except (ConnectionError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                try:
+                    w.close()
+                except Exception:
+                    pass
+        await asyncio.gather(pipe(reader, uw), pipe(ur, writer))
+    except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+        pass
+    finally:
+        try:
+            writer.close()
+        except Exception:
+            pass
+
+
 async def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cert", required=True)
@@ -325,7 +389,8 @@ async def main():
                 pass
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=ctx, limit=1 << 20)
-    print(server.sockets[0].getsockname()[1], flush=True)
+    proxy = await asyncio.start_server(proxy_handle, "127.0.0.1", 0)
+    print(server.sockets[0].getsockname()[1], proxy.sockets[0].getsockname()[1], flush=True)
 
     def wait_stdin():
         sys.stdin.read()

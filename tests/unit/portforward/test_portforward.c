@@ -61,7 +61,7 @@ static struct event_base *base;
 static unsigned char *pattern;
 static char tmpdir[64];
 static char api_url[128], api_url_prefix[160];
-static uint16_t api_port, echo_port, hello_port, tls_echo_port, closed_port;
+static uint16_t api_port, proxy_port, echo_port, hello_port, tls_echo_port, closed_port;
 /* What dial() uses unless told otherwise: the fake server, or a real cluster. */
 static const char *g_url = api_url, *g_ns = "shop", *g_token = "s3cret-token";
 static uint16_t g_refusal_port; /* port used by the refusal tests */
@@ -213,13 +213,22 @@ static void setup(const char *script) {
   close(out[1]);
   server_stdin = in[1];
   char line[32] = {0};
-  ssize_t n = read(out[0], line, sizeof(line) - 1);
+  ssize_t n = 0, got;
+  while (n < (ssize_t)sizeof(line) - 1 && !memchr(line, '\n', (size_t)n) &&
+         (got = read(out[0], line + n, sizeof(line) - 1 - (size_t)n)) > 0)
+    n += got; /* the whole first line: "PORT PROXY-PORT\n" */
   server_stdout = out[0];
   if (n <= 0 || atoi(line) <= 0) {
     fprintf(stderr, "the fake API server did not start\n");
     exit(2);
   }
   api_port = (uint16_t)atoi(line);
+  unsigned pp = 0;
+  if (sscanf(line, "%*u %u", &pp) != 1 || pp == 0 || pp > 65535) {
+    fprintf(stderr, "the fake API server did not say its proxy port\n");
+    exit(2);
+  }
+  proxy_port = (uint16_t)pp;
   snprintf(api_url, sizeof(api_url), "https://localhost:%u", api_port);
   snprintf(api_url_prefix, sizeof(api_url_prefix), "https://127.0.0.1:%u/k8s/clusters/c1/",
            api_port);
@@ -293,6 +302,7 @@ struct opts {
   const char *sni;
   const char *token;
   unsigned timeout_ms;
+  const char *proxy;
 };
 
 static struct bufferevent *dial(const char *pod, uint16_t port, const struct opts *o,
@@ -306,6 +316,7 @@ static struct bufferevent *dial(const char *pod, uint16_t port, const struct opt
       .pod = pod,
       .port = port,
       .timeout_ms = o ? o->timeout_ms : 0,
+      .proxy_url = o ? o->proxy : NULL,
   };
   char err[256];
   memset(r, 0, sizeof(*r));
@@ -525,6 +536,8 @@ static void expect_end(const char *name, const char *pod, uint16_t port, short w
   sess_free(&s);
 }
 
+static char g_last_err[2048]; /* the last refusal's message */
+
 static void expect_refusal(const char *name, const char *pod, const struct opts *o,
                            int want_status, const char *want1, const char *want2) {
   struct dial_result r;
@@ -535,6 +548,7 @@ static void expect_refusal(const char *name, const char *pod, const struct opts 
   CHECK(strstr(r.err, want1) != NULL);
   if (want2) CHECK(strstr(r.err, want2) != NULL);
   printf("%s: [%d] %s\n", name, r.status, r.err);
+  snprintf(g_last_err, sizeof(g_last_err), "%s", r.err);
 }
 
 /* A reader that stops draining for a while: the carrier's input must stop at its
@@ -905,6 +919,59 @@ static void test_invalid(void) {
   struct pf_connecting *c = pf_connect(base, NULL, &t, on_ready, NULL, err, sizeof(err));
   CHECK(c != NULL);
   pf_connect_cancel(c);
+}
+
+/* Through the fake's HTTP CONNECT proxy. The API server's name ends in
+ * .invalid: only the proxy can reach it, so a stream that works went through
+ * the proxy. */
+static void test_proxy(void) {
+  char url[96], px[160], nocreds[96], wrong[160], refuse[96];
+  snprintf(url, sizeof(url), "https://api.only-via-proxy.invalid:%u", api_port);
+  snprintf(px, sizeof(px), "http://kb%%20user:p%%40ss%%3Aw@127.0.0.1:%u", proxy_port);
+  snprintf(nocreds, sizeof(nocreds), "http://127.0.0.1:%u", proxy_port);
+  snprintf(wrong, sizeof(wrong), "http://kb%%20user:nope@127.0.0.1:%u/", proxy_port);
+  struct opts via = {.url = url, .sni = "localhost", .proxy = px};
+  bulk("through an HTTP CONNECT proxy (Basic auth)", "echo-proxy", echo_port, 1u << 20, 0, &via);
+  bulk("TLS on top, through the proxy", "echo-proxy-tls", tls_echo_port, 1u << 20, 1, &via);
+  struct opts direct = {.url = url, .sni = "localhost"};
+  expect_refusal("the same name without the proxy", "echo-x", &direct, 0, "cannot resolve", NULL);
+  struct opts anon = {.url = url, .sni = "localhost", .proxy = nocreds};
+  char want[128];
+  snprintf(want, sizeof(want), "the proxy http://127.0.0.1:%u refused CONNECT", proxy_port);
+  expect_refusal("proxy wants credentials", "echo-x", &anon, 407, want,
+                 "407 Proxy Authentication Required (put user:password@ in the proxy URL)");
+  struct opts bad = {.url = url, .sni = "localhost", .proxy = wrong};
+  expect_refusal("proxy refuses the password", "echo-x", &bad, 407, want, "were refused");
+  CHECK(strstr(g_last_err, "nope") == NULL); /* the password is never shown */
+  snprintf(refuse, sizeof(refuse), "https://api.only-via-proxy.invalid:9");
+  struct opts denied = {.url = refuse, .sni = "localhost", .proxy = px};
+  expect_refusal("proxy forbids the target", "echo-x", &denied, 0,
+                 "refused CONNECT api.only-via-proxy.invalid:9: HTTP 403 Forbidden", NULL);
+  CHECK(strstr(g_last_err, "p@ss") == NULL && strstr(g_last_err, "p%40ss") == NULL);
+  char down[64];
+  snprintf(down, sizeof(down), "http://127.0.0.1:%u", closed_port);
+  struct opts pdown = {.url = url, .sni = "localhost", .proxy = down};
+  expect_refusal("proxy down", "echo-x", &pdown, 0, "cannot connect to the proxy http://127.0.0.1:",
+                 "Connection refused");
+  /* Schemes the carrier cannot use: refused at once, by pf_proxy_check() too. */
+  const char *unsupported[][2] = {{"socks5://127.0.0.1:1080", "not SOCKS"},
+                                  {"https://proxy.example:3128", "not TLS to the proxy"},
+                                  {"proxy.example:3128", "no scheme"},
+                                  {"http://:3128", "bad host"}};
+  for (size_t i = 0; i < sizeof(unsupported) / sizeof(unsupported[0]); i++) {
+    struct pf_target t = {.server_url = url, .ssl_ctx = ctx_ok, .ns = "shop", .pod = "echo-x",
+                          .port = echo_port, .proxy_url = unsupported[i][0]};
+    char err[512] = "", err2[512] = "";
+    struct pf_connecting *c = pf_connect(base, NULL, &t, on_ready, NULL, err, sizeof(err));
+    CHECK(c == NULL);
+    if (c) pf_connect_cancel(c);
+    CHECK(strstr(err, unsupported[i][1]) != NULL);
+    CHECK_EQ_INT(pf_proxy_check(unsupported[i][0], err2, sizeof(err2)), -1);
+    CHECK_EQ_STR(err, err2);
+    printf("proxy %s: %s\n", unsupported[i][0], err);
+  }
+  CHECK_EQ_INT(pf_proxy_check(NULL, want, sizeof(want)), 0);
+  CHECK_EQ_INT(pf_proxy_check(px, want, sizeof(want)), 0);
 }
 
 #ifdef PF_TUNNEL_TEST
@@ -1282,6 +1349,7 @@ int main(int argc, char **argv) {
   expect_refusal("all addresses refused", "echo-x", &down, 0, "2 addresses tried; last 127.0.0.3:",
                  "Connection refused");
   evdns_base_free(dns, 0);
+  test_proxy();
 
   int never = 0;
   loop_until(&never, 1); /* let the pod-side connections see their ends */
