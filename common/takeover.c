@@ -272,6 +272,37 @@ static int delete_managed(struct kube *k, const char *api, const char *res, cons
   return 0;
 }
 
+/* The NetworkPolicies connect created for the agent (local-proxy/netpol.h),
+ * found by their labels. They are owned by the agent's Deployment, so the
+ * garbage collector removes them with it; this is for an agent already gone.
+ * Without the right to list them (older RBAC) nothing is done. */
+static int delete_policies(struct kube *k, const char *ns, const char *service,
+                           struct takeover_report *rep, char *err, size_t errlen) {
+  struct kube_ref r = {"networking.k8s.io/v1", "networkpolicies", ns, NULL, NULL};
+  struct kube_err e;
+  cJSON *list = NULL;
+  char sel[300];
+  snprintf(sel, sizeof sel, "%s=kbridge,%s=%s", TAKEOVER_LABEL_MANAGED, TAKEOVER_LABEL_SERVICE,
+           service);
+  if (kube_list(k, &r, sel, &list, &e) < 0) {
+    if (e.status == 403 || e.status == 404) return 0;
+    snprintf(err, errlen, "%s", e.msg);
+    return -1;
+  }
+  const cJSON *it;
+  int rc = 0;
+  cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(list, "items")) {
+    const char *name = cJSON_GetStringValue(path2(it, "metadata", "name"));
+    if (name && delete_managed(k, "networking.k8s.io/v1", "networkpolicies", "networkpolicy", ns,
+                               name, rep, err, errlen) < 0) {
+      rc = -1;
+      break;
+    }
+  }
+  cJSON_Delete(list);
+  return rc;
+}
+
 /* ---- Ingress clones ---- */
 
 static int routes_to(const cJSON *backend, const char *service) {
@@ -492,7 +523,8 @@ int takeover_restore(struct kube *k, const char *ns, const char *service,
   }
   if (!agent_exists) {
     /* Leftovers of an agent deleted earlier (or never created). */
-    if (delete_managed(k, "rbac.authorization.k8s.io/v1", "rolebindings", "rolebinding", ns,
+    if (delete_policies(k, ns, service, rep, err, errlen) < 0 ||
+        delete_managed(k, "rbac.authorization.k8s.io/v1", "rolebindings", "rolebinding", ns,
                        nm.agent, rep, err, errlen) < 0 ||
         delete_managed(k, "rbac.authorization.k8s.io/v1", "roles", "role", ns, nm.agent, rep,
                        err, errlen) < 0 ||
@@ -503,7 +535,7 @@ int takeover_restore(struct kube *k, const char *ns, const char *service,
   if (delete_managed(k, "apps/v1", "deployments", "deployment", ns, nm.agent, rep, err, errlen) < 0)
     return -1;
   if (agent_exists)
-    say(rep, "serviceaccount, role and rolebinding %s/%s: removed with the deployment (garbage "
-        "collector)", ns, nm.agent);
+    say(rep, "serviceaccount, role and rolebinding %s/%s (and kbridge's networkpolicies, if any): "
+        "removed with the deployment (garbage collector)", ns, nm.agent);
   return 0;
 }

@@ -12,6 +12,10 @@
  *   Role/RoleBinding kbridge-agent-<svc>         only what the agent's restore needs
  *   Secret          kbridge-agent-<svc>-tls      ca.crt, ca.key, agent.crt, agent.key
  *   Service         <svc>-kbridge-origin         routing mode: selects the original pods
+ *   NetworkPolicy   kbridge-agent-<svc>, kbridge-<svc>-from-agent, kbridge-<svc>-egress-<policy>
+ *                                                only in a namespace whose policies isolate the
+ *                                                agent or the Service's pods (local-proxy/netpol.h);
+ *                                                owned by the agent's Deployment
  * Annotations on the taken-over Service:
  *   kbridge.dev/original-selector   JSON of the selector before the takeover
  *   kbridge.dev/agent-selector      JSON of the selector kbridge put there

@@ -68,6 +68,7 @@
 #include "kube.h"
 #include "kubeconfig.h"
 #include "portforward.h"
+#include "netpol.h"
 #include "portplan.h"
 #include "proxy.h"
 #include "session.h"
@@ -232,6 +233,8 @@ struct conn {
   double t0;
   const char *reason;      /* the next error event's "reason" (see fail), or NULL */
   struct agentpod pod;     /* the developer's additions to the agent pod */
+  cJSON *orig_pods;        /* the pods the selector picked at inspect (a list's items) */
+  struct netpol_plan np;   /* NetworkPolicies to create with the agent (netpol.h) */
 };
 
 /* ---- output ---- */
@@ -753,6 +756,43 @@ static int client_cert(struct conn *c) {
   return 0;
 }
 
+/* The namespace's NetworkPolicies (netpol.h): plan the agent's own, checked
+ * with a dry run; reads only. 0, or after fail(): -2 when reading the policies
+ * or creating the needed ones is forbidden (reason "forbidden"), -1 otherwise. */
+static int netpol_step(struct conn *c) {
+  cJSON *dep = agent_deployment(c);
+  cJSON *labels = cJSON_CreateArray();
+  const cJSON *p;
+  cJSON_ArrayForEach(p, jget(c->orig_pods, "items")) {
+    const cJSON *l = jget(p, "metadata.labels");
+    if (cJSON_IsObject(l)) cJSON_AddItemToArray(labels, cJSON_Duplicate(l, 1));
+  }
+  const cJSON *specs[WORKLOADS_MAX];
+  int nspecs = 0;
+  for (int i = 0; i < c->wls.n; i++)
+    if (c->wls.w[i].spec) specs[nspecs++] = c->wls.w[i].spec;
+  struct netpol_input in = {c->ns, c->svc, NULL, labels, c->orig_selector,
+                            jget(dep, "spec.template.metadata.labels"), &c->plan, specs, nspecs,
+                            NULL, 0};
+  char warn[600], err[1600];
+  int rc = netpol_inspect(c->k, &in, &c->np, warn, sizeof warn, err, sizeof err);
+  cJSON_Delete(labels);
+  cJSON_Delete(dep);
+  if (rc != 0) {
+    if (rc == 1) c->reason = "forbidden";
+    fail(c, "%s", err);
+    return rc == 1 ? -2 : -1;
+  }
+  if (warn[0]) {
+    log_warn("%s", warn);
+    progress(c, "netpol", "%s", warn);
+  } else if (c->np.summary[0]) {
+    progress(c, "netpol", "namespace %s has NetworkPolicies; will create: %s", c->ns,
+             c->np.summary);
+  }
+  return 0;
+}
+
 static int create_agent(struct conn *c) {
   char err[1200];
   struct tls_pem agent = {NULL, NULL};
@@ -806,6 +846,14 @@ static int create_agent(struct conn *c) {
       create(c, "rbac.authorization.k8s.io/v1", "rolebindings", agent_rolebinding(c, uid), NULL) < 0 ||
       create(c, "v1", "secrets", sec, NULL) < 0)
     return -1;
+  if (cJSON_GetArraySize(c->np.objs) > 0) {
+    struct kube_err ne;
+    if (netpol_create(c->k, c->ns, c->nm.agent, uid, &c->np, &ne) < 0) {
+      fail_kube(c, &ne);
+      return -1;
+    }
+    progress(c, "netpol", "%s", c->np.summary);
+  }
   if (!c->cfg->replace) {
     if (create(c, "v1", "services", shadow_service(c, uid), NULL) < 0) return -1;
     progress(c, "shadow-service", "shadow service %s selects the original pods (%s)",
@@ -2130,11 +2178,8 @@ int connect_run(struct connect_config *cfg) {
       goto out;
     }
     int npods = cJSON_GetArraySize(jget(pods, "items"));
-    if (find_workloads(c, jget(pods, "items")) < 0) {
-      cJSON_Delete(pods);
-      goto out;
-    }
-    cJSON_Delete(pods);
+    c->orig_pods = pods;
+    if (find_workloads(c, jget(pods, "items")) < 0) goto out;
     if (inspect_ports(c) < 0) goto out;
     char plist[600] = "", wlist[1200];
     for (int i = 0; i < c->nports; i++) {
@@ -2165,6 +2210,11 @@ int connect_run(struct connect_config *cfg) {
         strcmp(c->wl_kind, "Pods") != 0) {
       fail(c, "--replace: the pods belong to %s %s, which kbridge cannot scale to 0", c->wl_kind,
            c->wl_name);
+      goto out;
+    }
+    int nrc = netpol_step(c);
+    if (nrc < 0) {
+      if (nrc == -2) rc = 2;
       goto out;
     }
     if (client_cert(c) < 0) goto out;
@@ -2313,5 +2363,7 @@ out:
   if (c->tun_ssl) SSL_CTX_free(c->tun_ssl);
   if (c->k) kube_free(c->k);
   agentpod_clear(&c->pod);
+  cJSON_Delete(c->orig_pods);
+  netpol_plan_free(&c->np);
   return rc;
 }

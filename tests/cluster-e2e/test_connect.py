@@ -276,7 +276,7 @@ def snapshot():
 
 def kbridge_objects():
     kinds = ("deployments,replicasets,pods,services,secrets,serviceaccounts,roles,rolebindings,"
-             "ingresses.networking.k8s.io")
+             "ingresses.networking.k8s.io,networkpolicies.networking.k8s.io")
     r = kubectl("get", kinds, "-n", NS, "-o", "json")
     items = json.loads(r.stdout)["items"]
     left = []

@@ -34,6 +34,12 @@ Parts (default: all, in this order):
                existing X-Forwarded-For appended to; the shadow Service has no affinity
                (the agent is its only client); afterwards the Service, its
                sessionAffinity and timeout included, equals what it was
+    netpol     a default-deny namespace (NetworkPolicies for DNS and the shop's own
+               paths): unrouted and routed requests pass during the takeover
+               (failures counted), kbridge's own policies exist while connected and
+               are gone after disconnect and after the agent's lease restore (CLI
+               killed); without the right to create NetworkPolicies connect is
+               refused (exit 2, reason forbidden, cluster untouched)
 
 The cluster is $KBRIDGE_E2E_CLUSTER (default kbe2e), as for test_connect.py.
 """
@@ -476,9 +482,128 @@ def part_affinity():
                 check_rc=False)
 
 
+def netpol(name, spec):
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": name, "namespace": NS}, "spec": spec}
+
+
+def app(a):
+    return {"podSelector": {"matchLabels": {"app": a}}}
+
+
+# A default-deny namespace as a platform team would write it: nothing in or out,
+# DNS for everyone, and exactly the shop's own paths (frontend -> api:http -> store).
+SHOP_POLICIES = [
+    netpol("default-deny", {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}),
+    netpol("allow-dns", {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{
+        "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+        "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}]}),
+    netpol("api-from-frontend", dict(app("api"), ingress=[{"from": [app("frontend")],
+                                                             "ports": [{"port": "http"}]}])),
+    netpol("frontend-to-api", dict(app("frontend"), policyTypes=["Egress"],
+                                   egress=[{"to": [app("api")], "ports": [{"port": 8080}]}])),
+    netpol("api-to-store", dict(app("api"), policyTypes=["Egress"],
+                                egress=[{"to": [app("store")], "ports": [{"port": 8080}]}])),
+    netpol("store-from-api", dict(app("store"), ingress=[{"from": [app("api")]}])),
+]
+
+
+def netpols():
+    return sorted(p["metadata"]["name"] for p in json.loads(kubectl(
+        "get", "networkpolicies", "-n", NS, "-o", "json").stdout)["items"])
+
+
+def unrouted_loop(duration=5.0):
+    """(failures, total) of unrouted requests from the frontend, one per 0.1 s."""
+    r = subprocess.run([os.path.join(tc.CLUSTER_DIR, "pod-exec"), "--name", tc.NAME, NS,
+                        tc.frontend_pod(), "--", "python3", "-c", LOOP, API, str(duration)],
+                       capture_output=True, text=True, timeout=duration + 60)
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    return len([1 for _, ok in res if not ok]), len(res)
+
+
+def part_netpol():
+    kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                  "items": SHOP_POLICIES}))
+    theirs = netpols()
+    try:
+        def shop_works():
+            return served_by(probe([(API, {})])[0]) == "api"
+        wait("the shop to answer under its policies", shop_works, 20)
+        check(True, "default-deny namespace: frontend -> api works through the shop's own policies")
+        before = snapshot()
+        _, pa = backend("alice")
+        lease = 6
+        alice = Session("alice", pa, "--lease-seconds", str(lease))
+        alice.ready()
+        steps = [e.get("message", "") for e in alice.events
+                 if e.get("event") == "progress" and e.get("step") == "netpol"]
+        say("connect said: %s" % (steps[:2],))
+        nfail, total = unrouted_loop()
+        routed = [served_by(a) for a in probe([(API, hdr("alice"))] * 5)]
+        rfail = len([w for w in routed if w != "alice"])
+        say("FIGURE netpol: unrouted %d of %d failed, routed %d of %d failed (%s)" % (
+            nfail, total, rfail, len(routed), sorted(set(routed))))
+        check(nfail == 0 and rfail == 0,
+              "in the default-deny namespace, unrouted and routed requests pass during the takeover")
+        mine = sorted(set(netpols()) - set(theirs))
+        check("kbridge-agent-api" in mine and any(m.startswith("kbridge-api-egress-") for m in mine),
+              "kbridge added its own policies: %s" % mine)
+        pol = json.loads(kubectl("get", "networkpolicy", "kbridge-agent-api", "-n", NS, "-o",
+                                 "json").stdout)
+        check(pol["metadata"]["labels"].get("app.kubernetes.io/managed-by") == "kbridge" and
+              pol["spec"]["podSelector"] == {"matchLabels": {"kbridge.dev/agent": "api"}},
+              "the agent's policy selects only the agent pod")
+        ev = alice.stop()
+        check(ev.get("restored") is True, "restored on disconnect")
+        wait("kbridge's policies gone", lambda: netpols() == theirs, 30)
+        check_restored(before, "a takeover in a default-deny namespace")
+
+        # The agent's own restore needs the API server: kill -9 the CLI, the lease runs out.
+        alice = Session("alice", pa, "--lease-seconds", str(lease))
+        alice.ready()
+        alice.p.kill()
+        alice.p.wait()
+        t = time.time()
+        check_restored(before, "kill -9 of the CLI in a default-deny namespace (the agent's lease)")
+        wait("kbridge's policies gone", lambda: netpols() == theirs, 30)
+        say("FIGURE netpol: the agent restored the cluster %.1f s after kill -9 (lease %d s)" % (
+            time.time() - t, lease))
+
+        # Without the right to create NetworkPolicies, or to read them: refused,
+        # nothing changed.
+        role = json.loads(kubectl("get", "role", "kbridge-e2e-developer", "-n", NS, "-o",
+                                  "json").stdout)
+        for k in ("resourceVersion", "uid", "creationTimestamp", "managedFields"):
+            role["metadata"].pop(k, None)
+        port = tc.free_port()
+        argv = ["connect", "-n", NS, "--service", "api", "--local-port", str(port),
+                "--agent-image", tc.IMAGE, "--route-as", "alice"]
+        try:
+            for verbs, words, what in (
+                    (["get", "list"], ["NetworkPolicies", "may not create networkpolicies",
+                                       "kbridge-agent-api", "developer-role.yaml"],
+                     "no right to create NetworkPolicies in a namespace whose policies isolate api"),
+                    ([], ["may not list networkpolicies", "developer-role.yaml"],
+                     "no right to list NetworkPolicies")):
+                cut = json.loads(json.dumps(role))
+                cut["rules"] = [r for r in cut["rules"] if "networkpolicies" not in r.get("resources", [])]
+                if verbs:
+                    cut["rules"].append({"apiGroups": ["networking.k8s.io"],
+                                         "resources": ["networkpolicies"], "verbs": verbs})
+                kubectl("replace", "-f", "-", input=json.dumps(cut))
+                refused(argv, words, "forbidden", what)
+        finally:
+            kubectl("replace", "-f", "-", input=json.dumps(role))
+    finally:
+        kubectl("delete", "networkpolicy", "-n", NS, "--ignore-not-found",
+                *[p["metadata"]["name"] for p in SHOP_POLICIES], check_rc=False)
+
+
 PARTS = {"gitops": part_gitops, "longkey": part_longkey, "headless": part_headless,
          "domain": part_domain, "canary": part_canary, "dual": part_dual,
-         "affinity": part_affinity}
+         "affinity": part_affinity, "netpol": part_netpol}
 
 
 def main():
