@@ -146,6 +146,7 @@ struct service_arg {
   int unmerged;       /* conflict, but our key was removed from a merged selector */
   char original[512]; /* the original selector, as stored */
   char current[512];  /* the selector found, when in conflict */
+  char policy[200];   /* traffic policies put back, or "" */
 };
 
 
@@ -172,6 +173,102 @@ cJSON *takeover_selector_unmerge(const cJSON *sel, const cJSON *mine) {
     cJSON_AddItemToObject(out, it->string, cJSON_Duplicate(it, 1));
   }
   return out;
+}
+
+static const char *const policy_fields[] = {"internalTrafficPolicy", "externalTrafficPolicy"};
+
+static void append(char *out, size_t len, const char *sep, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void append(char *out, size_t len, const char *sep, const char *fmt, ...) {
+  size_t l = strlen(out);
+  if (l && l + strlen(sep) < len) {
+    memcpy(out + l, sep, strlen(sep) + 1);
+    l += strlen(sep);
+  }
+  va_list ap;
+  va_start(ap, fmt);
+  if (l < len) vsnprintf(out + l, len - l, fmt, ap);
+  va_end(ap);
+}
+
+static cJSON *annotations_of(cJSON *obj) {
+  cJSON *md = cJSON_GetObjectItemCaseSensitive(obj, "metadata");
+  if (!md) md = cJSON_AddObjectToObject(obj, "metadata");
+  cJSON *ann = cJSON_GetObjectItemCaseSensitive(md, "annotations");
+  if (!ann) ann = cJSON_AddObjectToObject(md, "annotations");
+  return ann;
+}
+
+int takeover_policy_cluster(cJSON *svc, char *what, size_t whatlen) {
+  cJSON *spec = cJSON_GetObjectItemCaseSensitive(svc, "spec");
+  int n = 0;
+  if (whatlen) what[0] = 0;
+  for (size_t i = 0; i < 2; i++) {
+    const char *v = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(spec, policy_fields[i]));
+    n += v && strcmp(v, "Local") == 0;
+  }
+  if (n == 0) return 0;
+  cJSON *ann = annotations_of(svc);
+  cJSON *rec = NULL;
+  const char *old = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(ann, TAKEOVER_ANN_ORIGINAL_POLICY));
+  if (old) rec = cJSON_Parse(old);
+  if (!cJSON_IsObject(rec)) {
+    cJSON_Delete(rec);
+    rec = cJSON_CreateObject();
+  }
+  for (size_t i = 0; i < 2; i++) {
+    cJSON *f = cJSON_GetObjectItemCaseSensitive(spec, policy_fields[i]);
+    const char *v = cJSON_GetStringValue(f);
+    if (!v || strcmp(v, "Local") != 0) continue;
+    if (!cJSON_GetObjectItemCaseSensitive(rec, policy_fields[i]))
+      cJSON_AddStringToObject(rec, policy_fields[i], "Local");
+    cJSON_SetValuestring(f, "Cluster");
+    if (whatlen) append(what, whatlen, " and ", "%s", policy_fields[i]);
+  }
+  cJSON *hc = cJSON_GetObjectItemCaseSensitive(spec, "healthCheckNodePort");
+  if (hc) {
+    if (cJSON_IsNumber(hc) && hc->valuedouble > 0 &&
+        !cJSON_GetObjectItemCaseSensitive(rec, "healthCheckNodePort"))
+      cJSON_AddNumberToObject(rec, "healthCheckNodePort", hc->valuedouble);
+    cJSON_DeleteItemFromObjectCaseSensitive(spec, "healthCheckNodePort");
+  }
+  char *js = cJSON_PrintUnformatted(rec);
+  cJSON_Delete(rec);
+  cJSON_DeleteItemFromObjectCaseSensitive(ann, TAKEOVER_ANN_ORIGINAL_POLICY);
+  cJSON_AddStringToObject(ann, TAKEOVER_ANN_ORIGINAL_POLICY, js ? js : "{}");
+  free(js);
+  return n;
+}
+
+int takeover_policy_restore(cJSON *svc, char *what, size_t whatlen) {
+  if (whatlen) what[0] = 0;
+  const char *s = takeover_annotation(svc, TAKEOVER_ANN_ORIGINAL_POLICY);
+  if (!s) return 0;
+  cJSON *rec = cJSON_Parse(s);
+  if (!cJSON_IsObject(rec)) {
+    cJSON_Delete(rec);
+    return -1;
+  }
+  cJSON *spec = cJSON_GetObjectItemCaseSensitive(svc, "spec");
+  if (!spec) spec = cJSON_AddObjectToObject(svc, "spec");
+  int done = 0;
+  for (size_t i = 0; i < 2; i++) {
+    const char *v = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(rec, policy_fields[i]));
+    if (!v) continue;
+    cJSON_DeleteItemFromObjectCaseSensitive(spec, policy_fields[i]);
+    cJSON_AddStringToObject(spec, policy_fields[i], v);
+    if (whatlen) append(what, whatlen, ", ", "%s %s", policy_fields[i], v);
+    done = 1;
+  }
+  cJSON *hc = cJSON_GetObjectItemCaseSensitive(rec, "healthCheckNodePort");
+  if (cJSON_IsNumber(hc)) {
+    cJSON_DeleteItemFromObjectCaseSensitive(spec, "healthCheckNodePort");
+    cJSON_AddNumberToObject(spec, "healthCheckNodePort", hc->valuedouble);
+    if (whatlen) append(what, whatlen, ", ", "healthCheckNodePort %d", hc->valueint);
+    done = 1;
+  }
+  cJSON_Delete(rec);
+  return done;
 }
 
 static int service_mutate(cJSON *obj, void *arg, char *err, size_t errlen) {
@@ -230,6 +327,12 @@ static int service_mutate(cJSON *obj, void *arg, char *err, size_t errlen) {
       sa->conflict = 1;
     }
     cJSON_Delete(mj);
+  }
+  /* The traffic policies set to Cluster for the takeover, back as they were
+   * (whatever became of the selector: they are ours). */
+  if (takeover_policy_restore(obj, sa->policy, sizeof sa->policy) < 0) {
+    snprintf(err, errlen, "annotation %s is not a JSON object", TAKEOVER_ANN_ORIGINAL_POLICY);
+    return -1;
   }
   /* Remove every annotation of ours (takeover record, selectors, routes). */
   for (cJSON *it = ann ? ann->child : NULL; it;) {
@@ -503,6 +606,7 @@ int takeover_restore(struct kube *k, const char *ns, const char *service,
     } else {
       say(rep, "service %s/%s: kbridge annotations removed", ns, service);
     }
+    if (sa.policy[0]) say(rep, "service %s/%s: %s restored", ns, service, sa.policy);
   }
 
   /* 3. shadow Service, Secret */

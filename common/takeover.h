@@ -23,6 +23,10 @@
  *                                   (workload: {"kind","name"}; kind "Pods" for bare pods)
  *   kbridge.dev/route-<key>         JSON: {"by","since","pid","host"} one per connected
  *                                   developer, removed at disconnect (for kbridge list)
+ *   kbridge.dev/original-traffic-policy  JSON, only when a policy was Local:
+ *                                   {"internalTrafficPolicy":"Local",
+ *                                    "externalTrafficPolicy":"Local","healthCheckNodePort":N}
+ *                                   (the fields that were set), see takeover_policy_cluster()
  * Restore removes every kbridge.dev/ annotation from the Service.
  * Annotation on the workload (exclusive mode only):
  *   kbridge.dev/original-replicas   the replica count before scaling to 0
@@ -57,6 +61,7 @@ struct kube;
 #define TAKEOVER_LABEL_AGENT "kbridge.dev/agent"
 #define TAKEOVER_ANN_ROUTE_KEY "kbridge.dev/route-key"
 #define TAKEOVER_ANN_CLONE_OF "kbridge.dev/clone-of"
+#define TAKEOVER_ANN_ORIGINAL_POLICY "kbridge.dev/original-traffic-policy"
 
 /* What restore did, for the caller to print. Lines are "\n"-separated, human
  * readable ("service shop/api: selector restored to {\"app\":\"api\"}"). */
@@ -114,6 +119,29 @@ enum takeover_sel takeover_selector_state(const struct cJSON *sel, const struct 
                                           const struct cJSON *orig);
 /* A new object (caller owns it): sel without the keys of mine. */
 struct cJSON *takeover_selector_unmerge(const struct cJSON *sel, const struct cJSON *mine);
+
+/* Traffic policies (issue 17 item 8). With internalTrafficPolicy or
+ * externalTrafficPolicy Local, a client is served only by endpoints on its own
+ * node; the agent is one pod on one node, so clients on every other node would
+ * lose the Service. For the takeover each Local policy becomes Cluster, and is
+ * put back exactly by every restore (CLI, `kbridge restore`, the agent's lease).
+ *
+ * takeover_policy_cluster(): in the Service object svc (as read, about to be
+ * written back), set each Local policy to Cluster and record what was there in
+ * annotation TAKEOVER_ANN_ORIGINAL_POLICY (with spec.healthCheckNodePort, which
+ * only Local LoadBalancer Services have and which is dropped with it, so that
+ * the restore asks for the same port again). An annotation already there is
+ * kept (it holds the original of an earlier call of the same takeover) and
+ * only completed. Returns the number of policies changed (0: none was Local);
+ * what gets "externalTrafficPolicy" / "internalTrafficPolicy and
+ * externalTrafficPolicy" for a message. */
+int takeover_policy_cluster(struct cJSON *svc, char *what, size_t whatlen);
+/* Put back into svc what the annotation recorded (the annotation itself stays,
+ * restore removes every kbridge.dev/ annotation). Returns 1 if something was
+ * put back (what: "externalTrafficPolicy Local, healthCheckNodePort 31234"), 0
+ * if nothing was recorded, -1 if the annotation is not a JSON object (svc
+ * unchanged). */
+int takeover_policy_restore(struct cJSON *svc, char *what, size_t whatlen);
 
 /* The longest route key connect accepts: the annotation kbridge.dev/route-<key>
  * must have a name part ("route-<key>") of at most 63 characters. Checked

@@ -874,6 +874,7 @@ static int create_agent(struct conn *c) {
 struct switch_arg {
   struct conn *c;
   const cJSON *expect; /* the selector inspect saw */
+  char policy[100];    /* the traffic policies set from Local to Cluster, or "" */
 };
 
 static int switch_mutate(cJSON *obj, void *arg, char *err, size_t errlen) {
@@ -913,6 +914,8 @@ static int switch_mutate(cJSON *obj, void *arg, char *err, size_t errlen) {
   cJSON_AddStringToObject(ann, TAKEOVER_ANN_TAKEOVER, tk);
   free(orig);
   cJSON_ReplaceItemInObjectCaseSensitive(spec, "selector", cJSON_Parse(agent_sel));
+  /* Local traffic policies: one agent pod serves every node's clients */
+  takeover_policy_cluster(obj, sa->policy, sizeof sa->policy);
   return 0;
 }
 
@@ -944,13 +947,17 @@ static int scale_mutate(cJSON *obj, void *arg, char *err, size_t errlen) {
 static int switch_service(struct conn *c) {
   struct kube_ref r = {"v1", "services", c->ns, c->svc, NULL};
   struct kube_err e;
-  struct switch_arg sa = {c, c->orig_selector};
+  struct switch_arg sa = {c, c->orig_selector, ""};
   if (kube_update_retry(c->k, &r, switch_mutate, &sa, NULL, &e) < 0) {
     fail_kube(c, &e);
     return -1;
   }
   progress(c, "switch-selector", "service %s/%s now selects the agent (was %s)", c->ns, c->svc,
            selector_string(c->orig_selector));
+  if (sa.policy[0])
+    progress(c, "traffic-policy", "service %s/%s: %s set from Local to Cluster while taken over "
+             "(the one agent pod serves the clients of every node; with Local those on other "
+             "nodes would lose the Service); put back at restore", c->ns, c->svc, sa.policy);
   if (c->cfg->replace) {
     const char *res = takeover_workload_resource(c->wl_kind);
     if (res == NULL) {
@@ -1602,7 +1609,32 @@ static int guard_mutate(cJSON *obj, void *arg, char *err, size_t errlen) {
   if (!next) return 1;
   if (sel) cJSON_ReplaceItemInObjectCaseSensitive(spec, "selector", next);
   else cJSON_AddItemToObject(spec, "selector", next);
+  if (ga->retake) takeover_policy_cluster(obj, NULL, 0); /* a re-apply may have set Local */
   return 0;
+}
+
+/* Taken over, but a traffic policy is Local again (a re-apply or a patch):
+ * Cluster again, the annotation keeps the original. Returns 1 when changed. */
+static int policy_mutate(cJSON *obj, void *arg, char *err, size_t errlen) {
+  (void)err;
+  (void)errlen;
+  return takeover_policy_cluster(obj, arg, 100) ? 0 : 1;
+}
+
+static void guard_policy(struct conn *c, const cJSON *svc) {
+  const char *ip = jstr(svc, "spec.internalTrafficPolicy");
+  const char *ep = jstr(svc, "spec.externalTrafficPolicy");
+  if (!(ip && strcmp(ip, "Local") == 0) && !(ep && strcmp(ep, "Local") == 0)) return;
+  struct kube_ref r = {"v1", "services", c->ns, c->svc, NULL};
+  struct kube_err e;
+  char what[100] = "";
+  if (kube_update_retry(c->k, &r, policy_mutate, what, NULL, &e) < 0) {
+    log_warn("re-sync guard: cannot set the traffic policy to Cluster again: %s", e.msg);
+    return;
+  }
+  if (what[0])
+    progress(c, "traffic-policy", "service %s/%s: %s became Local while taken over (a re-apply?); "
+             "set to Cluster again, put back at restore", c->ns, c->svc, what);
 }
 
 /* End the session with an error event of reason service_changed. */
@@ -1640,7 +1672,10 @@ static void guard_cb(evutil_socket_t fd, short what, void *arg) {
   enum takeover_sel st = mine ? takeover_selector_state(sel, mine, orig) : TAKEOVER_SEL_AGENT;
   /* No annotations: the takeover was ended elsewhere (restore, lease); the
    * tunnels notice the agent going. */
-  if (st == TAKEOVER_SEL_AGENT) goto done;
+  if (st == TAKEOVER_SEL_AGENT) {
+    if (mine) guard_policy(c, svc);
+    goto done;
+  }
   char *cur = sel ? cJSON_PrintUnformatted(sel) : NULL;
   char seen[512];
   snprintf(seen, sizeof seen, "%s", cur ? cur : "none");

@@ -40,6 +40,14 @@ Parts (default: all, in this order):
                are gone after disconnect and after the agent's lease restore (CLI
                killed); without the right to create NetworkPolicies connect is
                refused (exit 2, reason forbidden, cluster untouched)
+    policy     Service `local` (LoadBalancer, externalTrafficPolicy Local, so it
+               has a healthCheckNodePort): during the takeover the policy is
+               Cluster (the one agent pod serves every node), unrouted and routed
+               requests answered; a patch back to Local is undone by the session;
+               after disconnect, and after `kbridge restore` of a session killed
+               with -9, the Service's spec equals what it was, healthCheckNodePort
+               included. (The test cluster's API server, 1.20, has no
+               internalTrafficPolicy field; that one is covered by unit.takeover.)
 
 The cluster is $KBRIDGE_E2E_CLUSTER (default kbe2e), as for test_connect.py.
 """
@@ -601,9 +609,67 @@ def part_netpol():
                 *[p["metadata"]["name"] for p in SHOP_POLICIES], check_rc=False)
 
 
+def part_policy():
+    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "local", "namespace": NS},
+           "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+                    "internalTrafficPolicy": "Local", "selector": {"app": "api"},
+                    "ports": [{"name": "http", "port": 8080, "targetPort": 8080}]}}
+    # --validate=false: kubectl 1.20's schema does not know internalTrafficPolicy;
+    # an API server that has it (1.21+) stores it, 1.20 drops it.
+    kubectl("apply", "--validate=false", "-f", "-", input=json.dumps(svc))
+    try:
+        before = service_spec("local")
+        spec = before["spec"]
+        say("Service local as stored: externalTrafficPolicy %s, internalTrafficPolicy %s, "
+            "healthCheckNodePort %s" % (spec.get("externalTrafficPolicy"),
+                                        spec.get("internalTrafficPolicy", "(no such field)"),
+                                        spec.get("healthCheckNodePort")))
+        check(spec.get("externalTrafficPolicy") == "Local" and spec.get("healthCheckNodePort"),
+              "Service local has externalTrafficPolicy Local and a healthCheckNodePort")
+        url = "http://local.%s.svc:8080/" % NS
+        _, pa = backend("alice")
+        s = Session("alice", pa, "--service", "local")
+        s.ready()
+        ev = [e for e in s.events if e.get("step") == "traffic-policy"]
+        check(ev and "externalTrafficPolicy" in ev[0].get("message", ""),
+              "connect said so: %s" % (ev[0].get("message", "")[:160] if ev else None))
+        now = service_spec("local")
+        check(now["spec"].get("externalTrafficPolicy") == "Cluster",
+              "during the takeover externalTrafficPolicy is Cluster (%s)" %
+              now["spec"].get("externalTrafficPolicy"))
+        who = [served_by(a) for a in probe([(url, {}), (url, hdr("alice"))])]
+        check(who == ["api", "alice"], "unrouted and routed requests answered (%s)" % who)
+        # someone sets Local again meanwhile: the session undoes it
+        kubectl("patch", "service", "local", "-n", NS, "-p",
+                json.dumps({"spec": {"externalTrafficPolicy": "Local"}}))
+        t = time.time()
+        wait("the session to set Cluster again", lambda: service_spec("local")["spec"].get(
+            "externalTrafficPolicy") == "Cluster", 20)
+        check(True, "a patch back to Local was undone by the session in %.1f s" % (time.time() - t))
+        ev = s.stop()
+        check(ev.get("restored") is True, "restored on disconnect")
+        wait("local restored", lambda: service_spec("local") == before and not kbridge_objects(), 30)
+        check(True, "Service local equals what it was before (externalTrafficPolicy Local, "
+              "healthCheckNodePort %s); no kbridge object left" % spec.get("healthCheckNodePort"))
+        # the CLI killed: kbridge restore puts the policy back too
+        s = Session("alice", pa, "--service", "local")
+        s.ready()
+        s.p.kill()
+        s.p.wait()
+        check(service_spec("local")["spec"].get("externalTrafficPolicy") == "Cluster",
+              "taken over again, Cluster; connect killed with -9")
+        r = kb("restore", "-n", NS, "--service", "local")
+        check(r.returncode == 0 and "externalTrafficPolicy Local" in r.stdout,
+              "kbridge restore says it put the policy back: %s" % r.stdout.strip()[-200:])
+        wait("local restored", lambda: service_spec("local") == before and not kbridge_objects(), 30)
+        check(True, "after kbridge restore, Service local equals what it was before")
+    finally:
+        kubectl("delete", "service", "local", "-n", NS, "--wait=false", check_rc=False)
+
+
 PARTS = {"gitops": part_gitops, "longkey": part_longkey, "headless": part_headless,
          "domain": part_domain, "canary": part_canary, "dual": part_dual,
-         "affinity": part_affinity, "netpol": part_netpol}
+         "affinity": part_affinity, "netpol": part_netpol, "policy": part_policy}
 
 
 def main():
@@ -637,7 +703,7 @@ def main():
                 p.kill()
         try:
             if tc.info():
-                for s in ("api", "db", "multi", "dual", "echo"):
+                for s in ("api", "db", "multi", "dual", "echo", "local"):
                     kb("restore", "-n", NS, "--service", s,
                        kubeconfig=tc.info()["admin_kubeconfig"])
         except Exception as e:

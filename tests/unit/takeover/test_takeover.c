@@ -2,7 +2,10 @@
  * gets: which Ingresses are cloned, how hosts, tls and annotations are carried
  * over, and what is refused with a reason; takeover_selector_state() and
  * takeover_selector_unmerge(), what restore and connect's re-sync guard decide
- * on (a selector merged by a re-apply is recognised and loses only our key). */
+ * on (a selector merged by a re-apply is recognised and loses only our key);
+ * takeover_policy_cluster() and takeover_policy_restore(), the Local traffic
+ * policies set to Cluster for a takeover and put back exactly. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -169,9 +172,80 @@ static void test_selector_state(void) {
   cJSON_Delete(orig);
 }
 
+/* The spec and annotations of a Service after cluster then restore equal the
+ * ones before, apart from our annotation (restore removes every kbridge.dev/
+ * annotation afterwards). */
+static void test_policy(void) {
+  const char *before =
+      "{\"metadata\":{\"name\":\"api\",\"annotations\":{\"team\":\"a\"}},"
+      "\"spec\":{\"type\":\"LoadBalancer\",\"selector\":{\"app\":\"api\"},"
+      "\"internalTrafficPolicy\":\"Local\",\"externalTrafficPolicy\":\"Local\","
+      "\"healthCheckNodePort\":31234}}";
+  cJSON *svc = cJSON_Parse(before), *orig = cJSON_Parse(before);
+  char what[100];
+  CHECK_EQ_INT(takeover_policy_cluster(svc, what, sizeof what), 2);
+  CHECK_EQ_STR(what, "internalTrafficPolicy and externalTrafficPolicy");
+  cJSON *spec = jpath(svc, "spec", NULL);
+  CHECK_EQ_STR(cJSON_GetStringValue(jpath(spec, "internalTrafficPolicy", NULL)), "Cluster");
+  CHECK_EQ_STR(cJSON_GetStringValue(jpath(spec, "externalTrafficPolicy", NULL)), "Cluster");
+  CHECK(jpath(spec, "healthCheckNodePort", NULL) == NULL); /* only Local LoadBalancers have one */
+  char ann[200] = "?"; /* a copy: the annotation is rewritten below */
+  if (takeover_annotation(svc, TAKEOVER_ANN_ORIGINAL_POLICY))
+    snprintf(ann, sizeof ann, "%s", takeover_annotation(svc, TAKEOVER_ANN_ORIGINAL_POLICY));
+  cJSON *rec = cJSON_Parse(ann);
+  cJSON *want = cJSON_Parse("{\"internalTrafficPolicy\":\"Local\",\"externalTrafficPolicy\":"
+                            "\"Local\",\"healthCheckNodePort\":31234}");
+  CHECK(rec && cJSON_Compare(rec, want, 1));
+  cJSON_Delete(rec);
+  cJSON_Delete(want);
+  /* again (a retake after a re-apply set Local back): the original record stays */
+  cJSON_ReplaceItemInObjectCaseSensitive(spec, "externalTrafficPolicy", cJSON_CreateString("Local"));
+  CHECK_EQ_INT(takeover_policy_cluster(svc, NULL, 0), 1);
+  CHECK_EQ_STR(takeover_annotation(svc, TAKEOVER_ANN_ORIGINAL_POLICY), ann);
+  CHECK_EQ_INT(takeover_policy_cluster(svc, what, sizeof what), 0); /* nothing Local: untouched */
+  CHECK_EQ_INT(takeover_policy_restore(svc, what, sizeof what), 1);
+  CHECK_EQ_STR(what, "internalTrafficPolicy Local, externalTrafficPolicy Local, "
+                     "healthCheckNodePort 31234");
+  cJSON_DeleteItemFromObjectCaseSensitive(jpath(svc, "metadata", "annotations"),
+                                          TAKEOVER_ANN_ORIGINAL_POLICY);
+  CHECK(cJSON_Compare(svc, orig, 1));
+  cJSON_Delete(svc);
+  cJSON_Delete(orig);
+
+  /* Cluster (or no field, as on Kubernetes before 1.21): nothing done or recorded */
+  svc = cJSON_Parse("{\"metadata\":{},\"spec\":{\"externalTrafficPolicy\":\"Cluster\"}}");
+  orig = cJSON_Duplicate(svc, 1);
+  CHECK_EQ_INT(takeover_policy_cluster(svc, what, sizeof what), 0);
+  CHECK_EQ_INT(takeover_policy_restore(svc, what, sizeof what), 0);
+  CHECK(cJSON_Compare(svc, orig, 1));
+  cJSON_Delete(svc);
+  cJSON_Delete(orig);
+  /* only externalTrafficPolicy, a NodePort Service (no health check port) */
+  svc = cJSON_Parse("{\"spec\":{\"type\":\"NodePort\",\"externalTrafficPolicy\":\"Local\"}}");
+  orig = cJSON_Duplicate(svc, 1);
+  CHECK_EQ_INT(takeover_policy_cluster(svc, what, sizeof what), 1);
+  CHECK_EQ_STR(what, "externalTrafficPolicy");
+  CHECK_EQ_STR(takeover_annotation(svc, TAKEOVER_ANN_ORIGINAL_POLICY),
+               "{\"externalTrafficPolicy\":\"Local\"}");
+  CHECK_EQ_INT(takeover_policy_restore(svc, what, sizeof what), 1);
+  cJSON_Delete(cJSON_DetachItemFromObjectCaseSensitive(svc, "metadata"));
+  CHECK(cJSON_Compare(svc, orig, 1));
+  cJSON_Delete(svc);
+  cJSON_Delete(orig);
+  /* a damaged annotation: refused, the Service untouched */
+  svc = cJSON_Parse("{\"metadata\":{\"annotations\":{\"kbridge.dev/original-traffic-policy\":"
+                    "\"nope\"}},\"spec\":{\"externalTrafficPolicy\":\"Cluster\"}}");
+  orig = cJSON_Duplicate(svc, 1);
+  CHECK_EQ_INT(takeover_policy_restore(svc, what, sizeof what), -1);
+  CHECK(cJSON_Compare(svc, orig, 1));
+  cJSON_Delete(svc);
+  cJSON_Delete(orig);
+}
+
 int main(void) {
   test_clone();
   test_refusals();
   test_selector_state();
+  test_policy();
   return check_done();
 }
