@@ -44,8 +44,9 @@ Parts (default: all, in this order):
                has a healthCheckNodePort): during the takeover the policy is
                Cluster (the one agent pod serves every node), unrouted and routed
                requests answered; a patch back to Local is undone by the session;
-               after disconnect, and after `kbridge restore` of a session killed
-               with -9, the Service's spec equals what it was, healthCheckNodePort
+               after disconnect, after `kbridge restore` of a session killed
+               with -9, and after the agent's own restore when its lease runs out,
+               the Service's spec equals what it was, healthCheckNodePort
                included. (The test cluster's API server, 1.20, has no
                internalTrafficPolicy field; that one is covered by unit.takeover.)
 
@@ -663,6 +664,19 @@ def part_policy():
               "kbridge restore says it put the policy back: %s" % r.stdout.strip()[-200:])
         wait("local restored", lambda: service_spec("local") == before and not kbridge_objects(), 30)
         check(True, "after kbridge restore, Service local equals what it was before")
+        # the CLI killed and nobody restores: the agent does when its lease runs out
+        lease = 6
+        s = Session("alice", pa, "--service", "local", "--lease-seconds", str(lease))
+        s.ready()
+        s.p.kill()
+        s.p.wait()
+        t = time.time()
+        check(service_spec("local")["spec"].get("externalTrafficPolicy") == "Cluster",
+              "taken over again (lease %d s), Cluster; connect killed with -9" % lease)
+        wait("the agent's lease restore", lambda: service_spec("local") == before and
+             not kbridge_objects(), 60)
+        check(True, "the agent's own restore, %.1f s after kill -9, left Service local equal to "
+              "what it was before" % (time.time() - t))
     finally:
         kubectl("delete", "service", "local", "-n", NS, "--wait=false", check_rc=False)
 
