@@ -147,6 +147,7 @@ struct service_arg {
   char original[512]; /* the original selector, as stored */
   char current[512];  /* the selector found, when in conflict */
   char policy[200];   /* traffic policies put back, or "" */
+  int unpaused;       /* Flux's reconcile annotation removed (--pause-gitops) */
 };
 
 
@@ -271,6 +272,33 @@ int takeover_policy_restore(cJSON *svc, char *what, size_t whatlen) {
   return done;
 }
 
+static cJSON *annotations(cJSON *obj, int create) {
+  cJSON *md = cJSON_GetObjectItemCaseSensitive(obj, "metadata");
+  if (!md && create) md = cJSON_AddObjectToObject(obj, "metadata");
+  cJSON *ann = cJSON_GetObjectItemCaseSensitive(md, "annotations");
+  if (!ann && create && md) ann = cJSON_AddObjectToObject(md, "annotations");
+  return ann;
+}
+
+int takeover_gitops_pause(cJSON *svc) {
+  cJSON *ann = annotations(svc, 1);
+  if (!ann || cJSON_GetObjectItemCaseSensitive(ann, TAKEOVER_FLUX_RECONCILE)) return 0;
+  cJSON_AddStringToObject(ann, TAKEOVER_FLUX_RECONCILE, "disabled");
+  cJSON_DeleteItemFromObjectCaseSensitive(ann, TAKEOVER_ANN_PAUSED_GITOPS);
+  cJSON_AddStringToObject(ann, TAKEOVER_ANN_PAUSED_GITOPS, TAKEOVER_FLUX_RECONCILE);
+  return 1;
+}
+
+int takeover_gitops_unpause(cJSON *svc) {
+  cJSON *ann = annotations(svc, 0);
+  const char *rec = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(ann, TAKEOVER_ANN_PAUSED_GITOPS));
+  if (!rec || strcmp(rec, TAKEOVER_FLUX_RECONCILE) != 0) return 0;
+  const char *v = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(ann, TAKEOVER_FLUX_RECONCILE));
+  if (!v || strcmp(v, "disabled") != 0) return 0; /* changed since: theirs now */
+  cJSON_DeleteItemFromObjectCaseSensitive(ann, TAKEOVER_FLUX_RECONCILE);
+  return 1;
+}
+
 static int service_mutate(cJSON *obj, void *arg, char *err, size_t errlen) {
   struct service_arg *sa = arg;
   cJSON *ann = path2(obj, "metadata", "annotations");
@@ -334,7 +362,9 @@ static int service_mutate(cJSON *obj, void *arg, char *err, size_t errlen) {
     snprintf(err, errlen, "annotation %s is not a JSON object", TAKEOVER_ANN_ORIGINAL_POLICY);
     return -1;
   }
-  /* Remove every annotation of ours (takeover record, selectors, routes). */
+  /* Flux's switch, when kbridge set it (--pause-gitops), then every annotation
+   * of ours (takeover record, selectors, routes, that record). */
+  sa->unpaused = takeover_gitops_unpause(obj);
   for (cJSON *it = ann ? ann->child : NULL; it;) {
     cJSON *next = it->next;
     if (strncmp(it->string, "kbridge.dev/", 12) == 0) cJSON_Delete(cJSON_DetachItemViaPointer(ann, it));
@@ -607,6 +637,9 @@ int takeover_restore(struct kube *k, const char *ns, const char *service,
       say(rep, "service %s/%s: kbridge annotations removed", ns, service);
     }
     if (sa.policy[0]) say(rep, "service %s/%s: %s restored", ns, service, sa.policy);
+    if (sa.unpaused)
+      say(rep, "service %s/%s: %s annotation removed (set by --pause-gitops)", ns, service,
+          TAKEOVER_FLUX_RECONCILE);
   }
 
   /* 3. shadow Service, Secret */

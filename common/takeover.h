@@ -27,6 +27,9 @@
  *                                   {"internalTrafficPolicy":"Local",
  *                                    "externalTrafficPolicy":"Local","healthCheckNodePort":N}
  *                                   (the fields that were set), see takeover_policy_cluster()
+ *   kbridge.dev/paused-gitops       "kustomize.toolkit.fluxcd.io/reconcile": connect
+ *                                   --pause-gitops set that annotation to "disabled"
+ *                                   (it was absent); restore removes both
  * Restore removes every kbridge.dev/ annotation from the Service.
  * Annotation on the workload (exclusive mode only):
  *   kbridge.dev/original-replicas   the replica count before scaling to 0
@@ -142,6 +145,21 @@ int takeover_policy_cluster(struct cJSON *svc, char *what, size_t whatlen);
  * if nothing was recorded, -1 if the annotation is not a JSON object (svc
  * unchanged). */
 int takeover_policy_restore(struct cJSON *svc, char *what, size_t whatlen);
+
+/* connect --pause-gitops: Flux's per-object switch, set on the Service while it
+ * is taken over. kbridge records that it set it (TAKEOVER_ANN_PAUSED_GITOPS,
+ * whose value is the annotation's name) so that every restore removes it; an
+ * annotation that was there before is never touched.
+ * takeover_gitops_pause(svc): sets it and the record in metadata.annotations
+ * when it is absent; returns 1 when it did, 0 when it was already there (ours
+ * or someone else's: left as it is).
+ * takeover_gitops_unpause(svc): when the record is there and the annotation
+ * still says "disabled", removes the annotation (the record itself goes with
+ * the other kbridge.dev/ annotations); returns 1 when it removed it. */
+#define TAKEOVER_FLUX_RECONCILE "kustomize.toolkit.fluxcd.io/reconcile"
+#define TAKEOVER_ANN_PAUSED_GITOPS "kbridge.dev/paused-gitops"
+int takeover_gitops_pause(struct cJSON *svc);
+int takeover_gitops_unpause(struct cJSON *svc);
 
 /* The longest route key connect accepts: the annotation kbridge.dev/route-<key>
  * must have a name part ("route-<key>") of at most 63 characters. Checked

@@ -128,6 +128,9 @@ static const struct opt_def connect_opts[] = {
     {"ingress", OPT_FLAG, CFG_OFF(ingress), 0, 0, NULL, NULL, 0, 0,
      "clone each Ingress routing to the Service with every host H as KEY.H (a browser URL "
      "for your route); the clones are removed when you leave"},
+    {"pause-gitops", OPT_FLAG, CFG_OFF(pause_gitops), 0, 0, NULL, NULL, 0, 0,
+     "while taken over, annotate the Service " TAKEOVER_FLUX_RECONCILE "=disabled so Flux "
+     "leaves it alone; removed on restore (an annotation already there is left as it is)"},
     {"image-pull-secret", OPT_LIST, CFG_OFF(pull_secrets), 0, 0, NULL, "NAME", 0, 0,
      "the agent pod's imagePullSecrets: a Secret of the namespace for a private registry"},
     {"node-selector", OPT_LIST, CFG_OFF(node_selector), 0, 0, NULL, "KEY=VALUE", 0, 0,
@@ -234,6 +237,7 @@ struct conn {
   const char *reason;      /* the next error event's "reason" (see fail), or NULL */
   struct agentpod pod;     /* the developer's additions to the agent pod */
   cJSON *orig_pods;        /* the pods the selector picked at inspect (a list's items) */
+  int paused;              /* --pause-gitops: we set Flux's reconcile annotation */
   struct netpol_plan np;   /* NetworkPolicies to create with the agent (netpol.h) */
 };
 
@@ -916,7 +920,28 @@ static int switch_mutate(cJSON *obj, void *arg, char *err, size_t errlen) {
   cJSON_ReplaceItemInObjectCaseSensitive(spec, "selector", cJSON_Parse(agent_sel));
   /* Local traffic policies: one agent pod serves every node's clients */
   takeover_policy_cluster(obj, sa->policy, sizeof sa->policy);
+  if (c->cfg->pause_gitops) c->paused = takeover_gitops_pause(obj);
   return 0;
+}
+
+/* --pause-gitops when joining a takeover: only while it is one. */
+static int pause_mutate(cJSON *obj, void *arg, char *err, size_t errlen) {
+  struct conn *c = arg;
+  (void)err;
+  (void)errlen;
+  if (!takeover_annotation(obj, TAKEOVER_ANN_TAKEOVER)) return 1;
+  c->paused = takeover_gitops_pause(obj);
+  return c->paused ? 0 : 1;
+}
+
+static void pause_report(struct conn *c) {
+  if (!c->cfg->pause_gitops) return;
+  if (c->paused)
+    progress(c, "pause-gitops", "service %s/%s: %s=disabled while taken over (removed on "
+             "restore)", c->ns, c->svc, TAKEOVER_FLUX_RECONCILE);
+  else
+    progress(c, "pause-gitops", "service %s/%s already carries %s; left as it is", c->ns,
+             c->svc, TAKEOVER_FLUX_RECONCILE);
 }
 
 struct scale_arg {
@@ -958,6 +983,7 @@ static int switch_service(struct conn *c) {
     progress(c, "traffic-policy", "service %s/%s: %s set from Local to Cluster while taken over "
              "(the one agent pod serves the clients of every node; with Local those on other "
              "nodes would lose the Service); put back at restore", c->ns, c->svc, sa.policy);
+  pause_report(c);
   if (c->cfg->replace) {
     const char *res = takeover_workload_resource(c->wl_kind);
     if (res == NULL) {
@@ -2157,6 +2183,14 @@ int connect_run(struct connect_config *cfg) {
     if (wait_agent_ready(c) < 0) goto out;
     if (key_held(c) < 0) goto out;
     if (client_cert(c) < 0) goto out;
+    if (cfg->pause_gitops) {
+      struct kube_ref r = {"v1", "services", c->ns, c->svc, NULL};
+      if (kube_update_retry(c->k, &r, pause_mutate, c, NULL, &e) < 0) {
+        fail_kube(c, &e);
+        goto out;
+      }
+      pause_report(c);
+    }
   } else {
     c->orig_selector = jget(c->service, "spec.selector");
     if (!cJSON_IsObject(c->orig_selector) || cJSON_GetArraySize(c->orig_selector) == 0) {

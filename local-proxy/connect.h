@@ -36,6 +36,7 @@ struct connect_config {
   struct hostport agent_address; /* --agent-address: direct carrier (port 0: unset) */
   struct opt_forwards forwards;  /* --forward LADDR:LPORT=HOST:PORT, repeatable */
   int ingress;              /* --ingress: clone the Service's Ingresses for the key */
+  int pause_gitops;         /* --pause-gitops: Flux's reconcile=disabled while taken over */
   const char *config;       /* --config: options file (main.c reads it; default ./kbridge.yaml) */
   /* the agent pod (agentpod.h) */
   struct opt_list pull_secrets;  /* --image-pull-secret NAME */

@@ -49,6 +49,10 @@ Parts (default: all, in this order):
                the Service's spec equals what it was, healthCheckNodePort
                included. (The test cluster's API server, 1.20, has no
                internalTrafficPolicy field; that one is covered by unit.takeover.)
+    pausegitops connect --pause-gitops: the Service carries
+               kustomize.toolkit.fluxcd.io/reconcile=disabled while connected and
+               loses it on disconnect, on `kbridge restore` and on the agent's
+               lease restore; one that was there before is left, during and after
 
 The cluster is $KBRIDGE_E2E_CLUSTER (default kbe2e), as for test_connect.py.
 """
@@ -681,9 +685,59 @@ def part_policy():
         kubectl("delete", "service", "local", "-n", NS, "--wait=false", check_rc=False)
 
 
+FLUX = "kustomize.toolkit.fluxcd.io/reconcile"
+
+
+def api_annotations():
+    return json.loads(kubectl("get", "service", "api", "-n", NS, "-o", "json").stdout)[
+        "metadata"].get("annotations", {})
+
+
+def part_pausegitops():
+    _, pa = backend("alice")
+    before = snapshot()
+    # Set by kbridge: there while connected, gone after each kind of restore.
+    for how in ("disconnect", "kbridge restore", "the agent's lease"):
+        alice = Session("alice", pa, "--pause-gitops", "--lease-seconds", "6")
+        alice.ready()
+        ann = api_annotations()
+        check(ann.get(FLUX) == "disabled" and ann.get("kbridge.dev/paused-gitops") == FLUX,
+              "%s: during the session the Service carries %s=disabled, recorded as kbridge's" % (
+                  how, FLUX))
+        if how == "disconnect":
+            ev = alice.stop()
+            check(ev.get("restored") is True, "restored on disconnect")
+        else:
+            alice.p.kill()
+            alice.p.wait()
+            if how == "kbridge restore":
+                r = kb("restore", "-n", NS, "--service", "api")
+                check(r.returncode == 0 and FLUX in r.stdout,
+                      "kbridge restore says it removed the annotation: %s" % r.stdout.strip()[-160:])
+        check_restored(before, "a --pause-gitops session ended by %s" % how)
+        check(FLUX not in api_annotations(), "%s: %s is gone" % (how, FLUX))
+    # Already there (someone paused Flux): left as it is, during and after.
+    kubectl("annotate", "service", "api", "-n", NS, FLUX + "=disabled")
+    try:
+        before = snapshot()
+        alice = Session("alice", pa, "--pause-gitops")
+        alice.ready()
+        msgs = [e.get("message", "") for e in alice.events if e.get("step") == "pause-gitops"]
+        ann = api_annotations()
+        check(ann.get(FLUX) == "disabled" and "kbridge.dev/paused-gitops" not in ann,
+              "a %s set before is not recorded as kbridge's (%s)" % (FLUX, msgs[:1]))
+        ev = alice.stop()
+        check(ev.get("restored") is True, "restored on disconnect")
+        check_restored(before, "a --pause-gitops session on a Service Flux was already paused for")
+        check(api_annotations().get(FLUX) == "disabled", "the annotation set before survives")
+    finally:
+        kubectl("annotate", "service", "api", "-n", NS, FLUX + "-", check_rc=False)
+
+
 PARTS = {"gitops": part_gitops, "longkey": part_longkey, "headless": part_headless,
          "domain": part_domain, "canary": part_canary, "dual": part_dual,
-         "affinity": part_affinity, "netpol": part_netpol, "policy": part_policy}
+         "affinity": part_affinity, "netpol": part_netpol, "policy": part_policy,
+         "pausegitops": part_pausegitops}
 
 
 def main():

@@ -4,7 +4,9 @@
  * takeover_selector_unmerge(), what restore and connect's re-sync guard decide
  * on (a selector merged by a re-apply is recognised and loses only our key);
  * takeover_policy_cluster() and takeover_policy_restore(), the Local traffic
- * policies set to Cluster for a takeover and put back exactly. */
+ * policies set to Cluster for a takeover and put back exactly;
+ * takeover_gitops_pause()/_unpause() (--pause-gitops: set only when absent,
+ * removed by restore only when kbridge set it). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -242,7 +244,48 @@ static void test_policy(void) {
   cJSON_Delete(orig);
 }
 
+static const char *ann_json(cJSON *svc) {
+  static char buf[600];
+  char *t = cJSON_PrintUnformatted(jpath(jpath(svc, "metadata", NULL), "annotations", NULL));
+  snprintf(buf, sizeof buf, "%s", t ? t : "null");
+  free(t);
+  return buf;
+}
+
+/* --pause-gitops: Flux's reconcile annotation set only when absent, recorded,
+ * and removed by restore only when recorded and still "disabled". */
+static void test_gitops_pause(void) {
+  cJSON *svc = cJSON_Parse("{\"metadata\":{\"name\":\"api\"}}");
+  CHECK_EQ_INT(takeover_gitops_pause(svc), 1);
+  CHECK_EQ_STR(ann_json(svc), "{\"kustomize.toolkit.fluxcd.io/reconcile\":\"disabled\","
+                              "\"kbridge.dev/paused-gitops\":\"kustomize.toolkit.fluxcd.io/reconcile\"}");
+  CHECK_EQ_INT(takeover_gitops_pause(svc), 0); /* again: already there */
+  CHECK_EQ_INT(takeover_gitops_unpause(svc), 1);
+  CHECK_EQ_STR(ann_json(svc), "{\"kbridge.dev/paused-gitops\":\"kustomize.toolkit.fluxcd.io/reconcile\"}");
+  CHECK_EQ_INT(takeover_gitops_unpause(svc), 0);
+  cJSON_Delete(svc);
+  /* Someone paused Flux before: kbridge neither records nor removes it. */
+  svc = cJSON_Parse("{\"metadata\":{\"annotations\":{\"kustomize.toolkit.fluxcd.io/reconcile\":"
+                    "\"disabled\",\"team\":\"a\"}}}");
+  CHECK_EQ_INT(takeover_gitops_pause(svc), 0);
+  CHECK_EQ_INT(takeover_gitops_unpause(svc), 0);
+  CHECK_EQ_STR(ann_json(svc), "{\"kustomize.toolkit.fluxcd.io/reconcile\":\"disabled\",\"team\":\"a\"}");
+  cJSON_Delete(svc);
+  /* Recorded, but changed since (someone re-enabled it): theirs now. */
+  svc = cJSON_Parse("{\"metadata\":{\"annotations\":{\"kustomize.toolkit.fluxcd.io/reconcile\":"
+                    "\"enabled\",\"kbridge.dev/paused-gitops\":\"kustomize.toolkit.fluxcd.io/reconcile\"}}}");
+  CHECK_EQ_INT(takeover_gitops_unpause(svc), 0);
+  CHECK(strstr(ann_json(svc), "\"enabled\"") != NULL);
+  cJSON_Delete(svc);
+  /* A record naming something else is not acted on. */
+  svc = cJSON_Parse("{\"metadata\":{\"annotations\":{\"kustomize.toolkit.fluxcd.io/reconcile\":"
+                    "\"disabled\",\"kbridge.dev/paused-gitops\":\"other\"}}}");
+  CHECK_EQ_INT(takeover_gitops_unpause(svc), 0);
+  cJSON_Delete(svc);
+}
+
 int main(void) {
+  test_gitops_pause();
   test_clone();
   test_refusals();
   test_selector_state();
