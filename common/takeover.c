@@ -10,7 +10,12 @@
  *   1. the workload's replica count (exclusive mode), found through the
  *      Service's takeover annotation, which is still there at this point;
  *   2. the Service: selector back (unless someone else changed it) and every
- *      kbridge.dev/ annotation removed, in one update;
+ *      kbridge.dev/ annotation removed, in one update; then, when the selector
+ *      was put back, wait (at most TAKEOVER_ENDPOINTS_WAIT_S) until the
+ *      Service's Endpoints list ready addresses and none of the agent's pods,
+ *      then TAKEOVER_PROXY_GRACE_MS more for kube-proxy on the nodes: until
+ *      then clients still reach the agent, which needs the shadow Service to
+ *      answer unrouted requests;
  *   3. the shadow Service and the Secret;
  *   4. if the agent's Deployment still exists: it is deleted last; its
  *      ServiceAccount, Role and RoleBinding carry an ownerReference to it, so
@@ -26,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cjson/cJSON.h>
 
@@ -373,6 +379,86 @@ static int service_mutate(cJSON *obj, void *arg, char *err, size_t errlen) {
   return 0;
 }
 
+/* ---- 2b: endpoints ---- */
+
+int takeover_endpoints_switched(const cJSON *endpoints, const char *service, int *n_ready,
+                                int *n_agent) {
+  char prefix[96];
+  snprintf(prefix, sizeof prefix, "kbridge-agent-%s-", service);
+  size_t pl = strlen(prefix);
+  int ready = 0, agent = 0;
+  const cJSON *subset;
+  cJSON_ArrayForEach(subset, cJSON_GetObjectItemCaseSensitive(endpoints, "subsets")) {
+    for (int pass = 0; pass < 2; pass++) {
+      const cJSON *a;
+      cJSON_ArrayForEach(a, cJSON_GetObjectItemCaseSensitive(
+                                subset, pass == 0 ? "addresses" : "notReadyAddresses")) {
+        const cJSON *ref = cJSON_GetObjectItemCaseSensitive(a, "targetRef");
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(ref, "name");
+        int is_agent = cJSON_IsString(name) && strncmp(name->valuestring, prefix, pl) == 0;
+        if (is_agent)
+          agent++;
+        else if (pass == 0)
+          ready++;
+      }
+    }
+  }
+  if (n_ready) *n_ready = ready;
+  if (n_agent) *n_agent = agent;
+  return ready > 0 && agent == 0;
+}
+
+static double mono_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* After the selector went back: keep the agent (and the shadow Service it
+ * forwards unrouted requests to) until the Endpoints show the original pods,
+ * or TAKEOVER_ENDPOINTS_WAIT_S passed. Never fails: what happened is said in
+ * the report. */
+static void wait_endpoints(struct kube *k, const char *ns, const char *service,
+                           struct takeover_report *rep) {
+  struct kube_ref r = {"v1", "endpoints", ns, service, NULL};
+  double t0 = mono_s();
+  int ready = 0, agent = 0;
+  for (;;) {
+    struct kube_err e;
+    cJSON *ep = NULL;
+    if (kube_get(k, &r, &ep, &e) < 0) {
+      if (e.status == 404 && mono_s() - t0 < TAKEOVER_ENDPOINTS_WAIT_S) {
+        ready = agent = 0; /* not (re)made yet */
+      } else {
+        say(rep, "endpoints %s/%s: not waited for (%s)", ns, service,
+            e.status == 403 ? "no right to read them; re-apply deploy/rbac/developer-role.yaml"
+                            : e.msg);
+        return;
+      }
+    } else {
+      int ok = takeover_endpoints_switched(ep, service, &ready, &agent);
+      cJSON_Delete(ep);
+      if (ok) {
+        say(rep, "endpoints %s/%s: the original pods (%d ready address%s) after %.1f s; agent "
+            "kept %.1f s more for kube-proxy", ns, service, ready, ready == 1 ? "" : "es",
+            mono_s() - t0, TAKEOVER_PROXY_GRACE_MS / 1000.0);
+        struct timespec g = {TAKEOVER_PROXY_GRACE_MS / 1000,
+                             (long)(TAKEOVER_PROXY_GRACE_MS % 1000) * 1000000L};
+        nanosleep(&g, NULL);
+        return;
+      }
+    }
+    if (mono_s() - t0 >= TAKEOVER_ENDPOINTS_WAIT_S) {
+      say(rep, "endpoints %s/%s: still %s after %d s; going on (clients may see refused "
+          "connections until they follow)", ns, service,
+          agent ? "list the agent" : "without a ready pod", TAKEOVER_ENDPOINTS_WAIT_S);
+      return;
+    }
+    struct timespec ts = {0, 200 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+  }
+}
+
 /* ---- 3, 4: objects ---- */
 
 /* Delete one object if it is ours. Returns 0 (deleted, gone, or not ours:
@@ -626,8 +712,10 @@ int takeover_restore(struct kube *k, const char *ns, const char *service,
     }
   } else if (sa.had_takeover) {
     rep->changed++;
-    if (sa.restored)
+    if (sa.restored) {
       say(rep, "service %s/%s: selector restored to %s", ns, service, sa.original);
+      wait_endpoints(k, ns, service, rep);
+    }
     else if (sa.conflict) {
       rep->conflicts++;
       say(rep, "service %s/%s: selector left as %s: it was changed by someone else while taken "

@@ -85,10 +85,31 @@ struct takeover_report {
  * RoleBinding are left to the garbage collector (they carry an ownerReference
  * to it, set by connect): an agent deleting its own RoleBinding would lose the
  * right to delete the rest. Once it is gone they are deleted directly.
+ * After putting the selector back it waits (TAKEOVER_ENDPOINTS_WAIT_S at most)
+ * until the Service's Endpoints show the original pods, then
+ * TAKEOVER_PROXY_GRACE_MS for kube-proxy, so that clients are never sent to an
+ * agent already gone; the report says how long, or that it gave up.
  * Returns 0 (report filled), or -1 with err set when an API call failed in a way
  * that left work undone (running it again will finish it). */
 int takeover_restore(struct kube *k, const char *ns, const char *service,
                      struct takeover_report *rep, char *err, size_t errlen);
+
+/* How long takeover_restore() waits, after putting the selector back, for the
+ * Service's Endpoints to show the original pods before it deletes the shadow
+ * Service and the agent (which keep serving meanwhile). */
+#define TAKEOVER_ENDPOINTS_WAIT_S 10
+/* Then, once they do, how long the agent is kept for kube-proxy on every node
+ * to follow the Endpoints (its default minimum sync period is 1 s; not
+ * observable through the API). */
+#define TAKEOVER_PROXY_GRACE_MS 2000
+
+/* Do the Endpoints object ep (v1) of service show the switch back: at least one
+ * ready address and no address (ready or not) of an agent pod (a pod named
+ * kbridge-agent-<service>-...)? 1 or 0; the counts of ready non-agent
+ * addresses and of agent addresses into *n_ready, *n_agent (may be NULL). */
+struct cJSON;
+int takeover_endpoints_switched(const struct cJSON *ep, const char *service, int *n_ready,
+                                int *n_agent);
 
 /* Delete the Ingress clones of ns/service made for route key (NULL: for every
  * key); takeover_restore() calls it with NULL before anything else is deleted.

@@ -540,6 +540,8 @@ static cJSON *agent_role(const struct conn *c, const char *uid) {
   snprintf(buf, sizeof buf,
            "[{\"apiGroups\":[\"\"],\"resources\":[\"services\"],\"resourceNames\":[\"%s\"],"
            "\"verbs\":[\"get\",\"update\"]},"
+           "{\"apiGroups\":[\"\"],\"resources\":[\"endpoints\"],\"resourceNames\":[\"%s\"],"
+           "\"verbs\":[\"get\"]},"
            "{\"apiGroups\":[\"\"],\"resources\":[\"services\"],\"resourceNames\":[\"%s\"],"
            "\"verbs\":[\"get\",\"delete\"]},"
            "{\"apiGroups\":[\"\"],\"resources\":[\"secrets\"],\"resourceNames\":[\"%s\"],"
@@ -550,7 +552,7 @@ static cJSON *agent_role(const struct conn *c, const char *uid) {
            "\"resourceNames\":[\"%s\"],\"verbs\":[\"get\",\"delete\"]},"
            "{\"apiGroups\":[\"apps\"],\"resources\":[\"deployments\"],\"resourceNames\":[\"%s\"],"
            "\"verbs\":[\"get\",\"delete\"]}%s]",
-           c->svc, c->nm.origin, c->nm.secret, c->nm.agent, c->nm.agent, c->nm.agent, wl);
+           c->svc, c->svc, c->nm.origin, c->nm.secret, c->nm.agent, c->nm.agent, c->nm.agent, wl);
   cJSON_AddItemToObject(r, "rules", cJSON_Parse(buf));
   return r;
 }

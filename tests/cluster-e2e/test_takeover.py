@@ -53,6 +53,13 @@ Parts (default: all, in this order):
                kustomize.toolkit.fluxcd.io/reconcile=disabled while connected and
                loses it on disconnect, on `kbridge restore` and on the agent's
                lease restore; one that was there before is left, during and after
+    restorewait  with the node's Service rules 1.5 s behind the API (as kube-proxy
+               on a busy cluster), unrouted requests from a pod in a loop while
+               alice disconnects (3 rounds) and while `kbridge restore` undoes a
+               takeover whose CLI was killed: failures counted; restore keeps the
+               agent and the shadow Service until the Endpoints show the original
+               pods and 2 s more (the restored event says so); at most 1 failure
+               per round
 
 The cluster is $KBRIDGE_E2E_CLUSTER (default kbe2e), as for test_connect.py.
 """
@@ -734,10 +741,79 @@ def part_pausegitops():
         kubectl("annotate", "service", "api", "-n", NS, FLUX + "-", check_rc=False)
 
 
+def undo_under_load(undo, duration=8.0, at=2.0):
+    """The unrouted-request loop in the frontend pod; undo() runs `at` seconds
+    in. Returns (failures, total, failure times, what undo returned)."""
+    p = subprocess.Popen([os.path.join(tc.CLUSTER_DIR, "pod-exec"), "--name", tc.NAME, NS,
+                          tc.frontend_pod(), "--", "python3", "-c", LOOP, API, str(duration)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tc.PROCS.append(p)
+    if p.stdout.readline().strip() != "go":
+        raise Fail("request loop did not start: %s" % p.stderr.read()[-500:])
+    time.sleep(at)
+    ret = undo()
+    out, err = p.communicate(timeout=duration + 60)
+    res = json.loads(out.strip().splitlines()[-1])
+    fails = [t for t, ok in res if not ok]
+    return len(fails), len(res), fails, ret
+
+
+def part_restorewait():
+    # The test node's Service rules follow the API 1.5 s late, as kube-proxy
+    # does on a busy cluster (without it this fast node hides the window).
+    lag = os.path.join(tc.info()["state_dir"], "proxy-lag")
+    with open(lag, "w") as f:
+        f.write("1.5")
+    try:
+        restorewait()
+    finally:
+        os.unlink(lag)
+
+
+def restorewait():
+    before = snapshot()
+    figures = []
+    for rnd in range(3):
+        _, pa = backend("alice-rw%d" % rnd)
+        alice = Session("alice", pa)
+        alice.ready()
+
+        def leave():
+            alice.stop()
+            return [e.get("message", "") for e in alice.events
+                    if e.get("event") == "progress" and e.get("step") == "restored"]
+        nfail, total, fails, msgs = undo_under_load(leave)
+        figures.append(nfail)
+        say("disconnect %d: %d of %d unrouted requests failed %s; %s" % (
+            rnd + 1, nfail, total, fails[:4], " | ".join(m.replace("\n", "; ") for m in msgs)))
+        check(any("endpoints shop/api: the original pods" in m for m in msgs),
+              "restore waited for the Endpoints to show the original pods")
+        check_restored(before, "disconnect round %d" % (rnd + 1))
+    say("MEASURE unrouted failures during disconnect: %s (of ~80 requests each)" % figures)
+    check(max(figures) <= 1, "at most 1 unrouted failure per disconnect (%s)" % figures)
+
+    # kbridge restore after the CLI died
+    _, pa = backend("alice-rw-kill")
+    alice = Session("alice", pa)
+    alice.ready()
+    alice.p.kill()
+    alice.p.wait(10)
+
+    def restore():
+        return kb("restore", "-n", NS, "--service", "api")
+    nfail, total, fails, r = undo_under_load(restore)
+    say("kbridge restore: %d of %d unrouted requests failed %s; %s" % (
+        nfail, total, fails[:4], r.stdout.strip().replace("\n", "; ")))
+    check(r.returncode == 0 and "endpoints shop/api: the original pods" in r.stdout,
+          "kbridge restore waited for the Endpoints")
+    check(nfail <= 1, "at most 1 unrouted failure during kbridge restore (%d)" % nfail)
+    check_restored(before, "kbridge restore")
+
+
 PARTS = {"gitops": part_gitops, "longkey": part_longkey, "headless": part_headless,
          "domain": part_domain, "canary": part_canary, "dual": part_dual,
          "affinity": part_affinity, "netpol": part_netpol, "policy": part_policy,
-         "pausegitops": part_pausegitops}
+         "pausegitops": part_pausegitops, "restorewait": part_restorewait}
 
 
 def main():

@@ -227,10 +227,23 @@ class Node:
             for w in gone:
                 w.vanish()
 
+    def proxy_lag(self):
+        """Seconds written in <state dir>/proxy-lag (absent: 0): how long
+        Service rules lag behind the API, as kube-proxy does on a big cluster.
+        Tests write it at run time (test_takeover.py restorewait)."""
+        try:
+            with open(os.path.join(self.state_dir, "proxy-lag")) as f:
+                return max(0.0, min(30.0, float(f.read().strip() or 0)))
+        except (OSError, ValueError):
+            return 0.0
+
     def svc_loop(self):
         while True:
             self.svc_event.wait(5)
             self.svc_event.clear()
+            lag = self.proxy_lag()
+            if lag:
+                time.sleep(lag)
             try:
                 svcs = self.kube.get("/api/v1/services")["items"]
                 eps = self.kube.get("/api/v1/endpoints")["items"]

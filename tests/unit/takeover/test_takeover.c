@@ -284,11 +284,50 @@ static void test_gitops_pause(void) {
   cJSON_Delete(svc);
 }
 
+/* When restore may let the agent go: the Endpoints show ready original pods
+ * and no agent pod. */
+static void test_endpoints_switched(void) {
+#define A(name, ip) "{\"ip\":\"" ip "\",\"targetRef\":{\"kind\":\"Pod\",\"name\":\"" name "\"}}"
+  struct {
+    const char *ep;
+    int want, ready, agent;
+  } cases[] = {
+      /* still the agent: the endpoints controller has not caught up */
+      {"{\"subsets\":[{\"addresses\":[" A("kbridge-agent-api-7c9-x2", "10.244.0.9") "]}]}", 0, 0, 1},
+      /* both for a moment */
+      {"{\"subsets\":[{\"addresses\":[" A("api-5d8-a", "10.244.0.4") "," A("kbridge-agent-api-7c9-x2", "10.244.0.9") "]}]}", 0, 1, 1},
+      /* the agent not ready any more, but listed */
+      {"{\"subsets\":[{\"addresses\":[" A("api-5d8-a", "10.244.0.4") "],\"notReadyAddresses\":[" A("kbridge-agent-api-7c9-x2", "10.244.0.9") "]}]}", 0, 1, 1},
+      /* switched */
+      {"{\"subsets\":[{\"addresses\":[" A("api-5d8-a", "10.244.0.4") "," A("api-5d8-b", "10.244.0.5") "]}]}", 1, 2, 0},
+      /* several subsets (ports), original pods in each */
+      {"{\"subsets\":[{\"addresses\":[" A("api-5d8-a", "10.244.0.4") "]},{\"addresses\":[" A("api-5d8-b", "10.244.0.5") "]}]}", 1, 2, 0},
+      /* a pod of another Service's agent is not ours */
+      {"{\"subsets\":[{\"addresses\":[" A("kbridge-agent-apiv2-1-x", "10.244.0.6") "]}]}", 1, 1, 0},
+      /* nothing ready yet (exclusive mode scaling back), or no subsets at all */
+      {"{\"subsets\":[{\"notReadyAddresses\":[" A("api-5d8-a", "10.244.0.4") "]}]}", 0, 0, 0},
+      {"{\"metadata\":{\"name\":\"api\"}}", 0, 0, 0},
+      /* an address without targetRef (a manual Endpoints) counts as not the agent */
+      {"{\"subsets\":[{\"addresses\":[{\"ip\":\"10.0.0.1\"}]}]}", 1, 1, 0},
+  };
+#undef A
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    cJSON *ep = cJSON_Parse(cases[i].ep);
+    CHECK(ep != NULL);
+    int ready = -1, agent = -1;
+    CHECK_EQ_INT(takeover_endpoints_switched(ep, "api", &ready, &agent), cases[i].want);
+    CHECK_EQ_INT(ready, cases[i].ready);
+    CHECK_EQ_INT(agent, cases[i].agent);
+    cJSON_Delete(ep);
+  }
+}
+
 int main(void) {
   test_gitops_pause();
   test_clone();
   test_refusals();
   test_selector_state();
   test_policy();
+  test_endpoints_switched();
   return check_done();
 }
