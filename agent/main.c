@@ -23,6 +23,7 @@
 #include "bind.h"
 #include "downstream.h"
 #include "lifecycle.h"
+#include "heap.h"
 #include "log.h"
 #include "metrics.h"
 #include "options.h"
@@ -245,6 +246,7 @@ int main(int argc, char **argv) {
   snprintf(ag.rcfg.header, sizeof ag.rcfg.header, "%s", opt.route_header);
   int rc = 1;
 
+  heap_keep_buffers(); /* bulk buffers reused, not faulted in again per transfer */
   struct event_config *ecfg = event_config_new();
   ag.base = ecfg ? event_base_new_with_config(ecfg) : NULL;
   if (ecfg) event_config_free(ecfg);

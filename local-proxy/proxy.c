@@ -29,6 +29,7 @@
 #include <event2/util.h>
 #include <openssl/rand.h>
 
+#include "heap.h"
 #include "splice.h"
 #include "tls.h"
 #include "tunnel.h"
@@ -823,6 +824,7 @@ int proxy_run(struct proxy_config *cfg) {
     return 1;
   }
 
+  heap_keep_buffers(); /* bulk buffers reused, not faulted in again per transfer */
   px.base = event_base_new();
   px.slots = calloc((size_t)cfg->tunnels, sizeof *px.slots);
   px.fwds = calloc(cfg->forwards.n ? cfg->forwards.n : 1, sizeof *px.fwds);
