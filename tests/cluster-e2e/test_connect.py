@@ -43,10 +43,16 @@ Parts (default: all, in this order):
                elsewhere is not; bob's clone goes when bob leaves, alice's when she
                does; after kill -9, kbridge restore removes the clones, and so
                does the agent's lease restore (through the garbage collector)
+    podsecurity  a namespace enforcing Pod Security restricted (the test cluster's
+               webhook, tests/cluster/podsecurity.py): a pod or Deployment breaking
+               it is refused with the reasons; kbridge's agent pod is reviewed,
+               admitted, meets restricted, and alice's route works through it
 
 The cluster is $KBRIDGE_E2E_CLUSTER (default kbe2e); it is started (setup + up)
 if it is not up, and taken down at the end unless KBRIDGE_E2E_KEEP=1. The test
-node runs the agent image from --agent (through <state dir>/images.json).
+node runs the agent image from --agent (through <state dir>/images.json); with
+KBRIDGE_CLUSTER_NODE=real the cluster has the real node (tests/cluster/realnode)
+and the agent and signer run from their images, built from this tree.
 Exit 77 (skip) without root or kubectl.
 """
 import argparse
@@ -71,7 +77,20 @@ import kbcluster as kc  # noqa: E402
 
 NAME = os.environ.get("KBRIDGE_E2E_CLUSTER", "kbe2e")
 NS = "shop"
-IMAGE = "kbridge/agent:e2e"
+# The process node runs the agent under test (images.json below); the real node
+# (KBRIDGE_CLUSTER_NODE=real, tests/cluster/realnode) runs connect's default
+# image, built from this tree by deploy/image/build and loaded on the node.
+REAL_NODE = os.environ.get("KBRIDGE_CLUSTER_NODE") == "real"
+
+
+def _version():
+    import re
+    with open(os.path.join(REPO, "CMakeLists.txt")) as f:
+        return re.search(r"project\(kbridge VERSION ([0-9.]+)", f.read()).group(1)
+
+
+VERSION = _version()
+IMAGE = "ghcr.io/kbridge/agent:" + VERSION if REAL_NODE else "kbridge/agent:e2e"
 T0 = time.time()
 ARGS = None
 TMP = tempfile.mkdtemp(prefix="kbridge-e2e-")
@@ -122,7 +141,8 @@ def wait(what, fn, timeout, interval=0.2):
 def cluster_up():
     if info() is None:
         say("starting cluster %s (setup + up)" % NAME)
-        r = subprocess.run([os.path.join(CLUSTER_DIR, "setup")], capture_output=True, text=True)
+        r = subprocess.run([os.path.join(CLUSTER_DIR, "setup")] + (["--node"] if REAL_NODE else []),
+                           capture_output=True, text=True)
         if r.returncode != 0:
             raise Fail("setup failed: %s" % r.stderr[-2000:])
     env = dict(os.environ, KBRIDGE_AGENT_BIN=ARGS.agent)
@@ -180,7 +200,8 @@ def install_signer():
     with open(os.path.join(REPO, "deploy", "signer.yaml")) as f:
         text = f.read()
     import re
-    text, n = re.subn(r"image: \S+signer:\S+", "image: kbridge/signer:e2e", text)
+    text, n = re.subn(r"image: \S+signer:\S+",
+                      "image: " + ("ghcr.io/kbridge/signer:" + VERSION if REAL_NODE else "kbridge/signer:e2e"), text)
     check(n == 1, "deploy/signer.yaml read (image replaced)")
     kubectl("apply", "-f", "-", input=text)
     wait("kbridge-signer to run", signer_pod, 60)
@@ -337,7 +358,8 @@ def kb(*args, kubeconfig=None, timeout=60, env=None):
 class Session:
     """A running `kbridge connect --output json`: events read line by line."""
 
-    def __init__(self, key, port, *extra, kubeconfig=None, env=None):
+    def __init__(self, key, port, *extra, kubeconfig=None, env=None, agent_image=IMAGE):
+        """agent_image None: no --agent-image flag (connect's default image)."""
         self.key = key
         e = dict(os.environ, KUBECONFIG=kubeconfig or restricted(), XDG_RUNTIME_DIR=TMP)
         e.update(env or {})
@@ -347,7 +369,7 @@ class Session:
             svc = extra[i + 1]
             extra = extra[:i] + extra[i + 2:]
         argv = [ARGS.kbridge, "connect", "-n", NS, "--service", svc, "--local-port", str(port),
-                "--agent-image", IMAGE, "--output", "json"]
+                "--output", "json"] + (["--agent-image", agent_image] if agent_image else [])
         if "--log-level" not in extra:
             argv += ["--log-level", "info"]
         if "--lease-seconds" not in extra:
@@ -744,6 +766,8 @@ def part_command():
     open(os.path.join(TMP, "stop-command"), "w").close()
     ev = s.until(("disconnected",), 60)
     s.p.wait(30)
+    if not (ev["restored"] is True and s.p.returncode == 0):
+        say("connect stderr: %s" % s.stderr()[-3000:])
     check(ev["restored"] is True and s.p.returncode == 0,
           "the command's exit ended the session and restored (exit %d)" % s.p.returncode)
     check_restored(before, "the command")
@@ -1166,10 +1190,89 @@ def part_identity():
     check_restored(before, "two developers and a forced takeover")
 
 
+
+SECURE_NS = "secure"
+
+
+def secure_api(restricted_ok):
+    """The demo's api alone in SECURE_NS, its pod spec meeting Pod Security
+    restricted or not."""
+    sc = {"runAsNonRoot": True, "runAsUser": 65532, "allowPrivilegeEscalation": False,
+          "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+    c = {"name": "api", "image": "kbridge-demo/api:1", "ports": [{"name": "http", "containerPort": 8080}],
+         "env": [{"name": "PORT", "value": "8080"}],
+         "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1}}
+    if restricted_ok:
+        c["securityContext"] = sc
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "api" if restricted_ok else "api-loose", "namespace": SECURE_NS},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "api"}},
+                     "template": {"metadata": {"labels": {"app": "api"}}, "spec": {"containers": [c]}}}}
+
+
+def part_podsecurity():
+    """The test cluster checks Pod Security restricted (tests/cluster/podsecurity.py,
+    a validating webhook, the 1.20 API server has no Pod Security admission) for
+    every pod created in a namespace labelled for it: a pod spec breaking it is
+    refused with the reasons; kbridge's agent pod passes and works there."""
+    sys.path.insert(0, CLUSTER_DIR)
+    import podsecurity
+    kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": SECURE_NS, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}}))
+    bad = secure_api(False)
+    want = ["allowPrivilegeEscalation", "runAsNonRoot", "seccompProfile", "capabilities.drop"]
+    found = podsecurity.violations(bad["spec"]["template"]["spec"])
+    check(all(any(w in v for v in found) for w in want), "the checker finds %s" % found)
+    check(podsecurity.violations(secure_api(True)["spec"]["template"]["spec"]) == [],
+          "the checker passes the restricted spec")
+    r = kubectl("run", "loose", "-n", SECURE_NS, "--image=kbridge-demo/api:1", "--restart=Never",
+                check_rc=False)
+    check(r.returncode != 0 and 'violates PodSecurity "restricted:latest"' in r.stderr and
+          "runAsNonRoot" in r.stderr, "a pod breaking restricted is refused: %s" % r.stderr.strip()[:160])
+    kubectl("apply", "-f", "-", input=json.dumps(bad))
+    time.sleep(2)
+    rs = json.loads(kubectl("get", "replicasets", "-n", SECURE_NS, "-o", "json").stdout)["items"]
+    refused = [c for x in rs for c in x.get("status", {}).get("conditions", []) if c["type"] == "ReplicaFailure"]
+    check(refused and "violates PodSecurity" in refused[0]["message"],
+          "a Deployment breaking it gets no pod: ReplicaFailure %s" % (refused[0]["message"][:100] if refused else None))
+    kubectl("delete", "deployment", "api-loose", "-n", SECURE_NS)
+    kubectl("apply", "-f", "-", input=json.dumps(secure_api(True)))
+    kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "api", "namespace": SECURE_NS},
+        "spec": {"selector": {"app": "api"}, "ports": [{"name": "http", "port": 8080, "targetPort": 8080}]}}))
+    kubectl("rollout", "status", "deployment/api", "-n", SECURE_NS, "--timeout=120s")
+    reviews = lambda: open(os.path.join(info()["state_dir"], "logs", "podsecurity.log")).read().count("POST")  # noqa
+    n0 = reviews()
+    _, pa = backend("alice-secure")
+    e = dict(os.environ, KUBECONFIG=info()["admin_kubeconfig"], XDG_RUNTIME_DIR=TMP)
+    argv = [ARGS.kbridge, "connect", "-n", SECURE_NS, "--service", "api", "--local-port", str(pa),
+            "--route-as", "alice", "--output", "json"] + (["--agent-image", IMAGE] if not REAL_NODE else [])
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e)
+    PROCS.append(p)
+    while True:
+        line = p.stdout.readline()
+        ev = json.loads(line) if line else {"event": "exit", "stderr": p.stderr.read()[-1500:]}
+        if ev["event"] in ("ready", "error", "exit"):
+            break
+    check(ev["event"] == "ready", "kbridge connect in the restricted namespace: ready (%s)" % ev)
+    pods = json.loads(kubectl("get", "pods", "-n", SECURE_NS, "-l", "kbridge.dev/agent=api", "-o",
+                              "json").stdout)["items"]
+    check(pods and reviews() > n0, "the agent pod was reviewed by the checker and admitted (%d reviews)"
+          % (reviews() - n0))
+    check(podsecurity.violations(pods[0]["spec"]) == [], "the agent pod's spec as created meets restricted")
+    a = probe([("http://api.%s.svc.cluster.local:8080/" % SECURE_NS, hdr("alice"))])[0]
+    check(served_by(a) == "alice-secure", "alice's request reaches her local server through it")
+    p.send_signal(signal.SIGINT)
+    p.wait(60)
+    check(p.returncode == 0, "disconnect: exit 0")
+    kubectl("delete", "namespace", SECURE_NS, "--wait=false")
+
 PARTS = {"badinput": part_badinput, "routing": part_routing, "replace": part_replace,
          "command": part_command, "restore": part_restore, "agentpod": part_agentpod,
          "lease": part_lease, "direct": part_direct, "named": part_named,
-         "forward": part_forward, "ingress": part_ingress, "identity": part_identity}
+         "forward": part_forward, "ingress": part_ingress, "identity": part_identity,
+         "podsecurity": part_podsecurity}
 
 
 def main():

@@ -209,6 +209,13 @@ def teardown(name, sd):
         pass
     if node_pid in pids:
         kill_pids([node_pid], grace=3)
+    if os.path.isdir(os.path.join(sd, "realnode")):
+        # The real node (realnode/node.py): containers, mounts, pod netns,
+        # cgroups and pod logs live outside the state dir and the node netns.
+        import sys
+        sys.path.insert(0, os.path.join(HERE, "realnode"))
+        import realnode
+        realnode.cleanup(sd, name, net_for(int(open(os.path.join(sd, "index")).read())))
     for ns in namespaces:
         pids += netns_pids(ns)
     kill_pids(sorted(set(pids)), grace=1)  # the API server drains for >5 s otherwise

@@ -32,37 +32,90 @@ def chain_name(key):
     return "KB-SVC-" + hashlib.sha256(key.encode()).hexdigest()[:16].upper()
 
 
+def dns_hosts(services, endpoints):
+    """The hosts file dnsmasq serves: <svc>.<ns>.svc.cluster.local -> the
+    ClusterIP, or the ready endpoint addresses of a headless Service."""
+    eps = {(e["metadata"]["namespace"], e["metadata"]["name"]): e for e in endpoints}
+    hosts = []
+    for s in sorted(services, key=lambda s: (s["metadata"]["namespace"], s["metadata"]["name"])):
+        ns, name = s["metadata"]["namespace"], s["metadata"]["name"]
+        fqdn = "%s.%s.svc.cluster.local" % (name, ns)
+        ip = s["spec"].get("clusterIP")
+        if ip and ip != "None":
+            hosts.append("%s\t%s" % (ip, fqdn))
+        elif ip == "None":
+            ep = eps.get((ns, name), {})
+            addrs = sorted({a["ip"] for ss in ep.get("subsets") or [] for a in ss.get("addresses") or []})
+            hosts += ["%s\t%s" % (a, fqdn) for a in addrs]
+    return "\n".join(hosts) + "\n"
+
+
+class Dns:
+    """dnsmasq on the bridge address of the node netns, answering from a hosts
+    file (state dir dns/hosts) that write() replaces (SIGHUP on change)."""
+
+    def __init__(self, state_dir, node_netns, bridge_ip):
+        self.state_dir, self.node_netns, self.bridge_ip = state_dir, node_netns, bridge_ip
+        self.hosts_file = os.path.join(state_dir, "dns", "hosts")
+        self.applied = None
+        self.proc = None
+        self.started = 0.0
+
+    def start(self):
+        os.makedirs(os.path.dirname(self.hosts_file), exist_ok=True)
+        open(self.hosts_file, "a").close()
+        logf = open(os.path.join(self.state_dir, "logs", "dnsmasq.log"), "ab")
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.node_netns, "dnsmasq", "--keep-in-foreground",
+             "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--addn-hosts=" + self.hosts_file,
+             "--listen-address=" + self.bridge_ip, "--bind-interfaces", "--except-interface=lo",
+             "--local=/cluster.local/", "--domain-needed", "--cache-size=0", "--user=root",
+             "--pid-file=", "--log-facility=-"],
+            stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.started = time.monotonic()
+        logf.close()
+
+    def check(self):
+        if self.proc and self.proc.poll() is not None:
+            sys.stderr.write("dnsmasq exited (%s); restarting\n" % self.proc.returncode)
+            time.sleep(1)
+            self.start()
+            self.applied = None
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+
+    def write(self, text):
+        if text == self.applied:
+            return
+        tmp = self.hosts_file + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, self.hosts_file)
+        if self.proc and self.proc.poll() is None:
+            # A SIGHUP before dnsmasq has set its handler would end it.
+            time.sleep(max(0.0, self.started + 1.0 - time.monotonic()))
+            # the dnsmasq pid is a child of `ip netns exec` which exec'd, so it is the same pid
+            os.kill(self.proc.pid, signal.SIGHUP)
+        self.applied = text
+
+
 class Proxy:
     def __init__(self, node):
         self.node = node
         self.net = node.net
         self.applied_rules = None
-        self.applied_hosts = None
-        self.hosts_file = os.path.join(node.state_dir, "dns", "hosts")
-        self.dnsmasq = None
+        self.dns = Dns(node.state_dir, node.node_netns, self.net["bridge_ip"])
 
     def start_dns(self):
-        open(self.hosts_file, "a").close()
-        logf = open(os.path.join(self.node.state_dir, "logs", "dnsmasq.log"), "ab")
-        self.dnsmasq = subprocess.Popen(
-            ["ip", "netns", "exec", self.node.node_netns, "dnsmasq", "--keep-in-foreground",
-             "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--addn-hosts=" + self.hosts_file,
-             "--listen-address=" + self.net["bridge_ip"], "--bind-interfaces", "--except-interface=lo",
-             "--local=/cluster.local/", "--domain-needed", "--cache-size=0", "--user=root",
-             "--pid-file=", "--log-facility=-"],
-            stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        logf.close()
+        self.dns.start()
 
     def check_dns(self):
-        if self.dnsmasq and self.dnsmasq.poll() is not None:
-            sys.stderr.write("dnsmasq exited (%s); restarting\n" % self.dnsmasq.returncode)
-            time.sleep(1)
-            self.start_dns()
-            self.applied_hosts = None
+        self.dns.check()
 
     def stop(self):
-        if self.dnsmasq and self.dnsmasq.poll() is None:
-            self.dnsmasq.terminate()
+        self.dns.stop()
 
     def sync(self, services, endpoints, netpol=None):
         """netpol: (chains, rules) of the filter table from netpol.rules(), or None."""
@@ -70,19 +123,11 @@ class Proxy:
         eps = {(e["metadata"]["namespace"], e["metadata"]["name"]): e for e in endpoints}
         nat = [":KB-SERVICES - [0:0]", ":KB-POSTROUTING - [0:0]"]
         body = []
-        hosts = []
         for s in sorted(services, key=lambda s: (s["metadata"]["namespace"], s["metadata"]["name"])):
             ns, name = s["metadata"]["namespace"], s["metadata"]["name"]
-            fqdn = "%s.%s.svc.cluster.local" % (name, ns)
             ip = s["spec"].get("clusterIP")
             ep = eps.get((ns, name), {})
-            if ip and ip != "None":
-                hosts.append("%s\t%s" % (ip, fqdn))
-            elif ip == "None":
-                addrs = sorted({a["ip"] for ss in ep.get("subsets") or [] for a in ss.get("addresses") or []})
-                hosts += ["%s\t%s" % (a, fqdn) for a in addrs]
-                continue
-            else:
+            if not ip or ip == "None":
                 continue
             for sp in s["spec"].get("ports") or []:
                 proto = sp.get("protocol", "TCP")
@@ -148,13 +193,4 @@ class Proxy:
                 self.applied_rules = text
                 # Connections to a backend that is gone would hang; drop their conntrack entries
                 # is not possible without conntrack(8); new connections use the new rules.
-        htext = "\n".join(hosts) + "\n"
-        if htext != self.applied_hosts:
-            tmp = self.hosts_file + ".tmp"
-            with open(tmp, "w") as f:
-                f.write(htext)
-            os.replace(tmp, self.hosts_file)
-            if self.dnsmasq and self.dnsmasq.poll() is None:
-                # the dnsmasq pid is a child of `ip netns exec` which exec'd, so it is the same pid
-                os.kill(self.dnsmasq.pid, signal.SIGHUP)
-            self.applied_hosts = htext
+        self.dns.write(dns_hosts(services, endpoints))
