@@ -574,6 +574,39 @@ void lifecycle_json(const struct lifecycle *lc, struct evbuffer *b) {
   evbuffer_add(b, "}", 1);
 }
 
+struct lease_list {
+  struct evbuffer *b;
+  int first;
+};
+
+static void add_lease(const char *key, size_t nconns, void *arg) {
+  struct lease_list *ll = arg;
+  if (!ll->first) evbuffer_add(ll->b, ",", 1);
+  json_str(ll->b, key);
+  evbuffer_add_printf(ll->b, ":{\"tunnels\":%zu}", nconns);
+  ll->first = 0;
+}
+
+void lifecycle_leases_json(const struct lifecycle *lc, const struct route_table *routes,
+                           struct evbuffer *b) {
+  struct lease_list ll = {b, 1};
+  evbuffer_add_printf(b, ",\"leases\":{");
+  route_table_foreach(routes, add_lease, &ll);
+  double now = mono_now();
+  for (size_t i = 0; lc && i < lc->nlost; i++) {
+    const struct lost_dev *ld = &lc->lost[i];
+    double left = ld->at + (double)lc->lease_s - now;
+    /* back (listed above), or the lease is over (the tick prunes it soon) */
+    if (route_table_conns(routes, ld->key) > 0 || left <= 0) continue;
+    if (!ll.first) evbuffer_add(b, ",", 1);
+    json_str(b, ld->key);
+    evbuffer_add_printf(b, ":{\"tunnels\":0,\"lost_seconds\":%.1f,\"seconds_remaining\":%.1f}",
+                        now - ld->at, left);
+    ll.first = 0;
+  }
+  evbuffer_add(b, "}", 1);
+}
+
 void lifecycle_metrics(const struct lifecycle *lc, const struct route_table *routes,
                        struct evbuffer *b) {
   evbuffer_add_printf(b,

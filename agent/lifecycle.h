@@ -72,6 +72,15 @@ void lifecycle_check(struct lifecycle *lc);
 
 /* Append ,"lifecycle":{...} members to a JSON object being written to b. */
 void lifecycle_json(const struct lifecycle *lc, struct evbuffer *b);
+/* Append a ,"leases":{...} member to a JSON object being written to b: every
+ * route key with a live lease, which is what a disconnecting developer asks
+ * when deciding whether it is the last one. A key with tunnels now:
+ * {"tunnels":N}. A key whose tunnels were all lost without a GOAWAY less than
+ * --lease-seconds ago (its CLI may be reconnecting: Wi-Fi, laptop lid, API
+ * server restart): {"tunnels":0,"lost_seconds":S,"seconds_remaining":R}. lc may
+ * be NULL (lease off): then only the keys with tunnels. */
+void lifecycle_leases_json(const struct lifecycle *lc, const struct route_table *routes,
+                           struct evbuffer *b);
 /* Append the Prometheus lines (kbridge_developers, kbridge_lease_seconds_remaining,
  * kbridge_restores_total) to b. lc may be NULL (lease off: only kbridge_developers
  * from routes). */

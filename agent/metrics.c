@@ -1,7 +1,8 @@
 /* metrics.c: counters, and /healthz + /metrics over evhttp.
  *
  * /healthz answers 200 with a line "ok" and then one JSON object: the keys held
- * and their tunnel counts, and the identity holding each key. /metrics is
+ * and their tunnel counts, the identity holding each key, and the leases (the
+ * keys held plus those whose tunnels were lost less than a lease ago). /metrics is
  * Prometheus text format 0.0.4. */
 #include "metrics.h"
 
@@ -130,6 +131,7 @@ static void healthz(struct evhttp_request *req, void *arg) {
                       ag->opt->exclusive ? "true" : "false", ag->stats.tunnels,
                       ag->stats.connections_open);
   lifecycle_json(ag->life, b);
+  lifecycle_leases_json(ag->life, ag->routes, b);
   evbuffer_add_printf(b, "}\n");
   evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "text/plain");
   evhttp_send_reply(req, ag->stopping ? 503 : 200, ag->stopping ? "Stopping" : "OK", b);

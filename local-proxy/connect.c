@@ -1237,7 +1237,13 @@ static int key_held(struct conn *c) {
   return 0;
 }
 
-/* How many other keys the agent serves now (-1 if it cannot be asked). */
+/* How many other developers hold a lease on the agent now (-1 if it cannot be
+ * asked): those with tunnels, and those whose tunnels were lost less than a
+ * lease ago, whose CLI may be reconnecting (a Wi-Fi drop, a laptop lid): the
+ * agent keeps their route and restores by itself when the lease ends, so
+ * leaving the takeover to it is right, and restoring now would end their
+ * session under them. names gets "bob, carol (tunnel lost 12 s ago, lease ends
+ * in 48 s)". An agent older than the "leases" member: the keys with tunnels. */
 static int agent_other_keys(struct conn *c, char *names, size_t len) {
   char err[800];
   cJSON *h = NULL;
@@ -1246,16 +1252,26 @@ static int agent_other_keys(struct conn *c, char *names, size_t len) {
     log_info("cannot ask the agent who is connected: %s", err);
     return -1;
   }
+  const cJSON *leases = jget(h, "leases");
+  const cJSON *list = leases ? leases : jget(h, "keys");
   int n = 0;
   const cJSON *it;
-  cJSON_ArrayForEach(it, jget(h, "keys")) {
+  cJSON_ArrayForEach(it, list) {
+    const cJSON *tn = leases ? cJSON_GetObjectItemCaseSensitive(it, "tunnels") : it;
+    int tunnels = cJSON_IsNumber(tn) ? tn->valueint : 0;
     /* our own key counts when another identity holds it now (--force) */
     const char *id = cJSON_GetStringValue(
         cJSON_GetObjectItemCaseSensitive(jget(h, "identities"), it->string));
     int ours = strcmp(it->string, c->cfg->key) == 0 && !(id && strcmp(id, c->identity) != 0);
-    if (ours || !cJSON_IsNumber(it) || it->valueint <= 0) continue;
+    if (ours || (!leases && tunnels <= 0)) continue;
     size_t l = strlen(names);
-    snprintf(names + l, len - l, "%s%s", l ? ", " : "", it->string);
+    const cJSON *lost = cJSON_GetObjectItemCaseSensitive(it, "lost_seconds");
+    const cJSON *left = cJSON_GetObjectItemCaseSensitive(it, "seconds_remaining");
+    if (tunnels <= 0 && cJSON_IsNumber(lost) && cJSON_IsNumber(left))
+      snprintf(names + l, len - l, "%s%s (tunnel lost %.0f s ago, lease ends in %.0f s)",
+               l ? ", " : "", it->string, lost->valuedouble, left->valuedouble);
+    else
+      snprintf(names + l, len - l, "%s%s", l ? ", " : "", it->string);
     n++;
   }
   cJSON_Delete(h);
@@ -2382,7 +2398,8 @@ leave:
     if (c->routed) {
       if (set_route(c, 0, &others) < 0) others = 0;
       /* The agent knows best who is still there (annotations of sessions
-       * that died elsewhere stay behind). */
+       * that died elsewhere stay behind): every developer with a live lease,
+       * tunnels up or not. */
       char names[600];
       int live = agent_other_keys(c, names, sizeof names);
       if (live >= 0) {
@@ -2390,8 +2407,8 @@ leave:
         snprintf(c->holders, sizeof c->holders, "%s", names);
       }
       if (others)
-        progress(c, "others-remain", "other developers are still connected (%s): the takeover "
-                 "stays", c->holders);
+        progress(c, "others-remain", "other developers still hold the service: %s; the "
+                 "takeover stays", c->holders);
       last = others == 0;
     }
     int restored = 0;

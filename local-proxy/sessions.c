@@ -385,12 +385,21 @@ int list_run(struct restore_config *cfg) {
     if (ready && agent_healthz(k, ns, name ? name : "", &h, err, sizeof err) == 0) {
       cJSON *keys = cJSON_DetachItemFromObjectCaseSensitive(h, "keys");
       cJSON *ids = cJSON_DetachItemFromObjectCaseSensitive(h, "identities");
+      cJSON *leases = cJSON_DetachItemFromObjectCaseSensitive(h, "leases");
       cJSON_AddItemToObject(o, "connected", keys ? keys : cJSON_CreateObject());
       cJSON_AddItemToObject(o, "identities", ids ? ids : cJSON_CreateObject());
+      if (leases) cJSON_AddItemToObject(o, "leases", leases);
       const cJSON *ro;
       cJSON_ArrayForEach(ro, routes) {
         const cJSON *n = cJSON_GetObjectItemCaseSensitive(keys, sget(ro, "key"));
         cJSON_AddBoolToObject((cJSON *)(uintptr_t)ro, "connected", cJSON_IsNumber(n) && n->valueint > 0);
+        /* Tunnels lost, lease still running: the agent keeps the route for
+         * the developer's CLI to come back. */
+        const cJSON *left = cJSON_GetObjectItemCaseSensitive(
+            cJSON_GetObjectItemCaseSensitive(leases, sget(ro, "key")), "seconds_remaining");
+        if (cJSON_IsNumber(left))
+          cJSON_AddNumberToObject((cJSON *)(uintptr_t)ro, "lease_seconds_remaining",
+                                  left->valuedouble);
         /* Who holds the key, from the certificates the agent verified (the
          * annotation's "by" is what the CLI says about itself). */
         const char *id = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(ids, sget(ro, "key")));
@@ -422,9 +431,15 @@ int list_run(struct restore_config *cfg) {
         const cJSON *conn = cJSON_GetObjectItemCaseSensitive(ro, "connected");
         const char *id = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(ro, "identity"));
         if (!id) id = "";
+        const cJSON *left = cJSON_GetObjectItemCaseSensitive(ro, "lease_seconds_remaining");
+        char state[80] = "";
+        if (cJSON_IsFalse(conn) && cJSON_IsNumber(left))
+          snprintf(state, sizeof state, ", tunnel lost, lease ends in %.0f s", left->valuedouble);
+        else if (cJSON_IsFalse(conn))
+          snprintf(state, sizeof state, ", not connected now");
         snprintf(routes + l, sizeof routes - l, "%s%s (%s%s%s since %s%s)", l ? ", " : "",
                  sget(ro, "key"), id[0] ? id : "", id[0] ? ", " : "", sget(ro, "by"),
-                 sget(ro, "since"), cJSON_IsFalse(conn) ? ", not connected now" : "");
+                 sget(ro, "since"), state);
       }
       if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "taken_over"))) {
         printf("%-24s %-9s %-21s %-24s %-6s %s\n", sget(o, "service"), "-", "-", "-", "-", "-");

@@ -60,6 +60,13 @@ Parts (default: all, in this order):
                agent and the shadow Service until the Endpoints show the original
                pods and 2 s more (the restored event says so); at most 1 failure
                per round
+    lostpeer   alice and bob connected; bob's CLI stopped (SIGSTOP) until the
+               agent has dropped his tunnels (its 15 s silence detector), his
+               lease still running: alice disconnects and the Service stays taken
+               over (her disconnected event says restored false, naming bob);
+               unrouted requests still answered; bob's route works again once he
+               is resumed (SIGCONT). Again with bob never coming back: the agent
+               restores when his lease ends (time after his loss printed)
 
 The cluster is $KBRIDGE_E2E_CLUSTER (default kbe2e), as for test_connect.py.
 """
@@ -67,6 +74,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -810,10 +818,91 @@ def restorewait():
     check_restored(before, "kbridge restore")
 
 
+def agent_keys():
+    """The keys the agent has live tunnels for (kbridge list), or None."""
+    r = kb("list", "-n", NS, "--output", "json")
+    if r.returncode != 0:
+        return None
+    for o in json.loads(r.stdout):
+        if o.get("service") == "api":
+            return o.get("connected")
+    return None
+
+
+def bob_dropped(t0):
+    """Wait until the agent has dropped the tunnels of the stopped bob."""
+    wait("the agent to drop bob's tunnels", lambda: (agent_keys() or {}).get("bob", 0) == 0 and
+         (agent_keys() or {}).get("alice", 0) > 0, 60, 1)
+    say("the agent dropped bob's tunnels %.1f s after SIGSTOP" % (time.time() - t0))
+
+
+def taken_over():
+    return "kbridge.dev/agent" in (selector() or {})
+
+
+def part_lostpeer():
+    before = snapshot()
+    lease = 40
+    _, pa = backend("alice-lp")
+    _, pb = backend("bob-lp")
+    alice = Session("alice", pa, "--lease-seconds", str(lease))
+    alice.ready()
+    bob = Session("bob", pb, "--lease-seconds", str(lease))
+    bob.ready()
+    who = [served_by(a) for a in probe([(API, hdr("alice")), (API, hdr("bob")), (API, {})])]
+    check(who == ["alice-lp", "bob-lp", "api"], "both routes work (%s)" % who)
+    try:
+        # 1. bob's tunnels lost for a while (Wi-Fi gone), alice leaves, bob comes back.
+        os.kill(bob.p.pid, signal.SIGSTOP)
+        bob_dropped(time.time())
+        r = kb("list", "-n", NS, "--output", "json")
+        routes = {ro["key"]: ro for o in json.loads(r.stdout) if o["service"] == "api"
+                  for ro in o["routes"]}
+        rb = routes.get("bob", {})
+        check(rb.get("connected") is False and rb.get("lease_seconds_remaining", 0) > 0,
+              "kbridge list: bob not connected, his lease still running (%s s left)" %
+              rb.get("lease_seconds_remaining"))
+        ev = alice.stop()
+        msgs = [e.get("message", "") for e in alice.events if e.get("step") == "others-remain"]
+        check(ev.get("restored") is False and taken_over(),
+              "alice left while bob's lease runs: restored %s, Service selector %s, said %s" % (
+                  ev.get("restored"), selector(), msgs[:1]))
+        check(msgs and "bob" in msgs[0], "alice was told bob is still there: %s" % msgs[0][:160])
+        time.sleep(3)
+        check(taken_over() and served_by(probe([(API, {})])[0]) == "api",
+              "3 s later still taken over; unrouted requests answered by the api pods")
+        t = time.time()
+        os.kill(bob.p.pid, signal.SIGCONT)
+        wait("bob's route to work again", lambda: served_by(
+            probe([(API, hdr("bob"))])[0]) == "bob-lp", 60, 0.5)
+        say("MEASURE bob resumed -> his route works again: %.1f s" % (time.time() - t))
+        check(bob.p.poll() is None, "bob's session goes on")
+
+        # 2. the same, and bob never comes back: the agent's lease restores.
+        alice = Session("alice", pa, "--lease-seconds", str(lease))
+        alice.ready()
+        os.kill(bob.p.pid, signal.SIGSTOP)
+        t = time.time()
+        bob_dropped(t)
+        lost = time.time()
+        ev = alice.stop()
+        check(ev.get("restored") is False and taken_over(),
+              "alice left again while bob's lease runs: the takeover stays")
+        wait("the agent's lease restore", lambda: not taken_over(), lease + 40, 1)
+        say("MEASURE bob never came back: the agent restored %.1f s after it dropped his "
+            "tunnels (lease %d s)" % (time.time() - lost, lease))
+        check_restored(before, "bob's lease running out")
+    finally:
+        if bob.p.poll() is None:  # SIGKILL ends a stopped process too
+            bob.p.kill()
+            bob.p.wait(10)
+
+
 PARTS = {"gitops": part_gitops, "longkey": part_longkey, "headless": part_headless,
          "domain": part_domain, "canary": part_canary, "dual": part_dual,
          "affinity": part_affinity, "netpol": part_netpol, "policy": part_policy,
-         "pausegitops": part_pausegitops, "restorewait": part_restorewait}
+         "pausegitops": part_pausegitops, "restorewait": part_restorewait,
+         "lostpeer": part_lostpeer}
 
 
 def main():

@@ -148,7 +148,10 @@ static double run_case(const char *name, long lease, long grace, const struct st
   struct timeval lim = {(time_t)limit_s, (suseconds_t)((limit_s - (double)(time_t)limit_s) * 1e6)};
   event_base_loopexit(r.base, &lim);
   event_base_dispatch(r.base);
-  if (healthz) lifecycle_json(r.lc, healthz);
+  if (healthz) {
+    lifecycle_json(r.lc, healthz);
+    lifecycle_leases_json(r.lc, r.routes, healthz);
+  }
   if (metrics) lifecycle_metrics(r.lc, r.routes, metrics);
   lifecycle_free(r.lc);
   for (size_t i = 0; i < nsteps; i++) event_free(se[i].ev);
@@ -171,6 +174,10 @@ static int contains(struct evbuffer *b, const char *s) {
   if (!found) fprintf(stderr, "expected \"%s\" in:\n%s\n", s, p);
   free(p);
   return found;
+}
+
+static int lacks(struct evbuffer *b, const char *s) {
+  return evbuffer_search(b, s, strlen(s), NULL).pos < 0;
 }
 
 int main(void) {
@@ -220,6 +227,34 @@ int main(void) {
                                {400, STEP_CLOSE_CLEAN, "bob"}, {450, STEP_CLOSE_CLEAN, NULL}};
   t = run_case("bob lost, back, both leave: grace 1 s", 3, 1, back2, 6, 4, NULL, NULL);
   CHECK(t >= 1.4 && t < 2.0);
+
+  /* /healthz leases: bob lost while alice stays keeps his lease (what a
+   * disconnecting alice counts), and loses it when it ends */
+  const struct step lease_lost[] = {{100, STEP_REGISTER, NULL},
+                                    {100, STEP_REGISTER, "bob"},
+                                    {200, STEP_CLOSE_LOST, "bob"}};
+  t = run_case("bob lost, alice stays: bob's lease in /healthz", 2, 1, lease_lost, 3, 0.7, h, NULL);
+  CHECK(t < 0);
+  CHECK(contains(h, "\"leases\":{"));
+  CHECK(contains(h, "\"alice\":{\"tunnels\":1}"));
+  /* lost 0.5 s before the end of the run, 1.5 s of the lease left */
+  CHECK(contains(h, "\"bob\":{\"tunnels\":0,\"lost_seconds\":0."));
+  CHECK(contains(h, ",\"seconds_remaining\":1."));
+  evbuffer_drain(h, evbuffer_get_length(h));
+  t = run_case("bob lost, alice stays: lease over", 1, 1, lease_lost, 3, 1.6, h, NULL);
+  CHECK(t < 0);
+  CHECK(contains(h, "\"leases\":{\"alice\":{\"tunnels\":1}}"));
+  evbuffer_drain(h, evbuffer_get_length(h));
+  /* bob lost and back: one entry, with his tunnels */
+  const struct step lease_back[] = {{100, STEP_REGISTER, NULL},
+                                    {100, STEP_REGISTER, "bob"},
+                                    {200, STEP_CLOSE_LOST, "bob"},
+                                    {300, STEP_REGISTER, "bob"}};
+  t = run_case("bob lost and back: one lease entry", 2, 1, lease_back, 4, 0.5, h, NULL);
+  CHECK(contains(h, "\"alice\":{\"tunnels\":1}"));
+  CHECK(contains(h, "\"bob\":{\"tunnels\":1}"));
+  CHECK(lacks(h, "lost_seconds"));
+  evbuffer_drain(h, evbuffer_get_length(h));
 
   /* a departure nobody reported (no hook): the 1 s tick notices, lease applies */
   const struct step silent[] = {{100, STEP_REGISTER, NULL}, {300, STEP_REMOVE_SILENTLY, NULL}};
