@@ -36,6 +36,7 @@
 #include <openssl/ssl.h>
 
 #include "log.h"
+#include "tlsgather.h"
 
 #define CONTROL_MAX 1024          /* largest non-DATA payload we accept */
 #define WINDOW_LIMIT 0x7fffffffu  /* no window may exceed 2^31-1 */
@@ -111,6 +112,14 @@ struct tunnel {
   struct tunnel_stream *garbage;
   struct event *sched_ev, *ping_ev, *dead_ev, *hs_ev;
   struct event *reread_ev;  /* read-ahead: OpenSSL holds records the socket no longer signals */
+  /* Direct writes (a TLS carrier on a socket, see tls_gather_*): frames go to
+   * wbuf instead of the carrier's output, flush_ev (activated when wbuf gets
+   * bytes) encrypts them into the gather buffer at the end of the loop turn
+   * and sends it with one send() per TLS_GATHER_MAX bytes; wr_ev waits for
+   * the socket only when it did not take everything. */
+  struct evbuffer *wbuf;
+  struct tls_gather *gather;
+  struct event *flush_ev, *wr_ev;
   uint64_t last_rx_ms, ping_seq;
   char closing_reason[600]; /* TS_CLOSING: what on_close will say */
   int depth;
@@ -122,6 +131,8 @@ struct tunnel {
   unsigned read_ahead : 1;          /* TLS socket carrier with OpenSSL read-ahead on */
   unsigned read_paused : 1;         /* output above READ_PAUSE_FACTOR * carrier_high */
   unsigned reply_overflow : 1;      /* more than REPLIES_MAX answers unsent: cut off */
+  unsigned flush_queued : 1;        /* direct: flush_ev is active */
+  unsigned wr_blocked : 1;          /* direct: the socket is full, wr_ev armed */
   uint64_t out_drained;             /* bytes taken from the carrier's output so far */
   struct evbuffer_cb_entry *out_cb; /* counts them */
   unsigned reply_head, reply_n;     /* ring of the unsent answers' end offsets */
@@ -131,6 +142,18 @@ struct tunnel {
 };
 
 static void stream_release(struct tunnel_stream *s);
+static void queue_flush(struct tunnel *t);
+
+/* Where frames are written: wbuf with direct writes, else the carrier's output. */
+static struct evbuffer *tout(struct tunnel *t) {
+  return t->wbuf ? t->wbuf : bufferevent_get_output(t->carrier);
+}
+
+/* Bytes written and not yet handed to the socket (or the carrier's filter). */
+static size_t out_len(struct tunnel *t) {
+  return evbuffer_get_length(tout(t)) + (t->gather ? tls_gather_pending(t->gather) : 0);
+}
+
 static void tunnel_die(struct tunnel *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void tunnel_destroy(struct tunnel *t);
 
@@ -358,7 +381,7 @@ static void stream_reset_send(struct tunnel_stream *s, uint32_t code, const char
   s->closed = 1;
   evbuffer_drain(s->out, evbuffer_get_length(s->out));
   if (t && s->on_wire) {
-    frame_put_reset(bufferevent_get_output(t->carrier), s->id, code, reason);
+    frame_put_reset(tout(t), s->id, code, reason);
     t->stats.frames_out++;
     t->stats.streams_reset++;
   }
@@ -385,7 +408,7 @@ static void stream_in_cb(struct evbuffer *buf, const struct evbuffer_cb_info *in
     s->consumed = 0;
     t->stats.frames_out++;
     enter(t); /* the write may run carrier callbacks synchronously (TLS) */
-    frame_put_window(bufferevent_get_output(t->carrier), s->id, grant);
+    frame_put_window(tout(t), s->id, grant);
     leave(t);
   }
 }
@@ -425,6 +448,10 @@ static void orphan_streams(struct tunnel *t, const char *err) {
 static void stop_everything(struct tunnel *t) {
   if (t->sched_ev) event_del(t->sched_ev);
   if (t->reread_ev) event_del(t->reread_ev);
+  if (t->flush_ev) event_del(t->flush_ev);
+  if (t->wr_ev) event_del(t->wr_ev);
+  t->flush_queued = 0;
+  t->wr_blocked = 0;
   if (t->ping_ev) event_del(t->ping_ev);
   if (t->dead_ev) event_del(t->dead_ev);
   if (t->hs_ev) event_del(t->hs_ev);
@@ -456,8 +483,12 @@ static void start_closing(struct tunnel *t, const char *reason) {
   t->state = TS_CLOSING;
   snprintf(t->closing_reason, sizeof t->closing_reason, "%s", reason);
   bufferevent_disable(t->carrier, EV_READ);
-  if (evbuffer_get_length(bufferevent_get_output(t->carrier)) == 0) {
+  if (out_len(t) == 0) {
     tunnel_die(t, "%s", t->closing_reason);
+    return;
+  }
+  if (t->wbuf) {
+    queue_flush(t); /* the flush dies once everything is sent */
     return;
   }
   bufferevent_setwatermark(t->carrier, EV_WRITE, 0, 0);
@@ -467,7 +498,7 @@ static void start_closing(struct tunnel *t, const char *reason) {
 /* A connection-level protocol violation: GOAWAY(PROTOCOL), flush, die. */
 static void protocol_error(struct tunnel *t, const char *what) {
   char why[600];
-  frame_put_goaway(bufferevent_get_output(t->carrier), FRAME_RESET_PROTOCOL, what);
+  frame_put_goaway(tout(t), FRAME_RESET_PROTOCOL, what);
   t->stats.frames_out++;
   snprintf(why, sizeof why, "protocol error: %s", what);
   start_closing(t, why);
@@ -478,6 +509,7 @@ static void protocol_error(struct tunnel *t, const char *what) {
 static void carrier_out_cb(struct evbuffer *b, const struct evbuffer_cb_info *info, void *arg) {
   struct tunnel *t = arg;
   t->out_drained += info->n_deleted;
+  if (info->n_added && t->wbuf) queue_flush(t);
 }
 
 /* Queue accounting for a frame that answers one of the peer's (see
@@ -493,7 +525,7 @@ static void count_reply(struct tunnel *t) {
     return;
   }
   t->reply_end[(t->reply_head + t->reply_n) % REPLIES_MAX] =
-      t->out_drained + evbuffer_get_length(bufferevent_get_output(t->carrier));
+      t->out_drained + evbuffer_get_length(tout(t));
   t->reply_n++;
 }
 
@@ -503,7 +535,7 @@ static void count_reply(struct tunnel *t) {
 static void flood_close(struct tunnel *t, const char *what) {
   char why[300];
   snprintf(why, sizeof why, "enhance your calm: %s", what);
-  frame_put_goaway(bufferevent_get_output(t->carrier), FRAME_RESET_PROTOCOL, why);
+  frame_put_goaway(tout(t), FRAME_RESET_PROTOCOL, why);
   t->stats.frames_out++;
   t->stats.flood_closed = 1;
   log_warn("tunnel: peer cut off: %s", why);
@@ -517,7 +549,7 @@ static void pause_read(struct tunnel *t) {
   t->stats.reads_paused++;
   bufferevent_disable(t->carrier, EV_READ);
   log_debug("tunnel %p: output at %zu bytes: not reading until it drains", (void *)t,
-            evbuffer_get_length(bufferevent_get_output(t->carrier)));
+            out_len(t));
 }
 
 /* ---- write path ------------------------------------------------------------------------ */
@@ -527,9 +559,9 @@ static void pause_read(struct tunnel *t) {
 static void run_scheduler(struct tunnel *t) {
   if (t->in_sched || t->state != TS_READY) return;
   t->in_sched = 1;
-  struct evbuffer *cout = bufferevent_get_output(t->carrier);
+  struct evbuffer *cout = tout(t);
   size_t high = t->cfg.stream_window;
-  while (t->sched_head && evbuffer_get_length(cout) < t->cfg.carrier_high &&
+  while (t->sched_head && out_len(t) < t->cfg.carrier_high &&
          t->state == TS_READY) {
     struct tunnel_stream *s = sched_pop(t);
     size_t len = evbuffer_get_length(s->out);
@@ -569,23 +601,86 @@ static void sched_cb(evutil_socket_t fd, short what, void *arg) {
   leave(t);
 }
 
+/* ---- direct writes (a TLS carrier on a socket) ---------------------------------------- */
+
+/* Ask for a flush at the end of this loop turn (once, however many frames are
+ * written meanwhile). Not while the socket is full: wr_ev comes then. */
+static void queue_flush(struct tunnel *t) {
+  if (t->flush_queued || t->wr_blocked || t->state == TS_DEAD || !t->flush_ev) return;
+  t->flush_queued = 1;
+  event_active(t->flush_ev, EV_WRITE, 0);
+}
+
+/* Encrypt and send what wbuf holds (once the handshake is done: the gather
+ * replaces the socket BIO then). Returns 0 (blocked or not), -1 with err. */
+static int direct_flush(struct tunnel *t, int *blocked, char *err, size_t errlen) {
+  SSL *ssl = bufferevent_openssl_get_ssl(t->carrier);
+  *blocked = 0;
+  if (!ssl || !SSL_is_init_finished(ssl)) return 0; /* carrier_event_cb comes back */
+  if (!t->gather) {
+    t->gather = tls_gather_install(ssl, bufferevent_getfd(t->carrier), TLS_GATHER_CAP);
+    if (!t->gather) {
+      snprintf(err, errlen, "out of memory");
+      return -1;
+    }
+  }
+  return tls_gather_flush(t->gather, ssl, t->wbuf, blocked, err, errlen);
+}
+
+static void output_drained(struct tunnel *t);
+
+/* Send, then what libevent's write callback did (called with the depth held). */
+static void flush_and_continue(struct tunnel *t) {
+  int blocked;
+  char err[300];
+  if (t->state == TS_DEAD) {
+  } else if (direct_flush(t, &blocked, err, sizeof err) < 0) {
+    tunnel_die(t, "carrier error: %s", err);
+  } else {
+    if (blocked) {
+      t->wr_blocked = 1;
+      event_add(t->wr_ev, NULL);
+    }
+    if (out_len(t) <= t->cfg.carrier_high / 2) output_drained(t);
+  }
+}
+
+static void flush_cb(evutil_socket_t fd, short what, void *arg) {
+  struct tunnel *t = arg;
+  enter(t);
+  t->flush_queued = 0;
+  if (!t->wr_blocked) flush_and_continue(t);
+  leave(t);
+}
+
+static void wr_cb(evutil_socket_t fd, short what, void *arg) {
+  struct tunnel *t = arg;
+  enter(t);
+  t->wr_blocked = 0;
+  flush_and_continue(t);
+  leave(t);
+}
+
 /* Called when the output drained to the low mark (carrier_high / 2): the peer
  * reads, so its answers are no longer piling up, and a paused read resumes
  * (what is already buffered is parsed from the loop, see reread_ev). */
-static void carrier_write_cb(struct bufferevent *bev, void *arg) {
-  struct tunnel *t = arg;
-  enter(t);
+static void output_drained(struct tunnel *t) {
   if (t->state == TS_CLOSING) {
-    if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
-      tunnel_die(t, "%s", t->closing_reason);
-  } else {
+    if (out_len(t) == 0) tunnel_die(t, "%s", t->closing_reason);
+  } else if (t->state != TS_DEAD) {
     if (t->read_paused && (t->state == TS_READY || t->state == TS_HANDSHAKE)) {
       t->read_paused = 0;
-      bufferevent_enable(bev, EV_READ);
+      bufferevent_enable(t->carrier, EV_READ);
       event_active(t->reread_ev, EV_READ, 0);
     }
     run_scheduler(t);
   }
+}
+
+static void carrier_write_cb(struct bufferevent *bev, void *arg) {
+  struct tunnel *t = arg;
+  enter(t);
+  output_drained(t);
   leave(t);
 }
 
@@ -593,7 +688,7 @@ static void carrier_write_cb(struct bufferevent *bev, void *arg) {
 
 static void handle_hello(struct tunnel *t, const uint8_t *p, size_t n) {
   struct frame_welcome w = {.version = FRAME_PROTOCOL_VERSION, .status = FRAME_WELCOME_OK};
-  struct evbuffer *cout = bufferevent_get_output(t->carrier);
+  struct evbuffer *cout = tout(t);
   if (t->role != TUNNEL_SERVER || t->state != TS_HANDSHAKE) {
     protocol_error(t, "unexpected HELLO");
     return;
@@ -648,7 +743,7 @@ static void handle_welcome(struct tunnel *t, const uint8_t *p, size_t n) {
 }
 
 static void handle_open(struct tunnel *t, uint32_t id, const uint8_t *p, size_t n) {
-  struct evbuffer *cout = bufferevent_get_output(t->carrier);
+  struct evbuffer *cout = tout(t);
   struct frame_open o;
   uint32_t parity = t->role == TUNNEL_CLIENT ? 0 : 1; /* ids the peer opens */
   if (t->state != TS_READY && t->state != TS_CLOSING) {
@@ -691,7 +786,7 @@ static void handle_open(struct tunnel *t, uint32_t id, const uint8_t *p, size_t 
  * input, or discarded. Exceeding the window resets the stream. */
 static void handle_data(struct tunnel *t, uint32_t id, struct evbuffer *in, uint32_t len) {
   struct tunnel_stream *s = id ? map_find(t, id) : NULL;
-  struct evbuffer *cout = bufferevent_get_output(t->carrier);
+  struct evbuffer *cout = tout(t);
   if (!s || s->closed) {
     evbuffer_drain(in, len);
     if (id == 0) {
@@ -734,7 +829,7 @@ static void handle_shutdown(struct tunnel *t, uint32_t id) {
       protocol_error(t, "SHUTDOWN on stream 0");
       return;
     }
-    frame_put_reset(bufferevent_get_output(t->carrier), id, FRAME_RESET_CANCEL, "unknown stream");
+    frame_put_reset(tout(t), id, FRAME_RESET_CANCEL, "unknown stream");
     count_reply(t);
     return;
   }
@@ -831,7 +926,7 @@ static void handle_frame(struct tunnel *t, const struct frame_header *h, struct 
       if (n != 8) {
         protocol_error(t, "PING payload is not 8 bytes");
       } else if (!(h->flags & FRAME_FLAG_ACK)) {
-        frame_put_ping(bufferevent_get_output(t->carrier), FRAME_FLAG_ACK, p);
+        frame_put_ping(tout(t), FRAME_FLAG_ACK, p);
         count_reply(t);
       }
       break;
@@ -929,8 +1024,7 @@ static void carrier_read_cb(struct bufferevent *bev, void *arg) {
         flood_close(t, what);
         break;
       }
-      if (evbuffer_get_length(bufferevent_get_output(bev)) >
-          READ_PAUSE_FACTOR * t->cfg.carrier_high) {
+      if (out_len(t) > READ_PAUSE_FACTOR * t->cfg.carrier_high) {
         pause_read(t); /* the rest stays in the input; carrier_write_cb resumes */
         break;
       }
@@ -959,6 +1053,7 @@ static void carrier_read_cb(struct bufferevent *bev, void *arg) {
     if (want || t->read_wm) bufferevent_setwatermark(bev, EV_READ, want, 0);
     t->read_wm = want > 0;
   }
+  if (t->gather && tls_gather_pending(t->gather) > 0) queue_flush(t); /* written by SSL_read */
   t->in_read = 0;
   leave(t);
 }
@@ -976,6 +1071,7 @@ static void carrier_event_cb(struct bufferevent *bev, short what, void *arg) {
      * will say so. */
     if (t->read_ahead && SSL_has_pending(bufferevent_openssl_get_ssl(bev)))
       event_active(t->reread_ev, EV_READ, 0);
+    if (t->wbuf && out_len(t) > 0) queue_flush(t); /* HELLO or WELCOME waiting */
     return;
   }
   enter(t);
@@ -1013,7 +1109,7 @@ static void ping_cb(evutil_socket_t fd, short what, void *arg) {
     uint8_t op[8];
     uint64_t seq = ++t->ping_seq;
     for (int i = 0; i < 8; i++) op[i] = (uint8_t)(seq >> (56 - 8 * i));
-    frame_put_ping(bufferevent_get_output(t->carrier), 0, op);
+    frame_put_ping(tout(t), 0, op);
     t->stats.frames_out++;
   }
   leave(t);
@@ -1091,17 +1187,23 @@ struct tunnel *tunnel_new(struct event_base *base, struct bufferevent *carrier,
     SSL_set_default_read_buffer_len(ssl, CARRIER_RBUF);
     SSL_set_read_ahead(ssl, 1);
     t->read_ahead = 1;
+    /* Direct writes, see struct tunnel: the carrier's own output stays
+     * empty, so libevent never writes (nor arms EV_WRITE) for us. */
+    t->wbuf = evbuffer_new();
+    t->flush_ev = event_new(base, -1, 0, flush_cb, t);
+    t->wr_ev = event_new(base, bufferevent_getfd(carrier), EV_WRITE, wr_cb, t);
+    if (!t->wbuf || !t->flush_ev || !t->wr_ev) goto fail;
   }
   if (role == TUNNEL_CLIENT) {
     if (!hello) goto fail;
     t->hello = *hello;
     t->hello.version = FRAME_PROTOCOL_VERSION;
     t->hello.window = t->cfg.stream_window; /* the window we grant is our config's */
-    if (frame_put_hello(bufferevent_get_output(carrier), &t->hello) < 0) goto fail;
+    if (frame_put_hello(tout(t), &t->hello) < 0) goto fail;
     t->stats.frames_out++;
   }
   t->last_rx_ms = now_ms();
-  t->out_cb = evbuffer_add_cb(bufferevent_get_output(carrier), carrier_out_cb, t);
+  t->out_cb = evbuffer_add_cb(tout(t), carrier_out_cb, t);
   if (!t->out_cb) goto fail;
   bufferevent_setcb(carrier, carrier_read_cb, carrier_write_cb, carrier_event_cb, t);
   bufferevent_setwatermark(carrier, EV_WRITE, t->cfg.carrier_high / 2, 0);
@@ -1136,7 +1238,10 @@ static void tunnel_destroy(struct tunnel *t) {
   if (t->ping_ev) event_free(t->ping_ev);
   if (t->dead_ev) event_free(t->dead_ev);
   if (t->hs_ev) event_free(t->hs_ev);
-  if (t->carrier && t->out_cb) evbuffer_remove_cb_entry(bufferevent_get_output(t->carrier), t->out_cb);
+  if (t->carrier && t->out_cb) evbuffer_remove_cb_entry(tout(t), t->out_cb);
+  if (t->flush_ev) event_free(t->flush_ev);
+  if (t->wr_ev) event_free(t->wr_ev);
+  if (t->wbuf) evbuffer_free(t->wbuf);
   if (t->carrier) bufferevent_free(t->carrier);
   free(t->map);
   free(t);
@@ -1146,8 +1251,9 @@ static void tunnel_destroy(struct tunnel *t) {
  * our GOAWAY) to the kernel before the carrier is freed. The bufferevent keeps
  * the start of its output frozen (no drain, no copyout), so the bytes are peeked
  * and sent as they are. Only if everything fits in 16 chains, so the GOAWAY is
- * sent whole or not at all. A TLS carrier would need the event loop: there the
- * GOAWAY is usually lost. */
+ * sent whole or not at all. (A TLS carrier on a socket writes directly, see
+ * tunnel_free; a TLS filter, over the port-forward, needs the event loop: there
+ * the GOAWAY is usually lost.) */
 static void flush_now(struct bufferevent *bev) {
   struct evbuffer *out = bufferevent_get_output(bev);
   evutil_socket_t fd = bufferevent_getfd(bev);
@@ -1171,9 +1277,16 @@ void tunnel_free(struct tunnel *t) {
   enter(t);
   if (t->state != TS_DEAD) {
     if (t->state == TS_READY || t->state == TS_HANDSHAKE) {
-      struct evbuffer *out = bufferevent_get_output(t->carrier);
+      struct evbuffer *out = tout(t);
       frame_put_goaway(out, FRAME_RESET_CANCEL, "tunnel closed");
-      flush_now(t->carrier);
+      if (t->wbuf) { /* once, never waiting: as libevent's TLS write would have */
+        int blocked;
+        char err[300];
+        if (direct_flush(t, &blocked, err, sizeof err) < 0)
+          log_debug("tunnel: final flush: %s", err);
+      } else {
+        flush_now(t->carrier);
+      }
     }
     t->state = TS_DEAD;
     stop_everything(t);
@@ -1185,7 +1298,7 @@ void tunnel_free(struct tunnel *t) {
 void tunnel_goaway(struct tunnel *t, uint32_t code, const char *reason) {
   if (t->state == TS_DEAD || t->state == TS_CLOSING) return;
   char why[600];
-  frame_put_goaway(bufferevent_get_output(t->carrier), code, reason);
+  frame_put_goaway(tout(t), code, reason);
   t->stats.frames_out++;
   snprintf(why, sizeof why, "closed locally (GOAWAY %s): %s", frame_reset_name(code),
            reason ? reason : "");
@@ -1213,7 +1326,7 @@ struct tunnel_stream *tunnel_stream_open(struct tunnel *t, const struct frame_op
   if (!s) return NULL;
   t->next_id += 2;
   enter(t);
-  if (frame_put_open(bufferevent_get_output(t->carrier), s->id, o) < 0) {
+  if (frame_put_open(tout(t), s->id, o) < 0) {
     s->user_freed = 1; /* never seen by the peer or the user */
     s->closed = 1;
     t->stats.streams_opened--;
