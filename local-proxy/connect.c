@@ -230,6 +230,8 @@ struct conn {
   int ready_announced;
   char session_path[512];
   char holders[600];       /* other route keys, when leaving */
+  char annotated[2048];    /* ",bob,carol,": others' live route annotations (set_route) */
+  int annotated_known;     /* annotated was read from the Service */
   char fwd_bound[OPT_FORWARDS_MAX][300]; /* --forward i listens here (real port) */
   int cloned;              /* --ingress: clones of our key may exist */
   cJSON *ingress_urls;     /* ["http://alice.shop.example.com/", ...] (owned) */
@@ -1151,6 +1153,8 @@ static int route_mutate(cJSON *obj, void *arg, char *err, size_t errlen) {
   gethostname(host, sizeof host - 1);
   ra->others = 0;
   ra->holders[0] = '\0';
+  snprintf(c->annotated, sizeof c->annotated, ",");
+  c->annotated_known = 1;
   if (!cJSON_GetObjectItemCaseSensitive(ann, TAKEOVER_ANN_TAKEOVER) && ra->add) return 1;
   cJSON *it;
   cJSON_ArrayForEach(it, ann) {
@@ -1160,6 +1164,8 @@ static int route_mutate(cJSON *obj, void *arg, char *err, size_t errlen) {
       ra->others++;
       size_t l = strlen(ra->holders);
       snprintf(ra->holders + l, sizeof ra->holders - l, "%s%s", l ? ", " : "", it->string + 18);
+      l = strlen(c->annotated);
+      snprintf(c->annotated + l, sizeof c->annotated - l, "%s,", it->string + 18);
     }
   }
   /* Our key taken over with --force by another identity: the annotation is
@@ -1242,8 +1248,12 @@ static int key_held(struct conn *c) {
  * lease ago, whose CLI may be reconnecting (a Wi-Fi drop, a laptop lid): the
  * agent keeps their route and restores by itself when the lease ends, so
  * leaving the takeover to it is right, and restoring now would end their
- * session under them. names gets "bob, carol (tunnel lost 12 s ago, lease ends
- * in 48 s)". An agent older than the "leases" member: the keys with tunnels. */
+ * session under them. But only while their route annotation is still on the
+ * Service (set_route read them just before): a developer who left on purpose
+ * removed theirs, and the agent cannot always tell a leave from a loss (the
+ * GOAWAY of a closing tunnel can be lost in the port-forward). names gets "bob,
+ * carol (tunnel lost 12 s ago, lease ends in 48 s)". An agent older than the
+ * "leases" member: the keys with tunnels. */
 static int agent_other_keys(struct conn *c, char *names, size_t len) {
   char err[800];
   cJSON *h = NULL;
@@ -1264,6 +1274,9 @@ static int agent_other_keys(struct conn *c, char *names, size_t len) {
         cJSON_GetObjectItemCaseSensitive(jget(h, "identities"), it->string));
     int ours = strcmp(it->string, c->cfg->key) == 0 && !(id && strcmp(id, c->identity) != 0);
     if (ours || (!leases && tunnels <= 0)) continue;
+    char mark[80];
+    snprintf(mark, sizeof mark, ",%s,", it->string);
+    if (tunnels <= 0 && c->annotated_known && !strstr(c->annotated, mark)) continue; /* left */
     size_t l = strlen(names);
     const cJSON *lost = cJSON_GetObjectItemCaseSensitive(it, "lost_seconds");
     const cJSON *left = cJSON_GetObjectItemCaseSensitive(it, "seconds_remaining");

@@ -60,7 +60,8 @@ Parts (default: all, in this order):
                agent and the shadow Service until the Endpoints show the original
                pods and 2 s more (the restored event says so); at most 1 failure
                per round
-    lostpeer   alice and bob connected; bob's CLI stopped (SIGSTOP) until the
+    lostpeer   bob and then alice leave: alice restores. alice and bob
+               connected; bob's CLI stopped (SIGSTOP) until the
                agent has dropped his tunnels (its 15 s silence detector), his
                lease still running: alice disconnects and the Service stays taken
                over (her disconnected event says restored false, naming bob);
@@ -845,6 +846,20 @@ def part_lostpeer():
     lease = 40
     _, pa = backend("alice-lp")
     _, pb = backend("bob-lp")
+    # 0. bob leaves on purpose, then alice: she is the last one out and restores
+    # (however the agent saw bob's tunnels end).
+    alice = Session("alice", pa, "--lease-seconds", str(lease))
+    alice.ready()
+    bob = Session("bob", pb, "--lease-seconds", str(lease))
+    bob.ready()
+    ev = bob.stop()
+    check(ev.get("restored") is False, "bob left first: no restore")
+    ev = alice.stop()
+    msgs = [e.get("message", "") for e in alice.events if e.get("step") == "others-remain"]
+    check(ev.get("restored") is True, "alice, the last one out after bob left, restored "
+          "(restored %s, said %s)" % (ev.get("restored"), msgs[:1]))
+    check_restored(before, "bob and then alice leaving")
+
     alice = Session("alice", pa, "--lease-seconds", str(lease))
     alice.ready()
     bob = Session("bob", pb, "--lease-seconds", str(lease))
