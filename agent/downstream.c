@@ -68,6 +68,7 @@ struct downstream {
   struct agent *ag;
   struct bufferevent *bev;
   struct event *timer;       /* sniff / idle / header / linger, by state */
+  struct event *flush_ev;    /* bulk output: one send at the end of the loop turn */
   enum ds_state state;
   uint16_t port;             /* service port the client connected to */
   struct agent_listener *li; /* its listener: fallback address and pool */
@@ -92,6 +93,7 @@ struct downstream {
   TAILQ_ENTRY(downstream) link; /* in ag->clients until freed or handed off */
 
   unsigned dead : 1;         /* ds_close() called; freed when busy drops to 0 */
+  unsigned flush_queued : 1; /* flush_ev is active */
   unsigned handed_off : 1;   /* bev belongs to a splice now */
   unsigned head_init : 1;
   unsigned too_big : 1;      /* the head hit a limit inside a parser callback */
@@ -157,6 +159,7 @@ static void ds_close(struct downstream *ds) {
 static void ds_free(struct downstream *ds) {
   if (!ds->handed_off) TAILQ_REMOVE(&ds->ag->clients, ds, link);
   if (ds->timer) event_free(ds->timer);
+  if (ds->flush_ev) event_free(ds->flush_ev);
   if (ds->up) upstream_free(ds->up);
   if (ds->bev && !ds->handed_off) bufferevent_free(ds->bev);
   if (ds->head_init) http_head_free(&ds->head);
@@ -1014,13 +1017,29 @@ static void up_event(struct upstream *u, int what, void *arg) {
  * queued with one sendmsg() (splice_write_now). Only what the socket does not take at once goes
  * through libevent (EV_WRITE enabled until the output is empty again, see
  * client_write). Letting libevent write everything armed and disarmed EV_WRITE
- * around every response: two epoll_ctl and a loop turn per request. */
+ * around every response: two epoll_ctl and a loop turn per request. Bulk
+ * output (SPLICE_WRITE_NOW_MAX and more: a response body arriving a DATA frame
+ * per callback) is sent once at the end of the loop turn (client_flush_later),
+ * not through libevent's EV_WRITE on the next turn. */
+static void client_flush_later(evutil_socket_t fd, short what, void *arg);
+
 static void client_flush(struct downstream *ds) {
   for (;;) {
     struct evbuffer *out = bufferevent_get_output(ds->bev);
     size_t len = evbuffer_get_length(out);
     if (len == 0 || (bufferevent_get_enabled(ds->bev) & EV_WRITE)) return;
-    if ((len >= SPLICE_WRITE_NOW_MAX && ds->state != DS_CLOSING) || splice_write_now(ds->bev) > 0) {
+    if (len >= SPLICE_WRITE_NOW_MAX && ds->state != DS_CLOSING) {
+      if (!ds->flush_ev)
+        ds->flush_ev = event_new(ds->ag->base, -1, 0, client_flush_later, ds);
+      if (!ds->flush_ev) {
+        bufferevent_enable(ds->bev, EV_WRITE); /* out of memory: libevent writes */
+      } else if (!ds->flush_queued) {
+        ds->flush_queued = 1;
+        event_active(ds->flush_ev, EV_WRITE, 0);
+      }
+      return;
+    }
+    if (splice_write_now(ds->bev) > 0) {
       bufferevent_enable(ds->bev, EV_WRITE); /* the rest, or the error, through libevent */
       return;
     }
@@ -1063,6 +1082,26 @@ static void client_read(struct bufferevent *bev, void *arg) {
     break;
   default:
     break;
+  }
+  ds_leave(ds);
+}
+
+/* The end of the loop turn that queued bulk output: one sendmsg() of all of
+ * it; EV_WRITE only for what the socket did not take. Then as client_write. */
+static void client_flush_later(evutil_socket_t fd, short what, void *arg) {
+  struct downstream *ds = arg;
+  ds_enter(ds);
+  ds->flush_queued = 0;
+  if (!ds->dead && !ds->handed_off && !(bufferevent_get_enabled(ds->bev) & EV_WRITE)) {
+    if (splice_write_now(ds->bev) > 0) {
+      bufferevent_enable(ds->bev, EV_WRITE);
+    } else if (ds->state == DS_CLOSING) {
+      start_closing(ds);
+    } else if (ds->wait_client_drain) {
+      ds->wait_client_drain = 0; /* room again: relay more of the response */
+      if (ds->up) upstream_pause_read(ds->up, 0);
+      process_response(ds);
+    }
   }
   ds_leave(ds);
 }

@@ -49,6 +49,8 @@ struct splice_side {
   unsigned shut_wait : 1; /* flushing, then shut this side's write direction */
   unsigned shut : 1;      /* this side's write direction is finished */
   unsigned tls : 1;
+  unsigned flush_queued : 1; /* flush_ev is active */
+  struct event *flush_ev; /* bulk output: one send at the end of the loop turn */
   size_t moved;           /* bytes read from this side and passed on */
 };
 
@@ -81,6 +83,10 @@ static void finish(struct splice *sp, const char *err) {
   struct splice_side *sides[2] = {&sp->a, &sp->b};
   for (int i = 0; i < 2; i++) {
     struct splice_side *x = sides[i];
+    if (x->flush_ev) {
+      event_free(x->flush_ev);
+      x->flush_ev = NULL;
+    }
     if (x->bev) {
       bufferevent_free(x->bev);
       x->bev = NULL;
@@ -190,23 +196,57 @@ size_t splice_write_now(struct bufferevent *bev) {
   return evbuffer_get_length(out);
 }
 
+static void flush_later_cb(evutil_socket_t fd, short what, void *arg);
+
 /* Send x's queued output now (plain sockets whose EV_WRITE is off). What the
  * socket does not take, or an error, is left to libevent: EV_WRITE on. Once the
  * output is empty, a waiting half-close proceeds and the loop runs again (the
- * other side's reading may have been paused for this output). Returns -1 if
- * the splice ended. */
+ * other side's reading may have been paused for this output). Bulk output
+ * (SPLICE_WRITE_NOW_MAX and more) is sent once at the end of the loop turn
+ * instead (flush_ev): a turn brings many DATA frames, one callback each, and
+ * libevent would arm EV_WRITE for them and disarm it after its write on the
+ * next turn (two epoll_ctl and a turn of delay per turn of a transfer).
+ * Returns -1 if the splice ended. */
 static int flush_side(struct splice *sp, struct splice_side *x) {
   if (!x->bev || x->tls || sp->ended) return 0;
   struct evbuffer *out = bufferevent_get_output(x->bev);
   size_t len = evbuffer_get_length(out);
   if (len == 0 || (bufferevent_get_enabled(x->bev) & EV_WRITE)) return 0;
-  if (len >= SPLICE_WRITE_NOW_MAX || splice_write_now(x->bev) > 0) {
+  if (len >= SPLICE_WRITE_NOW_MAX) {
+    if (!x->flush_ev)
+      x->flush_ev = event_new(bufferevent_get_base(x->bev), -1, 0, flush_later_cb, x);
+    if (!x->flush_ev) {
+      bufferevent_enable(x->bev, EV_WRITE); /* out of memory: libevent writes */
+    } else if (!x->flush_queued) {
+      x->flush_queued = 1;
+      event_active(x->flush_ev, EV_WRITE, 0);
+    }
+    return 0;
+  }
+  if (splice_write_now(x->bev) > 0) {
     bufferevent_enable(x->bev, EV_WRITE);
     return 0;
   }
   sp->repump = 1;
   if (x->shut_wait) return shut_write(sp, x);
   return 0;
+}
+
+/* The end of the loop turn that queued bulk output on x: one sendmsg() of all
+ * of it; EV_WRITE only for what the socket did not take. */
+static void flush_later_cb(evutil_socket_t fd, short what, void *arg) {
+  struct splice_side *x = arg;
+  struct splice *sp = x->sp;
+  enter(sp);
+  x->flush_queued = 0;
+  if (!sp->ended && x->bev && !(bufferevent_get_enabled(x->bev) & EV_WRITE)) {
+    if (splice_write_now(x->bev) > 0) {
+      bufferevent_enable(x->bev, EV_WRITE);
+    } else if (!x->shut_wait || shut_write(sp, x) == 0) {
+      pump_all(sp); /* room again: the other side may have been paused */
+    }
+  }
+  leave(sp);
 }
 
 /* Both directions, until nothing changes; reentrant calls fold into the loop. */

@@ -54,8 +54,9 @@ size_t splice_read_more(struct bufferevent *bev, size_t max);
  * response). Returns the bytes still queued: the caller then enables EV_WRITE
  * and libevent sends the rest, or reports the error. Callers write directly
  * only below SPLICE_WRITE_NOW_MAX queued bytes: bulk data arrives a DATA frame
- * (16 KiB) per callback, and one send per frame would cost more than letting
- * libevent send all of a loop turn's frames at once. */
+ * (16 KiB) per callback, and one send per frame would cost more than one send
+ * of all of a loop turn's frames; above it they call this once at the end of
+ * the loop turn (an event made active when the bytes were queued). */
 size_t splice_write_now(struct bufferevent *bev);
 #define SPLICE_WRITE_NOW_MAX 8192u
 

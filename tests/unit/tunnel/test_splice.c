@@ -361,6 +361,78 @@ static void test_bev_bev(void) {
   close(q[0]);
 }
 
+/* Bulk output to a plain socket goes out in the loop turn that read it, with
+ * one send and without arming EV_WRITE (the end-of-turn flush); then, with a
+ * peer that stops reading, what the splice holds stays bounded and every byte
+ * arrives in order once it reads again. */
+static void test_bulk_flush_and_stalled_peer(void) {
+  int p[2], q[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM, 0, p) < 0 || socketpair(AF_UNIX, SOCK_STREAM, 0, q) < 0)
+    abort();
+  for (int i = 0; i < 2; i++) {
+    evutil_make_socket_nonblocking(p[i]);
+    evutil_make_socket_nonblocking(q[i]);
+  }
+  struct bufferevent *a = bufferevent_socket_new(base, p[1], BEV_OPT_CLOSE_ON_FREE);
+  struct bufferevent *b = bufferevent_socket_new(base, q[1], BEV_OPT_CLOSE_ON_FREE);
+  struct app ap = {0};
+  struct splice_end ea = {.bev = a}, eb = {.bev = b};
+  CHECK(splice_new(ea, eb, client_done, &ap) != NULL);
+  static uint8_t buf[65536];
+  uint64_t wrote = 0, got = 0;
+  int bad = 0;
+  /* a first small exchange: libevent writes it (a new bufferevent has EV_WRITE
+   * on), and the splice turns EV_WRITE off once the output is empty */
+  for (size_t i = 0; i < sizeof buf; i++) buf[i] = pat(wrote + i);
+  CHECK_EQ_INT(write(p[0], buf, 100), 100);
+  wrote = 100;
+  for (int i = 0; i < 100 && got < wrote; i++) {
+    event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+    ssize_t r = recv(q[0], buf, sizeof buf, MSG_DONTWAIT);
+    if (r > 0) got += (uint64_t)r;
+  }
+  CHECK_EQ_INT(got, 100);
+  for (size_t i = 0; i < sizeof buf; i++) buf[i] = pat(wrote + i);
+  CHECK_EQ_INT(write(p[0], buf, 32768), 32768);
+  wrote += 32768;
+  event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK); /* one turn: read, relay, flush */
+  ssize_t n = recv(q[0], buf, sizeof buf, MSG_DONTWAIT);
+  CHECK_EQ_INT(n, 32768); /* already sent in that turn */
+  CHECK(!(bufferevent_get_enabled(b) & EV_WRITE));
+  for (ssize_t i = 0; i < n; i++) bad |= buf[i] != pat(got + (uint64_t)i);
+  got += n > 0 ? (uint64_t)n : 0;
+
+  /* the peer stops reading: 16 MiB offered */
+  size_t held_max = 0;
+  for (int turn = 0; turn < 4000 && wrote < (16u << 20); turn++) {
+    for (size_t i = 0; i < sizeof buf; i++) buf[i] = pat(wrote + i);
+    ssize_t w = write(p[0], buf, sizeof buf);
+    if (w > 0) wrote += (uint64_t)w;
+    event_base_loop(base, EVLOOP_NONBLOCK);
+    size_t held = evbuffer_get_length(bufferevent_get_input(a)) +
+                  evbuffer_get_length(bufferevent_get_output(b));
+    if (held > held_max) held_max = held;
+  }
+  fprintf(stderr, "stalled peer: the splice held at most %zu bytes of %llu written\n", held_max,
+          (unsigned long long)wrote);
+  CHECK(held_max <= 2 * SPLICE_HIGH_WATER + 65536);
+  shutdown(p[0], SHUT_WR);
+  double end = now_s() + 20;
+  while (now_s() < end && !ap.splice_done) { /* reads again: all of it, in order */
+    event_base_loop(base, EVLOOP_NONBLOCK);
+    while ((n = recv(q[0], buf, sizeof buf, MSG_DONTWAIT)) > 0) {
+      for (ssize_t i = 0; i < n; i++) bad |= buf[i] != pat(got + (uint64_t)i);
+      got += (uint64_t)n;
+    }
+    if (n == 0) shutdown(q[0], SHUT_WR); /* EOF came through: finish the other way */
+  }
+  CHECK(ap.splice_done);
+  CHECK_EQ_INT(got, wrote);
+  CHECK(!bad);
+  close(p[0]);
+  close(q[0]);
+}
+
 int main(void) {
   log_init("test_splice", LOGL_WARN);
   signal(SIGPIPE, SIG_IGN); /* as the programs do: a closed peer is an error, not a signal */
@@ -369,6 +441,7 @@ int main(void) {
   test_half_close_reply_after_eof();
   test_reset_ends_splice();
   test_bev_bev();
+  test_bulk_flush_and_stalled_peer();
   event_base_free(base);
   return check_done();
 }
