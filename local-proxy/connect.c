@@ -1983,7 +1983,10 @@ int connect_kube_open(const struct kube_flags *kf, struct kube **out, char *err,
 }
 
 /* Wait until the agent and everything the garbage collector removes after it
- * (pods, ServiceAccount, Role, RoleBinding) are gone. 0, or -1 after seconds. */
+ * (ServiceAccount, Role, RoleBinding) are gone and its pods are gone or
+ * terminating. A terminating agent pod is selected by nothing and stops on
+ * SIGTERM; removing it is the kubelet's work, which on a real node takes seconds
+ * (tens under load), so it is not waited for. 0, or -1 after seconds. */
 static int wait_gone(struct conn *c, int seconds) {
   double deadline = now_s() + seconds;
   const struct kube_ref refs[] = {
@@ -2006,7 +2009,10 @@ static int wait_gone(struct conn *c, int seconds) {
     struct kube_ref pr = {"v1", "pods", c->ns, NULL, NULL};
     cJSON *pods = NULL;
     if (kube_list(c->k, &pr, sel, &pods, &e) < 0) return -1;
-    left += cJSON_GetArraySize(jget(pods, "items"));
+    const cJSON *pod;
+    cJSON_ArrayForEach(pod, jget(pods, "items")) {
+      if (!jget(jget(pod, "metadata"), "deletionTimestamp")) left++;
+    }
     cJSON_Delete(pods);
     if (left == 0) return 0;
     if (now_s() > deadline) return -1;

@@ -313,7 +313,8 @@ def check_restored(before, what):
     def same():
         return snapshot() == before and not kbridge_objects()
     try:
-        wait("the cluster to equal its state before %s" % what, same, 30)
+        # On the real node a terminating agent pod goes when the kubelet is done with it.
+        wait("the cluster to equal its state before %s" % what, same, 90 if REAL_NODE else 30)
     except Fail:
         now = snapshot()
         for k in before:

@@ -134,8 +134,11 @@ def part_agent():
     for key, want in (("alice", "alice-local"), (None, "api")):
         a = tc.probe([(tc.API, tc.hdr(key) if key else {})])[0]
         check(tc.served_by(a) == want, "%s -> %s through the real node" % (key or "no key", want))
+    t = time.time()
     ev = alice.stop()
-    check(ev["restored"] is True, "alice leaves: restored")
+    check(ev["restored"] is True and alice.p.returncode == 0, "alice leaves: restored, exit %d (%.1f s)"
+          % (alice.p.returncode, time.time() - t))
+    say("MEASURE disconnect to restored on the real node: %.1f s" % (time.time() - t))
     tc.check_restored(before, "a session on the real node")
 
 
