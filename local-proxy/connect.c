@@ -1880,9 +1880,16 @@ static void hook_welcome(void *arg, int ok, const char *message) {
   if (c->ready_announced) return;
   c->ready_announced = 1;
   double dt = now_s() - c->t0;
-  char host[300], hdr[120];
-  snprintf(host, sizeof host, "%s.%s.svc.cluster.local", c->svc, c->ns);
+  /* What a client in the cluster can use to reach you: the Service's own name
+   * (<svc>.<ns>.svc resolves from every namespace through the pods' search
+   * path, whatever the cluster domain) with your route header, or with a Host
+   * whose first label is your key. No URL with your key in its host name: no
+   * DNS record exists for alice.api.shop.svc.cluster.local; a name per
+   * developer that resolves is what the --ingress clones give. */
+  char host[300], hdr[120], hosthdr[200];
+  snprintf(host, sizeof host, "%s.%s.svc", c->svc, c->ns);
   snprintf(hdr, sizeof hdr, "kubernetes-route-as: %s", c->cfg->key);
+  snprintf(hosthdr, sizeof hosthdr, "Host: %s.%s", c->cfg->key, c->svc);
   cJSON *env = resolve_env(c);
   forward_service_links(c, env);
   cJSON *fwds = cJSON_CreateArray();
@@ -1900,8 +1907,6 @@ static void hook_welcome(void *arg, int ok, const char *message) {
   cJSON *urls = cJSON_CreateArray();
   for (int i = 0; i < c->nports; i++) {
     char u[600];
-    snprintf(u, sizeof u, "http://%s.%s:%d/", c->cfg->key, host, c->ports[i].port);
-    cJSON_AddItemToArray(urls, cJSON_CreateString(u));
     snprintf(u, sizeof u, "http://%s:%d/", host, c->ports[i].port);
     cJSON_AddItemToArray(urls, cJSON_CreateString(u));
   }
@@ -1913,6 +1918,7 @@ static void hook_welcome(void *arg, int ok, const char *message) {
     cJSON_AddStringToObject(o, "mode", c->cfg->replace ? "exclusive" : "routing");
     cJSON_AddItemToObject(o, "urls", cJSON_Duplicate(urls, 1));
     cJSON_AddStringToObject(o, "header", hdr);
+    if (!c->cfg->replace) cJSON_AddStringToObject(o, "host_header", hosthdr);
     cJSON_AddNumberToObject(o, "local_port", c->cfg->local_port);
     cJSON_AddItemToObject(o, "forwards", cJSON_Duplicate(fwds, 1));
     if (c->ingress_urls) cJSON_AddItemToObject(o, "ingress_urls", cJSON_Duplicate(c->ingress_urls, 1));
@@ -1926,8 +1932,10 @@ static void hook_welcome(void *arg, int ok, const char *message) {
            c->cfg->replace ? " (exclusive: all traffic)" : "",
            c->identity[0] ? c->identity : "no identity");
     if (!c->cfg->replace) {
-      printf("  subdomain: http://%s.%s:%d/\n", c->cfg->key, host, c->ports[0].port);
       printf("  header:    curl -H '%s' http://%s:%d/\n", hdr, host, c->ports[0].port);
+      printf("  host:      curl -H '%s' http://%s:%d/\n", hosthdr, host, c->ports[0].port);
+    } else {
+      printf("  service:   curl http://%s:%d/\n", host, c->ports[0].port);
     }
     const cJSON *f;
     cJSON_ArrayForEach(f, c->ingress_urls) printf("  ingress:   %s\n", f->valuestring);

@@ -9,12 +9,14 @@ Parts (default: all, in this order):
     badinput   unknown Service, Service without selector, missing namespace, no
                permission, unreachable API server, broken kubeconfig, failing exec
                plugin: clear error, cluster unchanged; a working exec plugin works
-    routing    alice connects (ready time printed); from a pod: her header and her
-               subdomain (Host) reach her local server, other requests the real api
-               pods; bob connects and gets his; frontend -> api with alice's header
-               reaches alice; a key held by someone else and --replace while others
-               hold routes are refused naming the holder; bob leaves, alice's route
-               stays; alice leaves: Service and Deployment equal what they were
+    routing    alice connects (ready time printed); from a pod: every URL of the
+               ready event with its header and with its Host header, and every
+               curl line a text-mode connect prints, reach the developer's local
+               server; her header and her subdomain (Host) reach her local
+               server, other requests the real api pods; bob connects and gets
+               his; frontend -> api with alice's header reaches alice; a key
+               held by someone else and --replace while others hold routes are
+               refused naming the holder; bob leaves, alice's route stays; alice leaves: Service and Deployment equal what they were
                before, no kbridge object left
     replace    --replace scales api to 0, all traffic to the developer, back to 2
     command    `-- CMD` runs with the original container's env (--env-file too);
@@ -611,6 +613,61 @@ def part_badinput():
           "a kubeconfig with a working exec plugin: kbridge list works (%s)" % r.stdout.strip())
 
 
+def header_pair(line):
+    """'Name: value' -> (Name, value)."""
+    name, _, value = line.partition(":")
+    return name.strip(), value.strip()
+
+
+def check_printed_urls(ev, who):
+    """Every URL of a ready event works from a pod in the cluster and, with the
+    event's route header or Host header, reaches the developer's process."""
+    reqs = []
+    for u in ev["urls"]:
+        reqs.append((u, dict([header_pair(ev["header"])])))
+        if ev.get("host_header"):
+            reqs.append((u, dict([header_pair(ev["host_header"])])))
+    got = [served_by(a) for a in probe(reqs)]
+    check(reqs and all(g == who for g in got),
+          "every URL of the ready event, with its header, reaches %s from a pod: %s" % (
+              who, list(zip([(u, h) for u, h in reqs], got))))
+
+
+def check_printed_text(port, who):
+    """Connect without --output json, with a key of its own and the local port
+    of who's server; every URL it prints, requested from a pod (with the -H
+    headers of its curl line, if it is in one), must reach who."""
+    import re
+    import shlex
+    key = who.split("-")[0] + "-text"
+    e = dict(os.environ, KUBECONFIG=restricted(), XDG_RUNTIME_DIR=TMP)
+    p = subprocess.Popen([ARGS.kbridge, "connect", "-n", NS, "--service", "api", "--local-port",
+                          str(port), "--route-as", key, "--agent-image", IMAGE],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=e)
+    PROCS.append(p)
+    lines = []
+    for line in p.stdout:
+        lines.append(line.rstrip())
+        if "stop with Ctrl-C" in line:
+            break
+    try:
+        reqs = []
+        for line in lines:
+            if "curl " in line:
+                argv = shlex.split(line[line.index("curl "):])
+                hdrs = dict(header_pair(argv[i + 1]) for i in range(len(argv)) if argv[i] == "-H")
+                reqs += [(line.strip(), a, hdrs) for a in argv[1:] if a.startswith("http")]
+            else:
+                reqs += [(line.strip(), u, {}) for u in re.findall(r"https?://\S+", line)]
+        got = [served_by(a) for a in probe([(u, h) for _, u, h in reqs])] if reqs else []
+        check(reqs and all(g == who for g in got),
+              "every URL connect prints (text) works from a pod and reaches %s: %s" % (
+                  who, [(l, g) for (l, _, _), g in zip(reqs, got)]))
+    finally:
+        p.send_signal(signal.SIGINT)
+        p.wait(60)
+
+
 def part_routing():
     before = snapshot()
     _, pa = backend("alice-local")
@@ -620,9 +677,9 @@ def part_routing():
     dt = time.time() - alice.t0
     say("MEASURE connect-to-ready (fresh takeover): %.2f s (CLI says %.2f s)" % (dt, ev["seconds"]))
     check(ev["route"] == "alice" and ev["local_port"] == pa and
-          ev["header"] == "kubernetes-route-as: alice" and
-          any(u.startswith("http://alice.api.shop") for u in ev["urls"]),
+          ev["header"] == "kubernetes-route-as: alice" and ev["urls"],
           "ready event: route, header, urls %s" % ev["urls"])
+    check_printed_urls(ev, "alice-local")
     check(ev["env"].get("GREETING") == "hello from the shop config" and
           ev["env"].get("API_KEY") == "demo-api-key-not-a-real-secret",
           "ready event carries the original env (configMap and secret refs resolved)")
@@ -640,6 +697,7 @@ def part_routing():
     bob = Session("bob", pb)
     ev = bob.ready()
     say("MEASURE connect-to-ready (second developer, agent reused): %.2f s" % ev["seconds"])
+    check_printed_text(pb, "bob-local")
     ans = probe([(API, hdr("bob")), (API, hdr("alice")), (API, {}),
                  ("http://frontend.%s.svc.cluster.local/" % NS, hdr("alice")),
                  ("http://frontend.%s.svc.cluster.local/" % NS, {})])
@@ -705,6 +763,10 @@ def part_replace():
     ans = probe([(API, {}), (API, hdr("whoever"))])
     check([served_by(a) for a in ans] == ["carol-local"] * 2,
           "exclusive: every request reaches the developer")
+    got = [served_by(a) for a in probe([(u, {}) for u in ev["urls"]])]
+    check(ev["urls"] and "host_header" not in ev and got == ["carol-local"] * len(got),
+          "exclusive: every URL of the ready event, without a header, reaches the developer "
+          "from a pod: %s" % list(zip(ev["urls"], got)))
     ev = carol.stop(signal.SIGTERM)
     check(ev["restored"] is True, "SIGTERM: restored")
     check_restored(before, "--replace")

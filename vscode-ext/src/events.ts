@@ -22,8 +22,11 @@ export interface ReadyEvent {
   event: 'ready';
   route: string;
   mode: 'routing' | 'exclusive' | string;
+  /* The Service's URLs (one per port), for clients in the cluster: in routing
+   * mode a request reaches you with `header` or `host_header`. */
   urls: string[];
   header: string;
+  host_header?: string;
   local_port: number;
   forwards: Forward[];
   ingress_urls?: string[];
@@ -124,6 +127,7 @@ export function parseLine(line: string): Parsed | undefined {
         local_port: port, forwards, env, seconds: num(v, 'seconds') ?? 0,
       };
       if (Array.isArray(v['ingress_urls'])) ev.ingress_urls = strings(v['ingress_urls']);
+      if (typeof v['host_header'] === 'string') ev.host_header = v['host_header'];
       if (typeof v['agent'] === 'string') ev.agent = v['agent'];
       return { kind: 'event', event: ev };
     }
@@ -181,4 +185,18 @@ export class EventParser {
     const p = parseLine(rest);
     return p ? [p] : [];
   }
+}
+
+/* The requests that reach the developer from a pod in the cluster, as curl
+ * command lines: the Service's first URL with the route header, then with the
+ * Host header (routing mode); the bare URL in exclusive mode. The URLs are
+ * cluster names: a browser on this machine needs an Ingress clone
+ * (`ingress_urls`, connect --ingress). */
+export function curlCommands(ev: ReadyEvent): string[] {
+  const url = ev.urls[0];
+  if (!url) return [];
+  if (ev.mode === 'exclusive') return [`curl ${url}`];
+  const out: string[] = [];
+  for (const h of [ev.header, ev.host_header]) if (h) out.push(`curl -H '${h}' ${url}`);
+  return out;
 }

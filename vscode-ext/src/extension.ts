@@ -5,6 +5,7 @@
  * Every disposable goes into context.subscriptions. */
 import * as vscode from 'vscode';
 import { restore as cliRestore, CliError } from './cli';
+import { curlCommands, type ReadyEvent } from './events';
 import { Manager } from './manager';
 import type { Session } from './session';
 import { executionFor, KbridgeTaskProvider, kbridgeBinary, makeTask, sessionId, TASK_TYPE } from './task';
@@ -97,6 +98,23 @@ function openTerminal(s: Session): void {
   t.show();
 }
 
+async function copyCurl(curl: string): Promise<void> {
+  await vscode.env.clipboard.writeText(curl);
+  void vscode.window.showInformationMessage(`kbridge: copied "${curl}" (run it in a pod of the cluster)`);
+}
+
+/* Without --ingress there is no URL for a browser on this machine: say so, and
+ * offer what does work. */
+async function noBrowserUrl(ready: ReadyEvent): Promise<void> {
+  const curl = curlCommands(ready)[0];
+  const copy = 'Copy the curl command';
+  const r = await vscode.window.showInformationMessage(
+    `kbridge: no URL a browser here can open: the Service's URL is a cluster name${curl ? ` (from a pod: ${curl})` : ''}. With an Ingress in front of the Service, "ingress: true" in kbridge.yaml (connect --ingress) gives you a URL of your own.`,
+    ...(curl ? [copy] : []),
+  );
+  if (r === copy && curl) await copyCurl(curl);
+}
+
 async function menu(m: Manager): Promise<void> {
   type Item = vscode.QuickPickItem & { run: () => unknown };
   const items: Item[] = [];
@@ -104,8 +122,12 @@ async function menu(m: Manager): Promise<void> {
     const name = `${s.spec.namespace}/${s.spec.service}`;
     items.push({ label: `${name}: ${s.state}${s.ready ? ` as ${s.ready.route}` : ''}`, kind: vscode.QuickPickItemKind.Separator, run: () => undefined });
     if (s.state === 'connected' && s.ready) {
-      const url = s.ready.ingress_urls?.[0] ?? s.ready.urls[0];
+      /* Only an Ingress clone's URL opens in a browser here: the Service's URLs
+       * are cluster names, reaching you with your header (a curl from a pod). */
+      const url = s.ready.ingress_urls?.[0];
       if (url) items.push({ label: '$(link-external) Open the route URL', description: url, run: () => vscode.env.openExternal(vscode.Uri.parse(url)) });
+      const curl = curlCommands(s.ready)[0];
+      if (curl) items.push({ label: '$(copy) Copy a curl command (to run in a pod)', description: curl, run: () => copyCurl(curl) });
       if (s.ready.header)
         items.push({ label: '$(copy) Copy the route header', description: s.ready.header, run: async () => { await vscode.env.clipboard.writeText(s.ready!.header); void vscode.window.showInformationMessage(`kbridge: copied "${s.ready!.header}"`); } });
       items.push({ label: "$(terminal) Open a terminal with the session's environment", run: () => openTerminal(s) });
@@ -157,8 +179,9 @@ export function activate(context: vscode.ExtensionContext): void {
     vscode.commands.registerCommand('kbridge.showLog', () => m.out.show(true)),
     vscode.commands.registerCommand('kbridge.openUrl', async () => {
       const s = await pickSession(m, (x) => x.state === 'connected', 'Which session?');
-      const url = s?.ready?.ingress_urls?.[0] ?? s?.ready?.urls[0];
+      const url = s?.ready?.ingress_urls?.[0];
       if (url) await vscode.env.openExternal(vscode.Uri.parse(url));
+      else if (s?.ready) await noBrowserUrl(s.ready);
     }),
     vscode.commands.registerCommand('kbridge.copyHeader', async () => {
       const s = await pickSession(m, (x) => x.state === 'connected', 'Which session?');

@@ -5,7 +5,7 @@
  * second would be refused by the agent anyway); two Services at once is two
  * sessions. Everything created here is disposed with the extension. */
 import * as vscode from 'vscode';
-import type { KbridgeEvent } from './events';
+import { curlCommands, type KbridgeEvent } from './events';
 import { Session, type SessionSpec } from './session';
 
 /* What to do about an error event's reason, said to the user. */
@@ -124,7 +124,8 @@ export class Manager implements vscode.Disposable {
         break;
       case 'ready':
         this.log(`${p} ready in ${ev.seconds.toFixed(2)} s: route ${ev.route} -> 127.0.0.1:${ev.local_port} (${ev.mode})`);
-        for (const u of ev.urls) this.log(`${p}   url: ${u}`);
+        for (const c of curlCommands(ev)) this.log(`${p}   from a pod: ${c}`);
+        for (const u of ev.ingress_urls ?? []) this.log(`${p}   ingress: ${u}`);
         if (ev.header) this.log(`${p}   header: ${ev.header}`);
         for (const f of ev.forwards) this.log(`${p}   forward: ${f.listen} -> ${f.target}`);
         break;

@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { connectArgs, shellQuote, TaskDefinitionError } from './args';
 import { findKbridge } from './cli';
-import type { KbridgeEvent } from './events';
+import { curlCommands, type KbridgeEvent } from './events';
 import type { Manager } from './manager';
 import type { Session } from './session';
 
@@ -131,8 +131,8 @@ class KbridgePty implements vscode.Pseudoterminal {
         break;
       case 'ready':
         this.line(`kbridge: ready in ${ev.seconds.toFixed(2)} s: route ${ev.route} -> 127.0.0.1:${ev.local_port}${ev.mode === 'exclusive' ? ' (all traffic)' : ''}`);
-        if (ev.header) this.line(`  header:  ${ev.header}`);
-        for (const u of ev.urls.slice(0, 2)) this.line(`  url:     ${u}`);
+        for (const c of curlCommands(ev)) this.line(`  from a pod: ${c}`);
+        for (const u of ev.ingress_urls ?? []) this.line(`  ingress: ${u}`);
         for (const f of ev.forwards) this.line(`  forward: ${f.listen} -> ${f.target}`);
         this.line('  (terminate this task or stop debugging to disconnect)');
         break;

@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { EventParser, MAX_LINE, parseLine } from '../src/events';
+import { EventParser, MAX_LINE, curlCommands, parseLine } from '../src/events';
 
-const READY = '{"event":"ready","route":"alice","mode":"routing","urls":["http://alice.api.shop.svc.cluster.local:8080/"],"header":"kubernetes-route-as: alice","local_port":5000,"forwards":[{"listen":"127.0.0.1:4100","target":"store:8080"}],"env":{"GREETING":"hi","N":3},"seconds":1.5}';
+const READY = '{"event":"ready","route":"alice","mode":"routing","urls":["http://api.shop.svc:8080/"],"header":"kubernetes-route-as: alice","host_header":"Host: alice.api","local_port":5000,"forwards":[{"listen":"127.0.0.1:4100","target":"store:8080"}],"env":{"GREETING":"hi","N":3},"seconds":1.5}';
 
 test('a ready event is parsed field by field', () => {
   const p = parseLine(READY);
@@ -13,6 +13,18 @@ test('a ready event is parsed field by field', () => {
   assert.deepEqual(p.event.forwards, [{ listen: '127.0.0.1:4100', target: 'store:8080' }]);
   assert.deepEqual(p.event.env, { GREETING: 'hi' }, 'non-string env values are dropped');
   assert.equal(p.event.seconds, 1.5);
+  assert.equal(p.event.host_header, 'Host: alice.api');
+});
+
+test('curl commands: the Service URL with the route header, then with the Host header', () => {
+  const p = parseLine(READY);
+  if (p?.kind !== 'event' || p.event.event !== 'ready') throw new Error('not ready');
+  assert.deepEqual(curlCommands(p.event), [
+    "curl -H 'kubernetes-route-as: alice' http://api.shop.svc:8080/",
+    "curl -H 'Host: alice.api' http://api.shop.svc:8080/",
+  ]);
+  assert.deepEqual(curlCommands({ ...p.event, mode: 'exclusive', host_header: undefined }), ['curl http://api.shop.svc:8080/']);
+  assert.deepEqual(curlCommands({ ...p.event, urls: [] }), []);
 });
 
 test('partial lines are held until their newline, in any split', () => {
