@@ -298,6 +298,9 @@ def snapshot():
 
 
 def kbridge_objects():
+    """kbridge's objects in NS. A terminating pod (deletionTimestamp set) is not
+    one: kbridge counts it as gone (selected by nothing, stopped by SIGTERM);
+    on the real node the kubelet removes its object seconds later."""
     kinds = ("deployments,replicasets,pods,services,secrets,serviceaccounts,roles,rolebindings,"
              "ingresses.networking.k8s.io,networkpolicies.networking.k8s.io")
     r = kubectl("get", kinds, "-n", NS, "-o", "json")
@@ -305,6 +308,8 @@ def kbridge_objects():
     left = []
     for it in items:
         md = it["metadata"]
+        if it["kind"] == "Pod" and md.get("deletionTimestamp"):
+            continue
         if md.get("labels", {}).get("app.kubernetes.io/managed-by") == "kbridge" or \
                 md["name"].startswith("kbridge-agent-") or md["name"].endswith("-kbridge-origin"):
             left.append("%s/%s" % (it["kind"], md["name"]))
