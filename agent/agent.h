@@ -78,6 +78,13 @@ struct agent {
   char excl_key[DNS_LABEL_MAX + 1];
   char excl_since[32];
   int stopping;
+  /* SIGTERM with --drain-seconds: still serving (tunnels, routes, listeners)
+   * while the endpoints let go of the pod; /healthz answers 503 and client
+   * connections close after their current response. stopping follows. */
+  int draining;
+  struct event *drain_timer;
+  struct event *exit_poll;        /* stopping: exit once no client connection is left */
+  double stop_deadline;           /* monotonic: exit by then in any case */
   struct lifecycle *life;         /* the lease (--service), or NULL */
 };
 

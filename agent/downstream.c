@@ -845,7 +845,8 @@ static void response_complete(struct downstream *ds) {
     pool_put(ds->up_pool, u);
   else
     upstream_free(u);
-  if (!ds->req_done || !ds->req_keepalive || !up_ka || refused_connect || ds->ag->stopping) {
+  if (!ds->req_done || !ds->req_keepalive || !up_ka || refused_connect || ds->ag->stopping ||
+      ds->ag->draining) {
     start_closing(ds);
     return;
   }

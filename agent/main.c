@@ -2,13 +2,19 @@
  *
  * Startup prints the bound addresses on stdout, one per line ("listen A:P",
  * "tunnel-listen A:P", "metrics A:P"), then "ready"; tests and the CLI parse
- * these. Logs go to stderr. SIGINT/SIGTERM: stop accepting, GOAWAY every
- * tunnel, exit 0. */
+ * these. Logs go to stderr. SIGINT/SIGTERM: with --drain-seconds N, first keep
+ * serving N seconds (the pod is being deleted: the Service's endpoints and
+ * kube-proxy let go of it meanwhile, so no client is sent to a closed port;
+ * /healthz answers 503, client connections close after their response); then
+ * stop accepting, GOAWAY every tunnel, and exit 0 once the client connections
+ * are done (at most STOP_WAIT_MS after a drain, 200 ms without one). A second
+ * signal skips what is left of the drain; a third exits at once. */
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -34,6 +40,8 @@
 #include "tunnels.h"
 
 #define ACCEPT_BACKOFF_MS 1000
+#define STOP_WAIT_MS 2000 /* after a drain: how long open client connections may finish */
+#define EXIT_POLL_MS 50
 
 static void update_listeners(struct agent *ag) {
   int on = !ag->accept_paused_cap && !ag->accept_paused_fd && !ag->stopping;
@@ -158,33 +166,81 @@ static void sweep_cb(evutil_socket_t fd, short what, void *arg) {
   TAILQ_FOREACH(at, &ag->tunnels, link) tunnels_pools_sweep(at, ag->opt->pool_idle_ms);
 }
 
-static void signal_cb(evutil_socket_t sig, short what, void *arg) {
+static double mono_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Stopping: exit once no client connection is open, or at the deadline. */
+static void exit_poll_cb(evutil_socket_t fd, short what, void *arg) {
   struct agent *ag = arg;
-  if (ag->stopping) {
-    log_warn("second signal: exiting now");
-    event_base_loopbreak(ag->base);
+  if (ag->stats.connections_open > 0 && mono_s() < ag->stop_deadline) {
+    struct timeval tv = {0, EXIT_POLL_MS * 1000};
+    evtimer_add(ag->exit_poll, &tv);
     return;
   }
-  log_info("signal %d: stopping (no new connections, tunnels told GOAWAY)", (int)sig);
+  if (ag->stats.connections_open > 0)
+    log_warn("stopping with %ld client connection(s) still open", ag->stats.connections_open);
+  event_base_loopexit(ag->base, NULL);
+}
+
+/* Stop accepting, GOAWAY every tunnel, and end the loop once the client
+ * connections are done: at most wait_ms (at least 200 ms, for the GOAWAY
+ * frames to leave). */
+static void stop_now(struct agent *ag, long wait_ms) {
+  ag->draining = 0;
   ag->stopping = 1;
+  if (ag->drain_timer) evtimer_del(ag->drain_timer);
   update_listeners(ag);
   tunnels_shutdown(ag);
   for (size_t i = 0; i < ag->nlisteners; i++) pool_clear(&ag->listeners[i].pool);
   struct timeval tv = {0, 200 * 1000}; /* let GOAWAY frames leave */
-  event_base_loopexit(ag->base, &tv);
+  ag->stop_deadline = mono_s() + (double)wait_ms / 1000.0;
+  if (wait_ms > 200 && ag->exit_poll)
+    evtimer_add(ag->exit_poll, &tv);
+  else
+    event_base_loopexit(ag->base, &tv);
 }
 
-/* The lease ran out and the cluster is back (lifecycle.h): stop as on SIGTERM. */
+static void drain_done_cb(evutil_socket_t fd, short what, void *arg) {
+  struct agent *ag = arg;
+  log_info("drain over after %ld s: stopping (no new connections, tunnels told GOAWAY)",
+           ag->opt->drain_seconds);
+  stop_now(ag, STOP_WAIT_MS);
+}
+
+static void signal_cb(evutil_socket_t sig, short what, void *arg) {
+  struct agent *ag = arg;
+  if (ag->stopping) {
+    log_warn("another signal: exiting now");
+    event_base_loopbreak(ag->base);
+    return;
+  }
+  if (ag->draining) {
+    log_info("signal %d while draining: stopping now", (int)sig);
+    stop_now(ag, STOP_WAIT_MS);
+    return;
+  }
+  if (ag->opt->drain_seconds > 0 && ag->drain_timer) {
+    log_info("signal %d: draining for %ld s (still serving; /healthz answers 503) before stopping",
+             (int)sig, ag->opt->drain_seconds);
+    ag->draining = 1;
+    struct timeval tv = {(time_t)ag->opt->drain_seconds, 0};
+    evtimer_add(ag->drain_timer, &tv);
+    return;
+  }
+  log_info("signal %d: stopping (no new connections, tunnels told GOAWAY)", (int)sig);
+  stop_now(ag, 0);
+}
+
+/* The lease ran out and the cluster is back (lifecycle.h): stop as on SIGTERM,
+ * without a drain (the restore waited for the endpoints already). */
 static void restored_cb(void *arg) {
   struct agent *ag = arg;
   if (ag->stopping) return;
   log_info("stopping: the Service is restored");
-  ag->stopping = 1;
-  update_listeners(ag);
-  tunnels_shutdown(ag);
-  for (size_t i = 0; i < ag->nlisteners; i++) pool_clear(&ag->listeners[i].pool);
-  struct timeval tv = {0, 200 * 1000}; /* let GOAWAY frames leave */
-  event_base_loopexit(ag->base, &tv);
+  stop_now(ag, 0);
 }
 
 static int listen_service(struct agent *ag, const struct hostport *hp,
@@ -313,9 +369,11 @@ int main(int argc, char **argv) {
 
   ag.accept_backoff = evtimer_new(ag.base, backoff_done, &ag);
   ag.sweep = event_new(ag.base, -1, EV_PERSIST, sweep_cb, &ag);
+  ag.drain_timer = evtimer_new(ag.base, drain_done_cb, &ag);
+  ag.exit_poll = evtimer_new(ag.base, exit_poll_cb, &ag);
   struct event *sigint = evsignal_new(ag.base, SIGINT, signal_cb, &ag);
   struct event *sigterm = evsignal_new(ag.base, SIGTERM, signal_cb, &ag);
-  if (!ag.accept_backoff || !ag.sweep || !sigint || !sigterm) {
+  if (!ag.accept_backoff || !ag.sweep || !ag.drain_timer || !ag.exit_poll || !sigint || !sigterm) {
     log_err("out of memory at startup");
     return 1;
   }
@@ -353,6 +411,8 @@ int main(int argc, char **argv) {
   event_free(sigint);
   event_free(sigterm);
   event_free(ag.sweep);
+  event_free(ag.drain_timer);
+  event_free(ag.exit_poll);
   event_free(ag.accept_backoff);
   metrics_free(&ag.stats);
   route_table_free(ag.routes);

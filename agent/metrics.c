@@ -134,7 +134,9 @@ static void healthz(struct evhttp_request *req, void *arg) {
   lifecycle_leases_json(ag->life, ag->routes, b);
   evbuffer_add_printf(b, "}\n");
   evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "text/plain");
-  evhttp_send_reply(req, ag->stopping ? 503 : 200, ag->stopping ? "Stopping" : "OK", b);
+  int down = ag->stopping || ag->draining;
+  evhttp_send_reply(req, down ? 503 : 200, ag->stopping ? "Stopping" : ag->draining ? "Draining" : "OK",
+                    b);
   evbuffer_free(b);
 }
 

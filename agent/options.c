@@ -96,6 +96,10 @@ static const struct opt_def opt_table[] = {
    "N  restore after this long with no developer connected"},
   {"grace-seconds", OPT_LONG, OFF(grace_seconds), 0, NOSET, 0, "5", 0, 3600,
    "N  restore this long after the last developer left cleanly"},
+  {"drain-seconds", OPT_LONG, OFF(drain_seconds), 0, NOSET, 0, "0", 0, 3600,
+   "N  on SIGTERM keep serving this long (/healthz answers 503, keep-alive connections close "
+   "after their response) while the Service's endpoints and kube-proxy let go of the pod; then "
+   "stop"},
 };
 #define NOPTS (sizeof opt_table / sizeof opt_table[0])
 

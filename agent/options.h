@@ -45,6 +45,7 @@ struct agent_options {
   char service[64];                         /* --service: restore this Service when the lease ends */
   long lease_seconds;                       /* --lease-seconds, default 60 */
   long grace_seconds;                       /* --grace-seconds, default 5 */
+  long drain_seconds;                       /* --drain-seconds, default 0 (stop at once) */
 };
 
 enum options_result { OPTIONS_OK = 0, OPTIONS_EXIT_OK = 1, OPTIONS_ERROR = 2 };

@@ -267,6 +267,12 @@ static int on_hello(struct tunnel *t, const struct frame_hello *hello, char *msg
            id[0] ? id : "no identity", at->peer, hello->label,
            route_table_conns(ag->routes, hello->key));
   lifecycle_check(ag->life);
+  /* The greeting names this agent (in a cluster: its pod), so a CLI whose
+   * tunnels reach the agents through one address can tell which one it got
+   * (docs/reliability.md). */
+  char host[256] = "";
+  if (gethostname(host, sizeof host - 1) == 0 && host[0])
+    snprintf(msg, msglen, "pod %s", host);
   return FRAME_WELCOME_OK;
 }
 

@@ -459,6 +459,18 @@ static void wait_endpoints(struct kube *k, const char *ns, const char *service,
   }
 }
 
+/* Do the Service's Endpoints list an agent pod now? 0 when they cannot be read. */
+static int endpoints_list_agent(struct kube *k, const char *ns, const char *service) {
+  struct kube_ref r = {"v1", "endpoints", ns, service, NULL};
+  struct kube_err e;
+  cJSON *ep = NULL;
+  int ready = 0, agent = 0;
+  if (kube_get(k, &r, &ep, &e) < 0) return 0;
+  takeover_endpoints_switched(ep, service, &ready, &agent);
+  cJSON_Delete(ep);
+  return agent > 0;
+}
+
 /* ---- 3, 4: objects ---- */
 
 /* Delete one object if it is ours. Returns 0 (deleted, gone, or not ours:
@@ -669,6 +681,11 @@ int takeover_remove_ingress_clones(struct kube *k, const char *ns, const char *s
 
 int takeover_restore(struct kube *k, const char *ns, const char *service,
                      struct takeover_report *rep, char *err, size_t errlen) {
+  return takeover_restore_flags(k, ns, service, 0, rep, err, errlen);
+}
+
+int takeover_restore_flags(struct kube *k, const char *ns, const char *service, int flags,
+                           struct takeover_report *rep, char *err, size_t errlen) {
   struct takeover_names nm;
   memset(rep, 0, sizeof *rep);
   if (takeover_names(service, &nm) < 0) {
@@ -704,12 +721,15 @@ int takeover_restore(struct kube *k, const char *ns, const char *service,
 
   /* 2. the Service */
   struct service_arg sa;
+  int plain = 0; /* the Service exists and is not (or no longer) taken over */
   memset(&sa, 0, sizeof sa);
   if (kube_update_retry(k, &sref, service_mutate, &sa, NULL, &e) < 0) {
     if (e.status != 404) {
       snprintf(err, errlen, "%s", e.msg);
       return -1;
     }
+  } else if (!sa.had_takeover) {
+    plain = 1;
   } else if (sa.had_takeover) {
     rep->changed++;
     if (sa.restored) {
@@ -730,12 +750,7 @@ int takeover_restore(struct kube *k, const char *ns, const char *service,
           TAKEOVER_FLUX_RECONCILE);
   }
 
-  /* 3. shadow Service, Secret */
-  if (delete_managed(k, "v1", "services", "service", ns, nm.origin, rep, err, errlen) < 0 ||
-      delete_managed(k, "v1", "secrets", "secret", ns, nm.secret, rep, err, errlen) < 0)
-    return -1;
-
-  /* 4. the agent, last */
+  /* Is the agent still there? */
   struct kube_ref dref = {"apps/v1", "deployments", ns, nm.agent, NULL};
   cJSON *dep = NULL;
   int agent_exists = 0;
@@ -746,7 +761,28 @@ int takeover_restore(struct kube *k, const char *ns, const char *service,
     snprintf(err, errlen, "%s", e.msg);
     return -1;
   }
-  if (!agent_exists) {
+  /* Someone else put the selector back a moment ago (the other agent's
+   * lease, the CLI, kbridge-signer): the agent pods may still be the
+   * Service's endpoints, so the same wait before they go. */
+  if (plain && agent_exists && endpoints_list_agent(k, ns, service))
+    wait_endpoints(k, ns, service, rep);
+
+  /* 3. shadow Service, Secret (with TAKEOVER_RESTORE_GC: left to the garbage
+   * collector, as they are owned by the agent's Deployment) */
+  int gc = (flags & TAKEOVER_RESTORE_GC) != 0;
+  if (gc && agent_exists)
+    say(rep, "service %s/%s, secret %s/%s: removed with the deployment (garbage collector)", ns,
+        nm.origin, ns, nm.secret);
+  else if (!gc && (delete_managed(k, "v1", "services", "service", ns, nm.origin, rep, err, errlen) < 0 ||
+                   delete_managed(k, "v1", "secrets", "secret", ns, nm.secret, rep, err, errlen) < 0))
+    return -1;
+
+  /* 4. the agent, last */
+  if (!agent_exists && gc) {
+    say(rep, "leftovers of %s/%s's agent (if any: its secret, serviceaccount, role, "
+        "rolebinding, networkpolicies) are not removed here; `kbridge restore -n %s --service %s` "
+        "removes them", ns, service, ns, service);
+  } else if (!agent_exists) {
     /* Leftovers of an agent deleted earlier (or never created). */
     if (delete_policies(k, ns, service, rep, err, errlen) < 0 ||
         delete_managed(k, "rbac.authorization.k8s.io/v1", "rolebindings", "rolebinding", ns,

@@ -94,6 +94,15 @@ struct takeover_report {
 int takeover_restore(struct kube *k, const char *ns, const char *service,
                      struct takeover_report *rep, char *err, size_t errlen);
 
+/* takeover_restore() for a caller with fewer rights (kbridge-signer's janitor,
+ * signer/janitor.h): with TAKEOVER_RESTORE_GC, what the agent's Deployment owns
+ * (shadow Service, Secret, RBAC objects, policies, clones) is left to the
+ * garbage collector, so no right on Secrets or RBAC objects is needed; the
+ * leftovers of an agent already deleted are then reported, not removed. */
+#define TAKEOVER_RESTORE_GC 1
+int takeover_restore_flags(struct kube *k, const char *ns, const char *service, int flags,
+                           struct takeover_report *rep, char *err, size_t errlen);
+
 /* How long takeover_restore() waits, after putting the selector back, for the
  * Service's Endpoints to show the original pods before it deletes the shadow
  * Service and the agent (which keep serving meanwhile). */

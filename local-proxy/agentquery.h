@@ -13,10 +13,15 @@
 struct kube;
 struct cJSON;
 
-/* Find a Ready pod labelled kbridge.dev/agent=<service> and the container port
- * named kb-metrics of the agent Deployment, fetch /healthz, and return the JSON
- * object in *out (caller frees with cJSON_Delete). Blocks up to about 5 s.
- * Returns 0, or -1 with err (no ready pod, port-forward refused, bad answer). */
+/* Find the Ready pods labelled kbridge.dev/agent=<service> and the container
+ * port named kb-metrics of the agent Deployment, fetch /healthz of each, and
+ * return in *out (caller frees with cJSON_Delete) their answers merged: every
+ * agent pod routes over its own tunnels (docs/reliability.md), so a key counts
+ * as connected when any pod has its tunnels ("keys" and the counters summed,
+ * "identities" joined, "exclusive" if any says so; a key's "leases" entry
+ * held with the tunnels summed when any pod has its tunnels, else the lost
+ * lease that ends last; "lifecycle" is the first pod's). A pod that does not answer is left out. Blocks up to about 5 s per
+ * pod. Returns 0, or -1 with err (no ready pod, or none answered). */
 int agent_healthz(struct kube *k, const char *ns, const char *service, struct cJSON **out,
                   char *err, size_t errlen);
 

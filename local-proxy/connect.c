@@ -14,22 +14,25 @@
  *                then its ServiceAccount, Role, RoleBinding, Secret (the CA
  *                certificate + the agent's certificate and key; never a CA key)
  *                and, in routing mode, the shadow
- *                Service, all owned by the Deployment; then scales it to 1 and
- *                waits for the pod to be Ready (image pull errors and the like
- *                end the wait with the pod's reason). An existing takeover is
- *                reused.
+ *                Service and the PodDisruptionBudget, all owned by the
+ *                Deployment; then scales it to AGENT_REPLICAS and waits for a
+ *                pod to be Ready (image pull errors and the like end the wait
+ *                with the pod's reason). An existing takeover is reused.
  *   3. switch    the Service's selector goes to the agent pods, the original
  *                selector and the takeover record into annotations (only after
  *                the agent is Ready: the Service never points at nothing);
  *                exclusive mode then scales the workload to 0.
  *   4. tunnels   proxy.c runs the tunnels with that certificate, each carried by a
- *                port-forward to the current agent pod (looked up again on every
- *                reconnect, so a replaced pod is found). Meanwhile the re-sync
- *                guard reads the Service every second: a selector merged by a
- *                re-apply of its manifest loses our key at once (real pods
- *                again), then the takeover is re-established, at most
- *                GUARD_RETAKES times in GUARD_WINDOW_S; a further revert, a
- *                replaced selector or a deleted Service ends the session.
+ *                port-forward to an agent pod: --tunnels to every running one
+ *                (hook_open picks the pod; a replaced pod's are found again).
+ *                Meanwhile the re-sync guard reads the Service every second: a
+ *                selector merged by a re-apply of its manifest loses our key at
+ *                once (real pods again), then the takeover is re-established,
+ *                at most GUARD_RETAKES times in GUARD_WINDOW_S; a further
+ *                revert, a replaced selector or a deleted Service ends the
+ *                session. It also lists the agent pods: one lacking our
+ *                tunnels gets them; none ready for AGENT_LOST_S ends the
+ *                session with the Service restored.
  *   5. leave     on SIGINT/SIGTERM, `kbridge disconnect` (SIGTERM) or the end of
  *                the command after "--": GOAWAY, remove our route annotation,
  *                and when no other developer holds a route, restore the cluster
@@ -87,6 +90,18 @@
 #define GUARD_PERIOD_MS 1000
 #define GUARD_RETAKES 3
 #define GUARD_WINDOW_S 600.0
+/* The agent (docs/reliability.md): AGENT_REPLICAS pods, spread over nodes when
+ * the scheduler can, a PodDisruptionBudget keeping one of them, rolling
+ * updates that start a new pod before stopping an old one, and a drain of
+ * AGENT_DRAIN_S on SIGTERM; the CLI keeps --tunnels tunnels to every running
+ * agent pod (AGENT_SLOTS_PER_TUNNEL times --tunnels slots cover the pods of a
+ * rolling update and those still draining). With no ready agent pod for
+ * AGENT_LOST_S, the session restores the Service and ends. */
+#define AGENT_REPLICAS 2
+#define AGENT_DRAIN_S 5
+#define AGENT_SLOTS_PER_TUNNEL 4
+#define AGENT_LOST_S 15.0
+#define MAX_SLOTS 64
 
 extern char **environ;
 
@@ -114,7 +129,7 @@ static const struct opt_def connect_opts[] = {
     {"output", OPT_STRING, CFG_OFF(output), 0, 0, "text", "text|json", 0, 0,
      "json: one JSON event per line on stdout"},
     {"tunnels", OPT_INT, CFG_OFF(tunnels), 0, 0, "2", NULL, 1, 16,
-     "parallel tunnel connections"},
+     "parallel tunnel connections to each agent pod"},
     {"lease-seconds", OPT_INT, CFG_OFF(lease_seconds), 0, 0, "60", NULL, 5, 86400,
      "the agent restores the cluster after this long without any developer"},
     {"timeout", OPT_INT, CFG_OFF(timeout), 0, 0, "120", NULL, 5, 3600,
@@ -241,6 +256,14 @@ struct conn {
   cJSON *orig_pods;        /* the pods the selector picked at inspect (a list's items) */
   int paused;              /* --pause-gitops: we set Flux's reconcile annotation */
   struct netpol_plan np;   /* NetworkPolicies to create with the agent (netpol.h) */
+  /* Which agent pod each tunnel slot (proxy.c) is opened to, or "" */
+  struct {
+    void *slot;
+    char pod[256];
+  } slots[MAX_SLOTS];
+  int per_pod;             /* tunnels wanted to each agent pod (--tunnels) */
+  double agent_seen;       /* when an agent pod was last seen ready (now_s) */
+  int agent_lost;          /* no agent pod ready for AGENT_LOST_S: restore, end */
 };
 
 /* ---- output ---- */
@@ -468,10 +491,14 @@ static cJSON *agent_deployment(const struct conn *c) {
              ",\"sysctls\":[{\"name\":\"net.ipv4.ip_unprivileged_port_start\",\"value\":\"%d\"}]",
              low_port);
   snprintf(buf, sizeof buf,
-           "{\"replicas\":0,\"strategy\":{\"type\":\"Recreate\"},"
+           "{\"replicas\":0,\"strategy\":{\"type\":\"RollingUpdate\",\"rollingUpdate\":"
+           "{\"maxSurge\":1,\"maxUnavailable\":0}},"
            "\"selector\":{\"matchLabels\":{\"%s\":\"%s\"}},"
            "\"template\":{\"metadata\":{\"labels\":{\"%s\":\"%s\",\"%s\":\"kbridge\",\"%s\":\"%s\"}},"
            "\"spec\":{\"serviceAccountName\":\"%s\",\"automountServiceAccountToken\":true,"
+           "\"affinity\":{\"podAntiAffinity\":{\"preferredDuringSchedulingIgnoredDuringExecution\":"
+           "[{\"weight\":100,\"podAffinityTerm\":{\"topologyKey\":\"kubernetes.io/hostname\","
+           "\"labelSelector\":{\"matchLabels\":{\"%s\":\"%s\"}}}}]}},"
            "\"enableServiceLinks\":false,\"terminationGracePeriodSeconds\":30,"
            "\"securityContext\":{\"runAsNonRoot\":true,\"runAsUser\":%d,\"runAsGroup\":%d,"
            "\"fsGroup\":%d,\"seccompProfile\":{\"type\":\"RuntimeDefault\"}%s},"
@@ -489,7 +516,8 @@ static cJSON *agent_deployment(const struct conn *c) {
            "\"volumeMounts\":[{\"name\":\"tls\",\"mountPath\":\"" TLS_MOUNT "\",\"readOnly\":true}]"
            "}]}}}",
            TAKEOVER_LABEL_AGENT, c->svc, TAKEOVER_LABEL_AGENT, c->svc, TAKEOVER_LABEL_MANAGED,
-           TAKEOVER_LABEL_SERVICE, c->svc, c->nm.agent, AGENT_UID, AGENT_UID, AGENT_UID, sysctl,
+           TAKEOVER_LABEL_SERVICE, c->svc, c->nm.agent, TAKEOVER_LABEL_AGENT, c->svc, AGENT_UID,
+           AGENT_UID, AGENT_UID, sysctl,
            c->nm.secret, c->metrics_port, c->metrics_port);
   cJSON *spec = cJSON_Parse(buf);
   cJSON *ctr = cJSON_GetArrayItem(jget(spec, "template.spec.containers"), 0);
@@ -502,14 +530,16 @@ static cJSON *agent_deployment(const struct conn *c) {
   portplan_agent(&c->plan, buf, args, ports);
   const char *fixed[] = {"--tunnel-listen", NULL, "--tls-dir", TLS_MOUNT, "--metrics", NULL,
                          "--namespace", c->ns, "--service", c->svc, "--lease-seconds", NULL,
-                         "--grace-seconds", "5"};
-  char tl[32], ml[32], ls[16];
+                         "--grace-seconds", "5", "--drain-seconds", NULL};
+  char tl[32], ml[32], ls[16], ds[16];
   snprintf(tl, sizeof tl, "[::]:%d", c->tunnel_port); /* both families: agent/bind.h */
   snprintf(ml, sizeof ml, "[::]:%d", c->metrics_port);
   snprintf(ls, sizeof ls, "%d", c->cfg->lease_seconds);
+  snprintf(ds, sizeof ds, "%d", AGENT_DRAIN_S);
   fixed[1] = tl;
   fixed[5] = ml;
   fixed[11] = ls;
+  fixed[15] = ds;
   for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
     cJSON_AddItemToArray(args, cJSON_CreateString(fixed[i]));
   if (c->cfg->replace) cJSON_AddItemToArray(args, cJSON_CreateString("--exclusive"));
@@ -801,6 +831,43 @@ static int netpol_step(struct conn *c) {
   return 0;
 }
 
+/* The agent's PodDisruptionBudget (minAvailable 1), owned by its Deployment:
+ * a drain or an eviction takes one agent pod at a time, and only while the
+ * other is ready. policy/v1 where the API server has it (1.21 and later; 1.25
+ * has no other), else policy/v1beta1. Without the right to create one the
+ * takeover goes on and says so (two replicas still cover a deleted pod; a
+ * drain is then not held back). 0, or -1 (reported). */
+static int create_pdb(struct conn *c, const char *uid) {
+  static const char *const apis[] = {"policy/v1", "policy/v1beta1"};
+  struct kube_err e;
+  memset(&e, 0, sizeof e);
+  for (size_t i = 0; i < sizeof apis / sizeof apis[0]; i++) {
+    cJSON *pdb = simple_object(c, apis[i], "PodDisruptionBudget", c->nm.agent, uid);
+    cJSON *spec = cJSON_AddObjectToObject(pdb, "spec");
+    cJSON_AddNumberToObject(spec, "minAvailable", 1);
+    cJSON *ml = cJSON_AddObjectToObject(cJSON_AddObjectToObject(spec, "selector"), "matchLabels");
+    cJSON_AddStringToObject(ml, TAKEOVER_LABEL_AGENT, c->svc);
+    struct kube_ref r = {apis[i], "poddisruptionbudgets", c->ns, NULL, NULL};
+    int rc = kube_create(c->k, &r, pdb, NULL, &e);
+    cJSON_Delete(pdb);
+    if (rc == 0) {
+      progress(c, "disruption-budget", "poddisruptionbudget %s (%s): at least 1 of the %d agent "
+               "pods stays through drains and evictions", c->nm.agent, apis[i], AGENT_REPLICAS);
+      return 0;
+    }
+    if (e.status != 404) break; /* 404: no such API version here, try the older one */
+  }
+  if (e.status == 403) {
+    log_warn("%s", e.msg);
+    progress(c, "disruption-budget", "no poddisruptionbudget for the agent: not allowed to "
+             "create one in namespace %s (deploy/rbac/developer-role.yaml has the rule); a drain "
+             "may then evict both agent pods at once", c->ns);
+    return 0;
+  }
+  fail_kube(c, &e);
+  return -1;
+}
+
 static int create_agent(struct conn *c) {
   char err[1200];
   struct tls_pem agent = {NULL, NULL};
@@ -867,9 +934,12 @@ static int create_agent(struct conn *c) {
     progress(c, "shadow-service", "shadow service %s selects the original pods (%s)",
              c->nm.origin, selector_string(c->orig_selector));
   }
+  if (create_pdb(c, uid) < 0) return -1;
   struct kube_ref r = {"apps/v1", "deployments", c->ns, c->nm.agent, NULL};
   struct kube_err e;
-  if (kube_patch(c->k, &r, KUBE_PATCH_MERGE, "{\"spec\":{\"replicas\":1}}", NULL, &e) < 0) {
+  char scale[64];
+  snprintf(scale, sizeof scale, "{\"spec\":{\"replicas\":%d}}", AGENT_REPLICAS);
+  if (kube_patch(c->k, &r, KUBE_PATCH_MERGE, scale, NULL, &e) < 0) {
     fail_kube(c, &e);
     return -1;
   }
@@ -922,7 +992,7 @@ static int switch_mutate(cJSON *obj, void *arg, char *err, size_t errlen) {
   cJSON_AddStringToObject(ann, TAKEOVER_ANN_TAKEOVER, tk);
   free(orig);
   cJSON_ReplaceItemInObjectCaseSensitive(spec, "selector", cJSON_Parse(agent_sel));
-  /* Local traffic policies: one agent pod serves every node's clients */
+  /* Local traffic policies: the agent's pods serve every node's clients */
   takeover_policy_cluster(obj, sa->policy, sizeof sa->policy);
   if (c->cfg->pause_gitops) c->paused = takeover_gitops_pause(obj);
   return 0;
@@ -985,8 +1055,8 @@ static int switch_service(struct conn *c) {
            selector_string(c->orig_selector));
   if (sa.policy[0])
     progress(c, "traffic-policy", "service %s/%s: %s set from Local to Cluster while taken over "
-             "(the one agent pod serves the clients of every node; with Local those on other "
-             "nodes would lose the Service); put back at restore", c->ns, c->svc, sa.policy);
+             "(the agent's two pods serve the clients of every node; with Local those on "
+             "other nodes would lose the Service); put back at restore", c->ns, c->svc, sa.policy);
   pause_report(c);
   if (c->cfg->replace) {
     const char *res = takeover_workload_resource(c->wl_kind);
@@ -1564,25 +1634,104 @@ static void agent_gone_cb(evutil_socket_t fd, short what, void *arg) {
   proxy_shutdown(c->px, 1);
 }
 
+/* Can a tunnel go to this agent pod: running, its container started, not
+ * being deleted? (Ready or about to be: a tunnel opened before the pod turns
+ * ready is there for the first request the Service sends it.) */
+static int pod_tunnelable(const cJSON *pod) {
+  if (jget(pod, "metadata.deletionTimestamp")) return 0;
+  const char *phase = jstr(pod, "status.phase");
+  if (!phase || strcmp(phase, "Running") != 0) return 0;
+  const cJSON *cs;
+  int n = 0;
+  cJSON_ArrayForEach(cs, jget(pod, "status.containerStatuses")) {
+    if (!jget(cs, "state.running")) return 0;
+    n++;
+  }
+  return n > 0;
+}
+
+/* How many tunnel slots are open (or opening) to pod. */
+static int slots_on(const struct conn *c, const char *pod) {
+  int n = 0;
+  for (int i = 0; i < MAX_SLOTS; i++) n += c->slots[i].slot && !strcmp(c->slots[i].pod, pod);
+  return n;
+}
+
+/* The agent pods (a list's items), or NULL with why. */
+static cJSON *agent_pods(struct conn *c, char *why, size_t whylen) {
+  char sel[200];
+  snprintf(sel, sizeof sel, "%s=%s", TAKEOVER_LABEL_AGENT, c->svc);
+  struct kube_ref r = {"v1", "pods", c->ns, NULL, NULL};
+  struct kube_err e;
+  cJSON *list = NULL;
+  if (kube_list(c->k, &r, sel, &list, &e) < 0) {
+    snprintf(why, whylen, "%s", e.msg);
+    return NULL;
+  }
+  return list;
+}
+
+/* The agent pod that needs a tunnel most: the fewest of ours (below --tunnels),
+ * ready ones first. NULL if every one has its share. */
+static const cJSON *pod_wanting(const struct conn *c, const cJSON *list) {
+  const cJSON *pod, *best = NULL;
+  int best_n = 0, best_ready = 0;
+  cJSON_ArrayForEach(pod, jget(list, "items")) {
+    const char *name = jstr(pod, "metadata.name");
+    if (!name || !pod_tunnelable(pod)) continue;
+    int n = slots_on(c, name), ready = pod_ready(pod);
+    if (n >= c->per_pod) continue;
+    if (!best || n < best_n || (n == best_n && ready && !best_ready)) {
+      best = pod;
+      best_n = n;
+      best_ready = ready;
+    }
+  }
+  return best;
+}
+
+/* A tunnel slot opens: to the agent pod that needs one most (slots are
+ * --tunnels per pod; spare slots stay idle until the re-sync guard sees a pod
+ * that lacks its tunnels and kicks them). */
 static void *hook_open(void *arg, struct event_base *base, proxy_carrier_done done, void *slot,
                        char *err, size_t errlen) {
   struct conn *c = arg;
   char pod[256], why[1200];
-  int rc = ready_agent_pod(c, pod, sizeof pod, why, sizeof why, NULL);
-  if (rc != 0) {
-    snprintf(err, errlen, "%s", rc > 0 ? "no ready agent pod (yet)" : why);
-    if (rc > 0) log_info("%s", why);
+  cJSON *list = agent_pods(c, why, sizeof why);
+  if (!list) {
+    snprintf(err, errlen, "%s", why);
+    return NULL;
+  }
+  const cJSON *want = pod_wanting(c, list);
+  int any = 0;
+  const cJSON *p;
+  cJSON_ArrayForEach(p, jget(list, "items")) any |= pod_tunnelable(p);
+  if (want) snprintf(pod, sizeof pod, "%s", jstr(want, "metadata.name"));
+  cJSON_Delete(list);
+  if (!want) {
+    err[0] = '\0'; /* idle until the guard kicks it */
+    if (any) return NULL;
+    log_info("tunnel: no running agent pod of %s/%s (yet)", c->ns, c->svc);
     /* No pod: being replaced, or the takeover is over? */
     struct kube_ref dr = {"apps/v1", "deployments", c->ns, c->nm.agent, NULL};
     struct kube_err e;
     cJSON *d = NULL;
-    if (rc > 0 && kube_get(c->k, &dr, &d, &e) < 0 && e.status == 404 && !c->gone_reported) {
+    if (kube_get(c->k, &dr, &d, &e) < 0 && e.status == 404 && !c->gone_reported) {
       struct timeval now = {0, 0};
       c->gone_reported = 1; /* shut down from the loop, not from inside proxy.c's call */
       event_base_once(base, -1, EV_TIMEOUT, agent_gone_cb, c, &now);
     }
     cJSON_Delete(d);
     return NULL;
+  }
+  int idx = -1;
+  for (int i = 0; i < MAX_SLOTS && idx < 0; i++)
+    if (c->slots[i].slot == slot) idx = i;
+  for (int i = 0; i < MAX_SLOTS && idx < 0; i++)
+    if (!c->slots[i].slot) idx = i;
+  if (idx >= 0) {
+    c->slots[idx].slot = slot;
+    snprintf(c->slots[idx].pod, sizeof c->slots[idx].pod, "%s", pod);
   }
   const char *token = NULL, *cert = NULL, *key = NULL;
   if (kube_credentials(c->k, &token, &cert, &key, err, errlen) < 0) return NULL;
@@ -1611,6 +1760,57 @@ static void *hook_open(void *arg, struct event_base *base, proxy_carrier_done do
     return NULL;
   }
   return po;
+}
+
+/* A slot's tunnel registered; the agent's greeting names its pod ("pod
+ * NAME"). With --agent-address this is how we learn which pod a tunnel
+ * reached (through the port-forward hook_open chose it already). */
+static void hook_registered(void *arg, void *slot, const char *message) {
+  struct conn *c = arg;
+  if (!message || strncmp(message, "pod ", 4) != 0) return;
+  int idx = -1;
+  for (int i = 0; i < MAX_SLOTS && idx < 0; i++)
+    if (c->slots[i].slot == slot) idx = i;
+  for (int i = 0; i < MAX_SLOTS && idx < 0; i++)
+    if (!c->slots[i].slot) idx = i;
+  if (idx < 0) return;
+  c->slots[idx].slot = slot;
+  snprintf(c->slots[idx].pod, sizeof c->slots[idx].pod, "%s", message + 4);
+}
+
+/* --agent-address: the address picks the agent pod of each tunnel. A ready
+ * pod with fewer than --tunnels of ours gets one more by redialing a tunnel
+ * of a pod that has more than its share (one per look, so the redials do not
+ * pile up). */
+static void direct_rebalance(struct conn *c, const cJSON *list) {
+  const cJSON *p, *q;
+  cJSON_ArrayForEach(p, jget(list, "items")) {
+    const char *name = jstr(p, "metadata.name");
+    if (!name || !pod_ready(p) || slots_on(c, name) >= c->per_pod) continue;
+    for (int i = 0; i < MAX_SLOTS; i++) {
+      if (!c->slots[i].slot || slots_on(c, c->slots[i].pod) <= c->per_pod) continue;
+      int known = 0; /* a greeting that names no agent pod (not a pod's hostname) */
+      cJSON_ArrayForEach(q, jget(list, "items")) {
+        const char *n = jstr(q, "metadata.name");
+        known |= n && !strcmp(n, c->slots[i].pod);
+      }
+      if (!known) continue;
+      log_info("tunnel: agent pod %s has %d of our %d tunnels; redialing one of pod %s's", name,
+               slots_on(c, name), c->per_pod, c->slots[i].pod);
+      proxy_redial(c->px, c->slots[i].slot);
+      return;
+    }
+  }
+}
+
+/* A slot's tunnel (or attempt) ended: it holds no agent pod any more. */
+static void hook_released(void *arg, void *slot) {
+  struct conn *c = arg;
+  for (int i = 0; i < MAX_SLOTS; i++)
+    if (c->slots[i].slot == slot) {
+      c->slots[i].slot = NULL;
+      c->slots[i].pod[0] = '\0';
+    }
 }
 
 static void hook_cancel(void *arg, void *handle) {
@@ -1701,13 +1901,45 @@ static void guard_end(struct conn *c, const char *msg) {
   proxy_shutdown(c->px, 1);
 }
 
+/* Every GUARD_PERIOD_MS, the agent's pods: a running pod without its
+ * --tunnels tunnels of ours gets them (idle slots kicked), so that each agent
+ * pod can route our key; no ready pod for AGENT_LOST_S (the pods cannot come
+ * back: unschedulable, image gone) ends the session, which restores the
+ * Service (c->agent_lost). Returns 1 when the session is ending. */
+static int guard_agents(struct conn *c) {
+  char why[1200];
+  cJSON *list = agent_pods(c, why, sizeof why);
+  if (!list) {
+    log_debug("re-sync guard: agent pods: %s", why);
+    return 0;
+  }
+  const cJSON *p;
+  int ready = 0;
+  cJSON_ArrayForEach(p, jget(list, "items")) ready += pod_ready(p);
+  double t = now_s();
+  if (ready) c->agent_seen = t;
+  if (!c->cfg->agent_address.port && pod_wanting(c, list)) proxy_kick(c->px);
+  if (c->cfg->agent_address.port) direct_rebalance(c, list);
+  cJSON_Delete(list);
+  if (ready || t - c->agent_seen < AGENT_LOST_S || c->gone_reported) return 0;
+  c->agent_lost = 1;
+  c->reason = "agent_lost";
+  fail(c, "no agent pod of %s/%s has been ready for %.0f s (they cannot come back: see `kubectl "
+       "describe pods -n %s -l %s=%s`); the Service goes back to its own pods and the session "
+       "ends", c->ns, c->svc, t - c->agent_seen, c->ns, TAKEOVER_LABEL_AGENT, c->svc);
+  proxy_shutdown(c->px, 1);
+  return 1;
+}
+
 /* Every GUARD_PERIOD_MS: is the Service still taken over as we left it? A
  * blocking GET (one small object; the loop already makes blocking calls when
- * tunnels open), so a re-apply is seen within about a second. */
+ * tunnels open), so a re-apply is seen within about a second. Then the agent
+ * pods (guard_agents). */
 static void guard_cb(evutil_socket_t fd, short what, void *arg) {
   struct conn *c = arg;
   (void)fd;
   (void)what;
+  if (c->agent_lost || guard_agents(c)) return;
   struct kube_ref r = {"v1", "services", c->ns, c->svc, NULL};
   struct kube_err e;
   cJSON *svc = NULL;
@@ -1797,6 +2029,7 @@ done:
 static void hook_started(void *arg, struct proxy *px, struct event_base *base) {
   struct conn *c = arg;
   c->px = px;
+  c->agent_seen = now_s();
   c->tunnel_timer = evtimer_new(base, tunnel_timeout_cb, c);
   if (c->tunnel_timer) {
     struct timeval tv = {c->cfg->timeout, 0};
@@ -2368,7 +2601,8 @@ int connect_run(struct connect_config *cfg) {
   {
     static const struct proxy_hooks hooks = {NULL,          hook_open,     hook_cancel,
                                              hook_carrier_error, hook_started, hook_welcome,
-                                             hook_forward_bound, hook_inbound};
+                                             hook_forward_bound, hook_inbound, hook_released,
+                                             hook_registered};
     struct proxy_hooks h = hooks;
     h.arg = c;
     int direct = cfg->agent_address.port != 0;
@@ -2383,7 +2617,13 @@ int connect_run(struct connect_config *cfg) {
     snprintf(pc.key, sizeof pc.key, "%s", cfg->key);
     pc.local_port = cfg->local_port;
     pc.local_host = cfg->local_host;
-    pc.tunnels = cfg->tunnels;
+    /* --tunnels to every agent pod: through the port-forward hook_open
+     * chooses the pod; through --agent-address the address does, and the
+     * guard redials tunnels until every ready pod has its share
+     * (direct_rebalance). */
+    c->per_pod = cfg->tunnels;
+    pc.tunnels = cfg->tunnels * AGENT_SLOTS_PER_TUNNEL;
+    if (pc.tunnels > MAX_SLOTS) pc.tunnels = MAX_SLOTS;
     pc.exclusive = cfg->replace;
     pc.force = cfg->force;
     pc.forwards = cfg->forwards;
@@ -2433,6 +2673,7 @@ leave:
         others = live;
         snprintf(c->holders, sizeof c->holders, "%s", names);
       }
+      if (c->agent_lost) others = 0; /* nobody can be served: give the Service back */
       if (others)
         progress(c, "others-remain", "other developers still hold the service: %s; the "
                  "takeover stays", c->holders);

@@ -95,6 +95,7 @@ enum slot_state {
   SLOT_READY,      /* registered: carries streams both ways */
   SLOT_CLOSING,    /* shutting down: GOAWAY sent, waiting for on_close */
   SLOT_DONE,       /* no tunnel and none will be made */
+  SLOT_IDLE,       /* no tunnel wanted now (the open hook said so); proxy_kick() retries */
 };
 
 struct slot {
@@ -233,6 +234,7 @@ static int slots_ready(const struct proxy *px) {
 static void slot_retry_later(struct slot *sl, const char *why) {
   struct proxy *px = sl->px;
   sl->state = SLOT_WAITING;
+  if (px->cfg->hooks && px->cfg->hooks->released) px->cfg->hooks->released(px->cfg->hooks->arg, sl);
   unsigned r = 0;
   RAND_bytes((unsigned char *)&r, sizeof r);
   unsigned delay = sl->backoff_ms / 2 + r % (sl->backoff_ms / 2 + 1);
@@ -265,6 +267,8 @@ static void on_welcome(struct tunnel *t, const struct frame_welcome *w, void *ar
   }
   sl->state = SLOT_READY;
   sl->backoff_ms = BACKOFF_MIN_MS;
+  if (px->cfg->hooks && px->cfg->hooks->registered)
+    px->cfg->hooks->registered(px->cfg->hooks->arg, sl, w->message);
   int ready = slots_ready(px);
   log_info("tunnel %d to %s: registered route %s%s%s", sl->index, px->agent_name, px->cfg->key,
            w->message[0] ? "; agent says: " : "", w->message);
@@ -409,6 +413,12 @@ static void slot_connect(struct slot *sl) {
     sl->state = SLOT_DIALING;
     sl->pending = px->cfg->hooks->open(px->cfg->hooks->arg, px->base, slot_carrier_done, sl, err,
                                        sizeof err);
+    if (sl->pending == NULL && err[0] == '\0') { /* nothing to open now */
+      sl->state = SLOT_IDLE;
+      if (px->cfg->hooks->released) px->cfg->hooks->released(px->cfg->hooks->arg, sl);
+      log_debug("tunnel %d: idle (no agent pod needs another tunnel)", sl->index);
+      return;
+    }
     if (sl->pending == NULL) {
       char why[700];
       snprintf(why, sizeof why, "could not connect: %s", err);
@@ -763,6 +773,19 @@ static void proxy_stop(struct proxy *px, int code) {
 }
 
 void proxy_shutdown(struct proxy *px, int code) { proxy_stop(px, code); }
+
+void proxy_redial(struct proxy *px, void *slot) {
+  struct slot *sl = slot;
+  if (px->stopping || sl->state != SLOT_READY || !sl->t) return;
+  log_info("tunnel %d: reconnecting to reach another agent pod", sl->index);
+  tunnel_goaway(sl->t, FRAME_RESET_CANCEL, "developer proxy moving to another agent pod");
+}
+
+void proxy_kick(struct proxy *px) {
+  if (px->stopping) return;
+  for (int i = 0; i < px->cfg->tunnels; i++)
+    if (px->slots[i].state == SLOT_IDLE) slot_connect(&px->slots[i]);
+}
 
 static void signal_cb(evutil_socket_t sig, short what, void *arg) {
   struct proxy *px = arg;

@@ -42,7 +42,9 @@ struct proxy_hooks {
   /* Start opening a carrier to the agent's tunnel port (NULL: a direct TCP
    * connection to cfg->agent, as kbridge proxy). done(carrier, NULL, slot)
    * or done(NULL, err, slot) is called exactly once, later, unless cancelled.
-   * Returns a handle for cancel, or NULL with err (then done is not called). */
+   * Returns a handle for cancel, or NULL with err (then done is not called):
+   * the slot tries again after its back-off; NULL with err "" means no
+   * tunnel is wanted now: the slot stays idle until proxy_kick(). */
   void *(*open)(void *arg, struct event_base *base, proxy_carrier_done done, void *slot,
                 char *err, size_t errlen);
   void (*cancel)(void *arg, void *handle);
@@ -63,6 +65,12 @@ struct proxy_hooks {
    * reached; error says why) or "closed" (the splice ended; bytes counted).
    * For connect's connection log. May be NULL. */
   void (*inbound)(void *arg, const struct proxy_inbound *ev);
+  /* The slot that open() was given has no carrier any more (its tunnel or
+   * the attempt ended; it waits for its back-off, or is idle). May be NULL. */
+  void (*released)(void *arg, void *slot);
+  /* The slot's tunnel registered (WELCOME OK); message is the agent's greeting
+   * ("pod NAME"). May be NULL. */
+  void (*registered)(void *arg, void *slot, const char *message);
 };
 
 struct proxy_config {
@@ -90,5 +98,14 @@ int proxy_run(struct proxy_config *cfg);
 /* Close the tunnels (GOAWAY) and end proxy_run with status code; from a hook's
  * event in the loop. */
 void proxy_shutdown(struct proxy *px, int code);
+
+/* Start every idle tunnel slot now (each calls hooks->open again, which may
+ * leave it idle); from a hook's event in the loop. */
+void proxy_kick(struct proxy *px);
+
+/* Close the registered tunnel of slot (GOAWAY) so that it connects again,
+ * after its short back-off: through a Service address it may reach another
+ * agent pod. Streams still open on it are cut. */
+void proxy_redial(struct proxy *px, void *slot);
 
 #endif

@@ -20,8 +20,10 @@
  *      namespace, made on first use) and write status.certificate: the
  *      certificate followed by the CA certificate.
  * Polling (every --interval-ms) rather than a watch: the requests are few and
- * this keeps one blocking client. Exit: SIGTERM/SIGINT; errors are logged and
- * retried on the next round. */
+ * this keeps one blocking client. Every JANITOR_ROUND_S the janitor
+ * (janitor.h) also looks for taken-over Services whose agent has had no ready
+ * pod for --janitor-seconds, and restores them. Exit: SIGTERM/SIGINT; errors
+ * are logged and retried on the next round. */
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -36,6 +38,7 @@
 #include <openssl/evp.h>
 
 #include "dnslabel.h"
+#include "janitor.h"
 #include "kube.h"
 #include "kubeconfig.h"
 #include "log.h"
@@ -43,6 +46,7 @@
 #include "tls.h"
 
 #define HOLDERS_CM "kbridge-signer-holders"
+#define JANITOR_ROUND_S 5
 
 struct signer {
   struct kube *k;
@@ -488,18 +492,21 @@ static void handle(struct signer *s, const cJSON *csr) {
 
 static const char usage[] =
     "usage: kbridge-signer [--namespace NS] [--kubeconfig FILE] [--client-hours H]\n"
-    "                      [--agent-hours H] [--interval-ms MS] [--log-level LEVEL]\n"
+    "                      [--agent-hours H] [--interval-ms MS] [--janitor-seconds S]\n"
+    "                      [--log-level LEVEL]\n"
     "Approve and sign kbridge's certificatesigningrequests (signer names\n"
     "kbridge.dev/<namespace>.<service>). Runs in the cluster with its service account\n"
     "(NS: default the pod's), or with --kubeconfig. Defaults: client certificates 12 h,\n"
-    "the agent's 720 h, a look every 1000 ms, log level info.\n";
+    "the agent's 720 h, a look every 1000 ms, log level info.\n"
+    "Janitor: a taken-over Service whose agent has had no ready pod for S seconds\n"
+    "(default 30; looked at every 5 s; 0: off) is given back to its own pods.\n";
 
 int main(int argc, char **argv) {
   struct signer s;
   memset(&s, 0, sizeof s);
   s.client_seconds = 12 * 3600;
   s.agent_seconds = 720 * 3600;
-  long interval_ms = 1000;
+  long interval_ms = 1000, janitor_s = 30;
   const char *nsopt = NULL, *kcpath = NULL;
   enum log_level level = LOGL_INFO;
   /* Flags come in pairs (--name value): each turn of the loop takes two. */
@@ -527,6 +534,8 @@ int main(int argc, char **argv) {
       s.agent_seconds = n * 3600;
     } else if (!strcmp(a, "--interval-ms") && num_ok) {
       interval_ms = n;
+    } else if (!strcmp(a, "--janitor-seconds") && (num_ok || !strcmp(v, "0"))) {
+      janitor_s = num_ok ? n : 0;
     } else if (!strcmp(a, "--log-level") && log_level_parse(v, &level) == 0) {
     } else {
       fprintf(stderr, "kbridge-signer: bad argument %s %s\n%s", a, v, usage);
@@ -563,8 +572,24 @@ int main(int argc, char **argv) {
   sigaction(SIGTERM, &sa, NULL);
   sigaction(SIGINT, &sa, NULL);
   log_info("signing kbridge.dev/* certificate requests; CAs and holders in namespace %s", s.ns);
+  static struct janitor jan; /* large: not on the stack */
+  jan.k = s.k;
+  jan.after_s = janitor_s;
+  if (janitor_s)
+    log_info("janitor: restoring taken-over services whose agent has had no ready pod for %ld s "
+             "(looked at every %d s)", janitor_s, JANITOR_ROUND_S);
+  else
+    log_info("janitor: off (--janitor-seconds 0)");
+  double last_round = 0;
   char last_err[1024] = "";
   while (!stop) {
+    struct timespec mt;
+    clock_gettime(CLOCK_MONOTONIC, &mt);
+    double now = (double)mt.tv_sec + (double)mt.tv_nsec / 1e9;
+    if (janitor_s && now - last_round >= JANITOR_ROUND_S) {
+      last_round = now;
+      janitor_round(&jan, now);
+    }
     struct kube_ref r = {"certificates.k8s.io/v1", "certificatesigningrequests", NULL, NULL, NULL};
     struct kube_err e;
     cJSON *list = NULL;

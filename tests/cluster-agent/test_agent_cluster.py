@@ -259,6 +259,7 @@ def agent_deployment(lease, grace, exclusive=False):
     p = kubectl("create", "--dry-run=client", "-o", "json", "-f",
                 os.path.join(REPO, "deploy", "agent-deployment.example.yaml"))
     dep = json.loads(p.stdout)
+    dep["spec"]["replicas"] = 1  # these tests follow one agent pod's lease
     c = dep["spec"]["template"]["spec"]["containers"][0]
     args = [a for a in c["args"] if not a.startswith(("--lease-seconds", "--grace-seconds"))]
     c["args"] = args + ["--lease-seconds=%d" % lease, "--grace-seconds=%d" % grace,

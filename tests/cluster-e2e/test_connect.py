@@ -302,7 +302,8 @@ def kbridge_objects():
     one: kbridge counts it as gone (selected by nothing, stopped by SIGTERM);
     on the real node the kubelet removes its object seconds later."""
     kinds = ("deployments,replicasets,pods,services,secrets,serviceaccounts,roles,rolebindings,"
-             "ingresses.networking.k8s.io,networkpolicies.networking.k8s.io")
+             "ingresses.networking.k8s.io,networkpolicies.networking.k8s.io,"
+             "poddisruptionbudgets.policy")
     r = kubectl("get", kinds, "-n", NS, "-o", "json")
     items = json.loads(r.stdout)["items"]
     left = []

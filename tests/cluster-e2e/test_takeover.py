@@ -42,7 +42,7 @@ Parts (default: all, in this order):
                refused (exit 2, reason forbidden, cluster untouched)
     policy     Service `local` (LoadBalancer, externalTrafficPolicy Local, so it
                has a healthCheckNodePort): during the takeover the policy is
-               Cluster (the one agent pod serves every node), unrouted and routed
+               Cluster (the agent's two pods serve every node), unrouted and routed
                requests answered; a patch back to Local is undone by the session;
                after disconnect, after `kbridge restore` of a session killed
                with -9, and after the agent's own restore when its lease runs out,
@@ -68,6 +68,17 @@ Parts (default: all, in this order):
                unrouted requests still answered; bob's route works again once he
                is resumed (SIGCONT). Again with bob never coming back: the agent
                restores when his lease ends (time after his loss printed)
+    disrupt    one unrouted and one routed (alice) request every 0.1 s from the
+               frontend pod while one agent pod is deleted (3 tries), then
+               evicted through the Eviction API as kubectl drain does (3
+               tries): failures counted (none allowed), the session survives;
+               a second eviction right after the first is refused by the
+               agent's PodDisruptionBudget (HTTP 429)
+    agentgone  the agent cannot come back (node cordoned, both agent pods
+               deleted): with the CLI running, it gives the Service back after
+               15 s and ends (reason agent_lost); with the CLI killed -9,
+               kbridge-signer's janitor does it (30 s + a 5 s round); seconds
+               to the Service's selector back printed and bounded
 
 The cluster is $KBRIDGE_E2E_CLUSTER (default kbe2e), as for test_connect.py.
 """
@@ -221,6 +232,8 @@ def part_gitops():
 def refused(argv, words, reason, what, timeout=40):
     """connect with argv must exit 2 with an error event of reason, the cluster
     untouched."""
+    # The agent pods of an earlier part may still be finishing their drain.
+    wait("no kbridge object left by an earlier part", lambda: not kbridge_objects(), 30)
     before = snapshot()
     db = json.loads(kubectl("get", "services", "-n", NS, "-o", "json").stdout)["items"]
     try:
@@ -923,11 +936,224 @@ def part_lostpeer():
             bob.p.wait(10)
 
 
+# Requests to api from the frontend pod, one every 0.1 s for DURATION seconds,
+# with the route header KEY when given ("" for none): prints "go" after the
+# first answer, then one JSON list of [seconds since start, who answered
+# (served_by or service) or "fail: why"].
+WHO_LOOP = r"""
+import json, sys, time, urllib.request
+url, duration, key = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+t0 = time.time(); out = []
+while time.time() - t0 < duration:
+    t = time.time()
+    try:
+        req = urllib.request.Request(url, headers={"kubernetes-route-as": key} if key else {})
+        a = json.loads(urllib.request.urlopen(req, timeout=2).read().decode())
+        who = a.get("served_by") or a.get("service") or "fail: no name"
+    except Exception as e:
+        who = "fail: %s" % e
+    out.append([round(t - t0, 2), who])
+    if len(out) == 1:
+        print("go", flush=True)
+    time.sleep(max(0, 0.1 - (time.time() - t)))
+print(json.dumps(out), flush=True)
+"""
+
+
+def who_loop(key, duration):
+    p = subprocess.Popen([os.path.join(tc.CLUSTER_DIR, "pod-exec"), "--name", tc.NAME, NS,
+                          tc.frontend_pod(), "--", "python3", "-c", WHO_LOOP, API, str(duration),
+                          key], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tc.PROCS.append(p)
+    if p.stdout.readline().strip() != "go":
+        raise Fail("request loop did not start: %s" % p.stderr.read()[-500:])
+    return p
+
+
+def loop_result(p, duration):
+    out, _ = p.communicate(timeout=duration + 60)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def agent_pods(svc="api"):
+    """The agent pods of svc not being deleted: [(name, ready)]."""
+    items = json.loads(kubectl("get", "pods", "-n", NS, "-l", "kbridge.dev/agent=" + svc, "-o",
+                               "json").stdout)["items"]
+    return [(p["metadata"]["name"],
+             any(c["type"] == "Ready" and c["status"] == "True"
+                 for c in p.get("status", {}).get("conditions", [])))
+            for p in items if not p["metadata"].get("deletionTimestamp")]
+
+
+def evict(pod):
+    """POST an Eviction for pod (as kubectl drain does): (HTTP status, message)."""
+    import ssl
+    import urllib.error
+    import urllib.request
+    i = tc.info()
+    ctx = ssl.create_default_context(cafile=i["ca"])
+    ctx.load_cert_chain(i["admin_cert"], i["admin_key"])
+    body = json.dumps({"apiVersion": "policy/v1beta1", "kind": "Eviction",
+                       "metadata": {"name": pod, "namespace": NS}}).encode()
+    req = urllib.request.Request("%s/api/v1/namespaces/%s/pods/%s/eviction" % (
+        i["server"], NS, pod), data=body, method="POST",
+        headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+            return r.status, ""
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read().decode() or "{}").get("message", "")
+
+
+def steady(want):
+    """Every agent pod ready, `want` of them, for 3 s (the CLI's tunnels follow)."""
+    wait("%d ready agent pods" % want,
+         lambda: len(agent_pods()) == want and all(r for _, r in agent_pods()), 90, 0.5)
+    time.sleep(3)
+
+
+def disrupt_round(how, key, duration=12.0, at=2.0):
+    """Unrouted requests (and routed ones for key) in two loops while one agent
+    pod is deleted (how "delete") or evicted ("evict") `at` s in. Returns
+    (unrouted failures, unrouted total, routed answers by who, eviction status)."""
+    pods = agent_pods()
+    un = who_loop("", duration)
+    ro = who_loop(key, duration)
+    time.sleep(at)
+    victim = pods[0][0]
+    status = None
+    if how == "delete":
+        kubectl("delete", "pod", victim, "-n", NS, "--wait=false")
+    else:
+        status, msg = evict(victim)
+        say("eviction of %s: HTTP %s %s" % (victim, status, msg))
+    u = loop_result(un, duration)
+    r = loop_result(ro, duration)
+    ufails = [(t, w) for t, w in u if w.startswith("fail")]
+    whos = {}
+    for t, w in r:
+        w = "fail" if w.startswith("fail") else w
+        whos[w] = whos.get(w, 0) + 1
+    say("%s %s: unrouted %d of %d failed %s; routed (%s): %s" % (
+        how, victim, len(ufails), len(u), ufails[:4], key, whos))
+    return len(ufails), len(u), whos, status
+
+
+def part_disrupt():
+    """Agent pod replaced (deleted, evicted) under load: the Service keeps its
+    endpoints; the PodDisruptionBudget holds a second eviction."""
+    before = snapshot()
+    _, pa = backend("alice-disrupt")
+    alice = Session("alice", pa)
+    alice.ready()
+    want = json.loads(kubectl("get", "deployment", "kbridge-agent-api", "-n", NS, "-o",
+                              "json").stdout)["spec"]["replicas"]
+    say("the agent's deployment has %d replica(s)" % want)
+    figures = {"delete": [], "evict": []}
+    routed = {"delete": [], "evict": []}
+    for how in ("delete", "evict"):
+        for rnd in range(3):
+            steady(want)
+            nf, total, whos, status = disrupt_round(how, "alice")
+            figures[how].append("%d/%d" % (nf, total))
+            routed[how].append(whos)
+            if how == "evict":
+                check(status in (200, 201), "eviction of one agent pod allowed (HTTP %s)" % status)
+    say("MEASURE unrouted failures during an agent pod deletion: %s" % figures["delete"])
+    say("MEASURE unrouted failures during an agent pod eviction: %s" % figures["evict"])
+    say("MEASURE routed requests during deletion %s, eviction %s" % (routed["delete"],
+                                                                    routed["evict"]))
+    check(alice.p.poll() is None, "the session survived every replacement")
+    fails = [int(f.split("/")[0]) for f in figures["delete"] + figures["evict"]]
+    check(max(fails) == 0, "no unrouted request failed while an agent pod was replaced (%s)" %
+          (figures,))
+    rfails = sum(w.get("fail", 0) for w in routed["delete"] + routed["evict"])
+    check(rfails == 0, "no routed request failed while an agent pod was replaced")
+    # The PodDisruptionBudget: with one agent pod not ready, a second eviction
+    # is refused (HTTP 429), so a drain cannot take both.
+    steady(want)
+    pods = agent_pods()
+    check(len(pods) >= 2, "two agent pods to evict (%s)" % pods)
+    status, msg = evict(pods[0][0])
+    check(status in (200, 201), "first eviction allowed")
+    status, msg = evict(pods[1][0])
+    say("second eviction at once: HTTP %s %s" % (status, msg))
+    check(status == 429, "a second eviction while the first pod is replaced is refused by the "
+          "PodDisruptionBudget (HTTP %s)" % status)
+    alice.stop()
+    check_restored(before, "disconnect after the disruptions")
+
+
+
+def agents_gone():
+    """The node cordoned (new pods unschedulable), then every agent pod deleted:
+    the agent cannot come back. Returns seconds from the agent pods' deletion to
+    the Service selecting the api pods again."""
+    node = tc.info()["node_name"]
+    kubectl("cordon", node)
+    try:
+        for name, _ in agent_pods():
+            kubectl("delete", "pod", name, "-n", NS, "--wait=false")
+        t0 = time.time()
+        say("node %s cordoned, agent pods deleted; replacements: %s" % (
+            node, kubectl("get", "pods", "-n", NS, "-l", "kbridge.dev/agent=api", "--no-headers",
+                          check_rc=False).stdout.strip().replace("\n", "; ")))
+
+        def back():
+            return selector() == {"app": "api"}
+        wait("the Service to select the api pods again", back, 120, 0.5)
+        dt = time.time() - t0
+        return dt
+    finally:
+        kubectl("uncordon", node)
+
+
+def part_agentgone():
+    """The agent cannot come back. CLI alive: it gives the Service back after
+    15 s without a ready agent pod and ends (reason agent_lost). CLI killed -9:
+    kbridge-signer's janitor does it (default --janitor-seconds 30, rounds
+    every 5 s)."""
+    before = snapshot()
+    # 1. the CLI alive
+    _, pa = backend("alice-gone")
+    alice = Session("alice", pa)
+    alice.ready()
+    dt = agents_gone()
+    ev = alice.until(("error",), 60)
+    say("CLI alive: Service back after %.1f s; event %s" % (dt, ev))
+    check(ev is not None and ev.get("reason") == "agent_lost",
+          "the session ended with reason agent_lost")
+    alice.until(("disconnected",), 60)
+    alice.p.wait(30)
+    check(15 <= dt <= 15 + 17, "the CLI gave the Service back %.1f s after the agent pods went "
+          "(bound: 15 s + 2 s guard + the restore's wait of at most 12 s + 3 s)" % dt)
+    check_restored(before, "the CLI's restore of a lost agent")
+    figures = {"cli": round(dt, 1)}
+    # 2. the CLI killed with -9: the janitor in kbridge-signer
+    _, pa = backend("alice-gone2")
+    alice = Session("alice", pa)
+    alice.ready()
+    alice.p.kill()
+    alice.p.wait(10)
+    dt = agents_gone()
+    say("CLI killed: Service back after %.1f s" % dt)
+    slog = kubectl("logs", "-n", tc.SIGNER_NS, tc.signer_pod()).stdout
+    say("signer log: %s" % " | ".join(l for l in slog.splitlines() if "janitor" in l)[-1500:])
+    check("janitor: service shop/api: its agent has had no ready pod" in slog,
+          "kbridge-signer's janitor restored the Service")
+    check(30 <= dt <= 30 + 5 + 12 + 3, "the janitor gave the Service back %.1f s after the agent "
+          "pods went (bound: 30 s + a 5 s round + the restore's wait of at most 12 s + 3 s)" % dt)
+    check_restored(before, "the janitor's restore")
+    figures["janitor"] = round(dt, 1)
+    say("MEASURE seconds from the agent pods gone (unschedulable) to the Service back: %s" %
+        figures)
+
+
 PARTS = {"gitops": part_gitops, "longkey": part_longkey, "headless": part_headless,
          "domain": part_domain, "canary": part_canary, "dual": part_dual,
          "affinity": part_affinity, "netpol": part_netpol, "policy": part_policy,
          "pausegitops": part_pausegitops, "restorewait": part_restorewait,
-         "lostpeer": part_lostpeer}
+         "lostpeer": part_lostpeer, "disrupt": part_disrupt, "agentgone": part_agentgone}
 
 
 def main():
