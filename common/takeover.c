@@ -381,31 +381,47 @@ static int service_mutate(cJSON *obj, void *arg, char *err, size_t errlen) {
 
 /* ---- 2b: endpoints ---- */
 
-int takeover_endpoints_switched(const cJSON *endpoints, const char *service, int *n_ready,
-                                int *n_agent) {
+/* Counts the addresses of the Endpoints object: ready and not-ready ones of
+ * agent pods (kbridge-agent-<service>-...) and of other pods. */
+static void endpoints_count(const cJSON *endpoints, const char *service, int other[2],
+                            int agent[2]) {
   char prefix[96];
   snprintf(prefix, sizeof prefix, "kbridge-agent-%s-", service);
   size_t pl = strlen(prefix);
-  int ready = 0, agent = 0;
+  other[0] = other[1] = agent[0] = agent[1] = 0;
   const cJSON *subset;
   cJSON_ArrayForEach(subset, cJSON_GetObjectItemCaseSensitive(endpoints, "subsets")) {
-    for (int pass = 0; pass < 2; pass++) {
+    for (int pass = 0; pass < 2; pass++) { /* 0: ready, 1: not ready */
       const cJSON *a;
       cJSON_ArrayForEach(a, cJSON_GetObjectItemCaseSensitive(
                                 subset, pass == 0 ? "addresses" : "notReadyAddresses")) {
         const cJSON *ref = cJSON_GetObjectItemCaseSensitive(a, "targetRef");
         const cJSON *name = cJSON_GetObjectItemCaseSensitive(ref, "name");
-        int is_agent = cJSON_IsString(name) && strncmp(name->valuestring, prefix, pl) == 0;
-        if (is_agent)
-          agent++;
-        else if (pass == 0)
-          ready++;
+        if (cJSON_IsString(name) && strncmp(name->valuestring, prefix, pl) == 0)
+          agent[pass]++;
+        else
+          other[pass]++;
       }
     }
   }
-  if (n_ready) *n_ready = ready;
-  if (n_agent) *n_agent = agent;
-  return ready > 0 && agent == 0;
+}
+
+int takeover_endpoints_switched(const cJSON *endpoints, const char *service, int *n_ready,
+                                int *n_agent) {
+  int other[2], agent[2];
+  endpoints_count(endpoints, service, other, agent);
+  if (n_ready) *n_ready = other[0];
+  if (n_agent) *n_agent = agent[0] + agent[1];
+  return other[0] > 0 && agent[0] + agent[1] == 0;
+}
+
+int takeover_endpoints_taken(const cJSON *endpoints, const char *service, int *n_agent,
+                             int *n_other) {
+  int other[2], agent[2];
+  endpoints_count(endpoints, service, other, agent);
+  if (n_agent) *n_agent = agent[0];
+  if (n_other) *n_other = other[0] + other[1];
+  return agent[0] > 0 && other[0] + other[1] == 0;
 }
 
 static double mono_s(void) {

@@ -120,6 +120,19 @@ struct cJSON;
 int takeover_endpoints_switched(const struct cJSON *ep, const char *service, int *n_ready,
                                 int *n_agent);
 
+/* The other way, after the switch to the agent: do the Endpoints show the
+ * takeover, at least one ready agent address and no address (ready or not) of
+ * another pod? 1 or 0; the counts of ready agent addresses and of the others'
+ * into *n_agent, *n_other (may be NULL). connect waits for it before `ready`
+ * (at most TAKEOVER_ENDPOINTS_WAIT_S), then TAKEOVER_PROXY_GRACE_TAKE_MS. */
+int takeover_endpoints_taken(const struct cJSON *ep, const char *service, int *n_agent,
+                             int *n_other);
+/* kube-proxy's allowance after the Endpoints show the agent: its default
+ * minimum sync period (1 s). Shorter than the restore's: a request that comes
+ * early is only a developer's routed request answered by the real pods, never
+ * an outage. */
+#define TAKEOVER_PROXY_GRACE_TAKE_MS 1000
+
 /* Delete the Ingress clones of ns/service made for route key (NULL: for every
  * key); takeover_restore() calls it with NULL before anything else is deleted.
  * Without the right to list Ingresses (the agent's own Role has none), the

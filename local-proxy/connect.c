@@ -1043,6 +1043,43 @@ static int scale_mutate(cJSON *obj, void *arg, char *err, size_t errlen) {
   return 0;
 }
 
+/* After the switch: wait until the Service's Endpoints show only the agent
+ * (bounded; never fails, says what happened), then kube-proxy's allowance, so
+ * that a request sent right after `ready` with the route key reaches the
+ * developer and not the real pods. Found on the test cluster's real node,
+ * where kube-proxy follows the Endpoints in its own time. */
+static void wait_taken(struct conn *c) {
+  struct kube_ref r = {"v1", "endpoints", c->ns, c->svc, NULL};
+  double t0 = now_s();
+  int agent = 0, other = 0;
+  for (;;) {
+    struct kube_err e;
+    cJSON *ep = NULL;
+    if (kube_get(c->k, &r, &ep, &e) < 0) {
+      progress(c, "endpoints", "endpoints %s/%s: not waited for (%s)", c->ns, c->svc,
+               e.status == 403 ? "no right to read them; re-apply deploy/rbac/developer-role.yaml"
+                               : e.msg);
+      return;
+    }
+    int ok = takeover_endpoints_taken(ep, c->svc, &agent, &other);
+    cJSON_Delete(ep);
+    if (ok) {
+      progress(c, "endpoints", "endpoints %s/%s: the agent only after %.1f s; %.1f s more for "
+               "kube-proxy", c->ns, c->svc, now_s() - t0, TAKEOVER_PROXY_GRACE_TAKE_MS / 1000.0);
+      usleep(TAKEOVER_PROXY_GRACE_TAKE_MS * 1000);
+      return;
+    }
+    if (now_s() - t0 >= TAKEOVER_ENDPOINTS_WAIT_S) {
+      progress(c, "endpoints", "endpoints %s/%s: still %d other address%s and %d ready agent "
+               "address%s after %d s; going on (routed requests may reach the real pods until "
+               "they follow)", c->ns, c->svc, other, other == 1 ? "" : "es", agent,
+               agent == 1 ? "" : "es", TAKEOVER_ENDPOINTS_WAIT_S);
+      return;
+    }
+    usleep(200 * 1000);
+  }
+}
+
 static int switch_service(struct conn *c) {
   struct kube_ref r = {"v1", "services", c->ns, c->svc, NULL};
   struct kube_err e;
@@ -2570,6 +2607,7 @@ int connect_run(struct connect_config *cfg) {
     if (create_agent(c) < 0 || wait_agent_ready(c) < 0) goto undo_out;
     /* 3. switch */
     if (switch_service(c) < 0) goto undo_out;
+    wait_taken(c);
   }
 
   /* 4. tunnels */

@@ -322,7 +322,45 @@ static void test_endpoints_switched(void) {
   }
 }
 
+/* When connect may say ready: the Endpoints show a ready agent pod and no
+ * other pod. */
+static void test_endpoints_taken(void) {
+#define A(name, ip) "{\"ip\":\"" ip "\",\"targetRef\":{\"kind\":\"Pod\",\"name\":\"" name "\"}}"
+  struct {
+    const char *ep;
+    int want, agent, other;
+  } cases[] = {
+      /* still the original pods */
+      {"{\"subsets\":[{\"addresses\":[" A("api-5d8-a", "10.244.0.4") "]}]}", 0, 0, 1},
+      /* both for a moment */
+      {"{\"subsets\":[{\"addresses\":[" A("api-5d8-a", "10.244.0.4") "," A("kbridge-agent-api-7c9-x2", "10.244.0.9") "]}]}", 0, 1, 1},
+      /* an original pod still listed, not ready */
+      {"{\"subsets\":[{\"addresses\":[" A("kbridge-agent-api-7c9-x2", "10.244.0.9") "],\"notReadyAddresses\":[" A("api-5d8-a", "10.244.0.4") "]}]}", 0, 1, 1},
+      /* taken */
+      {"{\"subsets\":[{\"addresses\":[" A("kbridge-agent-api-7c9-x2", "10.244.0.9") "]}]}", 1, 1, 0},
+      /* two agent pods, several subsets (ports) */
+      {"{\"subsets\":[{\"addresses\":[" A("kbridge-agent-api-7c9-x2", "10.244.0.9") "]},{\"addresses\":[" A("kbridge-agent-api-7c9-y3", "10.244.0.10") "]}]}", 1, 2, 0},
+      /* the agent listed but not ready */
+      {"{\"subsets\":[{\"notReadyAddresses\":[" A("kbridge-agent-api-7c9-x2", "10.244.0.9") "]}]}", 0, 0, 0},
+      /* another Service's agent is not ours */
+      {"{\"subsets\":[{\"addresses\":[" A("kbridge-agent-apiv2-1-x", "10.244.0.6") "]}]}", 0, 0, 1},
+      /* no subsets at all */
+      {"{\"metadata\":{\"name\":\"api\"}}", 0, 0, 0},
+  };
+#undef A
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    cJSON *ep = cJSON_Parse(cases[i].ep);
+    CHECK(ep != NULL);
+    int agent = -1, other = -1;
+    CHECK_EQ_INT(takeover_endpoints_taken(ep, "api", &agent, &other), cases[i].want);
+    CHECK_EQ_INT(agent, cases[i].agent);
+    CHECK_EQ_INT(other, cases[i].other);
+    cJSON_Delete(ep);
+  }
+}
+
 int main(void) {
+  test_endpoints_taken();
   test_gitops_pause();
   test_clone();
   test_refusals();
