@@ -223,7 +223,7 @@ static int is_token(const char *s, size_t len) {
  * token and "chunked" may only come last: anything else is refused, since a
  * parser that reads such a list differently (or an obs-fold llhttp joined
  * into it) is how bodies get smuggled. Empty list elements are skipped
- * (RFC 9110 5.6.1). Returns 0 or -1. */
+ * (RFC 9110 5.6.1) before chunked, refused after it. Returns 0 or -1. */
 static int te_scan(const char *v, size_t len, int *chunked) {
   size_t i = 0;
   while (i < len) {
@@ -232,7 +232,10 @@ static int te_scan(const char *v, size_t len, int *chunked) {
     size_t n = j - i;
     const char *c = trim(v + i, &n);
     i = j + 1;
-    if (n == 0) continue;
+    /* An empty element after chunked is refused too: llhttp reads
+     * "chunked ,,," (an obs-fold it joined) as not ending in chunked once
+     * the agent writes the line out again (found by the fuzzer). */
+    if (n == 0 && !*chunked) continue;
     if (*chunked || !is_token(c, n)) return -1;
     *chunked = n == 7 && ieq(c, "chunked", 7);
   }

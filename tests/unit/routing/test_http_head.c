@@ -148,6 +148,11 @@ static void test_parse_cases(void) {
        * folded list differently from the joined one (found by the fuzzer) */
       {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: g\xc5gzip, chunked a\r\n \r\n"
        "Transfer-Encoding: chunked\r\n\r\n", -1, NULL},
+      /* empty elements after chunked, joined from an obs-fold or not: llhttp
+       * refuses the line the agent would write out (found by the fuzzer) */
+      {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzi,,,,chunked\r\n ,,,\r\n\r\n", -1,
+       "chunked"},
+      {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked,\r\n\r\n", -1, "Transfer-Encoding"},
       /* accepted */
       {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip,\r\nTransfer-Encoding: ,chunked\r\n\r\n", 1, NULL},
       {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 1, NULL},
