@@ -389,15 +389,31 @@ def _unmount_under(prefix):
         subprocess.run(["umount", "-l", t], capture_output=True)
 
 
-def _pod_netns(pod_prefix):
-    """containerd's pod netns (/var/run/netns/cni-*) holding an address of this cluster."""
-    found = []
+def _pod_netns(p, pod_prefix):
+    """containerd's pod netns (/var/run/netns/cni-*) of this node: those its
+    containers name (read while containerd runs; a sandbox whose network was
+    already torn down has an empty netns, found only this way), and those
+    holding an address of this cluster."""
+    found = set()
+    ids = subprocess.run(["ctr", "--address", p["sock"], "--namespace", "k8s.io", "containers", "ls", "-q"],
+                         capture_output=True, text=True, timeout=30).stdout.split()
+    for cid in ids:
+        r = subprocess.run(["ctr", "--address", p["sock"], "--namespace", "k8s.io", "containers", "info", cid],
+                           capture_output=True, text=True, timeout=30)
+        try:
+            spaces = json.loads(r.stdout)["Spec"]["linux"]["namespaces"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        for n in spaces:
+            path = n.get("path") or ""
+            if n.get("type") == "network" and path.startswith("/var/run/netns/cni-"):
+                found.add(os.path.basename(path))
     for path in glob.glob("/var/run/netns/cni-*"):
         ns = os.path.basename(path)
         out = subprocess.run(["ip", "-n", ns, "-4", "-o", "addr"], capture_output=True, text=True).stdout
         if (" %s." % pod_prefix) in out:
-            found.append(ns)
-    return found
+            found.add(ns)
+    return sorted(found)
 
 
 def cleanup(sd, name, net):
@@ -420,7 +436,7 @@ def cleanup(sd, name, net):
             pass
     pod_uids = [os.path.basename(d) for d in glob.glob(os.path.join(p["kubelet_root"], "pods", "*"))]
     pod_prefix = net["pod_cidr"].rsplit(".", 1)[0]
-    pod_ns = _pod_netns(pod_prefix)
+    pod_ns = _pod_netns(p, pod_prefix)
     # 2. the containers, then containerd and its shims (they carry the mark).
     _kill_cgroup(name)
     if mark:

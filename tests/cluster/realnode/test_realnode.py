@@ -220,11 +220,14 @@ def part_swap():
     tc.check_restored(before, "the swap under traffic")
 
 
-def leftovers(name, sd, net):
+def leftovers(name, sd, net, before_netns=()):
     """What the real node could leave outside its state dir."""
     left = []
     prefix = net["pod_cidr"].rsplit(".", 1)[0]
     for ns in tc.kc.netns_list():
+        if ns in before_netns:
+            left.append("pod netns " + ns)
+            continue
         if ns.startswith("cni-"):
             out = subprocess.run(["ip", "-n", ns, "-4", "-o", "addr"], capture_output=True, text=True).stdout
             if " %s." % prefix in out:
@@ -261,10 +264,18 @@ def part_down():
                                         text=True).stdout.splitlines() if m.startswith(sd)]
     check(len(ours()) >= 4 and len(mounts) >= 4,
           "before down: %d pods' logs under /var/log/pods, %d mounts under the state dir" % (len(ours()), len(mounts)))
+    # containerd's pod netns while the node runs (an emptied one has no address
+    # left to recognise it by after down).
+    cni = set()
+    for line in ctr("containers", "ls", "-q").split():
+        spec = json.loads(ctr("containers", "info", line))["Spec"]
+        cni |= {os.path.basename(n["path"]) for n in spec["linux"]["namespaces"]
+                if n["type"] == "network" and n.get("path", "").startswith("/var/run/netns/cni-")}
+    check(cni, "%d pod netns of containerd before down" % len(cni))
     t = time.time()
     r = subprocess.run([os.path.join(tc.CLUSTER_DIR, "down"), "--name", name], capture_output=True, text=True)
     check(r.returncode == 0, "down (%.1f s)" % (time.time() - t))
-    left = leftovers(name, sd, net)
+    left = leftovers(name, sd, net, cni)
     left += ["process %d" % p for p in tc.kc.marked_pids(mark)]
     left += ["pod log " + d for d in ours()]
     left += ["state dir"] if os.path.exists(sd) else []
