@@ -672,9 +672,8 @@ static int pod_ready(const cJSON *pod) {
   return 0;
 }
 
-/* Find a Ready agent pod; name into out. 0, 1 (none ready yet), -1 (err). */
-static int ready_agent_pod(struct conn *c, char *out, size_t len, char *why, size_t whylen,
-                           int *hopeless) {
+/* The agent pods (a list's items), or NULL with why. */
+static cJSON *agent_pods(struct conn *c, char *why, size_t whylen) {
   char sel[200];
   snprintf(sel, sizeof sel, "%s=%s", TAKEOVER_LABEL_AGENT, c->svc);
   struct kube_ref r = {"v1", "pods", c->ns, NULL, NULL};
@@ -682,8 +681,16 @@ static int ready_agent_pod(struct conn *c, char *out, size_t len, char *why, siz
   cJSON *list = NULL;
   if (kube_list(c->k, &r, sel, &list, &e) < 0) {
     snprintf(why, whylen, "%s", e.msg);
-    return -1;
+    return NULL;
   }
+  return list;
+}
+
+/* Find a Ready agent pod; name into out. 0, 1 (none ready yet), -1 (err). */
+static int ready_agent_pod(struct conn *c, char *out, size_t len, char *why, size_t whylen,
+                           int *hopeless) {
+  cJSON *list = agent_pods(c, why, whylen);
+  if (!list) return -1;
   const cJSON *pod;
   int rc = 1;
   if (hopeless) *hopeless = 0;
@@ -1694,20 +1701,6 @@ static int slots_on(const struct conn *c, const char *pod) {
   return n;
 }
 
-/* The agent pods (a list's items), or NULL with why. */
-static cJSON *agent_pods(struct conn *c, char *why, size_t whylen) {
-  char sel[200];
-  snprintf(sel, sizeof sel, "%s=%s", TAKEOVER_LABEL_AGENT, c->svc);
-  struct kube_ref r = {"v1", "pods", c->ns, NULL, NULL};
-  struct kube_err e;
-  cJSON *list = NULL;
-  if (kube_list(c->k, &r, sel, &list, &e) < 0) {
-    snprintf(why, whylen, "%s", e.msg);
-    return NULL;
-  }
-  return list;
-}
-
 /* The agent pod that needs a tunnel most: the fewest of ours (below --tunnels),
  * ready ones first. NULL if every one has its share. */
 static const cJSON *pod_wanting(const struct conn *c, const cJSON *list) {
@@ -2273,8 +2266,6 @@ static int wait_gone(struct conn *c, int seconds) {
       {"rbac.authorization.k8s.io/v1", "roles", c->ns, c->nm.agent, NULL},
       {"v1", "serviceaccounts", c->ns, c->nm.agent, NULL},
   };
-  char sel[200];
-  snprintf(sel, sizeof sel, "%s=%s", TAKEOVER_LABEL_AGENT, c->svc);
   for (;;) {
     int left = 0;
     struct kube_err e;
@@ -2284,9 +2275,9 @@ static int wait_gone(struct conn *c, int seconds) {
       else if (e.status != 404) return -1;
       cJSON_Delete(d);
     }
-    struct kube_ref pr = {"v1", "pods", c->ns, NULL, NULL};
-    cJSON *pods = NULL;
-    if (kube_list(c->k, &pr, sel, &pods, &e) < 0) return -1;
+    char why[1100]; /* room for a kube_err message */
+    cJSON *pods = agent_pods(c, why, sizeof why);
+    if (!pods) return -1;
     const cJSON *pod;
     cJSON_ArrayForEach(pod, jget(pods, "items")) {
       if (!jget(jget(pod, "metadata"), "deletionTimestamp")) left++;
