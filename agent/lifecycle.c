@@ -71,7 +71,7 @@ struct lost_dev {
 struct lifecycle {
   struct event_base *base;
   const struct route_table *routes;
-  char ns[256], service[256];
+  char ns[256], service[256], takeover_id[64];
   long lease_s, grace_s;
   void (*done)(void *arg);
   void *done_arg;
@@ -163,7 +163,8 @@ static void start_restore(struct lifecycle *lc) {
   posix_spawnattr_setsigdefault(&at, &all); /* SIGPIPE is ignored in the agent */
   posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
   char *argv[] = {(char *)RESTORE_PROGRAM, (char *)"--namespace", lc->ns, (char *)"--service",
-                  lc->service, NULL};
+                  lc->service, (char *)"--takeover-id", lc->takeover_id, NULL};
+  if (!lc->takeover_id[0]) argv[5] = NULL;
   pid_t pid;
   int rc = posix_spawn(&pid, lc->program, &fa, &at, argv, environ);
   posix_spawn_file_actions_destroy(&fa);
@@ -479,6 +480,7 @@ struct lifecycle *lifecycle_new(struct event_base *base, const struct route_tabl
   lc->routes = routes;
   snprintf(lc->ns, sizeof lc->ns, "%s", ns);
   snprintf(lc->service, sizeof lc->service, "%s", cfg->service);
+  snprintf(lc->takeover_id, sizeof lc->takeover_id, "%s", cfg->takeover_id ? cfg->takeover_id : "");
   lc->lease_s = cfg->lease_seconds;
   lc->grace_s = cfg->grace_seconds;
   lc->done = done;

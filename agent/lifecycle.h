@@ -40,9 +40,11 @@ struct lifecycle;
 struct lifecycle_config {
   const char *namespace; /* NULL or "": the pod's own (service account namespace file) */
   const char *service;   /* the taken-over Service */
+  const char *takeover_id; /* NULL or "": any; else the restore leaves a newer takeover alone */
   long lease_seconds;    /* restore after this long with no developer */
   long grace_seconds;    /* restore this long after the last developer left cleanly */
-  /* The restore program, run as PROGRAM --namespace NS --service SVC: exit 0
+  /* The restore program, run as PROGRAM --namespace NS --service SVC
+   * [--takeover-id ID]: exit 0
    * when restored, else non-zero with the reason as its last output line.
    * NULL: the real one, $KBRIDGE_AGENT_RESTORE if set, else kbridge-agent-restore
    * in the directory of the running executable (/proc/self/exe); the in-cluster

@@ -318,8 +318,8 @@ int main(int argc, char **argv) {
   /* The lease first: a pod without a usable service account fails here, before
    * anything else is set up. */
   if (opt.service[0]) {
-    struct lifecycle_config lcfg = {opt.namespace, opt.service, opt.lease_seconds,
-                                    opt.grace_seconds, NULL};
+    struct lifecycle_config lcfg = {opt.namespace, opt.service, opt.takeover_id,
+                                    opt.lease_seconds, opt.grace_seconds, NULL};
     ag.life = lifecycle_new(ag.base, ag.routes, &lcfg, restored_cb, &ag, err, sizeof err);
     if (!ag.life) {
       fprintf(stderr, "kbridge-agent: --service %s: %s\n", opt.service, err);

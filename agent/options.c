@@ -90,6 +90,9 @@ static const struct opt_def opt_table[] = {
    "10000", 100, 600000, "N  a tunnel connection must finish TLS and HELLO within this"},
   {"service", OPT_LABEL, OFF(service), SZ(service), NOSET, 0, NULL, 0, 0,
    "NAME  in the cluster: the taken-over Service; restore it when the lease ends"},
+  {"takeover-id", OPT_LABEL, OFF(takeover_id), SZ(takeover_id), NOSET, 0, NULL, 0, 0,
+   "ID  the takeover this agent was created for (kbridge connect sets it): the lease's restore "
+   "leaves the Service alone once it is taken over again by a newer takeover"},
   {"namespace", OPT_LABEL, OFF(namespace), SZ(namespace), NOSET, 0, NULL, 0, 0,
    "NS  namespace of --service (default: the pod's, from its service account)"},
   {"lease-seconds", OPT_LONG, OFF(lease_seconds), 0, NOSET, 0, "60", 1, 86400,

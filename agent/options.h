@@ -43,6 +43,7 @@ struct agent_options {
   /* In the cluster (lifecycle.h): enabled by --service. */
   char namespace[64];                       /* --namespace, default the pod's */
   char service[64];                         /* --service: restore this Service when the lease ends */
+  char takeover_id[64];                     /* --takeover-id: restore only this takeover ("": any) */
   long lease_seconds;                       /* --lease-seconds, default 60 */
   long grace_seconds;                       /* --grace-seconds, default 5 */
   long drain_seconds;                       /* --drain-seconds, default 0 (stop at once) */

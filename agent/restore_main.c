@@ -5,8 +5,8 @@
  * so that only this short-lived process links the Kubernetes client (libcurl
  * and its many dependencies, libyaml, cJSON) and the agent's resident memory
  * stays small while it serves traffic. It builds the in-cluster client from the
- * pod's service account, runs takeover_restore() (common/takeover.h) for
- * --service in --namespace, prints the report on stdout and exits 0; on failure
+ * pod's service account, runs takeover_restore_id() (common/takeover.h) for
+ * --service in --namespace (and --takeover-id, the agent's), prints the report on stdout and exits 0; on failure
  * it prints the reason on stderr (one line, the last) and exits 1; bad flags
  * exit 2. */
 #include <stdio.h>
@@ -20,9 +20,10 @@
 #include "takeover.h"
 
 static const char usage[] =
-    "usage: kbridge-agent-restore [--namespace NS] --service NAME\n"
+    "usage: kbridge-agent-restore [--namespace NS] --service NAME [--takeover-id ID]\n"
     "Put the Service NAME (taken over by kbridge) back as it was, with the pod's service\n"
-    "account; run by kbridge-agent when its lease runs out. NS: default the pod's.\n";
+    "account; run by kbridge-agent when its lease runs out. NS: default the pod's.\n"
+    "ID: only that takeover; a newer one (taken over again since) is left alone.\n";
 
 /* Take the value of --name (as "--name V" or "--name=V") at argv[*i] into out
  * (a Kubernetes name). Returns 1 if argv[*i] is that flag, 0 if not, -1 with a
@@ -55,7 +56,7 @@ static int flag_label(int argc, char **argv, int *i, const char *name, char *out
 }
 
 int main(int argc, char **argv) {
-  char ns[64] = "", service[64] = "";
+  char ns[64] = "", service[64] = "", id[64] = "";
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
       fputs(usage, stdout);
@@ -63,6 +64,7 @@ int main(int argc, char **argv) {
     }
     int r = flag_label(argc, argv, &i, "namespace", ns, sizeof ns);
     if (r == 0) r = flag_label(argc, argv, &i, "service", service, sizeof service);
+    if (r == 0) r = flag_label(argc, argv, &i, "takeover-id", id, sizeof id);
     if (r < 0) return 2;
     if (r == 0) {
       fprintf(stderr, "kbridge-agent-restore: unknown argument '%s'\n%s", argv[i], usage);
@@ -92,7 +94,7 @@ int main(int argc, char **argv) {
   }
   struct takeover_report rep;
   memset(&rep, 0, sizeof rep);
-  int r = takeover_restore(k, ns, service, &rep, err, sizeof err);
+  int r = takeover_restore_id(k, ns, service, id, &rep, err, sizeof err);
   kube_free(k);
   curl_global_cleanup();
   fputs(rep.text, stdout);

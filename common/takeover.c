@@ -33,6 +33,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <sys/random.h>
+
 #include <cjson/cJSON.h>
 
 #include "kube.h"
@@ -145,6 +147,14 @@ static int restore_workload(struct kube *k, const char *ns, cJSON *takeover,
 
 /* ---- 2. the Service ---- */
 
+/* The "id" of a TAKEOVER_ANN_TAKEOVER value, into out ("" if none). */
+static void takeover_id_of(const char *tk, char *out, size_t outlen) {
+  cJSON *t = tk ? cJSON_Parse(tk) : NULL;
+  const char *id = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(t, "id"));
+  snprintf(out, outlen, "%s", id ? id : "");
+  cJSON_Delete(t);
+}
+
 struct service_arg {
   int had_takeover;   /* some kbridge.dev/ annotation was there */
   int conflict;       /* selector changed by someone else */
@@ -154,6 +164,8 @@ struct service_arg {
   char current[512];  /* the selector found, when in conflict */
   char policy[200];   /* traffic policies put back, or "" */
   int unpaused;       /* Flux's reconcile annotation removed (--pause-gitops) */
+  const char *id;     /* in: restore only this takeover (NULL: any) */
+  int newer;          /* out: taken over by another takeover meanwhile, left alone */
 };
 
 
@@ -308,12 +320,23 @@ int takeover_gitops_unpause(cJSON *svc) {
 static int service_mutate(cJSON *obj, void *arg, char *err, size_t errlen) {
   struct service_arg *sa = arg;
   cJSON *ann = path2(obj, "metadata", "annotations");
+  const char *id = sa->id;
   memset(sa, 0, sizeof *sa);
+  sa->id = id;
   cJSON *a;
   cJSON_ArrayForEach(a, ann) {
     if (strncmp(a->string, "kbridge.dev/", 12) == 0) sa->had_takeover = 1;
   }
   if (!sa->had_takeover) return 1;
+  if (id) {
+    char now[64];
+    takeover_id_of(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(ann, TAKEOVER_ANN_TAKEOVER)),
+                   now, sizeof now);
+    if (now[0] && strcmp(now, id) != 0) {
+      sa->newer = 1;
+      return 1;
+    }
+  }
   const char *orig = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(ann, TAKEOVER_ANN_ORIGINAL_SELECTOR));
   const char *mine = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(ann, TAKEOVER_ANN_AGENT_SELECTOR));
   cJSON *spec = cJSON_GetObjectItemCaseSensitive(obj, "spec");
@@ -492,8 +515,8 @@ static int endpoints_list_agent(struct kube *k, const char *ns, const char *serv
 /* Delete one object if it is ours. Returns 0 (deleted, gone, or not ours:
  * reported), or -1 with err. */
 static int delete_managed(struct kube *k, const char *api, const char *res, const char *kind,
-                          const char *ns, const char *name, struct takeover_report *rep,
-                          char *err, size_t errlen) {
+                          const char *ns, const char *name, const char *id,
+                          struct takeover_report *rep, char *err, size_t errlen) {
   struct kube_ref r = {api, res, ns, name, NULL};
   struct kube_err e;
   cJSON *obj = NULL;
@@ -503,7 +526,13 @@ static int delete_managed(struct kube *k, const char *api, const char *res, cons
     return -1;
   }
   int ours = takeover_is_managed(obj);
+  const char *oid = takeover_annotation(obj, TAKEOVER_ANN_TAKEOVER_ID);
+  int newer = id && oid && strcmp(oid, id) != 0;
+  if (newer)
+    say(rep, "%s %s/%s: belongs to takeover %s, not %s (ended), left alone", kind, ns, name, oid,
+        id);
   cJSON_Delete(obj);
+  if (newer) return 0;
   if (!ours) {
     rep->conflicts++;
     say(rep, "%s %s/%s: not labelled %s=kbridge, left alone", kind, ns, name,
@@ -523,7 +552,7 @@ static int delete_managed(struct kube *k, const char *api, const char *res, cons
  * found by their labels. They are owned by the agent's Deployment, so the
  * garbage collector removes them with it; this is for an agent already gone.
  * Without the right to list them (older RBAC) nothing is done. */
-static int delete_policies(struct kube *k, const char *ns, const char *service,
+static int delete_policies(struct kube *k, const char *ns, const char *service, const char *id,
                            struct takeover_report *rep, char *err, size_t errlen) {
   struct kube_ref r = {"networking.k8s.io/v1", "networkpolicies", ns, NULL, NULL};
   struct kube_err e;
@@ -541,7 +570,7 @@ static int delete_policies(struct kube *k, const char *ns, const char *service,
   cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(list, "items")) {
     const char *name = cJSON_GetStringValue(path2(it, "metadata", "name"));
     if (name && delete_managed(k, "networking.k8s.io/v1", "networkpolicies", "networkpolicy", ns,
-                               name, rep, err, errlen) < 0) {
+                               name, id, rep, err, errlen) < 0) {
       rc = -1;
       break;
     }
@@ -695,6 +724,9 @@ int takeover_remove_ingress_clones(struct kube *k, const char *ns, const char *s
   return rc;
 }
 
+static int restore(struct kube *k, const char *ns, const char *service, int flags,
+                   const char *id, struct takeover_report *rep, char *err, size_t errlen);
+
 int takeover_restore(struct kube *k, const char *ns, const char *service,
                      struct takeover_report *rep, char *err, size_t errlen) {
   return takeover_restore_flags(k, ns, service, 0, rep, err, errlen);
@@ -702,6 +734,16 @@ int takeover_restore(struct kube *k, const char *ns, const char *service,
 
 int takeover_restore_flags(struct kube *k, const char *ns, const char *service, int flags,
                            struct takeover_report *rep, char *err, size_t errlen) {
+  return restore(k, ns, service, flags, NULL, rep, err, errlen);
+}
+
+int takeover_restore_id(struct kube *k, const char *ns, const char *service, const char *id,
+                        struct takeover_report *rep, char *err, size_t errlen) {
+  return restore(k, ns, service, 0, id && *id ? id : NULL, rep, err, errlen);
+}
+
+static int restore(struct kube *k, const char *ns, const char *service, int flags,
+                   const char *id, struct takeover_report *rep, char *err, size_t errlen) {
   struct takeover_names nm;
   memset(rep, 0, sizeof *rep);
   if (takeover_names(service, &nm) < 0) {
@@ -718,6 +760,36 @@ int takeover_restore_flags(struct kube *k, const char *ns, const char *service, 
       return -1;
     }
     svc = NULL; /* the Service is gone: still remove our objects */
+  }
+
+  /* Only this takeover's restore: a newer one owns the Service (or, between
+   * its first steps, the agent's Deployment) and is left alone. */
+  if (id) {
+    char now[64];
+    takeover_id_of(svc ? takeover_annotation(svc, TAKEOVER_ANN_TAKEOVER) : NULL, now, sizeof now);
+    if (now[0] && strcmp(now, id) != 0) {
+      say(rep, "service %s/%s: taken over again (takeover %s) since takeover %s ended: left alone",
+          ns, service, now, id);
+      cJSON_Delete(svc);
+      return 0;
+    }
+    struct kube_ref d = {"apps/v1", "deployments", ns, nm.agent, NULL};
+    cJSON *dep = NULL;
+    if (kube_get(k, &d, &dep, &e) < 0 && e.status != 404) {
+      snprintf(err, errlen, "%s", e.msg);
+      cJSON_Delete(svc);
+      return -1;
+    }
+    const char *did = dep ? takeover_annotation(dep, TAKEOVER_ANN_TAKEOVER_ID) : NULL;
+    int newer = did && strcmp(did, id) != 0;
+    if (newer)
+      say(rep, "deployment %s/%s: belongs to takeover %s, which is starting, not to %s (ended): "
+          "left alone", ns, nm.agent, did, id);
+    cJSON_Delete(dep);
+    if (newer) {
+      cJSON_Delete(svc);
+      return 0;
+    }
   }
 
   /* 0. Ingress clones: the Ingresses they copy keep working without them */
@@ -739,11 +811,16 @@ int takeover_restore_flags(struct kube *k, const char *ns, const char *service, 
   struct service_arg sa;
   int plain = 0; /* the Service exists and is not (or no longer) taken over */
   memset(&sa, 0, sizeof sa);
+  sa.id = id;
   if (kube_update_retry(k, &sref, service_mutate, &sa, NULL, &e) < 0) {
     if (e.status != 404) {
       snprintf(err, errlen, "%s", e.msg);
       return -1;
     }
+  } else if (sa.newer) {
+    say(rep, "service %s/%s: taken over again by another takeover since %s ended: left alone", ns,
+        service, id);
+    return 0;
   } else if (!sa.had_takeover) {
     plain = 1;
   } else if (sa.had_takeover) {
@@ -789,8 +866,8 @@ int takeover_restore_flags(struct kube *k, const char *ns, const char *service, 
   if (gc && agent_exists)
     say(rep, "service %s/%s, secret %s/%s: removed with the deployment (garbage collector)", ns,
         nm.origin, ns, nm.secret);
-  else if (!gc && (delete_managed(k, "v1", "services", "service", ns, nm.origin, rep, err, errlen) < 0 ||
-                   delete_managed(k, "v1", "secrets", "secret", ns, nm.secret, rep, err, errlen) < 0))
+  else if (!gc && (delete_managed(k, "v1", "services", "service", ns, nm.origin, id, rep, err, errlen) < 0 ||
+                   delete_managed(k, "v1", "secrets", "secret", ns, nm.secret, id, rep, err, errlen) < 0))
     return -1;
 
   /* 4. the agent, last */
@@ -800,19 +877,26 @@ int takeover_restore_flags(struct kube *k, const char *ns, const char *service, 
         "removes them", ns, service, ns, service);
   } else if (!agent_exists) {
     /* Leftovers of an agent deleted earlier (or never created). */
-    if (delete_policies(k, ns, service, rep, err, errlen) < 0 ||
+    if (delete_policies(k, ns, service, id, rep, err, errlen) < 0 ||
         delete_managed(k, "rbac.authorization.k8s.io/v1", "rolebindings", "rolebinding", ns,
-                       nm.agent, rep, err, errlen) < 0 ||
-        delete_managed(k, "rbac.authorization.k8s.io/v1", "roles", "role", ns, nm.agent, rep,
+                       nm.agent, id, rep, err, errlen) < 0 ||
+        delete_managed(k, "rbac.authorization.k8s.io/v1", "roles", "role", ns, nm.agent, id, rep,
                        err, errlen) < 0 ||
-        delete_managed(k, "v1", "serviceaccounts", "serviceaccount", ns, nm.agent, rep, err,
+        delete_managed(k, "v1", "serviceaccounts", "serviceaccount", ns, nm.agent, id, rep, err,
                        errlen) < 0)
       return -1;
   }
-  if (delete_managed(k, "apps/v1", "deployments", "deployment", ns, nm.agent, rep, err, errlen) < 0)
+  if (delete_managed(k, "apps/v1", "deployments", "deployment", ns, nm.agent, id, rep, err, errlen) < 0)
     return -1;
   if (agent_exists)
     say(rep, "serviceaccount, role and rolebinding %s/%s (and kbridge's networkpolicies, if any): "
         "removed with the deployment (garbage collector)", ns, nm.agent);
+  return 0;
+}
+
+int takeover_new_id(char *out, size_t outlen) {
+  unsigned char b[8];
+  if (outlen < 2 * sizeof b + 1 || getrandom(b, sizeof b, 0) != (ssize_t)sizeof b) return -1;
+  for (size_t i = 0; i < sizeof b; i++) snprintf(out + 2 * i, 3, "%02x", b[i]);
   return 0;
 }

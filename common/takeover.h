@@ -58,6 +58,10 @@ struct kube;
 #define TAKEOVER_ANN_ORIGINAL_SELECTOR "kbridge.dev/original-selector"
 #define TAKEOVER_ANN_AGENT_SELECTOR "kbridge.dev/agent-selector"
 #define TAKEOVER_ANN_TAKEOVER "kbridge.dev/takeover"
+/* On every object connect creates: the takeover it belongs to (the "id" of
+ * the Service's TAKEOVER_ANN_TAKEOVER), so that the restore of an agent whose
+ * takeover has ended never removes a newer takeover's objects of the same name. */
+#define TAKEOVER_ANN_TAKEOVER_ID "kbridge.dev/takeover-id"
 #define TAKEOVER_ANN_ORIGINAL_REPLICAS "kbridge.dev/original-replicas"
 #define TAKEOVER_LABEL_MANAGED "app.kubernetes.io/managed-by"
 #define TAKEOVER_LABEL_SERVICE "kbridge.dev/service"
@@ -102,6 +106,20 @@ int takeover_restore(struct kube *k, const char *ns, const char *service,
 #define TAKEOVER_RESTORE_GC 1
 int takeover_restore_flags(struct kube *k, const char *ns, const char *service, int flags,
                            struct takeover_report *rep, char *err, size_t errlen);
+
+/* takeover_restore() of one takeover only (the agent's lease; id from its
+ * --takeover-id): when the Service is taken over by another takeover (its
+ * TAKEOVER_ANN_TAKEOVER "id" differs), or is not taken over and the agent's
+ * Deployment belongs to another (its TAKEOVER_ANN_TAKEOVER_ID differs), that
+ * newer takeover has replaced this one: nothing is touched, the report says so,
+ * and 0 is returned. Objects of a takeover older than ids (no id) count as this
+ * one's. Leftovers carrying another id are never deleted. */
+int takeover_restore_id(struct kube *k, const char *ns, const char *service, const char *id,
+                        struct takeover_report *rep, char *err, size_t errlen);
+
+/* A fresh takeover id (16 lowercase hex digits from the OS's random source)
+ * into out (at least 17 bytes). 0, or -1 if the OS gave no random bytes. */
+int takeover_new_id(char *out, size_t outlen);
 
 /* How long takeover_restore() waits, after putting the selector back, for the
  * Service's Endpoints to show the original pods before it deletes the shadow

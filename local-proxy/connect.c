@@ -224,6 +224,7 @@ struct conn {
   int tunnel_port, metrics_port;
   /* state */
   int created;             /* we started a fresh takeover: undo on failure */
+  char takeover_id[20];    /* of the fresh takeover we started (takeover.h), or "" */
   int fresh;
   int routed;              /* our route annotation is on the Service */
   char by[200];            /* user@host */
@@ -470,6 +471,10 @@ static cJSON *meta(const struct conn *c, const char *name, const char *owner_uid
   cJSON_AddStringToObject(m, "name", name);
   cJSON_AddStringToObject(m, "namespace", c->ns);
   cJSON_AddItemToObject(m, "labels", labels(c));
+  if (c->takeover_id[0]) {
+    cJSON *a = cJSON_AddObjectToObject(m, "annotations");
+    cJSON_AddStringToObject(a, TAKEOVER_ANN_TAKEOVER_ID, c->takeover_id);
+  }
   if (owner_uid) cJSON_AddItemToObject(m, "ownerReferences", owner_ref(c->nm.agent, owner_uid));
   return m;
 }
@@ -543,6 +548,10 @@ static cJSON *agent_deployment(const struct conn *c) {
   for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
     cJSON_AddItemToArray(args, cJSON_CreateString(fixed[i]));
   if (c->cfg->replace) cJSON_AddItemToArray(args, cJSON_CreateString("--exclusive"));
+  if (c->takeover_id[0]) {
+    cJSON_AddItemToArray(args, cJSON_CreateString("--takeover-id"));
+    cJSON_AddItemToArray(args, cJSON_CreateString(c->takeover_id));
+  }
   cJSON *p = cJSON_CreateObject();
   cJSON_AddStringToObject(p, "name", "kb-tunnel");
   cJSON_AddNumberToObject(p, "containerPort", c->tunnel_port);
@@ -894,6 +903,11 @@ static int create_agent(struct conn *c) {
   free(agent_ca);
   progress(c, "create-agent", "creating the agent: deployment %s (image %s)", c->nm.agent,
            c->image);
+  if (takeover_new_id(c->takeover_id, sizeof c->takeover_id) < 0) {
+    tls_pem_clear(&agent);
+    fail(c, "no random bytes for the takeover id: %s", strerror(errno));
+    return -1;
+  }
   cJSON *dep = NULL, *want = agent_deployment(c);
   struct kube_ref dr = {"apps/v1", "deployments", c->ns, NULL, NULL};
   struct kube_err de;
@@ -982,6 +996,7 @@ static int switch_mutate(cJSON *obj, void *arg, char *err, size_t errlen) {
   cJSON *t = cJSON_CreateObject();
   cJSON_AddStringToObject(t, "mode", c->cfg->replace ? "exclusive" : "routing");
   cJSON_AddStringToObject(t, "since", since);
+  if (c->takeover_id[0]) cJSON_AddStringToObject(t, "id", c->takeover_id);
   cJSON_AddStringToObject(t, "by", c->by);
   cJSON_AddStringToObject(t, "agent", c->nm.agent);
   cJSON *wl = cJSON_AddObjectToObject(t, "workload");

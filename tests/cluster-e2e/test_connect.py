@@ -933,6 +933,66 @@ def part_lease():
     os.kill(child, signal.SIGKILL)
 
 
+def agent_token():
+    """A token of the agent's service account, as its pods get one (TokenRequest)."""
+    req = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+           "spec": {"expirationSeconds": 600}}
+    r = kubectl("create", "--raw", "/api/v1/namespaces/%s/serviceaccounts/kbridge-agent-api/token"
+                % NS, "-f", "-", input=json.dumps(req))
+    return json.loads(r.stdout)["status"]["token"]
+
+
+def restore_as_agent(takeover_id):
+    """kbridge-agent-restore as the agent's lease runs it, with the agent's
+    service account (its token, namespace and the cluster CA in a directory)."""
+    d = tempfile.mkdtemp(dir=TMP)
+    for name, text in (("token", agent_token()), ("namespace", NS),
+                       ("ca.crt", open(info()["ca"]).read())):
+        with open(os.path.join(d, name), "w") as f:
+            f.write(text)
+    host, port = info()["server"].split("//")[1].rsplit(":", 1)
+    e = dict(os.environ, KBRIDGE_SA_DIR=d, KUBERNETES_SERVICE_HOST=host,
+             KUBERNETES_SERVICE_PORT=port)
+    prog = os.path.join(os.path.dirname(ARGS.agent), "kbridge-agent-restore")
+    return subprocess.run([prog, "--namespace", NS, "--service", "api", "--takeover-id",
+                           takeover_id], capture_output=True, text=True, env=e, timeout=60)
+
+
+def part_stale():
+    """An agent whose takeover ended (lease over) while a new takeover of the
+    same Service started runs its restore late (a retry, a slow drain): the
+    newer takeover, whose objects have the same names, is left alone. Found by
+    CI: the second agent pod of a lease-ended takeover undid the next one."""
+    before = snapshot()
+    _, pa = backend("alice-local")
+    alice = Session("alice", pa)
+    alice.ready()
+    svc = json.loads(kubectl("get", "service", "api", "-n", NS, "-o", "json").stdout)
+    tid = json.loads(svc["metadata"]["annotations"]["kbridge.dev/takeover"]).get("id", "")
+    dep = json.loads(kubectl("get", "deployment", "kbridge-agent-api", "-n", NS, "-o",
+                             "json").stdout)
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    check(len(tid) == 16 and dep["metadata"]["annotations"].get("kbridge.dev/takeover-id") == tid
+          and args[args.index("--takeover-id") + 1] == tid,
+          "the takeover has an id (%s), on the Service, the agent's Deployment and its args" % tid)
+    taken = normalized("service", "api")
+    old = "0" * 16 if tid != "0" * 16 else "1" * 16
+    r = restore_as_agent(old)
+    check(r.returncode == 0 and "left alone" in r.stdout,
+          "the restore of an ended takeover, as its agent: exit %d, %r" %
+          (r.returncode, (r.stdout + r.stderr).strip().splitlines()[:1]))
+    check(normalized("service", "api") == taken and
+          served_by(probe([(API, hdr("alice"))])[0]) == "alice-local",
+          "the newer takeover is untouched and alice's route works")
+    r = restore_as_agent(tid)
+    check(r.returncode == 0 and "selector restored" in r.stdout,
+          "the restore of the takeover itself (its own id) restores: %r" %
+          (r.stdout.strip().splitlines()[:1],))
+    alice.p.kill()
+    alice.p.wait()
+    check_restored(before, "the agent's own restore")
+
+
 def part_direct():
     before = snapshot()
     _, pa = backend("alice-local")
@@ -1339,7 +1399,7 @@ def part_podsecurity():
 
 PARTS = {"badinput": part_badinput, "routing": part_routing, "replace": part_replace,
          "command": part_command, "restore": part_restore, "agentpod": part_agentpod,
-         "lease": part_lease, "direct": part_direct, "named": part_named,
+         "lease": part_lease, "stale": part_stale, "direct": part_direct, "named": part_named,
          "forward": part_forward, "ingress": part_ingress, "identity": part_identity,
          "podsecurity": part_podsecurity}
 

@@ -132,7 +132,7 @@ static double run_case(const char *name, long lease, long grace, const struct st
   r.base = event_base_new();
   r.routes = route_table_new();
   r.done_at = -1;
-  struct lifecycle_config cfg = {"shop", "api", lease, grace, fake_program};
+  struct lifecycle_config cfg = {"shop", "api", NULL, lease, grace, fake_program};
   char err[256];
   r.t0 = now_s();
   r.lc = lifecycle_new(r.base, r.routes, &cfg, done_cb, &r, err, sizeof err);
