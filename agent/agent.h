@@ -1,8 +1,13 @@
 /* agent.h: the agent's shared context, passed to every module.
  *
  * One struct agent per process: the event base, the DNS resolver, the parsed
- * options, the route table, the fallback pool, the counters. Modules get a
- * pointer to it; nothing else is global (besides the log level). */
+ * options, the route table, the counters. Modules get a pointer to it; nothing
+ * else is global (besides the log level).
+ *
+ * The bottom of the agent's layers (docs/agent.md "Modules"): it includes only
+ * the leaves (options, metrics) and routing/, and names the higher modules'
+ * structs only as pointers. Where the context must reach up (the service
+ * listeners when the --max-conns cap changes), it calls a function main.c sets. */
 #ifndef AGENT_AGENT_H
 #define AGENT_AGENT_H
 
@@ -12,7 +17,6 @@
 
 #include "metrics.h"
 #include "options.h"
-#include "pool.h"
 #include "route.h"
 
 struct event_base;
@@ -26,22 +30,13 @@ struct agent_tunnel;
 struct evhttp;
 struct downstream;
 struct lifecycle;
+struct agent_listener;
 
 /* Write watermarks used on every forwarding path: stop reading the source when
  * the destination has more than AGENT_HIGH_WATER bytes queued, resume when it is
  * back to AGENT_LOW_WATER. */
 #define AGENT_HIGH_WATER (256u * 1024u)
 #define AGENT_LOW_WATER (64u * 1024u)
-
-struct agent_listener {
-  struct agent *ag;
-  struct evconnlistener *lev;
-  struct evconnlistener *lev2;   /* the IPv4 socket when "[::]" took two (bind.h), or NULL */
-  uint16_t port; /* the bound port, told to developers in OPEN frames */
-  const struct hostport *fallback; /* where its unrouted traffic goes (--fallback or
-                                    * its --port-map entry's) */
-  struct pool pool;              /* idle keep-alive connections to that fallback */
-};
 
 struct agent {
   struct event_base *base;
@@ -56,8 +51,11 @@ struct agent {
   TAILQ_HEAD(sp_list, agent_splice) splices; /* live raw pipes (raw, upgraded, outbound) */
   struct evbuffer *scratch;       /* temporary buffer for one call; always left empty */
 
-  struct agent_listener listeners[AGENT_MAX_LISTEN];
+  struct agent_listener *listeners; /* [AGENT_MAX_LISTEN], owned by main.c (downstream.h) */
   size_t nlisteners;
+  /* Called (by agent_conn_opened/closed) when accept_paused_cap changed: main.c
+   * turns the service listeners off or on. */
+  void (*accepting_changed)(struct agent *ag);
   int accept_paused_cap;          /* listeners off: --max-conns reached */
   int accept_paused_fd;           /* listeners off: EMFILE/ENFILE back-off */
   struct event *accept_backoff;   /* re-enables after the EMFILE back-off */

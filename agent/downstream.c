@@ -421,7 +421,7 @@ static void go_raw(struct downstream *ds) {
   ag->stats.raw_connections++;
   struct agent_tunnel *at = ag->opt->exclusive ? tunnels_exclusive(ag) : NULL;
   if (at) {
-    ds->up = upstream_open_stream(ag, at, ds->port, ds->peer);
+    ds->up = tunnels_open_stream(at, ds->port, ds->peer);
     if (ds->up) {
       log_debug("%s: raw connection to developer %s", ds->peer, at->key);
       hand_to_splice(ds);
@@ -558,7 +558,7 @@ static struct upstream *pick_upstream(struct downstream *ds, int fresh) {
   if (at) {
     ds->up_pool = &at->pools[ds->li - ag->listeners]; /* streams name their port */
     struct upstream *u = fresh ? NULL : pool_get(ds->up_pool);
-    if (!u) u = upstream_open_stream(ag, at, ds->port, ds->peer);
+    if (!u) u = tunnels_open_stream(at, ds->port, ds->peer);
     if (u) upstream_setcb(u, up_read, up_event, ds);
     return u;
   }

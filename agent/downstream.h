@@ -12,9 +12,24 @@
 
 #include <event2/util.h>
 
+#include "pool.h"
+
 struct agent;
-struct agent_listener;
+struct evconnlistener;
+struct hostport;
 struct sockaddr;
+
+/* One service port the agent listens on (main.c opens it); its connections are
+ * served here. */
+struct agent_listener {
+  struct agent *ag;
+  struct evconnlistener *lev;
+  struct evconnlistener *lev2;   /* the IPv4 socket when "[::]" took two (bind.h), or NULL */
+  uint16_t port; /* the bound port, told to developers in OPEN frames */
+  const struct hostport *fallback; /* where its unrouted traffic goes (--fallback or
+                                    * its --port-map entry's) */
+  struct pool pool;              /* idle keep-alive connections to that fallback */
+};
 
 /* Take over an accepted socket fd from a client at sa, on listener li (its
  * service port, fallback and fallback pool). Returns 0, or -1 (fd closed) when

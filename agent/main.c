@@ -32,6 +32,7 @@
 #include "heap.h"
 #include "log.h"
 #include "metrics.h"
+#include "status.h"
 #include "options.h"
 #include "route_table.h"
 #include "splice.h"
@@ -55,76 +56,6 @@ static void update_listeners(struct agent *ag) {
       if (li->lev2) evconnlistener_disable(li->lev2);
     }
   }
-}
-
-void agent_conn_opened(struct agent *ag) {
-  if (++ag->stats.connections_open >= ag->opt->max_conns && !ag->accept_paused_cap) {
-    log_warn("--max-conns %ld reached: accepting paused", ag->opt->max_conns);
-    ag->accept_paused_cap = 1;
-    update_listeners(ag);
-  }
-}
-
-void agent_conn_closed(struct agent *ag) {
-  if (--ag->stats.connections_open < ag->opt->max_conns && ag->accept_paused_cap) {
-    ag->accept_paused_cap = 0;
-    update_listeners(ag);
-  }
-}
-
-struct agent_splice {
-  struct agent *ag;
-  struct splice *sp;
-  enum agent_splice_kind kind;
-  TAILQ_ENTRY(agent_splice) link;
-};
-
-static void splice_done(const char *err, size_t a_to_b, size_t b_to_a, void *arg) {
-  struct agent_splice *as = arg;
-  struct agent *ag = as->ag;
-  TAILQ_REMOVE(&ag->splices, as, link);
-  if (as->kind == AGENT_SPLICE_CLIENT) {
-    if (err && strstr(err, "side a: timed out")) { /* the client's send timeout */
-      ag->stats.closes[MCLOSE_SEND_TIMEOUT]++;
-      log_info("raw/upgraded connection closed: the client took no bytes for %ld ms",
-               ag->opt->send_timeout_ms);
-    }
-    ag->stats.bytes_request += a_to_b;
-    ag->stats.bytes_response += b_to_a;
-    agent_conn_closed(ag);
-  } else {
-    ag->stats.streams_open--;
-  }
-  if (err) log_debug("spliced connection ended: %s", err);
-  free(as);
-}
-
-int agent_splice(struct agent *ag, struct splice_end a, struct splice_end b,
-                 enum agent_splice_kind kind) {
-  struct agent_splice *as = calloc(1, sizeof *as);
-  if (!as) {
-    /* splice_new() would own and free the ends; without memory, free them here */
-    if (a.bev) bufferevent_free(a.bev);
-    if (a.stream) tunnel_stream_free(a.stream);
-    if (b.bev) bufferevent_free(b.bev);
-    if (b.stream) tunnel_stream_free(b.stream);
-    return -1;
-  }
-  as->ag = ag;
-  as->kind = kind;
-  TAILQ_INSERT_TAIL(&ag->splices, as, link);
-  as->sp = splice_new(a, b, splice_done, as);
-  if (!as->sp) {
-    TAILQ_REMOVE(&ag->splices, as, link);
-    free(as);
-    return -1;
-  }
-  return 0;
-}
-
-void agent_splices_abort(struct agent *ag) {
-  struct agent_splice *as;
-  while ((as = TAILQ_FIRST(&ag->splices))) splice_abort(as->sp, "agent exiting");
 }
 
 static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
@@ -294,6 +225,10 @@ int main(int argc, char **argv) {
 
   struct agent ag;
   memset(&ag, 0, sizeof ag);
+  struct agent_listener listeners[AGENT_MAX_LISTEN];
+  memset(listeners, 0, sizeof listeners);
+  ag.listeners = listeners;
+  ag.accepting_changed = update_listeners;
   ag.opt = &opt;
   TAILQ_INIT(&ag.tunnels);
   TAILQ_INIT(&ag.clients);
@@ -360,7 +295,7 @@ int main(int argc, char **argv) {
   }
   printf("tunnel-listen %s\n", bound);
   if (opt.have_metrics) {
-    if (metrics_serve(&ag, &opt.metrics, bound, sizeof bound, err, sizeof err) < 0) {
+    if (status_serve(&ag, &opt.metrics, bound, sizeof bound, err, sizeof err) < 0) {
       fprintf(stderr, "kbridge-agent: %s\n", err);
       return 2;
     }
@@ -407,7 +342,7 @@ int main(int argc, char **argv) {
   if (ag.tunnel_lev2) evconnlistener_free(ag.tunnel_lev2);
   tunnels_free_all(&ag);
   for (size_t i = 0; i < ag.nlisteners; i++) pool_clear(&ag.listeners[i].pool);
-  metrics_stop(&ag);
+  status_stop(&ag);
   event_free(sigint);
   event_free(sigterm);
   event_free(ag.sweep);

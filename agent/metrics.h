@@ -1,16 +1,14 @@
-/* metrics.h: the agent's counters and the /healthz + /metrics HTTP endpoint.
+/* metrics.h: the agent's counters.
  *
  * Counters live in struct metrics inside struct agent; modules bump them
  * directly (single-threaded). Gauges that can be derived (tunnels, routes) are
- * computed when scraped. The endpoint is a tiny evhttp server. */
+ * computed when scraped. The page that shows them is status.h. A leaf module:
+ * it knows nothing of the rest of the agent. */
 #ifndef AGENT_METRICS_H
 #define AGENT_METRICS_H
 
 #include <stddef.h>
 #include <stdint.h>
-
-struct agent;
-struct hostport;
 
 enum metrics_error {
   MERR_BAD_REQUEST,        /* 400: malformed request or smuggling shape */
@@ -66,11 +64,5 @@ struct metrics {
 void metrics_count_request(struct metrics *m, const char *key);
 void metrics_count_error(struct metrics *m, enum metrics_error e);
 void metrics_free(struct metrics *m);
-
-/* Serve /healthz and /metrics on hp. The bound address goes to bound (for the
- * "metrics ADDR:PORT" line). 0, or -1 with err. */
-int metrics_serve(struct agent *ag, const struct hostport *hp, char *bound, size_t boundlen,
-                  char *err, size_t errlen);
-void metrics_stop(struct agent *ag);
 
 #endif

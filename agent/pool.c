@@ -13,7 +13,6 @@
 #include "agent.h"
 #include "log.h"
 #include "tunnel.h"
-#include "tunnels.h"
 #include "upstream.h"
 
 static uint64_t now_ms(void) {
@@ -61,7 +60,7 @@ struct upstream *pool_get(struct pool *p) {
 
 void pool_put(struct pool *p, struct upstream *u) {
   int dead_stream = u->kind == UPSTREAM_STREAM &&
-                    (!u->at->t || tunnel_stream_closed(u->stream) || tunnel_stream_eof(u->stream));
+                    (!tunnel_stream_tunnel(u->stream) || tunnel_stream_closed(u->stream) || tunnel_stream_eof(u->stream));
   if ((long)p->n >= p->ag->opt->pool_max || p->ag->stopping || !u->connected || dead_stream ||
       evbuffer_get_length(upstream_input(u)) > 0) {
     upstream_free(u);

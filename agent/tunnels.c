@@ -87,6 +87,15 @@ void agent_tunnel_unref(struct agent_tunnel *at) {
   if (--at->refs == 0) free(at);
 }
 
+struct upstream *tunnels_open_stream(struct agent_tunnel *at, uint16_t port, const char *peer) {
+  struct upstream *u = upstream_open_stream(at->ag, at->t, port, peer);
+  if (!u) return NULL;
+  u->at = at;
+  u->at_release = agent_tunnel_unref;
+  agent_tunnel_ref(at);
+  return u;
+}
+
 struct agent_tunnel *tunnels_exclusive(struct agent *ag) {
   if (!ag->excl_key[0]) return NULL;
   return route_table_pick(ag->routes, ag->excl_key);

@@ -22,6 +22,7 @@
 struct agent;
 struct tunnel;
 struct hostport;
+struct upstream;
 
 struct agent_tunnel {
   struct agent *ag;
@@ -49,6 +50,10 @@ int tunnels_listen(struct agent *ag, const struct hostport *hp, char *bound, siz
 struct agent_tunnel *tunnels_exclusive(struct agent *ag);
 void agent_tunnel_ref(struct agent_tunnel *at);
 void agent_tunnel_unref(struct agent_tunnel *at);
+/* Open an INBOUND stream on at for a client of service port `port`, peer
+ * "ip:port" (upstream_open_stream); the upstream holds at until it is freed.
+ * NULL if the tunnel is dead, not ready or closing. */
+struct upstream *tunnels_open_stream(struct agent_tunnel *at, uint16_t port, const char *peer);
 /* Expire idle pooled streams older than max_idle_ms / drop them all. */
 void tunnels_pools_sweep(struct agent_tunnel *at, long max_idle_ms);
 void tunnels_pools_clear(struct agent_tunnel *at);

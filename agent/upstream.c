@@ -28,7 +28,6 @@
 #include "log.h"
 #include "splice.h"
 #include "tunnel.h"
-#include "tunnels.h"
 
 /* Report what to the user as the last thing done with u (the user may free u). */
 static void notify(struct upstream *u, int what) {
@@ -205,9 +204,9 @@ static void stream_event(struct tunnel_stream *s, int what, uint32_t code, const
   }
 }
 
-struct upstream *upstream_open_stream(struct agent *ag, struct agent_tunnel *at, uint16_t port,
+struct upstream *upstream_open_stream(struct agent *ag, struct tunnel *t, uint16_t port,
                                       const char *peer) {
-  if (!at->t) return NULL;
+  if (!t) return NULL;
   struct frame_open o;
   memset(&o, 0, sizeof o);
   o.kind = FRAME_OPEN_INBOUND;
@@ -216,7 +215,7 @@ struct upstream *upstream_open_stream(struct agent *ag, struct agent_tunnel *at,
   struct upstream *u = calloc(1, sizeof *u);
   if (!u) return NULL;
   u->defer = event_new(ag->base, -1, 0, defer_cb, u);
-  u->stream = u->defer ? tunnel_stream_open(at->t, &o) : NULL;
+  u->stream = u->defer ? tunnel_stream_open(t, &o) : NULL;
   if (!u->stream) {
     if (u->defer) event_free(u->defer);
     free(u);
@@ -224,9 +223,7 @@ struct upstream *upstream_open_stream(struct agent *ag, struct agent_tunnel *at,
   }
   u->kind = UPSTREAM_STREAM;
   u->ag = ag;
-  u->at = at;
   u->connected = 1;
-  agent_tunnel_ref(at);
   ag->stats.streams_open++;
   tunnel_stream_setcb(u->stream, stream_read, stream_event, u);
   return u;
@@ -292,7 +289,7 @@ void upstream_set_read_max(struct upstream *u, size_t max) {
 static void release_common(struct upstream *u) {
   if (u->kind == UPSTREAM_STREAM) {
     u->ag->stats.streams_open--;
-    agent_tunnel_unref(u->at);
+    if (u->at) u->at_release(u->at);
   }
   event_free(u->defer);
   free(u);

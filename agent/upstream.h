@@ -25,6 +25,8 @@ struct evbuffer;
 struct event;
 struct hostport;
 struct pool;
+struct tunnel;
+struct tunnel_stream;
 struct evdns_getaddrinfo_request;
 
 enum upstream_kind { UPSTREAM_TCP, UPSTREAM_STREAM };
@@ -54,7 +56,10 @@ struct upstream {
   struct agent *ag;
   struct bufferevent *bev;           /* TCP */
   struct tunnel_stream *stream;      /* STREAM */
-  struct agent_tunnel *at;           /* STREAM: its tunnel (holds a reference) */
+  /* STREAM opened by tunnels_open_stream(): its tunnel, held until the upstream
+   * is freed, then given back with at_release (tunnels.h; NULL otherwise). */
+  struct agent_tunnel *at;
+  void (*at_release)(struct agent_tunnel *at);
   struct evdns_getaddrinfo_request *dns_req; /* TCP, while resolving */
   struct event *defer;               /* delivers connect failures outside the caller */
   int resolving;                     /* TCP: waiting for the address */
@@ -77,9 +82,10 @@ struct upstream {
  * of memory. */
 struct upstream *upstream_connect_tcp(struct agent *ag, const struct hostport *hp,
                                       upstream_read_cb rd, upstream_event_cb ev, void *arg);
-/* Open an INBOUND stream on tunnel at for a client of service port `port`, peer
- * "ip:port". Returns NULL if the tunnel is not ready or is closing. */
-struct upstream *upstream_open_stream(struct agent *ag, struct agent_tunnel *at, uint16_t port,
+/* Open an INBOUND stream on tunnel t (NULL: dead) for a client of service port
+ * `port`, peer "ip:port". Returns NULL if the tunnel is not ready or is closing.
+ * The agent opens them through tunnels_open_stream(), which holds the tunnel. */
+struct upstream *upstream_open_stream(struct agent *ag, struct tunnel *t, uint16_t port,
                                       const char *peer);
 void upstream_setcb(struct upstream *u, upstream_read_cb rd, upstream_event_cb ev, void *arg);
 
