@@ -2229,6 +2229,163 @@ static void hook_welcome(void *arg, int ok, const char *message) {
   cJSON_Delete(env);
 }
 
+/* Run the tunnels until the session ends (proxy.c's loop with our hooks);
+ * then put the blocking setup's signal handler sa back and stop the command if
+ * it still runs. The exit status: proxy_run()'s, or the command's when it
+ * ended the session. */
+static int serve(struct conn *c, const struct sigaction *sa) {
+  struct connect_config *cfg = c->cfg;
+  int rc;
+  static const struct proxy_hooks hooks = {NULL,          hook_open,     hook_cancel,
+                                           hook_carrier_error, hook_started, hook_welcome,
+                                           hook_forward_bound, hook_inbound, hook_released,
+                                           hook_registered};
+  struct proxy_hooks h = hooks;
+  h.arg = c;
+  int direct = cfg->agent_address.port != 0;
+  if (direct) { /* proxy.c dials TCP itself; only the events are ours */
+    h.open = NULL;
+    h.cancel = NULL;
+    h.carrier_error = NULL;
+  }
+  struct proxy_config pc;
+  char label[300];
+  memset(&pc, 0, sizeof pc);
+  snprintf(pc.key, sizeof pc.key, "%s", cfg->key);
+  pc.local_port = cfg->local_port;
+  pc.local_host = cfg->local_host;
+  /* --tunnels to every agent pod: through the port-forward hook_open
+   * chooses the pod; through --agent-address the address does, and the
+   * guard redials tunnels until every ready pod has its share
+   * (direct_rebalance). */
+  c->per_pod = cfg->tunnels;
+  pc.tunnels = cfg->tunnels * AGENT_SLOTS_PER_TUNNEL;
+  if (pc.tunnels > MAX_SLOTS) pc.tunnels = MAX_SLOTS;
+  pc.exclusive = cfg->replace;
+  pc.force = cfg->force;
+  pc.forwards = cfg->forwards;
+  pc.log_level = cfg->log_level;
+  pc.hooks = &h;
+  pc.ssl_ctx = c->tun_ssl;
+  if (direct) {
+    char a[300];
+    pc.agent = cfg->agent_address;
+    snprintf(label, sizeof label, "%.63s/%.79s at %.120s", c->ns, c->nm.agent,
+             addr_format(&cfg->agent_address, a, sizeof a));
+  } else {
+    snprintf(label, sizeof label, "%.63s/%.79s (port-forward)", c->ns, c->nm.agent);
+  }
+  pc.agent_label = label;
+  rc = proxy_run(&pc);
+  if (c->sigchld) event_free(c->sigchld);
+  c->sigchld = NULL;
+  if (c->tunnel_timer) event_free(c->tunnel_timer);
+  c->tunnel_timer = NULL;
+  if (c->guard_timer) event_free(c->guard_timer);
+  c->guard_timer = NULL;
+  sigaction(SIGINT, sa, NULL); /* libevent restored the defaults */
+  sigaction(SIGTERM, sa, NULL);
+  if (c->child > 0) { /* we are leaving before the command: stop it */
+    kill(c->child, SIGTERM);
+    int st;
+    waitpid(c->child, &st, 0);
+  } else if (cfg->cmd && c->child_status >= 0 && c->ready_announced) {
+    rc = c->child_status;
+  }
+    return rc;
+}
+
+/* ---- 5. leave ---- */
+
+/* Wait until the agent and everything the garbage collector removes after it
+ * (ServiceAccount, Role, RoleBinding) are gone and its pods are gone or
+ * terminating. A terminating agent pod is selected by nothing and stops on
+ * SIGTERM; removing it is the kubelet's work, which on a real node takes seconds
+ * (tens under load), so it is not waited for. 0, or -1 after seconds. */
+static int wait_gone(struct conn *c, int seconds) {
+  double deadline = now_s() + seconds;
+  const struct kube_ref refs[] = {
+      {"apps/v1", "deployments", c->ns, c->nm.agent, NULL},
+      {"rbac.authorization.k8s.io/v1", "rolebindings", c->ns, c->nm.agent, NULL},
+      {"rbac.authorization.k8s.io/v1", "roles", c->ns, c->nm.agent, NULL},
+      {"v1", "serviceaccounts", c->ns, c->nm.agent, NULL},
+  };
+  for (;;) {
+    int left = 0;
+    struct kube_err e;
+    for (size_t i = 0; i < sizeof refs / sizeof refs[0]; i++) {
+      cJSON *d = NULL;
+      if (kube_get(c->k, &refs[i], &d, &e) == 0) left++;
+      else if (e.status != 404) return -1;
+      cJSON_Delete(d);
+    }
+    char why[1100]; /* room for a kube_err message */
+    cJSON *pods = agent_pods(c, why, sizeof why);
+    if (!pods) return -1;
+    const cJSON *pod;
+    cJSON_ArrayForEach(pod, jget(pods, "items")) {
+      if (!jget(jget(pod, "metadata"), "deletionTimestamp")) left++;
+    }
+    cJSON_Delete(pods);
+    if (left == 0) return 0;
+    if (now_s() > deadline) return -1;
+    usleep(250 * 1000);
+  }
+}
+
+static int undo(struct conn *c, const char *why) {
+  struct takeover_report rep;
+  char err[1200];
+  progress(c, "undo", "undoing the takeover (%s)", why);
+  if (takeover_restore(c->k, c->ns, c->svc, &rep, err, sizeof err) < 0) {
+    fail(c, "restore failed: %s; run `kbridge restore -n %s --service %s`", err, c->ns, c->svc);
+    return -1;
+  }
+  if (rep.text[0]) progress(c, "restored", "%s", rep.text);
+  return 0;
+}
+
+/* 5. leave: GOAWAY is proxy.c's; here our route annotation goes, and the last
+ * developer on the Service restores the cluster and waits until the agent is
+ * gone. others: developers the Service's annotations still named. Returns rc,
+ * or 1 when the restore this session owed did not finish. */
+static int leave_session(struct conn *c, int rc, int others) {
+  int last = 1;
+  unclone_ingresses(c);
+  if (c->routed) {
+    if (set_route(c, 0, &others) < 0) others = 0;
+    /* The agent knows best who is still there (annotations of sessions
+     * that died elsewhere stay behind): every developer with a live lease,
+     * tunnels up or not. */
+    char names[600];
+    int live = agent_other_keys(c, names, sizeof names);
+    if (live >= 0) {
+      others = live;
+      snprintf(c->holders, sizeof c->holders, "%s", names);
+    }
+    if (c->agent_lost) others = 0; /* nobody can be served: give the Service back */
+    if (others)
+      progress(c, "others-remain", "other developers still hold the service: %s; the "
+               "takeover stays", c->holders);
+    last = others == 0;
+  }
+  int restored = 0;
+  if (last) {
+    progress(c, "restore", "last developer on %s/%s: restoring the cluster", c->ns, c->svc);
+    if (undo(c, "disconnect") == 0 && wait_gone(c, 30) == 0) restored = 1;
+  }
+  if (c->json) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "event", "disconnected");
+    cJSON_AddBoolToObject(o, "restored", restored);
+    emit_json(o);
+  } else {
+    printf("disconnected%s\n", restored ? "; the cluster is restored" : last ? "; restore did not finish" : "");
+  }
+  if (last && !restored && rc == 0) rc = 1;
+    return rc;
+}
+
 /* ---- the run ---- */
 
 static void default_key(char *out, size_t len) {
@@ -2268,42 +2425,6 @@ int connect_kube_open(const struct kube_flags *kf, struct kube **out, char *err,
   return 0;
 }
 
-/* Wait until the agent and everything the garbage collector removes after it
- * (ServiceAccount, Role, RoleBinding) are gone and its pods are gone or
- * terminating. A terminating agent pod is selected by nothing and stops on
- * SIGTERM; removing it is the kubelet's work, which on a real node takes seconds
- * (tens under load), so it is not waited for. 0, or -1 after seconds. */
-static int wait_gone(struct conn *c, int seconds) {
-  double deadline = now_s() + seconds;
-  const struct kube_ref refs[] = {
-      {"apps/v1", "deployments", c->ns, c->nm.agent, NULL},
-      {"rbac.authorization.k8s.io/v1", "rolebindings", c->ns, c->nm.agent, NULL},
-      {"rbac.authorization.k8s.io/v1", "roles", c->ns, c->nm.agent, NULL},
-      {"v1", "serviceaccounts", c->ns, c->nm.agent, NULL},
-  };
-  for (;;) {
-    int left = 0;
-    struct kube_err e;
-    for (size_t i = 0; i < sizeof refs / sizeof refs[0]; i++) {
-      cJSON *d = NULL;
-      if (kube_get(c->k, &refs[i], &d, &e) == 0) left++;
-      else if (e.status != 404) return -1;
-      cJSON_Delete(d);
-    }
-    char why[1100]; /* room for a kube_err message */
-    cJSON *pods = agent_pods(c, why, sizeof why);
-    if (!pods) return -1;
-    const cJSON *pod;
-    cJSON_ArrayForEach(pod, jget(pods, "items")) {
-      if (!jget(jget(pod, "metadata"), "deletionTimestamp")) left++;
-    }
-    cJSON_Delete(pods);
-    if (left == 0) return 0;
-    if (now_s() > deadline) return -1;
-    usleep(250 * 1000);
-  }
-}
-
 /* Can every --forward listen address be bound? Checked before the cluster is
  * touched, so a port in use or an address not on this machine fails with no
  * change to undo (proxy.c binds them for real later; port 0 always binds).
@@ -2335,18 +2456,6 @@ static int forwards_bindable(struct conn *c) {
       return -1;
     }
   }
-  return 0;
-}
-
-static int undo(struct conn *c, const char *why) {
-  struct takeover_report rep;
-  char err[1200];
-  progress(c, "undo", "undoing the takeover (%s)", why);
-  if (takeover_restore(c->k, c->ns, c->svc, &rep, err, sizeof err) < 0) {
-    fail(c, "restore failed: %s; run `kbridge restore -n %s --service %s`", err, c->ns, c->svc);
-    return -1;
-  }
-  if (rep.text[0]) progress(c, "restored", "%s", rep.text);
   return 0;
 }
 
@@ -2642,102 +2751,10 @@ int connect_run(struct connect_config *cfg) {
              cfg->tunnels, cfg->tunnels == 1 ? "" : "s");
   }
   if (interrupted) goto leave;
-  {
-    static const struct proxy_hooks hooks = {NULL,          hook_open,     hook_cancel,
-                                             hook_carrier_error, hook_started, hook_welcome,
-                                             hook_forward_bound, hook_inbound, hook_released,
-                                             hook_registered};
-    struct proxy_hooks h = hooks;
-    h.arg = c;
-    int direct = cfg->agent_address.port != 0;
-    if (direct) { /* proxy.c dials TCP itself; only the events are ours */
-      h.open = NULL;
-      h.cancel = NULL;
-      h.carrier_error = NULL;
-    }
-    struct proxy_config pc;
-    char label[300];
-    memset(&pc, 0, sizeof pc);
-    snprintf(pc.key, sizeof pc.key, "%s", cfg->key);
-    pc.local_port = cfg->local_port;
-    pc.local_host = cfg->local_host;
-    /* --tunnels to every agent pod: through the port-forward hook_open
-     * chooses the pod; through --agent-address the address does, and the
-     * guard redials tunnels until every ready pod has its share
-     * (direct_rebalance). */
-    c->per_pod = cfg->tunnels;
-    pc.tunnels = cfg->tunnels * AGENT_SLOTS_PER_TUNNEL;
-    if (pc.tunnels > MAX_SLOTS) pc.tunnels = MAX_SLOTS;
-    pc.exclusive = cfg->replace;
-    pc.force = cfg->force;
-    pc.forwards = cfg->forwards;
-    pc.log_level = cfg->log_level;
-    pc.hooks = &h;
-    pc.ssl_ctx = c->tun_ssl;
-    if (direct) {
-      char a[300];
-      pc.agent = cfg->agent_address;
-      snprintf(label, sizeof label, "%.63s/%.79s at %.120s", c->ns, c->nm.agent,
-               addr_format(&cfg->agent_address, a, sizeof a));
-    } else {
-      snprintf(label, sizeof label, "%.63s/%.79s (port-forward)", c->ns, c->nm.agent);
-    }
-    pc.agent_label = label;
-    rc = proxy_run(&pc);
-    if (c->sigchld) event_free(c->sigchld);
-    c->sigchld = NULL;
-    if (c->tunnel_timer) event_free(c->tunnel_timer);
-    c->tunnel_timer = NULL;
-    if (c->guard_timer) event_free(c->guard_timer);
-    c->guard_timer = NULL;
-    sigaction(SIGINT, &sa, NULL); /* libevent restored the defaults */
-    sigaction(SIGTERM, &sa, NULL);
-    if (c->child > 0) { /* we are leaving before the command: stop it */
-      kill(c->child, SIGTERM);
-      int st;
-      waitpid(c->child, &st, 0);
-    } else if (cfg->cmd && c->child_status >= 0 && c->ready_announced) {
-      rc = c->child_status;
-    }
-  }
+  rc = serve(c, &sa);
 
 leave:
-  /* 5. leave */
-  {
-    int last = 1;
-    unclone_ingresses(c);
-    if (c->routed) {
-      if (set_route(c, 0, &others) < 0) others = 0;
-      /* The agent knows best who is still there (annotations of sessions
-       * that died elsewhere stay behind): every developer with a live lease,
-       * tunnels up or not. */
-      char names[600];
-      int live = agent_other_keys(c, names, sizeof names);
-      if (live >= 0) {
-        others = live;
-        snprintf(c->holders, sizeof c->holders, "%s", names);
-      }
-      if (c->agent_lost) others = 0; /* nobody can be served: give the Service back */
-      if (others)
-        progress(c, "others-remain", "other developers still hold the service: %s; the "
-                 "takeover stays", c->holders);
-      last = others == 0;
-    }
-    int restored = 0;
-    if (last) {
-      progress(c, "restore", "last developer on %s/%s: restoring the cluster", c->ns, c->svc);
-      if (undo(c, "disconnect") == 0 && wait_gone(c, 30) == 0) restored = 1;
-    }
-    if (c->json) {
-      cJSON *o = cJSON_CreateObject();
-      cJSON_AddStringToObject(o, "event", "disconnected");
-      cJSON_AddBoolToObject(o, "restored", restored);
-      emit_json(o);
-    } else {
-      printf("disconnected%s\n", restored ? "; the cluster is restored" : last ? "; restore did not finish" : "");
-    }
-    if (last && !restored && rc == 0) rc = 1;
-  }
+  rc = leave_session(c, rc, others);
   goto out;
 
 undo_out:
