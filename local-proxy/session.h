@@ -10,6 +10,7 @@
 #define KB_SESSION_H
 
 #include <stddef.h>
+#include <sys/types.h>
 
 /* The sessions directory into out, created (0700) if missing. 0 or -1. */
 int session_dir(char *out, size_t len);
@@ -18,5 +19,14 @@ int session_dir(char *out, size_t len);
  * end). 0, or -1 (logged; a session without a file still works). */
 int session_write(const char *ns, const char *svc, const char *key, int local_port, char *path,
                   size_t pathlen);
+
+/* Is pid running? A zombie (exited, not yet reaped by its parent) is not. */
+int session_pid_running(pid_t pid);
+
+struct cJSON;
+/* Call fn for every live session file (s: its JSON; stale ones are removed).
+ * Returns how many. */
+typedef void (*session_fn)(const struct cJSON *s, const char *path, void *arg);
+int session_each(session_fn fn, void *arg);
 
 #endif

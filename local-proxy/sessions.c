@@ -1,5 +1,5 @@
-/* sessions.c: `kbridge restore`, `list`, `status`, `disconnect`, and the session
- * files behind the last two (see session.h, connect.h). */
+/* sessions.c: `kbridge restore`, `list`, `status`, `disconnect` (connect.h);
+ * the session files behind the last two are session.c's. */
 #include "connect.h"
 #include "session.h"
 
@@ -19,107 +19,6 @@
 #include "agentquery.h"
 #include "kube.h"
 #include "takeover.h"
-
-/* ---- session files ---- */
-
-static int mkdirs(const char *path) {
-  char buf[512];
-  snprintf(buf, sizeof buf, "%s", path);
-  for (char *p = buf + 1; *p; p++) {
-    if (*p != '/') continue;
-    *p = '\0';
-    if (mkdir(buf, 0700) < 0 && errno != EEXIST) return -1;
-    *p = '/';
-  }
-  return mkdir(buf, 0700) < 0 && errno != EEXIST ? -1 : 0;
-}
-
-int session_dir(char *out, size_t len) {
-  const char *rt = getenv("XDG_RUNTIME_DIR"), *home = getenv("HOME");
-  if (rt && *rt)
-    snprintf(out, len, "%s/kbridge/sessions", rt);
-  else
-    snprintf(out, len, "%s/.cache/kbridge/sessions", home && *home ? home : "/tmp");
-  return mkdirs(out);
-}
-
-int session_write(const char *ns, const char *svc, const char *key, int local_port, char *path,
-                  size_t pathlen) {
-  char dir[400], tmp[600], since[40];
-  time_t t = time(NULL);
-  struct tm tm;
-  gmtime_r(&t, &tm);
-  strftime(since, sizeof since, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  if (session_dir(dir, sizeof dir) < 0) {
-    log_warn("session directory %s: %s (kbridge status will not show this session)", dir,
-             strerror(errno));
-    return -1;
-  }
-  snprintf(path, pathlen, "%s/%s.%s.%s.json", dir, ns, svc, key);
-  snprintf(tmp, sizeof tmp, "%s.tmp", path);
-  FILE *f = fopen(tmp, "w");
-  if (!f) {
-    log_warn("session file %s: %s", tmp, strerror(errno));
-    path[0] = '\0';
-    return -1;
-  }
-  fprintf(f, "{\"pid\":%ld,\"namespace\":\"%s\",\"service\":\"%s\",\"key\":\"%s\","
-          "\"local_port\":%d,\"since\":\"%s\"}\n", (long)getpid(), ns, svc, key, local_port, since);
-  fclose(f);
-  if (rename(tmp, path) < 0) {
-    unlink(tmp);
-    path[0] = '\0';
-    return -1;
-  }
-  return 0;
-}
-
-/* Is pid running? A zombie (exited, not yet reaped by its parent) is not. */
-static int pid_running(pid_t pid) {
-  if (kill(pid, 0) < 0 && errno == ESRCH) return 0;
-  char path[64], buf[256];
-  snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
-  FILE *f = fopen(path, "r");
-  if (!f) return 1; /* no procfs: trust kill() */
-  size_t n = fread(buf, 1, sizeof buf - 1, f);
-  fclose(f);
-  buf[n] = '\0';
-  const char *rp = strrchr(buf, ')'); /* "pid (comm) S ..." */
-  return !(rp && rp[1] == ' ' && (rp[2] == 'Z' || rp[2] == 'X'));
-}
-
-/* Call fn for every live session (stale files are removed). */
-typedef void (*session_fn)(const cJSON *s, const char *path, void *arg);
-static int sessions_each(session_fn fn, void *arg) {
-  char dir[400];
-  if (session_dir(dir, sizeof dir) < 0) return 0;
-  DIR *d = opendir(dir);
-  if (!d) return 0;
-  struct dirent *de;
-  int n = 0;
-  while ((de = readdir(d)) != NULL) {
-    size_t l = strlen(de->d_name);
-    if (l < 6 || strcmp(de->d_name + l - 5, ".json") != 0) continue;
-    char path[800], buf[2048];
-    snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
-    FILE *f = fopen(path, "r");
-    if (!f) continue;
-    size_t m = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[m] = '\0';
-    cJSON *s = cJSON_Parse(buf);
-    const cJSON *pid = cJSON_GetObjectItemCaseSensitive(s, "pid");
-    if (!cJSON_IsNumber(pid) || !pid_running((pid_t)pid->valueint)) {
-      unlink(path); /* its process is gone */
-    } else {
-      fn(s, path, arg);
-      n++;
-    }
-    cJSON_Delete(s);
-  }
-  closedir(d);
-  return n;
-}
 
 static const char *sget(const cJSON *s, const char *k) {
   const char *v = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(s, k));
@@ -500,7 +399,7 @@ int status_run(struct restore_config *cfg) {
   int json;
   if (output_json(cfg, &json) < 0) return 2;
   cJSON *arr = cJSON_CreateArray();
-  sessions_each(status_one, arr);
+  session_each(status_one, arr);
   if (json) {
     char *s = cJSON_PrintUnformatted(arr);
     printf("%s\n", s);
@@ -549,7 +448,7 @@ int disconnect_run(struct restore_config *cfg) {
   struct dc d;
   memset(&d, 0, sizeof d);
   d.cfg = cfg;
-  sessions_each(disconnect_one, &d);
+  session_each(disconnect_one, &d);
   fflush(stdout);
   if (d.n == 0) {
     fprintf(stderr, "kbridge: no matching kbridge connect session on this machine (see kbridge "
@@ -558,7 +457,7 @@ int disconnect_run(struct restore_config *cfg) {
   }
   for (int waited = 0; waited < cfg->timeout * 10; waited++) {
     int alive = 0;
-    for (int i = 0; i < d.n; i++) alive += pid_running(d.pids[i]);
+    for (int i = 0; i < d.n; i++) alive += session_pid_running(d.pids[i]);
     if (!alive) {
       printf("disconnected\n");
       return 0;
