@@ -1,4 +1,4 @@
-/* connect_agent.c: step 2 of `kbridge connect` (connect.c has the order):
+/* connect_agent.c: step 2 of `kbridge connect` (connect_run.c has the order):
  * the developer's certificate, and for a fresh takeover the agent's objects
  * (Deployment, ServiceAccount, Role, RoleBinding, Secret, shadow Service,
  * PodDisruptionBudget, NetworkPolicies), then the wait for a Ready agent pod. */

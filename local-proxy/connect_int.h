@@ -1,6 +1,6 @@
 /* connect_int.h: what the parts of `kbridge connect` share (private to
  * local-proxy/connect*.c): the session's state (struct conn), its output and
- * the steps each part offers. The order of the run is in connect.c. */
+ * the steps each part offers. The order of the run is in connect_run.c. */
 #ifndef KB_CONNECT_INT_H
 #define KB_CONNECT_INT_H
 
@@ -118,7 +118,7 @@ struct conn {
 /* Set by the SIGINT/SIGTERM handler while the blocking setup runs. */
 extern volatile sig_atomic_t conn_interrupted;
 
-/* connect.c */
+/* connect_run.c */
 double conn_now_s(void);
 /* Print o as one line on stdout (--output json) and free it. */
 void conn_emit_json(cJSON *o);

@@ -4,7 +4,7 @@
  * Deployment, two versions during a blue/green switch, a Deployment plus a bare
  * pod. Connect needs all of them: each one's pod template says what a named
  * targetPort means on its pods (portplan.h), inspect names every one, and
- * --replace may only scale a Service that has one workload (connect.c). */
+ * --replace may only scale a Service that has one workload (connect_run.c). */
 #ifndef LOCAL_PROXY_WORKLOADS_H
 #define LOCAL_PROXY_WORKLOADS_H
 
