@@ -27,6 +27,7 @@
 #include "addr.h"
 #include "agent.h"
 #include "bind.h"
+#include "client.h"
 #include "downstream.h"
 #include "lifecycle.h"
 #include "heap.h"

@@ -100,7 +100,7 @@ size_t upstream_high(const struct upstream *u);
  * control, so only the callback is held back by the caller). */
 void upstream_pause_read(struct upstream *u, int paused);
 /* TCP: buffer at most about max bytes read from the server (a read high-water
- * mark; the HTTP relay sets its per-connection share, see downstream.c).
+ * mark; the HTTP relay sets its per-connection share, see client_share()).
  * Streams are bounded by their flow-control window instead. */
 void upstream_set_read_max(struct upstream *u, size_t max);
 void upstream_free(struct upstream *u);
