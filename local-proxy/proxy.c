@@ -1,4 +1,5 @@
-/* proxy.c: `kbridge proxy` (see proxy.h).
+/* proxy.c: `kbridge proxy` (see proxy.h): the tunnels to the agent and the run;
+ * the streams they carry are proxy_streams.c's, the shared state proxy_int.h.
  *
  * Objects, all owned by struct proxy and living on one event base:
  *   slot     one tunnel connection to the agent, with its own reconnect backoff
@@ -8,39 +9,24 @@
  * Addresses (--agent, --local-host, --forward listen addresses) are resolved once
  * at start-up; a name with several addresses is tried address by address. */
 #include "proxy.h"
+#include "proxy_int.h"
 
-#include <errno.h>
-#include <netdb.h>
-#include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pwd.h>
 #include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
-#include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
-#include <event2/event.h>
 #include <event2/listener.h>
-#include <event2/util.h>
 #include <openssl/rand.h>
 
 #include "heap.h"
-#include "splice.h"
 #include "tls.h"
-#include "tunnel.h"
-
-#define BACKOFF_MIN_MS 250
-#define BACKOFF_MAX_MS 10000
-#define STOP_GRACE_MS 2000      /* how long GOAWAYs may take to flush at exit */
-#define AGENT_CONNECT_TIMEOUT_S 10
-#define LOCAL_CONNECT_TIMEOUT_S 5
-#define ACCEPT_PAUSE_MS 1000    /* listener pause after EMFILE and friends */
-#define MAX_ADDRS 8
 
 #define CFG_OFF(field) offsetof(struct proxy_config, field)
 static const struct opt_def proxy_opts[] = {
@@ -81,91 +67,13 @@ const struct opt_cmd proxy_cmd = {
     sizeof proxy_opts / sizeof proxy_opts[0],
 };
 
-struct resolved {
-  struct sockaddr_storage ss;
-  socklen_t len;
-};
-
-struct proxy;
-
-enum slot_state {
-  SLOT_WAITING,    /* no tunnel; the backoff timer starts the next attempt */
-  SLOT_DIALING,    /* TCP connect under way (tcp set, no tunnel yet) */
-  SLOT_CONNECTING, /* TLS handshake + HELLO under way in the tunnel; no WELCOME yet */
-  SLOT_READY,      /* registered: carries streams both ways */
-  SLOT_CLOSING,    /* shutting down: GOAWAY sent, waiting for on_close */
-  SLOT_DONE,       /* no tunnel and none will be made */
-  SLOT_IDLE,       /* no tunnel wanted now (the open hook said so); proxy_kick() retries */
-};
-
-struct slot {
-  struct proxy *px;
-  int index;             /* 1-based, for logs */
-  enum slot_state state;
-  struct tunnel *t;
-  struct bufferevent *tcp; /* SLOT_DIALING: the plain socket being connected */
-  void *pending;         /* SLOT_DIALING with hooks: the carrier being opened */
-  struct event *retry;   /* backoff timer */
-  unsigned backoff_ms;   /* next delay; BACKOFF_MIN_MS after a registration */
-  unsigned attempt;      /* picks the agent address, round-robin */
-};
-
-/* An inbound stream waiting for its local connection. */
-struct dial {
-  struct proxy *px;
-  struct tunnel_stream *s;
-  struct bufferevent *bev;
-  size_t addr;            /* index into px->local, the address being tried */
-  char peer[64];          /* the cluster client, for logs */
-  unsigned port;          /* the Service port it came in on */
-  struct dial *prev, *next;
-};
-
-struct forward {
-  struct proxy *px;
-  const struct opt_forward *spec;
-  struct evconnlistener *lev;
-  struct event *resume;   /* re-enables the listener after an accept error */
-  char name[620];         /* "127.0.0.1:40123 -> store.shop:8080" */
-};
-
-/* What a finished splice logs. */
-struct link {
-  struct proxy *px;
-  char what[800];
-  int inbound;            /* a cluster connection to the local process (hooks->inbound) */
-  char peer[64];
-  unsigned port;
-  struct timespec t0;
-};
-
-struct proxy {
-  struct event_base *base;
-  struct proxy_config *cfg;
-  SSL_CTX *ssl;
-  struct tunnel_config tcfg;
-  struct frame_hello hello;
-  struct resolved agent[MAX_ADDRS], local[MAX_ADDRS];
-  size_t nagent, nlocal;
-  char agent_name[300], local_name[300];
-  struct slot *slots;
-  struct forward *fwds;
-  struct dial *dials;
-  struct event *sigint, *sigterm, *stop_timer;
-  unsigned rr;          /* round-robin cursor over slots for outbound streams */
-  int announced;        /* the "ready:" line was printed */
-  int stopping;
-  int exit_code;
-};
-
 static void slot_connect(struct slot *sl);
 static void proxy_stop(struct proxy *px, int code);
 
 /* ---- helpers ---------------------------------------------------------------- */
 
-/* Resolve host:port into out[] (at most MAX_ADDRS). 0, or -1 with err. */
-static int resolve(const char *host, int port, int passive, struct resolved *out, size_t *n,
-                   char *err, size_t errlen) {
+int px_resolve(const char *host, int port, int passive, struct resolved *out, size_t *n, char *err,
+               size_t errlen) {
   struct addrinfo hints, *res = NULL;
   char portstr[8];
   memset(&hints, 0, sizeof hints);
@@ -197,14 +105,12 @@ static int resolve(const char *host, int port, int passive, struct resolved *out
   return 0;
 }
 
-/* Small writes (one HTTP head, a WINDOW frame) must leave at once: without this,
- * Nagle's algorithm and delayed ACKs add ~40 ms to request/response exchanges. */
-static void set_nodelay(evutil_socket_t fd) {
+void px_set_nodelay(evutil_socket_t fd) {
   int one = 1;
   if (fd >= 0) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 }
 
-static struct timeval ms_tv(unsigned ms) {
+struct timeval px_ms_tv(unsigned ms) {
   struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
   return tv;
 }
@@ -240,7 +146,7 @@ static void slot_retry_later(struct slot *sl, const char *why) {
   unsigned delay = sl->backoff_ms / 2 + r % (sl->backoff_ms / 2 + 1);
   log_warn("tunnel %d to %s: %s; reconnecting in %u ms", sl->index, px->agent_name, why, delay);
   sl->backoff_ms = sl->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : sl->backoff_ms * 2;
-  struct timeval tv = ms_tv(delay);
+  struct timeval tv = px_ms_tv(delay);
   evtimer_add(sl->retry, &tv);
 }
 
@@ -317,9 +223,6 @@ static void on_close(struct tunnel *t, const char *err, void *arg) {
   slot_retry_later(sl, why);
 }
 
-static void on_open(struct tunnel *t, struct tunnel_stream *s, const struct frame_open *o,
-                    void *arg);
-
 static void slot_start_tls(struct slot *sl, struct bufferevent *bev);
 
 /* A hook's carrier is open (or failed): TLS on top of it, then the tunnel. */
@@ -374,7 +277,7 @@ static void slot_start_tunnel(struct slot *sl, evutil_socket_t fd) {
 /* Start the tunnel on bev, a TLS bufferevent (on a socket or on a carrier). */
 static void slot_start_tls(struct slot *sl, struct bufferevent *bev) {
   struct proxy *px = sl->px;
-  static const struct tunnel_cbs cbs = {NULL, on_welcome, on_open, on_close};
+  static const struct tunnel_cbs cbs = {NULL, on_welcome, px_on_open, on_close};
   sl->state = SLOT_CONNECTING;
   sl->t = tunnel_new(px->base, bev, TUNNEL_CLIENT, &px->tcfg, &px->hello, &cbs, sl);
   if (sl->t == NULL) /* the tunnel freed bev */
@@ -389,7 +292,7 @@ static void slot_tcp_event(struct bufferevent *bev, short what, void *arg) {
   sl->tcp = NULL;
   if (what & BEV_EVENT_CONNECTED) {
     bufferevent_free(bev); /* opened without CLOSE_ON_FREE: the socket stays open */
-    set_nodelay(fd);
+    px_set_nodelay(fd);
     slot_start_tunnel(sl, fd);
     return;
   }
@@ -444,287 +347,6 @@ static void slot_connect(struct slot *sl) {
   bufferevent_socket_connect(sl->tcp, (const struct sockaddr *)&a->ss, (int)a->len);
 }
 
-/* ---- inbound: cluster -> local process ----------------------------------------- */
-
-/* Tell connect (hooks->inbound) about an inbound connection. */
-static void inbound_news(struct proxy *px, const char *what, const char *peer, unsigned port,
-                         const char *error, size_t in, size_t out, double seconds) {
-  if (!px->cfg->hooks || !px->cfg->hooks->inbound) return;
-  struct proxy_inbound ev = {what, peer, port, error, in, out, seconds};
-  px->cfg->hooks->inbound(px->cfg->hooks->arg, &ev);
-}
-
-static double since_s(const struct timespec *t0) {
-  struct timespec now;
-  clock_gettime(CLOCK_MONOTONIC, &now);
-  return (double)(now.tv_sec - t0->tv_sec) + (double)(now.tv_nsec - t0->tv_nsec) / 1e9;
-}
-
-static void link_done(const char *err, size_t a_to_b, size_t b_to_a, void *arg) {
-  struct link *l = arg;
-  /* a is the local socket, b the tunnel stream: b_to_a came from the cluster. */
-  if (l->inbound && !l->px->stopping)
-    inbound_news(l->px, "closed", l->peer, l->port, err, b_to_a, a_to_b, since_s(&l->t0));
-  if (err && !l->px->stopping) /* at exit every idle pooled stream ends this way */
-    log_info("%s: ended: %s (%zu bytes out, %zu in)", l->what, err, a_to_b, b_to_a);
-  else
-    log_debug("%s: done%s%s (%zu bytes out, %zu in)", l->what, err ? ": " : "", err ? err : "",
-              a_to_b, b_to_a);
-  free(l);
-}
-
-static void dial_free(struct dial *d) {
-  if (d->prev)
-    d->prev->next = d->next;
-  else
-    d->px->dials = d->next;
-  if (d->next) d->next->prev = d->prev;
-  if (d->bev) bufferevent_free(d->bev);
-  if (d->s) tunnel_stream_free(d->s);
-  free(d);
-}
-
-static void dial_try(struct dial *d);
-
-static void dial_event_cb(struct bufferevent *bev, short what, void *arg) {
-  struct dial *d = arg;
-  struct proxy *px = d->px;
-  char addr[128];
-  addr_format_sa((const struct sockaddr *)&px->local[d->addr].ss, addr, sizeof addr);
-  if (what & BEV_EVENT_CONNECTED) {
-    struct link *l = malloc(sizeof *l);
-    struct splice_end a = {bev, NULL}, b = {NULL, d->s};
-    bufferevent_setcb(bev, NULL, NULL, NULL, NULL);
-    bufferevent_set_timeouts(bev, NULL, NULL);
-    set_nodelay(bufferevent_getfd(bev));
-    if (l) {
-      memset(l, 0, sizeof *l);
-      l->px = px;
-      snprintf(l->what, sizeof l->what, "stream %u from %s to %s", tunnel_stream_id(d->s), d->peer,
-               addr);
-      l->inbound = 1;
-      snprintf(l->peer, sizeof l->peer, "%s", d->peer);
-      l->port = d->port;
-      clock_gettime(CLOCK_MONOTONIC, &l->t0);
-    }
-    log_debug("stream %u from %s: connected to %s", tunnel_stream_id(d->s), d->peer, addr);
-    d->bev = NULL;
-    d->s = NULL;
-    dial_free(d);
-    if (l == NULL) {
-      bufferevent_free(a.bev);
-      tunnel_stream_reset(b.stream, FRAME_RESET_INTERNAL, "out of memory");
-      tunnel_stream_free(b.stream);
-      return;
-    }
-    splice_new(a, b, link_done, l); /* owns both ends now */
-    return;
-  }
-  int e = EVUTIL_SOCKET_ERROR();
-  int timeout = (what & BEV_EVENT_TIMEOUT) != 0;
-  bufferevent_free(d->bev);
-  d->bev = NULL;
-  if (d->addr + 1 < px->nlocal) { /* "localhost": ::1 refused, try 127.0.0.1 */
-    log_debug("stream %u: %s: %s, trying the next address", tunnel_stream_id(d->s), addr,
-              timeout ? "timed out" : evutil_socket_error_to_string(e));
-    d->addr++;
-    dial_try(d);
-    return;
-  }
-  char reason[400];
-  if (timeout)
-    snprintf(reason, sizeof reason, "connect to %s timed out after %d s: is your local process "
-             "running?", px->local_name, LOCAL_CONNECT_TIMEOUT_S);
-  else if (e == ECONNREFUSED)
-    snprintf(reason, sizeof reason, "connection refused to %s: is your local process running?",
-             px->local_name);
-  else
-    snprintf(reason, sizeof reason, "cannot connect to %s: %s", px->local_name,
-             evutil_socket_error_to_string(e));
-  log_warn("request from %s for route %s: %s", d->peer, px->cfg->key, reason);
-  inbound_news(px, "failed", d->peer, d->port, reason, 0, 0, 0);
-  tunnel_stream_reset(d->s, timeout ? FRAME_RESET_TIMEOUT : FRAME_RESET_REFUSED, reason);
-  dial_free(d);
-}
-
-/* The stream died while we were still connecting locally. */
-static void dial_stream_event(struct tunnel_stream *s, int what, uint32_t code, const char *err,
-                              void *arg) {
-  struct dial *d = arg;
-  if (what & TUNNEL_STREAM_CLOSED) {
-    log_debug("stream %u from %s: closed before the local connect finished: %s",
-              tunnel_stream_id(s), d->peer, err ? err : "");
-    dial_free(d);
-  }
-  /* EOF and WRITABLE are state the splice reads when it takes the stream. */
-}
-
-static void dial_stream_read(struct tunnel_stream *s, void *arg) {
-  /* Bytes wait in the stream's input (bounded by its window) for the splice. */
-}
-
-static void dial_try(struct dial *d) {
-  struct proxy *px = d->px;
-  const struct resolved *a = &px->local[d->addr];
-  struct timeval tv = {LOCAL_CONNECT_TIMEOUT_S, 0};
-  d->bev = bufferevent_socket_new(px->base, -1, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
-  if (d->bev == NULL) {
-    tunnel_stream_reset(d->s, FRAME_RESET_INTERNAL, "out of memory");
-    dial_free(d);
-    return;
-  }
-  bufferevent_setcb(d->bev, NULL, NULL, dial_event_cb, d);
-  bufferevent_set_timeouts(d->bev, NULL, &tv); /* the write timeout bounds the connect */
-  /* Failures, immediate or not, arrive in dial_event_cb (deferred). */
-  bufferevent_socket_connect(d->bev, (const struct sockaddr *)&a->ss, (int)a->len);
-}
-
-static void on_open(struct tunnel *t, struct tunnel_stream *s, const struct frame_open *o,
-                    void *arg) {
-  struct slot *sl = arg;
-  struct proxy *px = sl->px;
-  if (o->kind != FRAME_OPEN_INBOUND || px->stopping) {
-    tunnel_stream_reset(s, FRAME_RESET_REFUSED,
-                        px->stopping ? "developer proxy is shutting down"
-                                     : "the developer side accepts only inbound streams");
-    tunnel_stream_free(s);
-    return;
-  }
-  struct dial *d = calloc(1, sizeof *d);
-  if (d == NULL) {
-    tunnel_stream_reset(s, FRAME_RESET_INTERNAL, "out of memory");
-    tunnel_stream_free(s);
-    return;
-  }
-  d->px = px;
-  d->s = s;
-  snprintf(d->peer, sizeof d->peer, "%s", o->peer[0] ? o->peer : "?");
-  d->port = o->port;
-  inbound_news(px, "open", d->peer, d->port, NULL, 0, 0, 0);
-  d->next = px->dials;
-  if (px->dials) px->dials->prev = d;
-  px->dials = d;
-  log_debug("stream %u: inbound from %s (service port %u)", tunnel_stream_id(s), d->peer, o->port);
-  tunnel_stream_setcb(s, dial_stream_read, dial_stream_event, d);
-  dial_try(d);
-}
-
-/* ---- outbound: local process -> cluster ----------------------------------------- */
-
-static struct tunnel *pick_tunnel(struct proxy *px) {
-  int n = px->cfg->tunnels;
-  for (int i = 0; i < n; i++) {
-    struct slot *sl = &px->slots[(px->rr + (unsigned)i) % (unsigned)n];
-    if (sl->state == SLOT_READY && sl->t && tunnel_ready(sl->t)) {
-      px->rr = (px->rr + (unsigned)i + 1) % (unsigned)n;
-      return sl->t;
-    }
-  }
-  return NULL;
-}
-
-static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa,
-                      int salen, void *arg) {
-  struct forward *fw = arg;
-  struct proxy *px = fw->px;
-  char peer[64];
-  addr_format_sa(sa, peer, sizeof peer);
-  struct tunnel *t = pick_tunnel(px);
-  set_nodelay(fd);
-  if (t == NULL) {
-    log_warn("forward %s: no tunnel to the agent is up; closing the connection from %s",
-             fw->name, peer);
-    evutil_closesocket(fd);
-    return;
-  }
-  struct frame_open o;
-  memset(&o, 0, sizeof o);
-  o.kind = FRAME_OPEN_OUTBOUND;
-  o.port = fw->spec->target.port;
-  snprintf(o.peer, sizeof o.peer, "%s", peer);
-  snprintf(o.target_host, sizeof o.target_host, "%s", fw->spec->target.host);
-  struct tunnel_stream *s = tunnel_stream_open(t, &o);
-  struct bufferevent *bev =
-      s ? bufferevent_socket_new(px->base, fd, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS)
-        : NULL;
-  struct link *l = bev ? calloc(1, sizeof *l) : NULL;
-  if (l == NULL) {
-    log_warn("forward %s: cannot open a stream for %s", fw->name, peer);
-    if (bev)
-      bufferevent_free(bev);
-    else
-      evutil_closesocket(fd);
-    if (s) {
-      tunnel_stream_reset(s, FRAME_RESET_INTERNAL, "out of memory");
-      tunnel_stream_free(s);
-    }
-    return;
-  }
-  l->px = px;
-  snprintf(l->what, sizeof l->what, "forward %s: connection from %s (stream %u)", fw->name, peer,
-           tunnel_stream_id(s));
-  log_debug("%s: opened", l->what);
-  struct splice_end a = {bev, NULL}, b = {NULL, s};
-  splice_new(a, b, link_done, l);
-}
-
-static void accept_resume_cb(evutil_socket_t fd, short what, void *arg) {
-  struct forward *fw = arg;
-  evconnlistener_enable(fw->lev);
-}
-
-/* accept() failed (EMFILE, ENFILE, ENOBUFS...): pause the listener for a second
- * instead of spinning on a connection we cannot take. */
-static void accept_error_cb(struct evconnlistener *lev, void *arg) {
-  struct forward *fw = arg;
-  int e = EVUTIL_SOCKET_ERROR();
-  log_warn("forward %s: accept failed: %s; pausing for %d ms", fw->name,
-           evutil_socket_error_to_string(e), ACCEPT_PAUSE_MS);
-  evconnlistener_disable(lev);
-  struct timeval tv = ms_tv(ACCEPT_PAUSE_MS);
-  evtimer_add(fw->resume, &tv);
-}
-
-static int forward_start(struct proxy *px, struct forward *fw, const struct opt_forward *spec) {
-  struct resolved addrs[MAX_ADDRS];
-  size_t n = 0;
-  char err[400], laddr[300], target[300];
-  fw->px = px;
-  fw->spec = spec;
-  addr_format(&spec->listen, laddr, sizeof laddr);
-  addr_format(&spec->target, target, sizeof target);
-  if (resolve(spec->listen.host, spec->listen.port, 1, addrs, &n, err, sizeof err) < 0) {
-    log_err("--forward %s=%s: %s", laddr, target, err);
-    return -1;
-  }
-  fw->lev = evconnlistener_new_bind(px->base, accept_cb, fw,
-                                    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_REUSEABLE,
-                                    -1, (const struct sockaddr *)&addrs[0].ss, (int)addrs[0].len);
-  if (fw->lev == NULL) {
-    log_err("--forward %s=%s: cannot listen on %s: %s", laddr, target, laddr,
-            evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
-    return -1;
-  }
-  fw->resume = evtimer_new(px->base, accept_resume_cb, fw);
-  if (fw->resume == NULL) return -1;
-  evconnlistener_set_error_cb(fw->lev, accept_error_cb);
-  struct sockaddr_storage ss;
-  socklen_t len = sizeof ss;
-  char bound[300];
-  if (getsockname(evconnlistener_get_fd(fw->lev), (struct sockaddr *)&ss, &len) == 0)
-    addr_format_sa((const struct sockaddr *)&ss, bound, sizeof bound);
-  else
-    snprintf(bound, sizeof bound, "%s", laddr);
-  snprintf(fw->name, sizeof fw->name, "%s -> %s", bound, target);
-  if (px->cfg->hooks && px->cfg->hooks->forward_bound) {
-    px->cfg->hooks->forward_bound(px->cfg->hooks->arg, (size_t)(fw - px->fwds), bound);
-  } else {
-    printf("forward %s\n", fw->name);
-    fflush(stdout);
-  }
-  return 0;
-}
-
 /* ---- start and stop ------------------------------------------------------------ */
 
 static void stop_timeout_cb(evutil_socket_t fd, short what, void *arg) {
@@ -768,7 +390,7 @@ static void proxy_stop(struct proxy *px, int code) {
     event_base_loopexit(px->base, NULL);
     return;
   }
-  struct timeval tv = ms_tv(STOP_GRACE_MS);
+  struct timeval tv = px_ms_tv(STOP_GRACE_MS);
   evtimer_add(px->stop_timer, &tv);
 }
 
@@ -827,11 +449,11 @@ int proxy_run(struct proxy_config *cfg) {
     addr_format(&lh, px.local_name, sizeof px.local_name);
   }
   if ((cfg->hooks == NULL || cfg->hooks->open == NULL) &&
-      resolve(cfg->agent.host, cfg->agent.port, 0, px.agent, &px.nagent, err, sizeof err) < 0) {
+      px_resolve(cfg->agent.host, cfg->agent.port, 0, px.agent, &px.nagent, err, sizeof err) < 0) {
     log_err("--agent: %s", err);
     return 1;
   }
-  if (resolve(cfg->local_host, cfg->local_port, 0, px.local, &px.nlocal, err, sizeof err) < 0) {
+  if (px_resolve(cfg->local_host, cfg->local_port, 0, px.local, &px.nlocal, err, sizeof err) < 0) {
     log_err("--local-host: %s", err);
     return 1;
   }
@@ -869,7 +491,7 @@ int proxy_run(struct proxy_config *cfg) {
   make_label(px.hello.label, sizeof px.hello.label);
 
   for (size_t i = 0; i < cfg->forwards.n; i++) {
-    if (forward_start(&px, &px.fwds[i], &cfg->forwards.v[i]) < 0) {
+    if (px_forward_start(&px, &px.fwds[i], &cfg->forwards.v[i]) < 0) {
       px.exit_code = 1;
       goto out;
     }
@@ -908,7 +530,7 @@ int proxy_run(struct proxy_config *cfg) {
 out:
   /* Tear down in dependency order; freeing tunnels ends their streams, whose
    * splices then free their sockets on the next loop pass. */
-  while (px.dials) dial_free(px.dials);
+  while (px.dials) px_dial_free(px.dials);
   for (int i = 0; px.slots && i < cfg->tunnels; i++) {
     if (px.slots[i].pending) cfg->hooks->cancel(cfg->hooks->arg, px.slots[i].pending);
     if (px.slots[i].tcp) {
