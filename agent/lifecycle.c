@@ -41,8 +41,6 @@
 #define RETRY_FIRST_S 5
 #define LOST_MAX 16 /* developers remembered as lost (their CLI may come back) */
 #define RETRY_MAX_S 60
-/* How common/tunnel.c words the end of a tunnel whose peer sent GOAWAY. */
-#define PEER_GOAWAY_PREFIX "peer closed the tunnel"
 
 enum lc_state {
   LC_WAITING,   /* no developer connected; restore at the deadline (start/loss + lease) */
@@ -506,9 +504,10 @@ struct lifecycle *lifecycle_new(struct event_base *base, const struct route_tabl
   return lc;
 }
 
-void lifecycle_tunnel_closed(struct lifecycle *lc, const char *key, const char *err) {
+void lifecycle_tunnel_closed(struct lifecycle *lc, const char *key, const char *err,
+                             int left) {
   if (!lc) return;
-  int clean = err && !strncmp(err, PEER_GOAWAY_PREFIX, strlen(PEER_GOAWAY_PREFIX));
+  int clean = left;
   if (key && route_table_conns(lc->routes, key) == 0) {
     if (!clean) {
       remember_lost(lc, key, mono_now());

@@ -63,11 +63,12 @@ struct lifecycle *lifecycle_new(struct event_base *base, const struct route_tabl
                                 void *arg, char *err, size_t errlen);
 
 /* A developer's tunnel for key closed (after its key was taken out of the route
- * table), err being the tunnel's reason. If it was the last developer, err
- * tells a clean leave (the peer's GOAWAY) from a lost tunnel. Optional: a 1 s
+ * table), err being the tunnel's reason (for the log). left: the developer
+ * left on purpose (its GOAWAY's code, frame_goaway_is_leave()); if it was the
+ * last developer that is a clean leave, else a lost tunnel. Optional: a 1 s
  * tick notices departures too, but cannot tell how they ended (treated as
  * lost). */
-void lifecycle_tunnel_closed(struct lifecycle *lc, const char *key, const char *err);
+void lifecycle_tunnel_closed(struct lifecycle *lc, const char *key, const char *err, int left);
 
 /* Re-evaluate now (a developer registered). Also done every second. */
 void lifecycle_check(struct lifecycle *lc);

@@ -310,7 +310,9 @@ static void on_close(struct tunnel *t, const char *err, void *arg) {
     log_info("developer %s: tunnel from %s closed (%s); %zu tunnel(s) left for this key", at->key,
              at->peer, err ? err : "closed", left);
     if (left == 0 && !strcmp(ag->excl_key, at->key)) ag->excl_key[0] = 0;
-    lifecycle_tunnel_closed(ag->life, at->key, err);
+    uint32_t code;
+    int leave = tunnel_peer_goaway(t, &code) && frame_goaway_is_leave(code);
+    lifecycle_tunnel_closed(ag->life, at->key, err, leave);
   } else {
     log_info("tunnel from %s closed before registering: %s", at->peer, err ? err : "closed");
   }

@@ -377,6 +377,19 @@ const char *frame_reset_name(uint32_t code) {
     case FRAME_RESET_TIMEOUT: return "TIMEOUT";
     case FRAME_RESET_INTERNAL: return "INTERNAL";
     case FRAME_RESET_TUNNEL_LOST: return "TUNNEL_LOST";
+    case FRAME_RESET_LEAVE: return "LEAVE";
     default: return "UNKNOWN";
+  }
+}
+
+int frame_goaway_is_leave(uint32_t code) {
+  switch (code) {
+    case FRAME_RESET_PROTOCOL:
+    case FRAME_RESET_FLOW_CONTROL:
+    case FRAME_RESET_REFUSED:
+    case FRAME_RESET_TIMEOUT:
+    case FRAME_RESET_INTERNAL:
+    case FRAME_RESET_TUNNEL_LOST: return 0;
+    default: return 1;
   }
 }

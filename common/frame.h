@@ -59,6 +59,7 @@ enum frame_reset_code {
   FRAME_RESET_TIMEOUT = 5,      /* dial timed out */
   FRAME_RESET_INTERNAL = 6,     /* out of memory, too many streams, ... */
   FRAME_RESET_TUNNEL_LOST = 7,  /* local only: the tunnel under the stream died */
+  FRAME_RESET_LEAVE = 8,        /* GOAWAY only: the developer is leaving for good */
 };
 
 struct frame_header {
@@ -128,5 +129,12 @@ int frame_put_goaway(struct evbuffer *out, uint32_t code, const char *reason);
 
 const char *frame_type_name(uint8_t type);
 const char *frame_reset_name(uint32_t code);
+/* Does a peer's GOAWAY with this code end the tunnel without an error, i.e. the
+ * sender left on purpose? LEAVE, CANCEL (what CLIs before LEAVE sent when
+ * stopping, and a CLI moving to another agent pod) and codes this version does
+ * not know (treated like CANCEL, docs/protocol.md section 10) do; the error
+ * codes (PROTOCOL, FLOW_CONTROL, REFUSED, TIMEOUT, INTERNAL, TUNNEL_LOST) do
+ * not. The agent's lease tells a clean leave from a lost tunnel with it. */
+int frame_goaway_is_leave(uint32_t code);
 
 #endif

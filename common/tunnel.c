@@ -122,8 +122,10 @@ struct tunnel {
   struct event *flush_ev, *wr_ev;
   uint64_t last_rx_ms, ping_seq;
   char closing_reason[600]; /* TS_CLOSING: what on_close will say */
+  uint32_t peer_goaway_code; /* the code of the peer's GOAWAY, if peer_goaway */
   int depth;
   unsigned free_requested : 1;
+  unsigned peer_goaway : 1;         /* the peer sent GOAWAY (its code: peer_goaway_code) */
   unsigned sched_queued : 1;
   unsigned in_sched : 1;
   unsigned in_read : 1, reread : 1; /* carrier_read_cb running / called again meanwhile */
@@ -932,10 +934,13 @@ static void handle_frame(struct tunnel *t, const struct frame_header *h, struct 
       break;
     case FRAME_GOAWAY: {
       struct frame_reason r;
-      if (frame_reason_decode(p, n, &r) < 0)
+      if (frame_reason_decode(p, n, &r) < 0) {
         protocol_error(t, "malformed GOAWAY");
-      else
-        tunnel_die(t, "peer closed the tunnel (%s): %s", frame_reset_name(r.code),
+        break;
+      }
+      t->peer_goaway = 1;
+      t->peer_goaway_code = r.code;
+      tunnel_die(t, "peer closed the tunnel (%s): %s", frame_reset_name(r.code),
                    r.text[0] ? r.text : "no reason given");
       break;
     }
@@ -1308,6 +1313,11 @@ void tunnel_goaway(struct tunnel *t, uint32_t code, const char *reason) {
 }
 
 int tunnel_ready(const struct tunnel *t) { return t->state == TS_READY; }
+
+int tunnel_peer_goaway(const struct tunnel *t, uint32_t *code) {
+  if (t->peer_goaway && code) *code = t->peer_goaway_code;
+  return t->peer_goaway;
+}
 
 const struct frame_hello *tunnel_peer_hello(const struct tunnel *t) {
   return t->role == TUNNEL_SERVER && t->state != TS_HANDSHAKE ? &t->hello : NULL;

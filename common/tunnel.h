@@ -96,6 +96,10 @@ void tunnel_goaway(struct tunnel *t, uint32_t code, const char *reason);
 
 /* True once HELLO/WELCOME completed successfully. */
 int tunnel_ready(const struct tunnel *t);
+/* 1 if the tunnel ended because the peer sent GOAWAY (its code in *code), else 0.
+ * Meant for on_close: frame_goaway_is_leave(code) tells a peer that left on
+ * purpose from one that closed on an error; the text is for people only. */
+int tunnel_peer_goaway(const struct tunnel *t, uint32_t *code);
 const struct frame_hello *tunnel_peer_hello(const struct tunnel *t); /* SERVER: the HELLO */
 struct bufferevent *tunnel_carrier(struct tunnel *t);
 size_t tunnel_stream_count(const struct tunnel *t);

@@ -379,7 +379,7 @@ static void proxy_stop(struct proxy *px, int code) {
     }
     if (sl->t) {
       if (sl->state != SLOT_CLOSING)
-        tunnel_goaway(sl->t, FRAME_RESET_CANCEL, code ? "developer proxy giving up" : "developer proxy stopping");
+        tunnel_goaway(sl->t, FRAME_RESET_LEAVE, code ? "developer proxy giving up" : "developer proxy stopping");
       sl->state = SLOT_CLOSING;
       open++;
     } else {

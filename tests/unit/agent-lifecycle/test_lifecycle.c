@@ -25,6 +25,11 @@
 
 #define CLEAN "peer closed the tunnel (CANCEL): developer proxy stopping"
 #define LOST "carrier error: connection reset by peer"
+/* A GOAWAY's code decides, not its text (the agent's tunnels.c passes
+ * frame_goaway_is_leave(code) as `left`): a leave whose reason reads like
+ * nothing in particular, and an error GOAWAY worded like the old clean one. */
+#define LEAVE_OTHER_TEXT "peer sent GOAWAY LEAVE: see you tomorrow"
+#define ERROR_GOAWAY "peer closed the tunnel (PROTOCOL): OPEN with a stream id of the wrong parity"
 
 /* The fake restore program: counts its runs in $FAKE_CALLS (one line each);
  * with $FAKE_FAIL set it fails the way kbridge-agent-restore does (reason on
@@ -75,7 +80,14 @@ static double now_s(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-enum step_kind { STEP_REGISTER, STEP_CLOSE_CLEAN, STEP_CLOSE_LOST, STEP_REMOVE_SILENTLY };
+enum step_kind {
+  STEP_REGISTER,
+  STEP_CLOSE_CLEAN,
+  STEP_CLOSE_LOST,
+  STEP_REMOVE_SILENTLY,
+  STEP_CLOSE_LEAVE_OTHER_TEXT, /* left = 1, a reason without the old wording */
+  STEP_CLOSE_ERROR_GOAWAY,     /* left = 0, the old wording with an error code */
+};
 struct step {
   int at_ms;
   enum step_kind kind;
@@ -108,7 +120,16 @@ static void step_cb(evutil_socket_t fd, short what, void *arg) {
   case STEP_CLOSE_CLEAN:
   case STEP_CLOSE_LOST:
     route_table_remove(r->routes, key, conn);
-    lifecycle_tunnel_closed(r->lc, key, se->s.kind == STEP_CLOSE_CLEAN ? CLEAN : LOST);
+    lifecycle_tunnel_closed(r->lc, key, se->s.kind == STEP_CLOSE_CLEAN ? CLEAN : LOST,
+                            se->s.kind == STEP_CLOSE_CLEAN);
+    break;
+  case STEP_CLOSE_LEAVE_OTHER_TEXT:
+    route_table_remove(r->routes, key, conn);
+    lifecycle_tunnel_closed(r->lc, key, LEAVE_OTHER_TEXT, 1);
+    break;
+  case STEP_CLOSE_ERROR_GOAWAY:
+    route_table_remove(r->routes, key, conn);
+    lifecycle_tunnel_closed(r->lc, key, ERROR_GOAWAY, 0);
     break;
   case STEP_REMOVE_SILENTLY:
     route_table_remove(r->routes, key, conn);
@@ -198,6 +219,16 @@ int main(void) {
   /* the tunnel is lost (kill -9, network): the whole lease */
   const struct step lost[] = {{100, STEP_REGISTER, NULL}, {300, STEP_CLOSE_LOST, NULL}};
   t = run_case("lost at 0.3 s: lease 2 s (grace 1 s)", 2, 1, lost, 2, 5, NULL, NULL);
+  CHECK(t >= 2.25 && t < 2.9);
+
+  /* the leave is the GOAWAY's code (LEAVE), whatever its text says: grace */
+  const struct step leave[] = {{100, STEP_REGISTER, NULL}, {300, STEP_CLOSE_LEAVE_OTHER_TEXT, NULL}};
+  t = run_case("GOAWAY LEAVE, other text: grace 1 s (lease 3 s)", 3, 1, leave, 2, 5, NULL, NULL);
+  CHECK(t >= 1.25 && t < 1.9);
+
+  /* a GOAWAY with an error code is no leave, however worded: the lease */
+  const struct step errg[] = {{100, STEP_REGISTER, NULL}, {300, STEP_CLOSE_ERROR_GOAWAY, NULL}};
+  t = run_case("GOAWAY PROTOCOL: lease 2 s (grace 1 s)", 2, 1, errg, 2, 5, NULL, NULL);
   CHECK(t >= 2.25 && t < 2.9);
 
   /* a developer coming back within the grace calls the restore off */

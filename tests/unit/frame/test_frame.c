@@ -185,7 +185,22 @@ static void test_round_trips(void) {
   CHECK_EQ_STR(frame_type_name(FRAME_GOAWAY), "GOAWAY");
   CHECK_EQ_STR(frame_type_name(200), "UNKNOWN");
   CHECK_EQ_STR(frame_reset_name(FRAME_RESET_FLOW_CONTROL), "FLOW_CONTROL");
+  CHECK_EQ_STR(frame_reset_name(FRAME_RESET_LEAVE), "LEAVE");
   evbuffer_free(b);
+}
+
+/* A GOAWAY's code says whether the sender left on purpose (the agent's lease). */
+static void test_goaway_leave(void) {
+  CHECK_EQ_INT(frame_goaway_is_leave(FRAME_RESET_LEAVE), 1);
+  CHECK_EQ_INT(frame_goaway_is_leave(FRAME_RESET_CANCEL), 1); /* CLIs before LEAVE */
+  CHECK_EQ_INT(frame_goaway_is_leave(0), 1);                  /* unknown: as CANCEL */
+  CHECK_EQ_INT(frame_goaway_is_leave(4242), 1);
+  CHECK_EQ_INT(frame_goaway_is_leave(FRAME_RESET_PROTOCOL), 0);
+  CHECK_EQ_INT(frame_goaway_is_leave(FRAME_RESET_FLOW_CONTROL), 0);
+  CHECK_EQ_INT(frame_goaway_is_leave(FRAME_RESET_REFUSED), 0);
+  CHECK_EQ_INT(frame_goaway_is_leave(FRAME_RESET_TIMEOUT), 0);
+  CHECK_EQ_INT(frame_goaway_is_leave(FRAME_RESET_INTERNAL), 0);
+  CHECK_EQ_INT(frame_goaway_is_leave(FRAME_RESET_TUNNEL_LOST), 0);
 }
 
 /* Malformed payloads: each must be refused by its decoder. */
@@ -287,5 +302,6 @@ int main(void) {
   test_data_bytes();
   test_round_trips();
   test_malformed();
+  test_goaway_leave();
   return check_done();
 }

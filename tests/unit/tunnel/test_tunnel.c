@@ -919,6 +919,34 @@ static void test_goaway(void) {
   free_pair(&c, &s);
 }
 
+/* The receiver of a GOAWAY learns its code, not only its text: a LEAVE worded
+ * any way is a leave, an error GOAWAY worded like the old clean one is not. */
+static void test_goaway_code(void) {
+  struct side c = {0}, s = {0};
+  uint32_t code = 99;
+  connect_pair(&c, &s, NULL, NULL);
+  CHECK_EQ_INT(tunnel_peer_goaway(s.t, &code), 0);
+  tunnel_goaway(c.t, FRAME_RESET_LEAVE, "see you tomorrow");
+  wait_for(&s.closed, 1000);
+  CHECK_EQ_INT(tunnel_peer_goaway(s.t, &code), 1);
+  CHECK_EQ_INT(code, FRAME_RESET_LEAVE);
+  CHECK_EQ_INT(frame_goaway_is_leave(code), 1);
+  CHECK_EQ_INT(tunnel_peer_goaway(c.t, NULL), 0); /* the sender did not receive one */
+  wait_for(&c.closed, 1000);
+  free_pair(&c, &s);
+
+  struct side c2 = {0}, s2 = {0};
+  connect_pair(&c2, &s2, NULL, NULL);
+  tunnel_goaway(c2.t, FRAME_RESET_PROTOCOL, "developer proxy stopping");
+  wait_for(&s2.closed, 1000);
+  CHECK(strstr(s2.close_err, "peer closed the tunnel") != NULL);
+  CHECK_EQ_INT(tunnel_peer_goaway(s2.t, &code), 1);
+  CHECK_EQ_INT(code, FRAME_RESET_PROTOCOL);
+  CHECK_EQ_INT(frame_goaway_is_leave(code), 0);
+  wait_for(&c2.closed, 1000);
+  free_pair(&c2, &s2);
+}
+
 #define RUN(f)                                                                \
   do {                                                                        \
     struct timeval t0_, t1_;                                                  \
@@ -994,6 +1022,7 @@ int main(void) {
   RUN(test_silent_peer);
   RUN(test_free_inside_callbacks);
   RUN(test_goaway);
+  RUN(test_goaway_code);
   RUN(test_synchronous_carrier);
   event_base_free(base);
   return check_done();
