@@ -122,10 +122,11 @@ void client_respond_error(struct downstream *ds, int status, const char *reason,
   }
   client_close_reason(ds, MCLOSE_ERROR_RESPONSE);
   log_warn("%s: %d %s", ds->peer, status, body);
-  evbuffer_add_printf(bufferevent_get_output(ds->bev),
-                      "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                      "Content-Length: %zu\r\nConnection: close\r\n\r\n%s\n",
-                      status, reason, strlen(body) + 1, body);
+  evbuffer_add_printf(
+      bufferevent_get_output(ds->bev),
+      "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+      "Content-Length: %zu\r\nConnection: close\r\n\r\n%s\n",
+      status, reason, strlen(body) + 1, body);
   ds->resp_started = 1;
   client_start_closing(ds);
 }

@@ -143,7 +143,8 @@ static void client_event(struct bufferevent *bev, short what, void *arg) {
     client_close_reason(ds, MCLOSE_SEND_TIMEOUT);
     client_close(ds);
   } else if (what & BEV_EVENT_ERROR) {
-    log_debug("%s: client connection error in %s: %s", ds->peer, client_state_names[ds->state],
+    log_debug("%s: client connection error in %s: %s", ds->peer,
+              client_state_names[ds->state],
               evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
     client_close_reason(ds, MCLOSE_CLIENT_ERROR);
     client_close(ds);
@@ -160,8 +161,8 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg) {
     break;
   case DS_READ_HEAD:
     client_respond_error(ds, 408, "Request Timeout", MERR_HEAD_TIMEOUT,
-                  "kbridge: request head not received within %ld ms",
-                  ds->ag->opt->header_timeout_ms);
+                         "kbridge: request head not received within %ld ms",
+                         ds->ag->opt->header_timeout_ms);
     break;
   case DS_IDLE:
     log_debug("%s: idle keep-alive connection closed", ds->peer);

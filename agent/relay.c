@@ -43,29 +43,26 @@ static int req_message_begin(llhttp_t *p) {
   http_head_reset(&ds->head);
   return 0;
 }
-static int req_url(llhttp_t *p, const char *at, size_t len) {
-  struct downstream *ds = p->data;
-  if (http_head_add_url(&ds->head, at, len) < 0) {
+/* A piece of the head went into ds->head (r: its http_head_add_* result);
+ * over a limit the parse stops and the head is answered 431. */
+static int head_added(struct downstream *ds, int r) {
+  if (r < 0) {
     ds->too_big = 1;
     return HPE_USER;
   }
   return 0;
+}
+static int req_url(llhttp_t *p, const char *at, size_t len) {
+  struct downstream *ds = p->data;
+  return head_added(ds, http_head_add_url(&ds->head, at, len));
 }
 static int req_field(llhttp_t *p, const char *at, size_t len) {
   struct downstream *ds = p->data;
-  if (http_head_add_name(&ds->head, at, len) < 0) {
-    ds->too_big = 1;
-    return HPE_USER;
-  }
-  return 0;
+  return head_added(ds, http_head_add_name(&ds->head, at, len));
 }
 static int req_value(llhttp_t *p, const char *at, size_t len) {
   struct downstream *ds = p->data;
-  if (http_head_add_value(&ds->head, at, len) < 0) {
-    ds->too_big = 1;
-    return HPE_USER;
-  }
-  return 0;
+  return head_added(ds, http_head_add_value(&ds->head, at, len));
 }
 static int req_value_complete(llhttp_t *p) {
   struct downstream *ds = p->data;
@@ -86,6 +83,8 @@ static int req_message_complete(llhttp_t *p) {
   return HPE_PAUSED; /* the next pipelined request waits for this response */
 }
 
+/* Like resp_settings below and portforward.c's: llhttp takes a table of
+ * callbacks per parser; the shape repeats, the callbacks do not. */
 static const llhttp_settings_t req_settings = {
     .on_message_begin = req_message_begin,
     .on_url = req_url,
@@ -185,15 +184,17 @@ static void upstream_failed(struct downstream *ds, struct upstream *u, const cha
   if (!ds->route[0]) {
     addr_format(ds->li->fallback, fb, sizeof fb);
     if (u->fail == UPSTREAM_FAIL_DNS)
-      client_respond_error(ds, 503, "Service Unavailable", MERR_FALLBACK_DNS,
-                    "kbridge: original pods unreachable at %s: no address resolves (%s)", fb,
-                    u->err);
+      client_respond_error(
+          ds, 503, "Service Unavailable", MERR_FALLBACK_DNS,
+          "kbridge: original pods unreachable at %s: no address resolves (%s)",
+          fb, u->err);
     else if (u->fail == UPSTREAM_FAIL_CONNECT)
       client_respond_error(ds, 502, "Bad Gateway", MERR_FALLBACK_UNREACHABLE,
-                    "kbridge: original pods unreachable at %s: %s", fb, u->err);
+                           "kbridge: original pods unreachable at %s: %s", fb,
+                           u->err);
     else
       client_respond_error(ds, 502, "Bad Gateway", MERR_UPSTREAM_CLOSED,
-                    "kbridge: original pods at %s: %s", fb, what);
+                           "kbridge: original pods at %s: %s", fb, what);
     return;
   }
   const char *cause;
@@ -205,11 +206,12 @@ static void upstream_failed(struct downstream *ds, struct upstream *u, const cha
   default: cause = NULL; break;
   }
   if (cause)
-    client_respond_error(ds, 502, "Bad Gateway", MERR_ROUTE_FAILED, "kbridge: route \"%s\": %s (%s)",
-                  ds->route, cause, u->err);
+    client_respond_error(ds, 502, "Bad Gateway", MERR_ROUTE_FAILED,
+                         "kbridge: route \"%s\": %s (%s)", ds->route, cause,
+                         u->err);
   else
-    client_respond_error(ds, 502, "Bad Gateway", MERR_ROUTE_FAILED, "kbridge: route \"%s\": %s",
-                  ds->route, what);
+    client_respond_error(ds, 502, "Bad Gateway", MERR_ROUTE_FAILED,
+                         "kbridge: route \"%s\": %s", ds->route, what);
 }
 
 /* Is tok (case-insensitive) one of the comma-separated elements of list[0..len)?
@@ -342,8 +344,9 @@ static void begin_forward(struct downstream *ds) {
   const char *why = NULL;
   evtimer_del(ds->timer);
   if (http_head_check_request(&ds->head, &why) < 0) {
-    client_respond_error(ds, 400, "Bad Request", MERR_BAD_REQUEST, "kbridge: bad request: %s",
-                  why ? why : "malformed head");
+    client_respond_error(ds, 400, "Bad Request", MERR_BAD_REQUEST,
+                         "kbridge: bad request: %s",
+                         why ? why : "malformed head");
     return;
   }
   ds->method = llhttp_get_method(ds->req);
@@ -370,11 +373,12 @@ static void begin_forward(struct downstream *ds) {
   struct upstream *u = pick_upstream(ds, 0);
   if (!u) {
     if (ds->route[0])
-      client_respond_error(ds, 502, "Bad Gateway", MERR_ROUTE_FAILED,
-                    "kbridge: route \"%s\": developer's tunnel is closing", ds->route);
+      client_respond_error(
+          ds, 502, "Bad Gateway", MERR_ROUTE_FAILED,
+          "kbridge: route \"%s\": developer's tunnel is closing", ds->route);
     else
-      client_respond_error(ds, 503, "Service Unavailable", MERR_FALLBACK_UNREACHABLE,
-                    "kbridge: out of memory");
+      client_respond_error(ds, 503, "Service Unavailable",
+                           MERR_FALLBACK_UNREACHABLE, "kbridge: out of memory");
     return;
   }
   ds->up = u;
@@ -393,7 +397,8 @@ static void begin_forward(struct downstream *ds) {
   if (!ds->resp) {
     ds->resp = malloc(sizeof *ds->resp);
     if (!ds->resp) {
-      client_respond_error(ds, 503, "Service Unavailable", MERR_BAD_RESPONSE, "kbridge: out of memory");
+      client_respond_error(ds, 503, "Service Unavailable", MERR_BAD_RESPONSE,
+                           "kbridge: out of memory");
       return;
     }
   }
@@ -414,13 +419,16 @@ static void request_complete(struct downstream *ds) {
 /* llhttp said the request is malformed (or a limit hit inside a callback). */
 static void request_error(struct downstream *ds, llhttp_errno_t e) {
   if (ds->too_big || (e == HPE_USER && ds->state == DS_READ_HEAD)) {
-    client_respond_error(ds, 431, "Request Header Fields Too Large", MERR_HEAD_TOO_LARGE,
-                  "kbridge: request head larger than %ld bytes", ds->ag->opt->max_header_bytes);
+    client_respond_error(ds, 431, "Request Header Fields Too Large",
+                         MERR_HEAD_TOO_LARGE,
+                         "kbridge: request head larger than %ld bytes",
+                         ds->ag->opt->max_header_bytes);
     return;
   }
   const char *reason = llhttp_get_error_reason(ds->req);
-  client_respond_error(ds, 400, "Bad Request", MERR_BAD_REQUEST, "kbridge: bad request: %s",
-                reason ? reason : llhttp_errno_name(e));
+  client_respond_error(ds, 400, "Bad Request", MERR_BAD_REQUEST,
+                       "kbridge: bad request: %s",
+                       reason ? reason : llhttp_errno_name(e));
 }
 
 /* Parse and forward client bytes: the head (consumed into ds->head), then the
@@ -556,7 +564,8 @@ static void next_request(struct downstream *ds) {
     ds->head_init = 0;
   }
   client_set_timer(ds, ds->ag->opt->idle_timeout_ms);
-  if (!ds->client_eof) bufferevent_enable(ds->bev, EV_READ);
+  if (!ds->client_eof)
+    bufferevent_enable(ds->bev, EV_READ);
   relay_request(ds);
 }
 
@@ -656,10 +665,11 @@ void relay_response(struct downstream *ds) {
       const char *r = llhttp_get_error_reason(ds->resp);
       if (!ds->resp_started) {
         client_respond_error(ds, 502, "Bad Gateway", MERR_BAD_RESPONSE,
-                      "kbridge: %s%s%s sent a malformed response: %s",
-                      ds->route[0] ? "route \"" : "original pods",
-                      ds->route[0] ? ds->route : "", ds->route[0] ? "\"" : "",
-                      r ? r : llhttp_errno_name(e));
+                             "kbridge: %s%s%s sent a malformed response: %s",
+                             ds->route[0] ? "route \"" : "original pods",
+                             ds->route[0] ? ds->route : "",
+                             ds->route[0] ? "\"" : "",
+                             r ? r : llhttp_errno_name(e));
       } else {
         metrics_count_error(&ds->ag->stats, MERR_BAD_RESPONSE);
         log_warn("%s: malformed response after it started: %s; closing", ds->peer,
@@ -672,12 +682,15 @@ void relay_response(struct downstream *ds) {
     int switching = e == HPE_PAUSED_UPGRADE ||
                     (e == HPE_PAUSED && ds->resp_msg_done && llhttp_get_status_code(ds->resp) == 101);
     if (switching && llhttp_get_status_code(ds->resp) == 101 && !upgrade_allowed(ds)) {
-      client_respond_error(ds, 502, "Bad Gateway", MERR_BAD_RESPONSE,
-                    "kbridge: %s%s%s answered 101 Switching Protocols (Upgrade: %s) to a request "
-                    "that did not ask for %s",
-                    ds->route[0] ? "route \"" : "original pods", ds->route[0] ? ds->route : "",
-                    ds->route[0] ? "\"" : "", ds->resp_upgrade[0] ? ds->resp_upgrade : "none",
-                    ds->req_wants_upgrade ? "that protocol" : "an upgrade");
+      client_respond_error(
+          ds, 502, "Bad Gateway", MERR_BAD_RESPONSE,
+          "kbridge: %s%s%s answered 101 Switching Protocols (Upgrade: %s) to a "
+          "request "
+          "that did not ask for %s",
+          ds->route[0] ? "route \"" : "original pods",
+          ds->route[0] ? ds->route : "", ds->route[0] ? "\"" : "",
+          ds->resp_upgrade[0] ? ds->resp_upgrade : "none",
+          ds->req_wants_upgrade ? "that protocol" : "an upgrade");
       return;
     }
     if (used) {

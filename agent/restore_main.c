@@ -27,7 +27,9 @@ static const char usage[] =
 
 /* Take the value of --name (as "--name V" or "--name=V") at argv[*i] into out
  * (a Kubernetes name). Returns 1 if argv[*i] is that flag, 0 if not, -1 with a
- * message on stderr if its value is missing or invalid. */
+ * message on stderr if its value is missing or invalid. Like local-proxy/options.c's
+ * route-key check in shape: this program links no option table (only the
+ * Kubernetes client); the shared option table parser (issue 12) can take it in. */
 static int flag_label(int argc, char **argv, int *i, const char *name, char *out, size_t outlen) {
   const char *a = argv[*i];
   size_t n = strlen(name);

@@ -374,6 +374,9 @@ static void tunnel_accept(struct evconnlistener *l, evutil_socket_t fd, struct s
   }
 }
 
+/* The tunnel listener's back-off has the shape of main.c's for the service
+ * listeners, with its own flags, counter and rate-limited log: two short
+ * call sites, not worth a shared listener-set type. */
 static void tunnel_backoff_done(evutil_socket_t fd, short what, void *arg) {
   struct agent *ag = arg;
   ag->tunnel_paused_fd = 0;
@@ -445,6 +448,7 @@ int tunnels_listen(struct agent *ag, const struct hostport *hp, char *bound, siz
 }
 
 void tunnels_shutdown(struct agent *ag) {
+  /* free-and-forget of each handle, the shape of any teardown (splice.c's too) */
   if (ag->tunnel_lev2) {
     evconnlistener_free(ag->tunnel_lev2);
     ag->tunnel_lev2 = NULL;

@@ -216,6 +216,8 @@ int frame_welcome_decode(const uint8_t *p, size_t n, struct frame_welcome *out) 
   return 0;
 }
 
+/* The shape of frame_put_hello: each message writes its own fields in wire
+ * order through the shared writer; nothing more to share. */
 int frame_put_welcome(struct evbuffer *out, const struct frame_welcome *wl) {
   struct writer w;
   wr_begin(&w);

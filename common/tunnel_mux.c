@@ -467,6 +467,8 @@ void mux_flush_cb(evutil_socket_t fd, short what, void *arg) {
   mux_leave(t);
 }
 
+/* An entry point like mux_sched_cb and mux_flush_cb: guard, clear its own
+ * flag, work; the repeated shape is the guard (mux_enter/mux_leave). */
 void mux_wr_cb(evutil_socket_t fd, short what, void *arg) {
   struct tunnel *t = arg;
   mux_enter(t);
