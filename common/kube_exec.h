@@ -6,7 +6,7 @@
  * an ExecCredential JSON whose spec carries the cluster when the kubeconfig
  * says provideClusterInfo. It must print an ExecCredential whose status holds a
  * token or a client certificate and key, and may give an expirationTimestamp.
- * Caching and refresh on 401 are done by the caller (kube.c). */
+ * Caching and refresh on 401 are done by the caller (kube_client.c). */
 #ifndef KB_KUBE_EXEC_H
 #define KB_KUBE_EXEC_H
 

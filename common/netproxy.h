@@ -2,7 +2,7 @@
  * parts of a proxy URL.
  *
  * One decision, used by both kinds of connection kbridge makes to the API
- * server: libcurl's API calls (kube.c hands curl the result and turns curl's
+ * server: libcurl's API calls (kube_transport.c hands curl the result and turns curl's
  * own environment lookup off) and the port-forward carrier of the tunnel
  * (portforward.c, HTTP CONNECT). It follows kubectl (client-go, Go's
  * net/http):
