@@ -4,7 +4,7 @@
  * One decision, used by both kinds of connection kbridge makes to the API
  * server: libcurl's API calls (kube_transport.c hands curl the result and turns curl's
  * own environment lookup off) and the port-forward carrier of the tunnel
- * (portforward.c, HTTP CONNECT). It follows kubectl (client-go, Go's
+ * (portforward_dial.c, HTTP CONNECT). It follows kubectl (client-go, Go's
  * net/http):
  *   - the kubeconfig cluster's `proxy-url`, if set, for every request
  *     (NO_PROXY is not consulted, as in client-go);

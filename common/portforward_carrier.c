@@ -12,7 +12,7 @@
  * record it read, and the kubelet's error text is exactly such a last record.
  * For that the carrier wraps the three callbacks the filter set on the
  * underlying bufferevent (read with bufferevent_getcb(), forwarded unchanged).
- * portforward.c dials the connection it wraps. */
+ * portforward_dial.c dials the connection it wraps. */
 #include "portforward.h"
 
 #include <stdarg.h>

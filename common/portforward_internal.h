@@ -1,5 +1,5 @@
 /* portforward_internal.h: what the dial of the port-forward carrier
- * (portforward.c: TCP, HTTP CONNECT proxy, TLS) shares with the WebSocket
+ * (portforward_dial.c: TCP, HTTP CONNECT proxy, TLS) shares with the WebSocket
  * upgrade it sends and reads (portforward_upgrade.c). Nothing else includes it. */
 #ifndef KB_PORTFORWARD_INTERNAL_H
 #define KB_PORTFORWARD_INTERNAL_H
@@ -79,10 +79,10 @@ struct pf_connecting {
 /* portforward_carrier.c: why api ended, in a few words (DNS, the
  * certificate, TLS, the socket) into out. */
 void pf_describe_api_error(struct bufferevent *api, int sockerr, char *out, size_t len);
-/* portforward.c: report failure to the user and free everything. */
+/* portforward_dial.c: report failure to the user and free everything. */
 void pf_dial_fail(struct pf_connecting *d, int http_status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-/* portforward.c: 101 checked: wrap api in the framing filter and hand it over. */
+/* portforward_dial.c: 101 checked: wrap api in the framing filter and hand it over. */
 void pf_become_carrier(struct pf_connecting *d);
 
 /* portforward_upgrade.c: send the upgrade request (TLS is up); DIAL_HEAD. */
