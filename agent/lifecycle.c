@@ -35,6 +35,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 
+#include "incluster.h"
 #include "log.h"
 #include "route_table.h"
 
@@ -54,7 +55,6 @@ static const char *const state_names[] = {"waiting",   "grace", "connected",
                                           "restoring", "retry", "restored"};
 
 #define RESTORE_PROGRAM "kbridge-agent-restore"
-#define SA_DIR_DEFAULT "/var/run/secrets/kubernetes.io/serviceaccount"
 #define REAP_POLL_US 20000 /* waitpid again after this when the pipe ended first */
 
 extern char **environ;
@@ -384,37 +384,11 @@ static void try_reap(struct lifecycle *lc) {
  * files the restore program will need, so a pod without them fails at start.
  * 0, or -1 with err. */
 static int check_incluster(char *ns, size_t nslen, char *err, size_t errlen) {
-  const char *host = getenv("KUBERNETES_SERVICE_HOST");
-  const char *port = getenv("KUBERNETES_SERVICE_PORT");
-  if (!host || !*host || !port || !*port) {
-    snprintf(err, errlen,
-             "not running in a pod: KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT are not set");
-    return -1;
-  }
-  const char *dir = getenv("KBRIDGE_SA_DIR");
-  if (!dir || !*dir) dir = SA_DIR_DEFAULT;
-  char path[512];
-  static const char *const need[] = {"token", "ca.crt"};
-  for (size_t i = 0; i < 2; i++) {
-    snprintf(path, sizeof path, "%s/%s", dir, need[i]);
-    if (access(path, R_OK) != 0) {
-      snprintf(err, errlen, "service account %s %s: %s", need[i], path, strerror(errno));
-      return -1;
-    }
-  }
-  if (!ns[0]) {
-    snprintf(path, sizeof path, "%s/namespace", dir);
-    FILE *f = fopen(path, "r");
-    char buf[256] = "";
-    if (f) {
-      if (!fgets(buf, sizeof buf, f)) buf[0] = 0;
-      fclose(f);
-    }
-    buf[strcspn(buf, "\r\n ")] = 0;
-    snprintf(ns, nslen, "%s", buf[0] ? buf : "default");
-  }
+  struct incluster sa;
+  if (incluster_check(&sa, err, errlen) < 0) return -1;
+  if (!ns[0]) snprintf(ns, nslen, "%s", sa.namespace[0] ? sa.namespace : "default");
   log_info("lease: restores will use the pod's service account (API server %s:%s, namespace %s)",
-           host, port, ns);
+           sa.host, sa.port, ns);
   return 0;
 }
 

@@ -18,7 +18,8 @@
 #include <unistd.h>
 #include <yaml.h>
 
-#define SA_DIR_DEFAULT "/var/run/secrets/kubernetes.io/serviceaccount"
+#include "incluster.h"
+
 #define MAX_FILES 32
 
 struct kfile {
@@ -662,83 +663,31 @@ done:
   return rc;
 }
 
-/* Read a whole small file; NULL with err on failure. Trailing whitespace kept. */
-static char *slurp(const char *path, char *err, size_t errlen) {
-  FILE *fp = fopen(path, "rb");
-  if (!fp) {
-    snprintf(err, errlen, "%.200s: %s", path, strerror(errno));
-    return NULL;
-  }
-  size_t cap = 4096, len = 0;
-  char *buf = malloc(cap);
-  if (!buf) abort();
-  size_t n;
-  while ((n = fread(buf + len, 1, cap - len - 1, fp)) > 0) {
-    len += n;
-    if (cap - len < 2) {
-      cap *= 2;
-      buf = realloc(buf, cap);
-      if (!buf) abort();
-    }
-  }
-  fclose(fp);
-  buf[len] = 0;
-  return buf;
-}
-
 int kubeconfig_load_incluster(const char *ns_override, struct kubeconfig **out, char *err,
                               size_t errlen) {
   *out = NULL;
-  const char *host = getenv("KUBERNETES_SERVICE_HOST");
-  const char *port = getenv("KUBERNETES_SERVICE_PORT");
-  if (!host || !*host || !port || !*port) {
-    snprintf(err, errlen,
-             "not running in a pod: KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT are not set");
-    return -1;
-  }
-  const char *dir = getenv("KBRIDGE_SA_DIR");
-  if (!dir || !*dir) dir = SA_DIR_DEFAULT;
-  char path[4096];
-  snprintf(path, sizeof path, "%s/token", dir);
-  if (access(path, R_OK) != 0) {
-    snprintf(err, errlen, "in-cluster config: service account token %s: %s", path, strerror(errno));
+  struct incluster sa;
+  char why[8400];
+  if (incluster_check(&sa, why, sizeof why) < 0) {
+    snprintf(err, errlen, "%s%s", sa.host ? "in-cluster config: " : "", why);
     return -1;
   }
   struct kubeconfig *kc = calloc(1, sizeof *kc);
   if (!kc) abort();
   kc->origin = xstrdup("in-cluster");
-  kc->token_file = xstrdup(path);
-  snprintf(path, sizeof path, "%s/ca.crt", dir);
-  if (access(path, R_OK) != 0) {
-    snprintf(err, errlen, "in-cluster config: service account CA %s: %s", path, strerror(errno));
-    kubeconfig_free(kc);
-    return -1;
-  }
-  kc->ca_file = xstrdup(path);
-  size_t n = strlen(host) + strlen(port) + 16;
+  kc->token_file = xstrdup(sa.token_path);
+  kc->ca_file = xstrdup(sa.ca_path);
+  size_t n = strlen(sa.host) + strlen(sa.port) + 16;
   kc->server = malloc(n);
   if (!kc->server) abort();
-  if (strchr(host, ':'))
-    snprintf(kc->server, n, "https://[%s]:%s", host, port);
+  if (strchr(sa.host, ':'))
+    snprintf(kc->server, n, "https://[%s]:%s", sa.host, sa.port);
   else
-    snprintf(kc->server, n, "https://%s:%s", host, port);
-  if (ns_override && *ns_override) {
+    snprintf(kc->server, n, "https://%s:%s", sa.host, sa.port);
+  if (ns_override && *ns_override)
     kc->namespace = xstrdup(ns_override);
-  } else {
-    snprintf(path, sizeof path, "%s/namespace", dir);
-    char e2[256];
-    char *ns = slurp(path, e2, sizeof e2);
-    if (ns) {
-      size_t l = strlen(ns);
-      while (l > 0 && (ns[l - 1] == '\n' || ns[l - 1] == ' ' || ns[l - 1] == '\r')) ns[--l] = 0;
-    }
-    if (ns && *ns) {
-      kc->namespace = ns;
-    } else {
-      free(ns);
-      kc->namespace = xstrdup("default");
-    }
-  }
+  else
+    kc->namespace = xstrdup(sa.namespace[0] ? sa.namespace : "default");
   *out = kc;
   return 0;
 }

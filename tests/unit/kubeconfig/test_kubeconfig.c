@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "incluster.h"
 #include "kubeconfig.h"
 
 static char dir[256];
@@ -375,6 +376,47 @@ static void test_incluster(void) {
   unsetenv("KBRIDGE_SA_DIR");
 }
 
+/* The one service account check (common/incluster.c) the client and the agent
+ * share: the agent's messages word for word, the namespace's first word. */
+static void test_incluster_check(void) {
+  char err[512];
+  struct incluster sa;
+  mkdir(p("sa2"), 0700);
+  setenv("KBRIDGE_SA_DIR", p("sa2"), 1);
+  unsetenv("KUBERNETES_SERVICE_HOST");
+  setenv("KUBERNETES_SERVICE_PORT", "443", 1);
+  CHECK(incluster_check(&sa, err, sizeof err) < 0);
+  CHECK_EQ_STR(err, "not running in a pod: KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT "
+                    "are not set");
+  CHECK(sa.host == NULL);
+  setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1", 1);
+  char want[1024];
+  snprintf(want, sizeof want, "service account token %s: No such file or directory", p("sa2/token"));
+  CHECK(incluster_check(&sa, err, sizeof err) < 0);
+  CHECK_EQ_STR(err, want);
+  put("sa2/token", "abc\n");
+  snprintf(want, sizeof want, "service account ca.crt %s: No such file or directory",
+           p("sa2/ca.crt"));
+  CHECK(incluster_check(&sa, err, sizeof err) < 0);
+  CHECK_EQ_STR(err, want);
+  struct kubeconfig *kc;
+  CHECK(kubeconfig_load_incluster(NULL, &kc, err, sizeof err) < 0);
+  CHECK_HAS(err, "in-cluster config: service account ca.crt ");
+  put("sa2/ca.crt", "PEM");
+  CHECK(incluster_check(&sa, err, sizeof err) == 0);
+  CHECK_EQ_STR(sa.host, "10.96.0.1");
+  CHECK_EQ_STR(sa.port, "443");
+  CHECK_EQ_STR(sa.token_path, p("sa2/token"));
+  CHECK_EQ_STR(sa.ca_path, p("sa2/ca.crt"));
+  CHECK_EQ_STR(sa.namespace, "");
+  put("sa2/namespace", "team-b\r\n");
+  CHECK(incluster_check(&sa, err, sizeof err) == 0);
+  CHECK_EQ_STR(sa.namespace, "team-b");
+  unsetenv("KUBERNETES_SERVICE_HOST");
+  unsetenv("KUBERNETES_SERVICE_PORT");
+  unsetenv("KBRIDGE_SA_DIR");
+}
+
 int main(void) {
   snprintf(dir, sizeof dir, "/tmp/kb-kubeconfig-XXXXXX");
   if (!mkdtemp(dir)) return 2;
@@ -384,6 +426,7 @@ int main(void) {
   test_home();
   test_errors();
   test_incluster();
+  test_incluster_check();
   char cmd[600];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
   if (system(cmd) != 0) fprintf(stderr, "cleanup of %s failed\n", dir);
