@@ -142,12 +142,19 @@ static cJSON *agent_deployment(const struct conn *c) {
   return d;
 }
 
+/* A Kubernetes object with metadata (meta()): apiVersion and kind set. */
+static cJSON *simple_object(const struct conn *c, const char *api, const char *kind,
+                            const char *name, const char *uid) {
+  cJSON *r = cJSON_CreateObject();
+  cJSON_AddStringToObject(r, "apiVersion", api);
+  cJSON_AddStringToObject(r, "kind", kind);
+  cJSON_AddItemToObject(r, "metadata", meta(c, name, uid));
+  return r;
+}
+
 /* The agent's Role: only what its own restore needs (takeover.c), by name. */
 static cJSON *agent_role(const struct conn *c, const char *uid) {
-  cJSON *r = cJSON_CreateObject();
-  cJSON_AddStringToObject(r, "apiVersion", "rbac.authorization.k8s.io/v1");
-  cJSON_AddStringToObject(r, "kind", "Role");
-  cJSON_AddItemToObject(r, "metadata", meta(c, c->nm.agent, uid));
+  cJSON *r = simple_object(c, "rbac.authorization.k8s.io/v1", "Role", c->nm.agent, uid);
   char buf[2048], wl[400] = "";
   const char *res = takeover_workload_resource(c->wl_kind);
   if (res)
@@ -177,10 +184,7 @@ static cJSON *agent_role(const struct conn *c, const char *uid) {
 }
 
 static cJSON *agent_rolebinding(const struct conn *c, const char *uid) {
-  cJSON *r = cJSON_CreateObject();
-  cJSON_AddStringToObject(r, "apiVersion", "rbac.authorization.k8s.io/v1");
-  cJSON_AddStringToObject(r, "kind", "RoleBinding");
-  cJSON_AddItemToObject(r, "metadata", meta(c, c->nm.agent, uid));
+  cJSON *r = simple_object(c, "rbac.authorization.k8s.io/v1", "RoleBinding", c->nm.agent, uid);
   char buf[600];
   snprintf(buf, sizeof buf,
            "[{\"kind\":\"ServiceAccount\",\"name\":\"%s\",\"namespace\":\"%s\"}]", c->nm.agent,
@@ -193,14 +197,6 @@ static cJSON *agent_rolebinding(const struct conn *c, const char *uid) {
   return r;
 }
 
-static cJSON *simple_object(const struct conn *c, const char *api, const char *kind,
-                            const char *name, const char *uid) {
-  cJSON *r = cJSON_CreateObject();
-  cJSON_AddStringToObject(r, "apiVersion", api);
-  cJSON_AddStringToObject(r, "kind", kind);
-  cJSON_AddItemToObject(r, "metadata", meta(c, name, uid));
-  return r;
-}
 
 static cJSON *shadow_service(const struct conn *c, const char *uid) {
   cJSON *s = simple_object(c, "v1", "Service", c->nm.origin, uid);

@@ -177,6 +177,17 @@ void conn_emit_json(cJSON *o) {
   cJSON_Delete(o);
 }
 
+/* {"event":EVENT,KEY:VALUE,"message":MSG[,"elapsed":S]} (elapsed < 0: none). */
+static void emit_event(const char *event, const char *key, const char *value, const char *msg,
+                       double elapsed) {
+  cJSON *o = cJSON_CreateObject();
+  cJSON_AddStringToObject(o, "event", event);
+  cJSON_AddStringToObject(o, key, value);
+  cJSON_AddStringToObject(o, "message", msg);
+  if (elapsed >= 0) cJSON_AddNumberToObject(o, "elapsed", elapsed);
+  conn_emit_json(o);
+}
+
 void conn_progress(struct conn *c, const char *step, const char *fmt, ...) {
   char msg[1200];
   va_list ap;
@@ -184,12 +195,7 @@ void conn_progress(struct conn *c, const char *step, const char *fmt, ...) {
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
   if (c->json) {
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "event", "progress");
-    cJSON_AddStringToObject(o, "step", step);
-    cJSON_AddStringToObject(o, "message", msg);
-    cJSON_AddNumberToObject(o, "elapsed", conn_now_s() - c->t0);
-    conn_emit_json(o);
+    emit_event("progress", "step", step, msg, conn_now_s() - c->t0);
     log_info("%s", msg); /* stderr keeps the story too (logs, tests) */
   } else {
     printf("[%5.1fs] %s\n", conn_now_s() - c->t0, msg);
@@ -203,13 +209,7 @@ void conn_fail(struct conn *c, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
-  if (c->json) {
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "event", "error");
-    cJSON_AddStringToObject(o, "reason", c->reason ? c->reason : "failed");
-    cJSON_AddStringToObject(o, "message", msg);
-    conn_emit_json(o);
-  }
+  if (c->json) emit_event("error", "reason", c->reason ? c->reason : "failed", msg, -1);
   c->reason = NULL;
   fprintf(stderr, "kbridge: %s\n", msg);
 }

@@ -145,6 +145,29 @@ static cJSON *mapped_rule(const struct netpol_input *in, const cJSON *rule) {
   return r;
 }
 
+/* The rules of direction type ("Ingress" or "Egress") of every policy that
+ * selects one of the original pods' label sets (orig), onto out: ingress rules
+ * with their ports mapped to the agent's (mapped_rule; a rule with no port the
+ * agent serves is left out), egress rules as they are. Returns how many. */
+static int copy_rules(const struct netpol_input *in, const cJSON *orig, const char *type,
+                      cJSON *out) {
+  int ingress = strcmp(type, "Ingress") == 0, n = 0;
+  const cJSON *pol;
+  cJSON_ArrayForEach(pol, in->policies) {
+    if (!has_type(pol, type) || !selects_any(get(get(pol, "spec"), "podSelector"), orig))
+      continue;
+    const cJSON *rule;
+    cJSON_ArrayForEach(rule, get(get(pol, "spec"), ingress ? "ingress" : "egress")) {
+      cJSON *m = ingress ? mapped_rule(in, rule) : cJSON_Duplicate(rule, 1);
+      if (m) {
+        cJSON_AddItemToArray(out, m);
+        n++;
+      }
+    }
+  }
+  return n;
+}
+
 static cJSON *agent_selector(const char *svc) {
   cJSON *s = cJSON_CreateObject();
   cJSON *ml = cJSON_AddObjectToObject(s, "matchLabels");
@@ -173,6 +196,17 @@ static void port_item(cJSON *ports, const char *proto, const cJSON *port) {
   cJSON_AddItemToArray(ports, p);
 }
 
+/* rule.ports: the original pods' target ports (by name where named), TCP. */
+static void target_ports(const struct netpol_input *in, cJSON *rule) {
+  cJSON *ports = cJSON_AddArrayToObject(rule, "ports");
+  for (int i = 0; i < in->plan->nl; i++) {
+    const struct portplan_listener *l = &in->plan->l[i];
+    cJSON *v = l->tname[0] ? cJSON_CreateString(l->tname) : cJSON_CreateNumber(l->target);
+    port_item(ports, "TCP", v);
+    cJSON_Delete(v);
+  }
+}
+
 /* The agent's own egress needs: the original pods on their target ports, DNS,
  * the API server. */
 static void agent_extras(const struct netpol_input *in, cJSON *egress) {
@@ -180,16 +214,10 @@ static void agent_extras(const struct netpol_input *in, cJSON *egress) {
   cJSON *ps = cJSON_AddObjectToObject(peer, "podSelector");
   cJSON_AddItemToObject(ps, "matchLabels", cJSON_Duplicate(in->orig_selector, 1));
   cJSON_AddItemToArray(to, peer);
-  cJSON *ports = cJSON_AddArrayToObject(r, "ports");
-  for (int i = 0; i < in->plan->nl; i++) {
-    const struct portplan_listener *l = &in->plan->l[i];
-    cJSON *v = l->tname[0] ? cJSON_CreateString(l->tname) : cJSON_CreateNumber(l->target);
-    port_item(ports, "TCP", v);
-    cJSON_Delete(v);
-  }
+  target_ports(in, r);
   cJSON_AddItemToArray(egress, r);
   r = cJSON_CreateObject();
-  ports = cJSON_AddArrayToObject(r, "ports");
+  cJSON *ports = cJSON_AddArrayToObject(r, "ports");
   cJSON *dns = cJSON_CreateNumber(53);
   port_item(ports, "UDP", dns);
   port_item(ports, "TCP", dns);
@@ -247,22 +275,10 @@ void netpol_plan_build(const struct netpol_input *in, struct netpol_plan *out) {
     if (agent_in) {
       cJSON_AddItemToArray(types, cJSON_CreateString("Ingress"));
       cJSON *ing = cJSON_AddArrayToObject(spec, "ingress");
-      if (!orig_in) {
+      if (!orig_in)
         cJSON_AddItemToArray(ing, cJSON_CreateObject());
-      } else {
-        cJSON_ArrayForEach(pol, in->policies) {
-          if (!has_type(pol, "Ingress") || !selects_any(get(get(pol, "spec"), "podSelector"), orig))
-            continue;
-          const cJSON *rule;
-          cJSON_ArrayForEach(rule, get(get(pol, "spec"), "ingress")) {
-            cJSON *m = mapped_rule(in, rule);
-            if (m) {
-              cJSON_AddItemToArray(ing, m);
-              ncopied++;
-            }
-          }
-        }
-      }
+      else
+        ncopied += copy_rules(in, orig, "Ingress", ing);
     }
     if (agent_eg) {
       cJSON_AddItemToArray(types, cJSON_CreateString("Egress"));
@@ -270,15 +286,7 @@ void netpol_plan_build(const struct netpol_input *in, struct netpol_plan *out) {
       if (!orig_eg) {
         cJSON_AddItemToArray(eg, cJSON_CreateObject());
       } else {
-        cJSON_ArrayForEach(pol, in->policies) {
-          if (!has_type(pol, "Egress") || !selects_any(get(get(pol, "spec"), "podSelector"), orig))
-            continue;
-          const cJSON *rule;
-          cJSON_ArrayForEach(rule, get(get(pol, "spec"), "egress")) {
-            cJSON_AddItemToArray(eg, cJSON_Duplicate(rule, 1));
-            ncopied++;
-          }
-        }
+        ncopied += copy_rules(in, orig, "Egress", eg);
         agent_extras(in, eg);
       }
     }
@@ -301,13 +309,7 @@ void netpol_plan_build(const struct netpol_input *in, struct netpol_plan *out) {
     cJSON *r = cJSON_CreateObject(), *from = cJSON_AddArrayToObject(r, "from"), *p = cJSON_CreateObject();
     cJSON_AddItemToObject(p, "podSelector", agent_selector(in->svc));
     cJSON_AddItemToArray(from, p);
-    cJSON *ports = cJSON_AddArrayToObject(r, "ports");
-    for (int i = 0; i < in->plan->nl; i++) {
-      const struct portplan_listener *l = &in->plan->l[i];
-      cJSON *v = l->tname[0] ? cJSON_CreateString(l->tname) : cJSON_CreateNumber(l->target);
-      port_item(ports, "TCP", v);
-      cJSON_Delete(v);
-    }
+    target_ports(in, r);
     cJSON_AddItemToArray(cJSON_AddArrayToObject(spec, "ingress"), r);
     cJSON_AddItemToArray(out->objs, o);
     sl += (size_t)snprintf(out->summary + sl, sizeof out->summary - sl,

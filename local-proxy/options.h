@@ -9,7 +9,9 @@
  *
  * and `--help` text is generated from the same table. Defaults are written as
  * text and go through the same parser as user input, so the help shows exactly
- * what is applied. */
+ * what is applied. Tables look alike (the duplicates tool pairs them by shape)
+ * and flags such as --local-port are written in each command's table: a table
+ * is the command's whole --help. */
 #ifndef KB_OPTIONS_H
 #define KB_OPTIONS_H
 

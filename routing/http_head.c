@@ -223,7 +223,9 @@ static int is_token(const char *s, size_t len) {
  * token and "chunked" may only come last: anything else is refused, since a
  * parser that reads such a list differently (or an obs-fold llhttp joined
  * into it) is how bodies get smuggled. Empty list elements are skipped
- * (RFC 9110 5.6.1) before chunked, refused after it. Returns 0 or -1. */
+ * (RFC 9110 5.6.1) before chunked, refused after it. Returns 0 or -1. (The
+ * loop is the shape of route.c's baggage_members(); kept apart because the
+ * rules for empty elements here are the smuggling defence.) */
 static int te_scan(const char *v, size_t len, int *chunked) {
   size_t i = 0;
   while (i < len) {
