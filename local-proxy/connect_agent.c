@@ -2,7 +2,7 @@
  * the developer's certificate, and for a fresh takeover the agent's objects
  * (Deployment, ServiceAccount, Role, RoleBinding, Secret, shadow Service,
  * PodDisruptionBudget, NetworkPolicies), then the wait for a Ready agent pod. */
-#include "connect_int.h"
+#include "connect_internal.h"
 
 #include <errno.h>
 #include <stdio.h>

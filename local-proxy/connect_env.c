@@ -1,6 +1,6 @@
 /* connect_env.c: the local process's environment: the original container's env
  * (config maps and secrets resolved), service links for --forward, --env-file. */
-#include "connect_int.h"
+#include "connect_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>

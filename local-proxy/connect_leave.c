@@ -1,7 +1,7 @@
 /* connect_leave.c: step 5 of `kbridge connect`: our route annotation removed,
  * and the last developer on the Service restores the cluster (takeover.h) and
  * waits until the agent is gone; also the undo of a connect that failed. */
-#include "connect_int.h"
+#include "connect_internal.h"
 
 #include <stdio.h>
 #include <unistd.h>

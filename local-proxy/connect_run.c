@@ -1,6 +1,6 @@
 /* connect_run.c: `kbridge connect` (see connect.h): the steps in order (the parts
  * are connect_agent.c, connect_takeover.c, connect_env.c, connect_serve.c and
- * connect_leave.c; their shared state is connect_int.h).
+ * connect_leave.c; their shared state is connect_internal.h).
  *
  * The run, in order; every read and check comes before the first write, and
  * once something was written, any failure puts the cluster back with
@@ -57,7 +57,7 @@
 #include <unistd.h>
 #include <cjson/cJSON.h>
 
-#include "connect_int.h"
+#include "connect_internal.h"
 
 #include <event2/event.h>
 #include <openssl/rand.h>

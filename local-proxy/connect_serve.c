@@ -1,7 +1,7 @@
 /* connect_serve.c: step 4 of `kbridge connect`: the tunnels (proxy.c's hooks:
  * which agent pod each tunnel goes to), the re-sync guard, the command after
  * "--", and the ready event. */
-#include "connect_int.h"
+#include "connect_internal.h"
 
 #include <errno.h>
 #include <signal.h>

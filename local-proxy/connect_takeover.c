@@ -1,7 +1,7 @@
 /* connect_takeover.c: step 3 of `kbridge connect`: the Service switched to the
  * agent (and an exclusive takeover's workload scaled to 0), --ingress clones,
  * and the route annotations that tell who is connected. */
-#include "connect_int.h"
+#include "connect_internal.h"
 
 #include <errno.h>
 #include <signal.h>

@@ -1,5 +1,5 @@
 /* proxy.c: `kbridge proxy` (see proxy.h): the tunnels to the agent and the run;
- * the streams they carry are proxy_streams.c's, the shared state proxy_int.h.
+ * the streams they carry are proxy_streams.c's, the shared state proxy_internal.h.
  *
  * Objects, all owned by struct proxy and living on one event base:
  *   slot     one tunnel connection to the agent, with its own reconnect backoff
@@ -9,7 +9,7 @@
  * Addresses (--agent, --local-host, --forward listen addresses) are resolved once
  * at start-up; a name with several addresses is tried address by address. */
 #include "proxy.h"
-#include "proxy_int.h"
+#include "proxy_internal.h"
 
 #include <netinet/tcp.h>
 #include <pwd.h>

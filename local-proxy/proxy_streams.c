@@ -1,7 +1,7 @@
 /* proxy_streams.c: the streams of `kbridge proxy`: inbound (cluster -> the local
  * process: dial it, then splice) and outbound (--forward listeners -> streams
  * to HOST:PORT in the cluster). */
-#include "proxy_int.h"
+#include "proxy_internal.h"
 
 #include <stdint.h>
 #include <stdio.h>

@@ -1,7 +1,7 @@
-/* proxy_int.h: what the parts of `kbridge proxy` share (private to local-proxy/proxy*.c):
+/* proxy_internal.h: what the parts of `kbridge proxy` share (private to local-proxy/proxy*.c):
  * struct proxy and the objects it owns (proxy.c has the overview). */
-#ifndef KB_PROXY_INT_H
-#define KB_PROXY_INT_H
+#ifndef KB_PROXY_INTERNAL_H
+#define KB_PROXY_INTERNAL_H
 
 #include "proxy.h"
 

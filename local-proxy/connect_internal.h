@@ -1,8 +1,8 @@
-/* connect_int.h: what the parts of `kbridge connect` share (private to
+/* connect_internal.h: what the parts of `kbridge connect` share (private to
  * local-proxy/connect*.c): the session's state (struct conn), its output and
  * the steps each part offers. The order of the run is in connect_run.c. */
-#ifndef KB_CONNECT_INT_H
-#define KB_CONNECT_INT_H
+#ifndef KB_CONNECT_INTERNAL_H
+#define KB_CONNECT_INTERNAL_H
 
 #include "connect.h"
 
