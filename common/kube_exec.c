@@ -9,7 +9,6 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <openssl/evp.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
@@ -21,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base64.h"
 #include "kubeconfig.h"
 
 extern char **environ;
@@ -68,13 +68,6 @@ int kube_parse_rfc3339(const char *s, time_t *out) {
   return 0;
 }
 
-static char *b64encode(const unsigned char *in, size_t len) {
-  char *out = malloc(4 * ((len + 2) / 3) + 1);
-  if (!out) abort();
-  EVP_EncodeBlock((unsigned char *)out, in, (int)len);
-  return out;
-}
-
 /* The KUBERNETES_EXEC_INFO value. */
 static char *exec_info(const struct kubeconfig *kc) {
   cJSON *o = cJSON_CreateObject();
@@ -91,14 +84,14 @@ static char *exec_info(const struct kubeconfig *kc) {
     char *ca = NULL;
     size_t calen = 0;
     if (kc->ca_pem) {
-      ca = b64encode((const unsigned char *)kc->ca_pem, strlen(kc->ca_pem));
+      ca = base64_encode(kc->ca_pem, strlen(kc->ca_pem));
     } else if (kc->ca_file) {
       FILE *fp = fopen(kc->ca_file, "rb");
       if (fp) {
         char buf[65536];
         calen = fread(buf, 1, sizeof buf, fp);
         fclose(fp);
-        ca = b64encode((unsigned char *)buf, calen);
+        ca = base64_encode(buf, calen);
       }
     }
     if (ca) cJSON_AddStringToObject(c, "certificate-authority-data", ca);

@@ -18,6 +18,7 @@
 #include <unistd.h>
 #include <yaml.h>
 
+#include "base64.h"
 #include "incluster.h"
 
 #define MAX_FILES 32
@@ -256,45 +257,6 @@ static void list_names(struct loader *L, const char *section, char *buf, size_t 
 
 /* ---- values ---- */
 
-/* Decode base64 (standard alphabet, whitespace ignored, padding optional).
- * Returns a NUL-terminated malloc'd buffer, or NULL on invalid input. */
-static char *b64decode(const char *in, size_t *outlen) {
-  size_t n = strlen(in);
-  char *out = malloc(n * 3 / 4 + 4);
-  if (!out) abort();
-  size_t o = 0;
-  unsigned acc = 0;
-  int bits = 0, pad = 0;
-  for (const char *p = in; *p; p++) {
-    int c = (unsigned char)*p, v;
-    if (c == ' ' || c == '\n' || c == '\r' || c == '\t') continue;
-    if (c == '=') {
-      pad++;
-      continue;
-    }
-    if (pad) goto bad; /* data after padding */
-    if (c >= 'A' && c <= 'Z') v = c - 'A';
-    else if (c >= 'a' && c <= 'z') v = c - 'a' + 26;
-    else if (c >= '0' && c <= '9') v = c - '0' + 52;
-    else if (c == '+' || c == '-') v = 62;
-    else if (c == '/' || c == '_') v = 63;
-    else goto bad;
-    acc = (acc << 6) | (unsigned)v;
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out[o++] = (char)((acc >> bits) & 0xff);
-    }
-  }
-  if (bits >= 6 || pad > 2) goto bad;
-  out[o] = 0;
-  if (outlen) *outlen = o;
-  return out;
-bad:
-  free(out);
-  return NULL;
-}
-
 /* Absolute path: `p` resolved against the directory of the file defining it. */
 static char *resolve_path(struct kfile *f, const char *p) {
   if (!p) return NULL;
@@ -320,7 +282,7 @@ static int get_b64(struct loader *L, struct entry *e, const char *key, const cha
   *out = NULL;
   if (get_str(L, e->f, e->body, key, what, &s) < 0) return -1;
   if (!s) return 0;
-  *out = b64decode(s, NULL);
+  *out = base64_decode(s, NULL);
   if (!*out) {
     seterr(L, "%s: %s: %s is not valid base64", e->f->shown, what, key);
     return -1;

@@ -8,7 +8,9 @@
 #include <string.h>
 #include <strings.h>
 
-#include <openssl/evp.h>
+#include <openssl/crypto.h>
+
+#include "base64.h"
 
 static const char *env_any(const char *a, const char *b, const char **which) {
   const char *v = getenv(a);
@@ -289,7 +291,7 @@ int netproxy_basic_auth(const struct netproxy *p, char *out, size_t outlen) {
   raw[ul] = ':';
   if (pl) memcpy(raw + ul + 1, p->pass, pl);
   memcpy(out, "Basic ", 6);
-  EVP_EncodeBlock((unsigned char *)out + 6, raw, (int)rawn);
+  base64_encode_to(out + 6, raw, rawn);
   OPENSSL_cleanse(raw, rawn);
   return 0;
 }

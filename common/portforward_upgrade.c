@@ -15,6 +15,7 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
+#include "base64.h"
 #include "portforward_internal.h"
 
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -226,7 +227,7 @@ void pf_send_upgrade(struct pf_connecting *d) {
     pf_dial_fail(d, 0, "no random bytes for the WebSocket key");
     return;
   }
-  EVP_EncodeBlock((unsigned char *)d->key, raw, sizeof(raw));
+  base64_encode_to(d->key, raw, sizeof(raw));
   struct evbuffer *out = bufferevent_get_output(d->api);
   int v6 = strchr(d->host, ':') != NULL;
   evbuffer_add_printf(out,
@@ -252,6 +253,6 @@ int pf_ws_accept(const char *key, char *out, size_t outlen) {
   int n = snprintf(buf, sizeof(buf), "%s" WS_GUID, key);
   if (n < 0 || (size_t)n >= sizeof(buf)) n = 0; /* a key that long cannot match anyway */
   EVP_Digest(buf, (size_t)n, md, NULL, EVP_sha1(), NULL);
-  EVP_EncodeBlock((unsigned char *)out, md, sizeof(md));
+  base64_encode_to(out, md, sizeof(md));
   return 0;
 }

@@ -8,36 +8,11 @@
 
 #include <cjson/cJSON.h>
 #include <openssl/crypto.h>
-#include <openssl/evp.h>
 
+#include "base64.h"
 #include "kube.h"
 
 #define POLL_MS 250
-
-static char *b64enc(const char *in) {
-  size_t n = strlen(in);
-  char *out = malloc(4 * ((n + 2) / 3) + 1);
-  if (out) EVP_EncodeBlock((unsigned char *)out, (const unsigned char *)in, (int)n);
-  return out;
-}
-
-static char *b64dec(const char *in) {
-  size_t n = strlen(in);
-  unsigned char *out = malloc(n / 4 * 3 + 4);
-  if (!out || n % 4) {
-    free(out);
-    return NULL;
-  }
-  int m = EVP_DecodeBlock(out, (const unsigned char *)in, (int)n);
-  if (m < 0) {
-    free(out);
-    return NULL;
-  }
-  if (n >= 1 && in[n - 1] == '=') m--;
-  if (n >= 2 && in[n - 2] == '=') m--;
-  out[m] = 0;
-  return (char *)out;
-}
 
 static const char *get_str(const cJSON *o, const char *a, const char *b) {
   return cJSON_GetStringValue(
@@ -85,7 +60,7 @@ int certreq_obtain(struct kube *k, const char *ns, const char *svc, const char *
   *denied = 0;
   if (idlen) identity[0] = '\0';
   if (tls_csr_new(cn, TLS_KEY_P256, &csr, &key, err, errlen) < 0) return -1;
-  char *req64 = b64enc(csr);
+  char *req64 = base64_encode(csr, strlen(csr));
   free(csr);
   char signer[200], gen[120], name[260] = "";
   snprintf(signer, sizeof signer, "kbridge.dev/%s.%s", ns, svc);
@@ -139,7 +114,7 @@ int certreq_obtain(struct kube *k, const char *ns, const char *svc, const char *
     }
     const char *c64 = get_str(cur, "status", "certificate");
     if (c64 && *c64) {
-      char *chain = b64dec(c64), *leaf = NULL;
+      char *chain = base64_decode(c64, NULL), *leaf = NULL;
       cJSON_Delete(cur);
       if (!chain || split_chain(chain, &leaf, ca_pem) < 0) {
         free(chain);

@@ -14,6 +14,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "base64.h"
 #include "dnslabel.h"
 #include "kube.h"
 
@@ -32,7 +33,7 @@ static char *lookup_ref(struct conn *c, const char *res, const char *name, const
   }
   const char *v = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(conn_jget(o, "data"), key));
   char *out = NULL;
-  if (v) out = strcmp(res, "secrets") == 0 ? conn_b64dec(v, NULL) : strdup(v);
+  if (v) out = strcmp(res, "secrets") == 0 ? base64_decode(v, NULL) : strdup(v);
   else *missing = 1;
   cJSON_Delete(o);
   return out;
@@ -59,7 +60,7 @@ cJSON *conn_resolve_env(struct conn *c) {
     cJSON_ArrayForEach(kv, conn_jget(o, "data")) {
       char n[300];
       snprintf(n, sizeof n, "%s%s", prefix, kv->string);
-      char *v = secret ? conn_b64dec(kv->valuestring, NULL) : strdup(kv->valuestring);
+      char *v = secret ? base64_decode(kv->valuestring, NULL) : strdup(kv->valuestring);
       cJSON_DeleteItemFromObjectCaseSensitive(env, n);
       cJSON_AddStringToObject(env, n, v ? v : "");
       free(v);

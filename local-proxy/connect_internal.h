@@ -134,8 +134,6 @@ void conn_fail_kube(struct conn *c, const struct kube_err *e);
 cJSON *conn_jget(const cJSON *o, const char *path);
 /* The string at a dotted path, or NULL. */
 const char *conn_jstr(const cJSON *o, const char *path);
-/* Base64 (Secret data) into a fresh NUL-terminated buffer; NULL if invalid. */
-char *conn_b64dec(const char *in, size_t *outlen);
 /* The time now as 2026-11-26T07:00:00Z. */
 void conn_iso_now(char *out, size_t len);
 /* A selector as "app=api,tier=web" (static buffer). */

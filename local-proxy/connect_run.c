@@ -246,23 +246,6 @@ const char *conn_jstr(const cJSON *o, const char *path) {
   return cJSON_GetStringValue(conn_jget(o, path));
 }
 
-char *conn_b64dec(const char *in, size_t *outlen) {
-  size_t n = strlen(in);
-  if (n % 4) return NULL;
-  unsigned char *out = malloc(n / 4 * 3 + 1);
-  if (!out) return NULL;
-  int m = n ? EVP_DecodeBlock(out, (const unsigned char *)in, (int)n) : 0;
-  if (m < 0) {
-    free(out);
-    return NULL;
-  }
-  if (n >= 1 && in[n - 1] == '=') m--;
-  if (n >= 2 && in[n - 2] == '=') m--;
-  out[m] = '\0';
-  if (outlen) *outlen = (size_t)m;
-  return (char *)out;
-}
-
 /* ---- 1. inspect ---- */
 
 void conn_iso_now(char *out, size_t len) {

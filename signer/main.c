@@ -35,8 +35,8 @@
 #include <cjson/cJSON.h>
 #include <curl/curl.h>
 #include <openssl/crypto.h>
-#include <openssl/evp.h>
 
+#include "base64.h"
 #include "dnslabel.h"
 #include "janitor.h"
 #include "kube.h"
@@ -71,32 +71,14 @@ static const char *jstr(const cJSON *o, const char *path) {
   return cJSON_GetStringValue(cur);
 }
 
-static char *b64dec(const char *in) {
-  size_t n = strlen(in);
-  unsigned char *out = malloc(n / 4 * 3 + 4);
-  if (!out || n % 4) {
+/* base64 of PEM text: NULL when it is not base64 or holds a NUL byte. */
+static char *pem_from_base64(const char *in) {
+  size_t n;
+  char *out = base64_decode(in, &n);
+  if (out && memchr(out, 0, n)) { /* PEM text only */
     free(out);
     return NULL;
   }
-  int m = EVP_DecodeBlock(out, (const unsigned char *)in, (int)n);
-  if (m < 0) {
-    free(out);
-    return NULL;
-  }
-  if (n >= 1 && in[n - 1] == '=') m--;
-  if (n >= 2 && in[n - 2] == '=') m--;
-  out[m] = 0;
-  if (memchr(out, 0, (size_t)m)) { /* PEM text only */
-    free(out);
-    return NULL;
-  }
-  return (char *)out;
-}
-
-static char *b64enc(const char *in) {
-  size_t n = strlen(in);
-  char *out = malloc(4 * ((n + 2) / 3) + 1);
-  if (out) EVP_EncodeBlock((unsigned char *)out, (const unsigned char *)in, (int)n);
   return out;
 }
 
@@ -136,8 +118,8 @@ static int service_ca(struct signer *s, const char *ns, const char *svc, struct 
       const char *c, *k;
       c = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(data, "ca.crt"));
       k = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(data, "ca.key"));
-      ca->cert = c ? b64dec(c) : NULL;
-      ca->key = k ? b64dec(k) : NULL;
+      ca->cert = c ? pem_from_base64(c) : NULL;
+      ca->key = k ? pem_from_base64(k) : NULL;
       cJSON_Delete(sec);
       if (!ca->cert || !ca->key) {
         tls_pem_clear(ca);
@@ -349,7 +331,7 @@ static void deny(struct signer *s, const cJSON *csr, const char *fmt, ...) {
 static void sign(struct signer *s, const cJSON *csr, const char *ns, const char *svc) {
   const char *name = jstr(csr, "metadata.name");
   const char *req64 = jstr(csr, "spec.request");
-  char *req = req64 ? b64dec(req64) : NULL;
+  char *req = req64 ? pem_from_base64(req64) : NULL;
   char err[1100], cn[80];
   struct tls_pem ca = {NULL, NULL};
   char *cert = NULL;
@@ -371,7 +353,7 @@ static void sign(struct signer *s, const cJSON *csr, const char *ns, const char 
   size_t n = strlen(cert) + strlen(ca.cert) + 1;
   char *chain = malloc(n);
   if (chain) snprintf(chain, n, "%s%s", cert, ca.cert);
-  char *b64 = chain ? b64enc(chain) : NULL;
+  char *b64 = chain ? base64_encode(chain, strlen(chain)) : NULL;
   if (b64) {
     cJSON *o = cJSON_Duplicate(csr, 1);
     cJSON *st = cJSON_GetObjectItemCaseSensitive(o, "status");
@@ -416,7 +398,7 @@ static void handle(struct signer *s, const cJSON *csr) {
   }
   const char *user = jstr(csr, "spec.username");
   const char *req64 = jstr(csr, "spec.request");
-  char *req = req64 ? b64dec(req64) : NULL;
+  char *req = req64 ? pem_from_base64(req64) : NULL;
   char err[1100], cn[80];
   if (!user || !*user) {
     free(req);
