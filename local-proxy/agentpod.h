@@ -22,7 +22,7 @@
 
 #include <cjson/cJSON.h>
 
-#include "options.h"
+#include "optparse.h"
 
 /* The flags as given (any may be NULL or empty). */
 struct agentpod_flags {

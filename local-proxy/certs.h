@@ -3,7 +3,7 @@
 #ifndef KB_CERTS_H
 #define KB_CERTS_H
 
-#include "options.h"
+#include "optparse.h"
 
 struct certs_config {
   const char *dir;        /* DIR (positional) */

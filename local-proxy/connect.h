@@ -10,7 +10,7 @@
 #define KB_CONNECT_H
 
 #include "log.h"
-#include "options.h"
+#include "optparse.h"
 
 /* Flags shared by every command that talks to the cluster. */
 struct kube_flags {

@@ -1,5 +1,5 @@
 /* main.c: the kbridge command line: find the subcommand, parse its flags with its
- * option table (options.h), run it.
+ * option table (optparse.h), run it.
  *
  * Exit status: 0 success, 1 the command failed, 2 the command line was wrong
  * (with a one-line error on stderr naming the flag and what it expects). */
@@ -15,7 +15,7 @@
 #include "certs.h"
 #include "connect.h"
 #include "log.h"
-#include "options.h"
+#include "optfile.h"
 #include "proxy.h"
 
 /* Read for the options of a command that has a --config flag, when present in

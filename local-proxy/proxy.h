@@ -16,7 +16,7 @@
 #define KB_PROXY_H
 
 #include "log.h"
-#include "options.h"
+#include "optparse.h"
 
 struct proxy;
 struct event_base;

@@ -108,19 +108,23 @@ class PortMap(unittest.TestCase):
         self.tls = self.env.certs(keys=())
         base = [AGENT, "--tunnel-listen", "127.0.0.1:0", "--tls-dir", self.tls]
         cases = [
-            (["--port-map", "127.0.0.1:0"], "--port-map: '127.0.0.1:0' is not LISTENADDR:PORT"),
-            (["--port-map", "127.0.0.1:0=db:0"], "--port-map: fallback"),
-            (["--port-map", "127.0.0.1:x=db:80"], "--port-map: listen address"),
+            (["--port-map", "127.0.0.1:0"],
+             '--port-map: expected ADDR:PORT=HOST:PORT, got "127.0.0.1:0" (missing \'=\')'),
+            (["--port-map", "127.0.0.1:0=db:0"],
+             '--port-map: expected ADDR:PORT=HOST:PORT, got "127.0.0.1:0=db:0" (fallback '),
+            (["--port-map", "127.0.0.1:x=db:80"],
+             '--port-map: expected ADDR:PORT=HOST:PORT, got "127.0.0.1:x=db:80" (listen address '),
             (["--port-map", "127.0.0.1:0=db:80", "--fallback", "x:1"],
              "--fallback is only for --listen ports"),
             (["--listen", "127.0.0.1:0"], "--fallback is required with --listen"),
             ([], "--listen or --port-map is required"),
             (["--listen", "127.0.0.1:0", "--fallback", "x:1", "--service", "Api"],
-             "--service: 'Api' is not a Kubernetes name"),
+             '--service: expected a Kubernetes name (1-63 of a-z, 0-9 and \'-\', not starting or '
+             'ending with \'-\'), got "Api"'),
             (["--listen", "127.0.0.1:0", "--fallback", "x:1", "--namespace", "shop"],
              "--namespace is only used with --service"),
             (["--listen", "127.0.0.1:0", "--fallback", "x:1", "--service", "api",
-              "--lease-seconds", "0"], "--lease-seconds: '0' is not an integer"),
+              "--lease-seconds", "0"], '--lease-seconds: expected a number 1-86400, got "0"'),
         ]
         for extra, msg in cases:
             r = subprocess.run(base + extra, capture_output=True, text=True, timeout=10)

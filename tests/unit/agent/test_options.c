@@ -87,8 +87,8 @@ int main(void) {
   expect_error("--route-header", "bad header", "--route-header");
   expect_error("--exclusive=1", NULL, "--exclusive");
   expect_error("--bogus", NULL, "--bogus");
-  expect_error("--listen", "1.2.3.4:1", "twice");
-  expect_error("--max-header-bytes", NULL, "needs a value");
+  expect_error("--listen", "1.2.3.4:1", "--listen: given more than once");
+  expect_error("--max-header-bytes", NULL, "--max-header-bytes: expected N, got nothing");
   expect_error("positional", NULL, "positional");
 
   /* a required flag missing */

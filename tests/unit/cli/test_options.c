@@ -1,4 +1,4 @@
-/* test_options.c: the option-table parser of local-proxy/options.c, with a table
+/* test_options.c: the option-table parser of common/optparse.c (and optfile.c), with a table
  * that uses every type: values stored at the right place, defaults applied,
  * every kind of bad input refused with a message naming the flag. */
 #include <stdarg.h>
@@ -10,7 +10,7 @@
 
 #include "check.h"
 #include "log.h"
-#include "options.h"
+#include "optfile.h"
 
 struct cfg {
   int flag;

@@ -1,6 +1,6 @@
-/* options.c: one parser and one help generator for every subcommand's option
- * table (see options.h). */
-#include "options.h"
+/* optparse.c: one parser and one help generator for every command's option
+ * table (see optparse.h). */
+#include "optparse.h"
 
 #include <errno.h>
 #include <stdint.h>
@@ -8,12 +8,10 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include <yaml.h>
-
 #include "dnslabel.h"
 #include "log.h"
 
-static const char *metavar(const struct opt_def *o) {
+const char *opt_metavar(const struct opt_def *o) {
   if (o->metavar) return o->metavar;
   switch (o->type) {
   case OPT_FLAG: return "";
@@ -28,6 +26,11 @@ static const char *metavar(const struct opt_def *o) {
   case OPT_LOGLEVEL: return "LEVEL";
   case OPT_FORWARD: return "LADDR:LPORT=HOST:PORT";
   case OPT_LIST: return "VALUE";
+  case OPT_LONG: return "N";
+  case OPT_ADDR: return "ADDR:PORT";
+  case OPT_BUF: return "TEXT";
+  case OPT_LABEL: return "NAME";
+  case OPT_CUSTOM: return "VALUE";
   }
   return "VALUE";
 }
@@ -35,6 +38,13 @@ static const char *metavar(const struct opt_def *o) {
 /* "--name" for flags, "NAME" for positionals: how errors refer to an option. */
 static const char *label(const struct opt_def *o, char *buf, size_t len) {
   snprintf(buf, len, o->positional ? "%s" : "--%s", o->name);
+  return buf;
+}
+
+/* How the command is typed: "kbridge proxy", "kbridge-agent". */
+static const char *invocation(const struct opt_cmd *cmd, char *buf, size_t len) {
+  const char *prog = cmd->prog ? cmd->prog : "kbridge";
+  snprintf(buf, len, "%s%s%s", prog, cmd->name[0] ? " " : "", cmd->name);
   return buf;
 }
 
@@ -91,8 +101,10 @@ static int set_value(const struct opt_def *o, const char *v, void *cfg, char *er
     return 0;
   }
   case OPT_PORT:
-  case OPT_INT: {
-    long min = o->type == OPT_PORT ? 1 : o->min, max = o->type == OPT_PORT ? 65535 : o->max;
+  case OPT_INT:
+  case OPT_LONG: {
+    long min = o->type == OPT_PORT ? 1 : o->type == OPT_INT ? o->min : o->lmin;
+    long max = o->type == OPT_PORT ? 65535 : o->type == OPT_INT ? o->max : o->lmax;
     char *end;
     errno = 0;
     long n = (*v >= '0' && *v <= '9') ? strtol(v, &end, 10) : -1;
@@ -101,15 +113,48 @@ static int set_value(const struct opt_def *o, const char *v, void *cfg, char *er
                o->type == OPT_PORT ? "a port" : "a number", min, max, v);
       return -1;
     }
-    *(int *)(void *)field = (int)n;
+    if (o->type == OPT_LONG) *(long *)(void *)field = n;
+    else *(int *)(void *)field = (int)n;
     return 0;
   }
   case OPT_HOSTPORT:
-    if (addr_parse(v, 0, (struct hostport *)(void *)field, aerr, sizeof aerr) < 0) {
-      snprintf(err, errlen, "%s: expected HOST:PORT, got \"%s\" (%s)", lb, v, addr_reason(v, aerr));
+  case OPT_ADDR:
+    if (addr_parse(v, o->type == OPT_ADDR, (struct hostport *)(void *)field, aerr, sizeof aerr) <
+        0) {
+      snprintf(err, errlen, "%s: expected %s, got \"%s\" (%s)", lb,
+               o->type == OPT_ADDR ? "ADDR:PORT" : "HOST:PORT", v, addr_reason(v, aerr));
       return -1;
     }
     return 0;
+  case OPT_BUF:
+    if (*v == '\0' || strlen(v) >= o->size) {
+      if (*v == '\0')
+        snprintf(err, errlen, "%s: expected a non-empty value, got \"\"", lb);
+      else
+        snprintf(err, errlen, "%s: expected at most %zu characters, got %zu", lb, o->size - 1,
+                 strlen(v));
+      return -1;
+    }
+    memcpy(field, v, strlen(v) + 1);
+    return 0;
+  case OPT_LABEL:
+    if (strlen(v) >= o->size || !dns_label_valid(v, strlen(v))) {
+      snprintf(err, errlen,
+               "%s: expected a Kubernetes name (1-%zu of a-z, 0-9 and '-', not starting or "
+               "ending with '-'), got \"%s\"",
+               lb, o->size - 1 < DNS_LABEL_MAX ? o->size - 1 : (size_t)DNS_LABEL_MAX, v);
+      return -1;
+    }
+    memcpy(field, v, strlen(v) + 1);
+    return 0;
+  case OPT_CUSTOM: {
+    char why[600] = "no parser for this option (a bug in the table)";
+    if (o->parse == NULL || o->parse(o, v, cfg, why, sizeof why) < 0) {
+      snprintf(err, errlen, "%s: %s", lb, why);
+      return -1;
+    }
+    return 0;
+  }
   case OPT_KEY:
     if (strlen(v) >= OPT_KEY_SIZE || !dns_label_valid(v, strlen(v))) {
       snprintf(err, errlen,
@@ -157,7 +202,7 @@ static int set_value(const struct opt_def *o, const char *v, void *cfg, char *er
   case OPT_LIST: {
     struct opt_list *l = (struct opt_list *)(void *)field;
     if (*v == '\0') {
-      snprintf(err, errlen, "%s: expected %s, got \"\"", lb, metavar(o));
+      snprintf(err, errlen, "%s: expected %s, got \"\"", lb, opt_metavar(o));
       return -1;
     }
     if (l->n == OPT_LIST_MAX) {
@@ -172,7 +217,7 @@ static int set_value(const struct opt_def *o, const char *v, void *cfg, char *er
   return -1;
 }
 
-static const struct opt_def *find_flag(const struct opt_cmd *cmd, const char *name, size_t len) {
+const struct opt_def *opt_find(const struct opt_cmd *cmd, const char *name, size_t len) {
   for (size_t i = 0; i < cmd->nopts; i++) {
     const struct opt_def *o = &cmd->opts[i];
     if (!o->positional && strlen(o->name) == len && strncmp(o->name, name, len) == 0) return o;
@@ -180,8 +225,12 @@ static const struct opt_def *find_flag(const struct opt_cmd *cmd, const char *na
   return NULL;
 }
 
-static int repeatable(const struct opt_def *o) {
-  return o->type == OPT_FORWARD || o->type == OPT_LIST;
+int opt_repeatable(const struct opt_def *o) {
+  return o->type == OPT_FORWARD || o->type == OPT_LIST || (o->type == OPT_CUSTOM && o->repeat);
+}
+
+static void mark_given(const struct opt_def *o, void *cfg) {
+  if (o->given) *(int *)(void *)((char *)cfg + o->given - 1) = 1;
 }
 
 /* One source of arguments. seen[i]: 0 not given, 1 given by the file, 2 given
@@ -191,7 +240,8 @@ static int repeatable(const struct opt_def *o) {
 static int parse_source(const struct opt_cmd *cmd, const struct opt_file *file, int argc,
                         char **argv, void *cfg, unsigned char *seen, char *err, size_t errlen) {
   unsigned char src = file ? 1 : 2;
-  char lb[80], where[300] = "";
+  char lb[80], where[300] = "", inv[120];
+  invocation(cmd, inv, sizeof inv);
   size_t next_pos = 0; /* index among positionals */
   int only_positionals = 0;
   for (int i = 0; i < argc; i++) {
@@ -205,20 +255,21 @@ static int parse_source(const struct opt_cmd *cmd, const struct opt_file *file, 
       const char *name = a + (a[1] == '-' ? 2 : 1);
       const char *eq = strchr(name, '=');
       size_t len = eq ? (size_t)(eq - name) : strlen(name);
-      const struct opt_def *o = a[1] == '-' ? find_flag(cmd, name, len) : NULL;
+      const struct opt_def *o = a[1] == '-' ? opt_find(cmd, name, len) : NULL;
       if (o == NULL) {
-        snprintf(err, errlen, "%.*s: unknown flag for `kbridge %s` (see kbridge %s --help)",
-                 (int)(eq ? (size_t)(eq - a) : strlen(a)), a, cmd->name, cmd->name);
+        snprintf(err, errlen, "%.*s: unknown flag for `%s` (see %s --help)",
+                 (int)(eq ? (size_t)(eq - a) : strlen(a)), a, inv, inv);
         return -1;
       }
       size_t idx = (size_t)(o - cmd->opts);
       label(o, lb, sizeof lb);
-      if (seen[idx] == src && !repeatable(o)) {
+      if (seen[idx] == src && !opt_repeatable(o)) {
         snprintf(err, errlen, "%s%s: given more than once", where, lb);
         return -1;
       }
-      if (seen[idx] == 1 && src == 2 && repeatable(o)) {
-        /* the command line's list replaces the file's */
+      if (seen[idx] == 1 && src == 2 && opt_repeatable(o) && o->type != OPT_CUSTOM) {
+        /* the command line's list replaces the file's (an OPT_CUSTOM list cannot be
+           emptied here: it adds to the file's) */
         char *field = (char *)cfg + o->offset;
         if (o->type == OPT_LIST) ((struct opt_list *)(void *)field)->n = 0;
         else ((struct opt_forwards *)(void *)field)->n = 0;
@@ -230,12 +281,13 @@ static int parse_source(const struct opt_cmd *cmd, const struct opt_file *file, 
           return -1;
         }
         set_value(o, "", cfg, err, errlen);
+        mark_given(o, cfg);
         continue;
       }
       const char *v = eq ? eq + 1 : NULL;
       if (v == NULL) {
         if (i + 1 >= argc) {
-          snprintf(err, errlen, "%s: expected %s, got nothing", lb, metavar(o));
+          snprintf(err, errlen, "%s: expected %s, got nothing", lb, opt_metavar(o));
           return -1;
         }
         v = argv[++i];
@@ -248,6 +300,7 @@ static int parse_source(const struct opt_cmd *cmd, const struct opt_file *file, 
         }
         return -1;
       }
+      mark_given(o, cfg);
       continue;
     }
     /* A positional argument. */
@@ -261,8 +314,7 @@ static int parse_source(const struct opt_cmd *cmd, const struct opt_file *file, 
       }
     }
     if (o == NULL) {
-      snprintf(err, errlen, "unexpected argument \"%s\" for `kbridge %s` (see kbridge %s --help)",
-               a, cmd->name, cmd->name);
+      snprintf(err, errlen, "unexpected argument \"%s\" for `%s` (see %s --help)", a, inv, inv);
       return -1;
     }
     next_pos++;
@@ -290,12 +342,13 @@ int opt_parse_with(const struct opt_cmd *cmd, const struct opt_file *file, int a
   if (file && parse_source(cmd, file, file->argc, file->argv, cfg, seen, err, errlen) < 0)
     return -1;
   if (parse_source(cmd, NULL, argc, argv, cfg, seen, err, errlen) < 0) return -1;
+  if (cmd->check && cmd->check(cfg, err, errlen) < 0) return -1;
 
   for (size_t i = 0; i < cmd->nopts; i++) {
     const struct opt_def *o = &cmd->opts[i];
     if ((o->required || o->positional) && !seen[i]) {
       snprintf(err, errlen, "%s: required, expected %s (%s)", label(o, lb, sizeof lb),
-               o->positional ? o->name : metavar(o), o->help);
+               o->positional ? o->name : opt_metavar(o), o->help);
       return -1;
     }
   }
@@ -305,185 +358,6 @@ int opt_parse_with(const struct opt_cmd *cmd, const struct opt_file *file, int a
 int opt_parse(const struct opt_cmd *cmd, int argc, char **argv, void *cfg, char *err,
               size_t errlen) {
   return opt_parse_with(cmd, NULL, argc, argv, cfg, err, errlen);
-}
-
-/* ---- options from a YAML file ---- */
-
-static int file_push(struct opt_file *f, int *cap, const char *s, size_t len, int line) {
-  if (f->argc + 1 >= *cap) {
-    int ncap = *cap ? *cap * 2 : 16;
-    char **nv = realloc(f->argv, (size_t)ncap * sizeof *nv);
-    int *nl = realloc(f->line, (size_t)ncap * sizeof *nl);
-    if (nv) f->argv = nv;
-    if (nl) f->line = nl;
-    if (!nv || !nl) return -1;
-    *cap = ncap;
-  }
-  char *copy = malloc(len + 1);
-  if (!copy) return -1;
-  memcpy(copy, s, len);
-  copy[len] = '\0';
-  f->line[f->argc] = line;
-  f->argv[f->argc++] = copy;
-  f->argv[f->argc] = NULL;
-  return 0;
-}
-
-static const char *node_text(yaml_node_t *n) {
-  return (const char *)n->data.scalar.value;
-}
-
-/* "K=V[,K=V...]" from a mapping of scalars into buf; -1 if a value is no scalar. */
-static int join_pairs(yaml_document_t *doc, yaml_node_t *map, const char *sep, char *buf,
-                      size_t len, int *bad_line) {
-  size_t used = 0;
-  buf[0] = '\0';
-  for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
-    yaml_node_t *k = yaml_document_get_node(doc, p->key), *v = yaml_document_get_node(doc, p->value);
-    if (!k || !v || k->type != YAML_SCALAR_NODE || v->type != YAML_SCALAR_NODE) {
-      *bad_line = (int)(k ? k->start_mark.line : map->start_mark.line) + 1;
-      return -1;
-    }
-    int n = snprintf(buf + used, len - used, "%s%s=%s", used ? sep : "", node_text(k), node_text(v));
-    if (n < 0 || (size_t)n >= len - used) {
-      *bad_line = (int)k->start_mark.line + 1;
-      return -1;
-    }
-    used += (size_t)n;
-  }
-  return 0;
-}
-
-int opt_file_load(const struct opt_cmd *cmd, const char *path, struct opt_file *out, char *err,
-                  size_t errlen) {
-  memset(out, 0, sizeof *out);
-  out->path = path;
-  FILE *fp = fopen(path, "rb");
-  if (!fp) {
-    snprintf(err, errlen, "%s: %s", path, strerror(errno));
-    return -1;
-  }
-  yaml_parser_t parser;
-  yaml_document_t doc;
-  yaml_parser_initialize(&parser);
-  yaml_parser_set_input_file(&parser, fp);
-  if (!yaml_parser_load(&parser, &doc)) {
-    snprintf(err, errlen, "%s:%zu: not valid YAML (%s)", path, parser.problem_mark.line + 1,
-             parser.problem ? parser.problem : "parse error");
-    yaml_parser_delete(&parser);
-    fclose(fp);
-    return -1;
-  }
-  yaml_parser_delete(&parser);
-  fclose(fp);
-  int rc = -1, cap = 0;
-  char buf[4096];
-  yaml_node_t *root = yaml_document_get_root_node(&doc);
-  if (root == NULL) { /* an empty file: no options */
-    rc = 0;
-    goto done;
-  }
-  if (root->type != YAML_MAPPING_NODE) {
-    snprintf(err, errlen, "%s:%zu: expected a mapping of option names to values (such as "
-             "\"timeout: 60\")", path, root->start_mark.line + 1);
-    goto done;
-  }
-  for (yaml_node_pair_t *p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top; p++) {
-    yaml_node_t *k = yaml_document_get_node(&doc, p->key), *v = yaml_document_get_node(&doc, p->value);
-    int line = (int)k->start_mark.line + 1;
-    if (k->type != YAML_SCALAR_NODE) {
-      snprintf(err, errlen, "%s:%d: expected an option name as key", path, line);
-      goto done;
-    }
-    const char *name = node_text(k);
-    const struct opt_def *o = find_flag(cmd, name, strlen(name));
-    if (o == NULL || strcmp(name, "config") == 0) {
-      snprintf(err, errlen, "%s:%d: \"%s\" is not an option of `kbridge %s` (keys are its flag "
-               "names without \"--\"; see kbridge %s --help)", path, line, name, cmd->name,
-               cmd->name);
-      goto done;
-    }
-    snprintf(buf, sizeof buf, "--%s", name);
-    if (o->type == OPT_FLAG) {
-      const char *t = v->type == YAML_SCALAR_NODE ? node_text(v) : "";
-      if (strcmp(t, "true") != 0 && strcmp(t, "false") != 0) {
-        snprintf(err, errlen, "%s:%d: %s: expected true or false", path, line, name);
-        goto done;
-      }
-      if (strcmp(t, "true") == 0 && file_push(out, &cap, buf, strlen(buf), line) < 0) goto oom;
-      continue;
-    }
-    int bad = line;
-    if (v->type == YAML_SCALAR_NODE || (v->type == YAML_MAPPING_NODE && !repeatable(o))) {
-      const char *val = v->type == YAML_SCALAR_NODE ? node_text(v) : NULL;
-      char joined[2048];
-      if (!val) {
-        if (join_pairs(&doc, v, ",", joined, sizeof joined, &bad) < 0) {
-          snprintf(err, errlen, "%s:%d: %s: expected a mapping of names to plain values", path,
-                   bad, name);
-          goto done;
-        }
-        val = joined;
-      }
-      if (file_push(out, &cap, buf, strlen(buf), line) < 0 ||
-          file_push(out, &cap, val, strlen(val), line) < 0)
-        goto oom;
-    } else if (v->type == YAML_SEQUENCE_NODE && repeatable(o)) {
-      for (yaml_node_item_t *it = v->data.sequence.items.start; it < v->data.sequence.items.top; it++) {
-        yaml_node_t *e = yaml_document_get_node(&doc, *it);
-        if (!e || e->type != YAML_SCALAR_NODE) {
-          snprintf(err, errlen, "%s:%d: %s: expected a list of %s", path,
-                   e ? (int)e->start_mark.line + 1 : line, name, metavar(o));
-          goto done;
-        }
-        if (file_push(out, &cap, buf, strlen(buf), (int)e->start_mark.line + 1) < 0 ||
-            file_push(out, &cap, node_text(e), strlen(node_text(e)), (int)e->start_mark.line + 1) < 0)
-          goto oom;
-      }
-    } else if (v->type == YAML_MAPPING_NODE) { /* repeatable: one K=V per entry */
-      for (yaml_node_pair_t *q = v->data.mapping.pairs.start; q < v->data.mapping.pairs.top; q++) {
-        yaml_node_t *kk = yaml_document_get_node(&doc, q->key);
-        yaml_node_t *vv = yaml_document_get_node(&doc, q->value);
-        if (!kk || !vv || kk->type != YAML_SCALAR_NODE || vv->type != YAML_SCALAR_NODE) {
-          snprintf(err, errlen, "%s:%d: %s: expected a mapping of names to plain values", path,
-                   kk ? (int)kk->start_mark.line + 1 : line, name);
-          goto done;
-        }
-        int n = snprintf(buf, sizeof buf, "%s=%s", node_text(kk), node_text(vv));
-        if (n < 0 || (size_t)n >= sizeof buf) {
-          snprintf(err, errlen, "%s:%d: %s: value too long", path, (int)kk->start_mark.line + 1,
-                   name);
-          goto done;
-        }
-        char flag[80];
-        snprintf(flag, sizeof flag, "--%s", name);
-        if (file_push(out, &cap, flag, strlen(flag), (int)kk->start_mark.line + 1) < 0 ||
-            file_push(out, &cap, buf, strlen(buf), (int)kk->start_mark.line + 1) < 0)
-          goto oom;
-      }
-    } else {
-      snprintf(err, errlen, "%s:%d: %s: expected %s%s", path, line, name,
-               repeatable(o) ? "a value or a list of " : "one value, ", metavar(o));
-      goto done;
-    }
-  }
-  rc = 0;
-  goto done;
-oom:
-  snprintf(err, errlen, "%s: out of memory", path);
-done:
-  yaml_document_delete(&doc);
-  if (rc < 0) opt_file_free(out);
-  return rc;
-}
-
-void opt_file_free(struct opt_file *f) {
-  for (int i = 0; i < f->argc; i++) free(f->argv[i]);
-  free(f->argv);
-  free(f->line);
-  f->argv = NULL;
-  f->line = NULL;
-  f->argc = 0;
 }
 
 /* "  LEFT   text..." with the text wrapped at 79 columns under its own column. */
@@ -514,14 +388,15 @@ static void print_wrapped(FILE *out, const char *left, const char *text) {
 }
 
 void opt_help(const struct opt_cmd *cmd, FILE *out) {
-  fprintf(out, "usage: kbridge %s", cmd->name);
+  char inv[120];
+  fprintf(out, "usage: %s", invocation(cmd, inv, sizeof inv));
   int optional = 0;
   for (size_t i = 0; i < cmd->nopts; i++) {
     const struct opt_def *o = &cmd->opts[i];
     if (o->positional)
       fprintf(out, " %s", o->name);
     else if (o->required)
-      fprintf(out, " --%s %s", o->name, metavar(o));
+      fprintf(out, " --%s %s", o->name, opt_metavar(o));
     else
       optional = 1;
   }
@@ -534,10 +409,10 @@ void opt_help(const struct opt_cmd *cmd, FILE *out) {
     if (o->positional)
       snprintf(left, sizeof left, "%s", o->name);
     else
-      snprintf(left, sizeof left, "--%s%s%s", o->name, o->type == OPT_FLAG ? "" : " ", metavar(o));
+      snprintf(left, sizeof left, "--%s%s%s", o->name, o->type == OPT_FLAG ? "" : " ", opt_metavar(o));
     snprintf(text, sizeof text, "%s%s%s%s%s", o->help, o->required ? " (required)" : "",
              o->def ? " (default " : "", o->def ? o->def : "", o->def ? ")" : "");
-    if (repeatable(o)) snprintf(text + strlen(text), sizeof text - strlen(text), " (repeatable)");
+    if (opt_repeatable(o)) snprintf(text + strlen(text), sizeof text - strlen(text), " (repeatable)");
     print_wrapped(out, left, text);
   }
   print_wrapped(out, "-h, --help", "show this help");

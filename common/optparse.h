@@ -1,6 +1,7 @@
-/* options.h: the command-line option tables of the kbridge CLI.
+/* optparse.h: declarative option tables and their one parser, for the kbridge
+ * CLI's subcommands and for kbridge-agent.
  *
- * Each subcommand declares its flags in one table (name, type, where the value
+ * Each command declares its flags in one table (name, type, where the value
  * goes in the command's config struct, default, help). One parser serves every
  * table and checks every value by its type, so a bad flag always gets the same
  * kind of one-line error naming the flag and what was expected:
@@ -11,9 +12,11 @@
  * text and go through the same parser as user input, so the help shows exactly
  * what is applied. Tables look alike (the duplicates tool pairs them by shape)
  * and flags such as --local-port are written in each command's table: a table
- * is the command's whole --help. */
-#ifndef KB_OPTIONS_H
-#define KB_OPTIONS_H
+ * is the command's whole --help. A syntax of one program's own (the agent's
+ * --port-map) is an OPT_CUSTOM option whose callback lives with that program's
+ * table. Options from a YAML file: optfile.h. */
+#ifndef KB_OPTPARSE_H
+#define KB_OPTPARSE_H
 
 #include <stddef.h>
 #include <stdio.h>
@@ -35,6 +38,11 @@ enum opt_type {          /* and the C type stored at the option's offset: */
   OPT_LIST,              /* struct opt_list of non-empty strings; repeatable: each
                             use appends (checked by the command, which knows the
                             syntax: KEY=VALUE, names, ...) */
+  OPT_LONG,              /* long within [lmin, lmax] */
+  OPT_ADDR,              /* struct hostport, port 0-65535 (0: any free port), to listen on */
+  OPT_BUF,               /* char[size], a non-empty string copied in */
+  OPT_LABEL,             /* char[size], a DNS label: a Kubernetes object name */
+  OPT_CUSTOM,            /* whatever parse() stores; repeatable if repeat */
 };
 
 #define OPT_KEY_SIZE 64
@@ -56,6 +64,19 @@ struct opt_list {
   size_t n;
 };
 
+struct opt_def;
+
+/* An OPT_CUSTOM option's parser: check v and store it in cfg (the whole config
+ * struct; o->offset and o->size are there for it to use). Returns 0, or -1 with
+ * why set to the error after "--name: ", in the parser's style:
+ * `expected A=B, got "v" (missing '=')`. Also called for the default. */
+typedef int (*opt_custom_fn)(const struct opt_def *o, const char *v, void *cfg, char *why,
+                             size_t whylen);
+
+/* For opt_def.given: where the int that says "given" lives (0 means none, so
+ * the offset is stored plus one). */
+#define OPT_GIVEN(type, field) (offsetof(type, field) + 1)
+
 struct opt_def {
   const char *name;    /* long flag without "--", or the positional's name ("DIR") */
   enum opt_type type;
@@ -66,6 +87,14 @@ struct opt_def {
   const char *metavar; /* "HOST:PORT" in the help; NULL: from the type */
   int min, max;        /* OPT_INT range */
   const char *help;
+  /* Fields below are zero in tables that do not need them. */
+  long lmin, lmax;     /* OPT_LONG range */
+  size_t size;         /* OPT_BUF, OPT_LABEL: sizeof the char array at offset */
+  size_t given;        /* OPT_GIVEN(): an int set to 1 when the option is given (not
+                          when its default is applied); 0: none */
+  opt_custom_fn parse; /* OPT_CUSTOM */
+  int repeat;          /* OPT_CUSTOM: may be given more than once, each use passed
+                          to parse() */
 };
 
 struct opt_cmd {
@@ -74,32 +103,30 @@ struct opt_cmd {
   const char *details;  /* paragraph(s) for `kbridge NAME --help`; may be NULL */
   const struct opt_def *opts;
   size_t nopts;
+  /* Fields below are zero in the CLI's subcommand tables. */
+  const char *prog;     /* the program when not "kbridge" ("kbridge-agent"); name is
+                           then "" for a program without subcommands */
+  /* Checks between options, run once every value is in and before a missing
+   * required option is reported (so a command line that lacks a whole mode gets
+   * that said first). 0, or -1 with a one-line err naming the options. */
+  int (*check)(void *cfg, char *err, size_t errlen);
 };
 
-/* Parse argv[0..argc) (the words after the subcommand name) into cfg, which must
- * be zeroed by the caller. Defaults are applied first, then the arguments.
+/* Parse argv[0..argc) (the words after the subcommand name, or after the
+ * program's name) into cfg, which must be zeroed by the caller. Defaults are
+ * applied first, then the arguments, then cmd->check, then required options.
  * Returns 0 on success, 1 if --help/-h was given (nothing else is checked), or
  * -1 with a one-line reason in err that names the flag. */
 int opt_parse(const struct opt_cmd *cmd, int argc, char **argv, void *cfg, char *err,
               size_t errlen);
 
-/* Options from a file: the YAML mapping at path, whose keys are the command's
- * flag names without "--" and whose values are what the flag takes: a scalar; for
- * a flag without value, true or false; for a repeatable flag a sequence, or a
- * mapping {K: V} standing for the values "K=V". A flag given on the command line
- * replaces the file's value (a repeatable flag: the whole list). Result: an
- * argument vector (--name value ...) for opt_parse_with(), owned by *out, freed
- * with opt_file_free(). Returns 0, or -1 with a one-line err naming the file, the
- * line and the key (an unknown key, a value of the wrong shape, a YAML error). */
+/* Options from a file (optfile.h): an argument vector for opt_parse_with(). */
 struct opt_file {
   char **argv;
   int *line;       /* the file's line of each argv[i] (for errors) */
   int argc;
   const char *path;
 };
-int opt_file_load(const struct opt_cmd *cmd, const char *path, struct opt_file *out, char *err,
-                  size_t errlen);
-void opt_file_free(struct opt_file *f);
 
 /* opt_parse() with the options of a file (may be NULL) applied before argv, and
  * overridden by argv. Errors about a file value name the file. */
@@ -108,5 +135,12 @@ int opt_parse_with(const struct opt_cmd *cmd, const struct opt_file *file, int a
 
 /* The usage line, details and the option list, generated from the table. */
 void opt_help(const struct opt_cmd *cmd, FILE *out);
+
+/* For optfile.c: the flag (not positional) named name[0..len), or NULL; the
+ * value's placeholder in help and errors ("HOST:PORT"); whether the option may
+ * be given more than once. */
+const struct opt_def *opt_find(const struct opt_cmd *cmd, const char *name, size_t len);
+const char *opt_metavar(const struct opt_def *o);
+int opt_repeatable(const struct opt_def *o);
 
 #endif
