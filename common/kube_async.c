@@ -137,6 +137,16 @@ static void check_done(struct kube *k) {
   }
 }
 
+void kube_req_drop(struct req *q) {
+  if (q->kind == REQ_WATCH) {
+    struct kube_watch *w = q->watch;
+    kube_req_free(q);
+    kube_watch_free(w);
+  } else {
+    kube_req_free(q);
+  }
+}
+
 /* Remove cancelled requests and stopped watches, outside curl's callbacks,
  * and report requests that could not be started. */
 static void on_reap(evutil_socket_t fd, short what, void *arg) {
@@ -154,13 +164,7 @@ static void on_reap(evutil_socket_t fd, short what, void *arg) {
     if (!dead) continue;
     curl_multi_remove_handle(k->multi, q->easy);
     active_del(k, q);
-    if (q->kind == REQ_WATCH) {
-      struct kube_watch *w = q->watch;
-      kube_req_free(q);
-      kube_watch_free(w);
-    } else {
-      kube_req_free(q);
-    }
+    kube_req_drop(q);
   }
 }
 

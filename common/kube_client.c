@@ -175,6 +175,17 @@ bad:
   return -1;
 }
 
+/* *out = the PEM given inline (data), else read from file (what names it in
+ * errors), else left NULL. 0, or -1 with err. */
+static int pem_of(const char *data, const char *file, const char *what, char **out, char *err,
+                  size_t errlen) {
+  if (data)
+    *out = kube_xstrdup(data);
+  else if (file && !(*out = read_file(file, err, errlen, what)))
+    return -1;
+  return 0;
+}
+
 struct kube *kube_new(struct kubeconfig *kc, char *err, size_t errlen) {
   static int curl_ready;
   if (!curl_ready) {
@@ -187,7 +198,7 @@ struct kube *kube_new(struct kubeconfig *kc, char *err, size_t errlen) {
   }
   struct kube *k = kube_xcalloc(1, sizeof *k);
   k->kc = kc;
-  char what[300];
+  char what[350];
   if (parse_server(k, err, errlen) < 0) goto fail;
   {
     char *chosen = netproxy_choose(kc->proxy_url, strncmp(kc->server, "http://", 7) != 0,
@@ -211,28 +222,16 @@ struct kube *kube_new(struct kubeconfig *kc, char *err, size_t errlen) {
       netproxy_clear(&np);
     }
   }
-  if (kc->ca_pem) {
-    k->ca_pem = kube_xstrdup(kc->ca_pem);
-  } else if (kc->ca_file) {
-    snprintf(what, sizeof what, "cluster \"%s\": certificate-authority",
-             kc->cluster_name ? kc->cluster_name : "in-cluster");
-    if (!(k->ca_pem = read_file(kc->ca_file, err, errlen, what))) goto fail;
-  }
-  snprintf(what, sizeof what, "user \"%s\":", kc->user_name ? kc->user_name : "");
-  if (kc->client_cert_pem) {
-    k->cert_pem = kube_xstrdup(kc->client_cert_pem);
-  } else if (kc->client_cert_file) {
-    char w[350];
-    snprintf(w, sizeof w, "%s client-certificate", what);
-    if (!(k->cert_pem = read_file(kc->client_cert_file, err, errlen, w))) goto fail;
-  }
-  if (kc->client_key_pem) {
-    k->key_pem = kube_xstrdup(kc->client_key_pem);
-  } else if (kc->client_key_file) {
-    char w[350];
-    snprintf(w, sizeof w, "%s client-key", what);
-    if (!(k->key_pem = read_file(kc->client_key_file, err, errlen, w))) goto fail;
-  }
+  snprintf(what, sizeof what, "cluster \"%s\": certificate-authority",
+           kc->cluster_name ? kc->cluster_name : "in-cluster");
+  if (pem_of(kc->ca_pem, kc->ca_file, what, &k->ca_pem, err, errlen) < 0) goto fail;
+  snprintf(what, sizeof what, "user \"%s\": client-certificate",
+           kc->user_name ? kc->user_name : "");
+  if (pem_of(kc->client_cert_pem, kc->client_cert_file, what, &k->cert_pem, err, errlen) < 0)
+    goto fail;
+  snprintf(what, sizeof what, "user \"%s\": client-key", kc->user_name ? kc->user_name : "");
+  if (pem_of(kc->client_key_pem, kc->client_key_file, what, &k->key_pem, err, errlen) < 0)
+    goto fail;
   if (kc->token_file && !kc->token && !kc->exec) {
     if (token_file_current(k, err, errlen) < 0) goto fail;
   }
@@ -256,13 +255,7 @@ void kube_free(struct kube *k) {
   for (; q; q = next) {
     next = q->next;
     curl_multi_remove_handle(k->multi, q->easy);
-    if (q->kind == REQ_WATCH) {
-      struct kube_watch *w = q->watch;
-      kube_req_free(q);
-      kube_watch_free(w);
-    } else {
-      kube_req_free(q);
-    }
+    kube_req_drop(q);
   }
   while (k->watches) kube_watch_free(k->watches); /* those waiting to retry */
   if (k->multi) curl_multi_cleanup(k->multi);
@@ -272,6 +265,7 @@ void kube_free(struct kube *k) {
   if (k->share) curl_share_cleanup(k->share);
   curl_slist_free_all(k->connect_list);
   kube_exec_cred_clear(&k->exec);
+  /* field by field like kubeconfig_free() (duplicates): the two structs' fields differ */
   free(k->base_url);
   free(k->connect_to);
   free(k->proxy);

@@ -154,6 +154,9 @@ void kube_rejected(struct kube *k, const struct req *q);
 /* Put q on the multi handle. Returns 0 or -1 with e. */
 int kube_start_async(struct kube *k, struct req *q, struct kube_err *e);
 
+/* Free q, off the multi handle, and for a watch stream its watch too. */
+void kube_req_drop(struct req *q);
+
 /* ---- kube_watch.c ---- */
 
 /* CURLOPT_WRITEFUNCTION of a watch stream: one event per line. */

@@ -290,6 +290,22 @@ static int get_b64(struct loader *L, struct entry *e, const char *key, const cha
   return 0;
 }
 
+/* x's list `key` into *seq and its length into *n (NULL and 0 when absent).
+ * Anything but a list: -1 with "<file>:<line>: <w>: <key> must be <shape>". */
+static int get_list(struct loader *L, struct kfile *f, yaml_node_t *x, const char *key,
+                    const char *w, const char *shape, yaml_node_t **seq, size_t *n) {
+  *seq = map_get(f, x, key);
+  *n = 0;
+  if (is_null(*seq)) return 0;
+  if ((*seq)->type != YAML_SEQUENCE_NODE) {
+    seterr(L, "%s:%lu: %s: %s must be %s", f->shown, (unsigned long)(*seq)->start_mark.line + 1, w,
+           key, shape);
+    return -1;
+  }
+  *n = (size_t)((*seq)->data.sequence.items.top - (*seq)->data.sequence.items.start);
+  return 0;
+}
+
 static int load_exec(struct loader *L, struct entry *u, const char *what, yaml_node_t *x,
                      struct kube_exec_config **out) {
   struct kfile *f = u->f;
@@ -337,16 +353,9 @@ static int load_exec(struct loader *L, struct entry *u, const char *what, yaml_n
    * which is what Never means; IfAvailable works the same way. Always cannot be
    * honoured and is reported by the plugin itself if it needs a terminal. */
 
-  yaml_node_t *args = map_get(f, x, "args");
-  size_t na = 0;
-  if (!is_null(args)) {
-    if (args->type != YAML_SEQUENCE_NODE) {
-      seterr(L, "%s:%lu: %s: args must be a list of strings", f->shown,
-             (unsigned long)args->start_mark.line + 1, w);
-      return -1;
-    }
-    na = (size_t)(args->data.sequence.items.top - args->data.sequence.items.start);
-  }
+  yaml_node_t *args;
+  size_t na;
+  if (get_list(L, f, x, "args", w, "a list of strings", &args, &na) < 0) return -1;
   e->args = calloc(na + 1, sizeof(char *));
   if (!e->args) abort();
   for (size_t i = 0; i < na; i++) {
@@ -358,16 +367,10 @@ static int load_exec(struct loader *L, struct entry *u, const char *what, yaml_n
     e->args[i] = xstrdup(a);
   }
 
-  yaml_node_t *env = map_get(f, x, "env");
-  size_t ne = 0;
-  if (!is_null(env)) {
-    if (env->type != YAML_SEQUENCE_NODE) {
-      seterr(L, "%s:%lu: %s: env must be a list of {name, value}", f->shown,
-             (unsigned long)env->start_mark.line + 1, w);
-      return -1;
-    }
-    ne = (size_t)(env->data.sequence.items.top - env->data.sequence.items.start);
-  }
+  yaml_node_t *env;
+  size_t ne;
+  if (get_list(L, f, x, "env", w, "a list of {name, value}", &env, &ne) < 0) return -1;
+  /* the args loop's shape (duplicates), but an item is a {name, value} map */
   e->env = calloc(ne + 1, sizeof(char *));
   if (!e->env) abort();
   for (size_t i = 0; i < ne; i++) {

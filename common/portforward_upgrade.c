@@ -23,33 +23,31 @@
 
 /* --- llhttp callbacks for the answer --- */
 
+/* Append at[0..len) to the string dst (cap bytes, *used of them taken),
+ * dropping what does not fit. */
+static void take(char *dst, size_t cap, size_t *used, const char *at, size_t len) {
+  size_t n = cap - 1 - *used;
+  if (n > len) n = len;
+  memcpy(dst + *used, at, n);
+  *used += n;
+  dst[*used] = '\0';
+}
+
 static int on_status(llhttp_t *p, const char *at, size_t len) {
   struct pf_connecting *d = p->data;
-  size_t n = sizeof(d->reason) - 1 - d->reason_len;
-  if (n > len) n = len;
-  memcpy(d->reason + d->reason_len, at, n);
-  d->reason_len += n;
-  d->reason[d->reason_len] = '\0';
+  take(d->reason, sizeof(d->reason), &d->reason_len, at, len);
   return 0;
 }
 
 static int on_header_field(llhttp_t *p, const char *at, size_t len) {
   struct pf_connecting *d = p->data;
-  size_t n = sizeof(d->hfield) - 1 - d->hfield_len;
-  if (n > len) n = len;
-  memcpy(d->hfield + d->hfield_len, at, n);
-  d->hfield_len += n;
-  d->hfield[d->hfield_len] = '\0';
+  take(d->hfield, sizeof(d->hfield), &d->hfield_len, at, len);
   return 0;
 }
 
 static int on_header_value(llhttp_t *p, const char *at, size_t len) {
   struct pf_connecting *d = p->data;
-  size_t n = sizeof(d->hvalue) - 1 - d->hvalue_len;
-  if (n > len) n = len;
-  memcpy(d->hvalue + d->hvalue_len, at, n);
-  d->hvalue_len += n;
-  d->hvalue[d->hvalue_len] = '\0';
+  take(d->hvalue, sizeof(d->hvalue), &d->hvalue_len, at, len);
   return 0;
 }
 

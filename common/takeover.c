@@ -429,22 +429,26 @@ static void endpoints_count(const cJSON *endpoints, const char *service, int oth
   }
 }
 
+/* The counts of one side (`want`) against the other (`rest`), each {ready,
+ * not ready}: true when want has a ready address and rest none at all. */
+static int only(const int want[2], const int rest[2], int *n_want, int *n_rest) {
+  if (n_want) *n_want = want[0];
+  if (n_rest) *n_rest = rest[0] + rest[1];
+  return want[0] > 0 && rest[0] + rest[1] == 0;
+}
+
 int takeover_endpoints_switched(const cJSON *endpoints, const char *service, int *n_ready,
                                 int *n_agent) {
   int other[2], agent[2];
   endpoints_count(endpoints, service, other, agent);
-  if (n_ready) *n_ready = other[0];
-  if (n_agent) *n_agent = agent[0] + agent[1];
-  return other[0] > 0 && agent[0] + agent[1] == 0;
+  return only(other, agent, n_ready, n_agent);
 }
 
 int takeover_endpoints_taken(const cJSON *endpoints, const char *service, int *n_agent,
                              int *n_other) {
   int other[2], agent[2];
   endpoints_count(endpoints, service, other, agent);
-  if (n_agent) *n_agent = agent[0];
-  if (n_other) *n_other = other[0] + other[1];
-  return agent[0] > 0 && other[0] + other[1] == 0;
+  return only(agent, other, n_agent, n_other);
 }
 
 static double mono_s(void) {
@@ -548,6 +552,16 @@ static int delete_managed(struct kube *k, const char *api, const char *res, cons
   return 0;
 }
 
+/* List the objects of r that kbridge made for service (found by their
+ * labels): kube_list()'s 0 with *list, or -1 with e. */
+static int list_managed(struct kube *k, const struct kube_ref *r, const char *service,
+                        cJSON **list, struct kube_err *e) {
+  char sel[300];
+  snprintf(sel, sizeof sel, "%s=kbridge,%s=%s", TAKEOVER_LABEL_MANAGED, TAKEOVER_LABEL_SERVICE,
+           service);
+  return kube_list(k, r, sel, list, e);
+}
+
 /* The NetworkPolicies connect created for the agent (local-proxy/netpol.h),
  * found by their labels. They are owned by the agent's Deployment, so the
  * garbage collector removes them with it; this is for an agent already gone.
@@ -557,10 +571,7 @@ static int delete_policies(struct kube *k, const char *ns, const char *service, 
   struct kube_ref r = {"networking.k8s.io/v1", "networkpolicies", ns, NULL, NULL};
   struct kube_err e;
   cJSON *list = NULL;
-  char sel[300];
-  snprintf(sel, sizeof sel, "%s=kbridge,%s=%s", TAKEOVER_LABEL_MANAGED, TAKEOVER_LABEL_SERVICE,
-           service);
-  if (kube_list(k, &r, sel, &list, &e) < 0) {
+  if (list_managed(k, &r, service, &list, &e) < 0) {
     if (e.status == 403 || e.status == 404) return 0;
     snprintf(err, errlen, "%s", e.msg);
     return -1;
@@ -690,10 +701,7 @@ int takeover_remove_ingress_clones(struct kube *k, const char *ns, const char *s
   struct kube_ref r = {"networking.k8s.io/v1", "ingresses", ns, NULL, NULL};
   struct kube_err e;
   cJSON *list = NULL;
-  char sel[200];
-  snprintf(sel, sizeof sel, "%s=kbridge,%s=%s", TAKEOVER_LABEL_MANAGED, TAKEOVER_LABEL_SERVICE,
-           service);
-  if (kube_list(k, &r, sel, &list, &e) < 0) {
+  if (list_managed(k, &r, service, &list, &e) < 0) {
     if (e.status == 403 || e.status == 404) {
       /* No right to list them (the agent), or no Ingress API: clones, if any,
        * go with the agent's Deployment. */
@@ -705,6 +713,8 @@ int takeover_remove_ingress_clones(struct kube *k, const char *ns, const char *s
     snprintf(err, errlen, "%s", e.msg);
     return -1;
   }
+  /* Not delete_policies()' loop (duplicates): a clone is picked by its route key from
+   * the list itself and deleted without delete_managed()'s second read. */
   const cJSON *it;
   int rc = 0;
   cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(list, "items")) {

@@ -364,7 +364,7 @@ int tls_csr_new(const char *cn, enum tls_key_type type, char **csr_pem, char **k
     goto done;
   }
   rc = 0;
-done:
+done: /* like tls_issue_for()'s end in shape (duplicates): each builder frees its own objects */
   EVP_PKEY_free(key);
   X509_REQ_free(req);
   X509_NAME_free(name);
@@ -453,7 +453,7 @@ int tls_sign_csr(const struct tls_pem *ca, const char *csr_pem, int server, cons
     goto done;
   }
   rc = 0;
-done:
+done: /* like tls_issue_for()'s end in shape (duplicates): each builder frees its own objects */
   BIO_free(b);
   X509_free(x);
   X509_free(cacert);
@@ -508,11 +508,17 @@ static int cert_identity(X509 *x, char *out, size_t outlen) {
   return rc;
 }
 
-int tls_peer_identity(SSL *ssl, char *out, size_t outlen) {
-  if (ssl == NULL || outlen == 0) return -1;
+/* The peer's certificate if it was verified, else NULL; out emptied first. */
+static X509 *verified_peer(SSL *ssl, char *out, size_t outlen) {
+  if (ssl == NULL || outlen == 0) return NULL;
   out[0] = '\0';
   X509 *peer = SSL_get0_peer_certificate(ssl);
-  if (peer == NULL || SSL_get_verify_result(ssl) != X509_V_OK) return -1;
+  return peer != NULL && SSL_get_verify_result(ssl) == X509_V_OK ? peer : NULL;
+}
+
+int tls_peer_identity(SSL *ssl, char *out, size_t outlen) {
+  X509 *peer = verified_peer(ssl, out, outlen);
+  if (peer == NULL) return -1;
   return cert_identity(peer, out, outlen);
 }
 
@@ -847,10 +853,8 @@ SSL *tls_client_ssl_new(SSL_CTX *ctx) {
 }
 
 int tls_peer_cn(SSL *ssl, char *out, size_t outlen) {
-  if (ssl == NULL || outlen == 0) return -1;
-  out[0] = '\0';
-  X509 *peer = SSL_get0_peer_certificate(ssl);
-  if (peer == NULL || SSL_get_verify_result(ssl) != X509_V_OK) return -1;
+  X509 *peer = verified_peer(ssl, out, outlen);
+  if (peer == NULL) return -1;
   X509_NAME *subj = X509_get_subject_name(peer);
   int idx = X509_NAME_get_index_by_NID(subj, NID_commonName, -1);
   if (idx < 0 || X509_NAME_get_index_by_NID(subj, NID_commonName, idx) >= 0)
