@@ -6,89 +6,64 @@
  * and its many dependencies, libyaml, cJSON) and the agent's resident memory
  * stays small while it serves traffic. It builds the in-cluster client from the
  * pod's service account, runs takeover_restore_id() (common/takeover.h) for
- * --service in --namespace (and --takeover-id, the agent's), prints the report on stdout and exits 0; on failure
- * it prints the reason on stderr (one line, the last) and exits 1; bad flags
+ * --service in --namespace (and --takeover-id, the agent's), prints the report
+ * on stdout and exits 0; on failure it prints the reason on stderr (one line,
+ * the last) and exits 1; bad flags (the common option parser, optparse.h)
  * exit 2. */
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
 #include <curl/curl.h>
 
-#include "dnslabel.h"
 #include "kube.h"
 #include "kubeconfig.h"
+#include "optparse.h"
 #include "takeover.h"
 
-static const char usage[] =
-    "usage: kbridge-agent-restore [--namespace NS] --service NAME [--takeover-id ID]\n"
-    "Put the Service NAME (taken over by kbridge) back as it was, with the pod's service\n"
-    "account; run by kbridge-agent when its lease runs out. NS: default the pod's.\n"
-    "ID: only that takeover; a newer one (taken over again since) is left alone.\n";
+struct restore_options {
+  char namespace[64], service[64], takeover_id[64];
+};
 
-/* Take the value of --name (as "--name V" or "--name=V") at argv[*i] into out
- * (a Kubernetes name). Returns 1 if argv[*i] is that flag, 0 if not, -1 with a
- * message on stderr if its value is missing or invalid. Like local-proxy/options.c's
- * route-key check in shape: this program links no option table (only the
- * Kubernetes client); the shared option table parser (issue 12) can take it in. */
-static int flag_label(int argc, char **argv, int *i, const char *name, char *out, size_t outlen) {
-  const char *a = argv[*i];
-  size_t n = strlen(name);
-  if (strncmp(a, "--", 2) != 0 || strncmp(a + 2, name, n) != 0) return 0;
-  const char *v;
-  if (a[2 + n] == '=') {
-    v = a + 3 + n;
-  } else if (a[2 + n] == 0) {
-    if (*i + 1 >= argc) {
-      fprintf(stderr, "kbridge-agent-restore: --%s needs a value\n", name);
-      return -1;
-    }
-    v = argv[++*i];
-  } else {
-    return 0;
-  }
-  if (!dns_label_valid(v, strlen(v)) || strlen(v) >= outlen) {
-    fprintf(stderr,
-            "kbridge-agent-restore: --%s: '%s' is not a Kubernetes name (a-z, 0-9, '-', at most "
-            "63)\n",
-            name, v);
-    return -1;
-  }
-  memcpy(out, v, strlen(v) + 1);
-  return 1;
-}
+#define OFF(f) offsetof(struct restore_options, f)
+#define SZ(f) sizeof(((struct restore_options *)0)->f)
+static const struct opt_def restore_opts[] = {
+    {"namespace", OPT_LABEL, OFF(namespace), 0, 0, NULL, "NS", 0, 0,
+     "the Service's namespace (default: the pod's)", .size = SZ(namespace)},
+    {"service", OPT_LABEL, OFF(service), 0, 1, NULL, "NAME", 0, 0,
+     "the Service taken over by kbridge", .size = SZ(service)},
+    {"takeover-id", OPT_LABEL, OFF(takeover_id), 0, 0, NULL, "ID", 0, 0,
+     "only that takeover: a newer one (taken over again since) is left alone",
+     .size = SZ(takeover_id)},
+};
+static const struct opt_cmd restore_cmd = {
+    "",
+    "Put a Service taken over by kbridge back as it was.",
+    "Run by kbridge-agent when its lease runs out, with the pod's service account.",
+    restore_opts,
+    sizeof restore_opts / sizeof restore_opts[0],
+    .prog = "kbridge-agent-restore",
+};
 
 int main(int argc, char **argv) {
-  char ns[64] = "", service[64] = "", id[64] = "";
-  for (int i = 1; i < argc; i++) {
-    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-      fputs(usage, stdout);
-      return 0;
-    }
-    int r = flag_label(argc, argv, &i, "namespace", ns, sizeof ns);
-    if (r == 0) r = flag_label(argc, argv, &i, "service", service, sizeof service);
-    if (r == 0) r = flag_label(argc, argv, &i, "takeover-id", id, sizeof id);
-    if (r < 0) return 2;
-    if (r == 0) {
-      fprintf(stderr, "kbridge-agent-restore: unknown argument '%s'\n%s", argv[i], usage);
-      return 2;
-    }
-  }
-  if (!service[0]) {
-    fprintf(stderr, "kbridge-agent-restore: --service is required\n%s", usage);
-    return 2;
-  }
-
+  struct restore_options o;
   char err[1024] = "";
+  memset(&o, 0, sizeof o);
+  switch (opt_parse(&restore_cmd, argc - 1, argv + 1, &o, err, sizeof err)) {
+  case 0: break;
+  case 1: opt_help(&restore_cmd, stdout); return 0;
+  default: fprintf(stderr, "kbridge-agent-restore: %s\n", err); return 2;
+  }
   if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
     fprintf(stderr, "kbridge-agent-restore: cannot initialise libcurl\n");
     return 1;
   }
   struct kubeconfig *kc = NULL;
-  if (kubeconfig_load_incluster(ns[0] ? ns : NULL, &kc, err, sizeof err) < 0) {
+  if (kubeconfig_load_incluster(o.namespace[0] ? o.namespace : NULL, &kc, err, sizeof err) < 0) {
     fprintf(stderr, "in-cluster Kubernetes configuration: %s\n", err);
     return 1;
   }
-  snprintf(ns, sizeof ns, "%s", kc->namespace ? kc->namespace : "default");
+  snprintf(o.namespace, sizeof o.namespace, "%s", kc->namespace ? kc->namespace : "default");
   struct kube *k = kube_new(kc, err, sizeof err); /* takes kc, also on failure */
   if (!k) {
     fprintf(stderr, "%s\n", err);
@@ -96,7 +71,7 @@ int main(int argc, char **argv) {
   }
   struct takeover_report rep;
   memset(&rep, 0, sizeof rep);
-  int r = takeover_restore_id(k, ns, service, id, &rep, err, sizeof err);
+  int r = takeover_restore_id(k, o.namespace, o.service, o.takeover_id, &rep, err, sizeof err);
   kube_free(k);
   curl_global_cleanup();
   fputs(rep.text, stdout);
@@ -109,7 +84,7 @@ int main(int argc, char **argv) {
   if (rep.conflicts)
     printf("%d conflict(s): changes made by someone else were left alone (see above)\n",
            rep.conflicts);
-  printf("service %s/%s restored: %d object(s) changed, %d conflict(s)\n", ns, service,
+  printf("service %s/%s restored: %d object(s) changed, %d conflict(s)\n", o.namespace, o.service,
          rep.changed, rep.conflicts);
   return 0;
 }
