@@ -1,13 +1,7 @@
-/* tls.c: the mini CA (key generation, certificate issuing, PEM files) and the
- * mutual TLS 1.3 contexts of the tunnel. See tls.h for the file layout.
- *
- * Everything is built in memory first (PEM strings); the *_dir functions only
- * read and write files. Key files are created 0600 under a temporary name with
- * O_EXCL and renamed into place, so a key is never readable by others, not even
- * for a moment, and a crash never leaves half a key behind. Errors carry the
- * OpenSSL error queue rendered as text ("what we did: library: reason"). */
-#include "tls.h"
-
+/* tls_ca.c: the mini CA of tls.h in memory: key generation, certificates,
+ * certificate requests and the identities in them, all as PEM strings (the
+ * files and the TLS contexts are in tls_ctx.c). Errors carry the OpenSSL
+ * error queue rendered as text ("what we did: library: reason"). */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -28,15 +22,9 @@
 
 #include "dnslabel.h"
 
-#define CA_DAYS 3650     /* the CA and the agent certificate: 10 years */
-#define CLIENT_DAYS 365  /* developer certificates from tls_dir_issue() */
-#define PEM_FILE_MAX (64 * 1024)
+#include "tls_internal.h"
 
-/* Format msg into err, then append the OpenSSL error queue (oldest first, the
- * root cause usually comes first) and clear the queue. */
-static void fail(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void fail(char *err, size_t errlen, const char *fmt, ...) {
+void tls_fail(char *err, size_t errlen, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   int n = vsnprintf(err, errlen, fmt, ap);
@@ -118,14 +106,14 @@ done:
   return rc;
 }
 
-static X509 *pem_to_cert(const char *pem) {
+X509 *tls_pem_to_cert(const char *pem) {
   BIO *b = BIO_new_mem_buf(pem, -1);
   X509 *x = b ? PEM_read_bio_X509(b, NULL, NULL, NULL) : NULL;
   BIO_free(b);
   return x;
 }
 
-static EVP_PKEY *pem_to_key(const char *pem) {
+EVP_PKEY *tls_pem_to_key(const char *pem) {
   BIO *b = BIO_new_mem_buf(pem, -1);
   EVP_PKEY *k = b ? PEM_read_bio_PrivateKey(b, NULL, NULL, NULL) : NULL;
   BIO_free(b);
@@ -198,51 +186,51 @@ static X509 *make_cert(const char *cn, EVP_PKEY *key, X509 *issuer, EVP_PKEY *is
   BIGNUM *bn = BN_new();
   unsigned char serial[16];
   int is_ca = issuer == NULL;
-  if (x == NULL || name == NULL || bn == NULL) goto fail;
+  if (x == NULL || name == NULL || bn == NULL) goto tls_fail;
 
   /* A random positive 128-bit serial: unique without keeping a counter. */
-  if (RAND_bytes(serial, sizeof serial) != 1) goto fail;
+  if (RAND_bytes(serial, sizeof serial) != 1) goto tls_fail;
   serial[0] &= 0x7f;
   serial[0] |= 0x01; /* never a leading zero byte: keeps the DER encoding 16 bytes */
-  if (!BN_bin2bn(serial, sizeof serial, bn)) goto fail;
+  if (!BN_bin2bn(serial, sizeof serial, bn)) goto tls_fail;
   if (!X509_set_version(x, X509_VERSION_3) || !BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x)))
-    goto fail;
+    goto tls_fail;
   /* Backdate an hour: clocks of laptops and clusters disagree a little. */
   if (!X509_gmtime_adj(X509_getm_notBefore(x), -3600) ||
       !X509_time_adj_ex(X509_getm_notAfter(x), 0, seconds, NULL))
-    goto fail;
+    goto tls_fail;
   if (!X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const unsigned char *)cn, -1, -1, 0) ||
       !X509_set_subject_name(x, name) ||
       !X509_set_issuer_name(x, is_ca ? name : X509_get_subject_name(issuer)) ||
       !X509_set_pubkey(x, key))
-    goto fail;
+    goto tls_fail;
 
   X509V3_CTX ctx;
   X509V3_set_ctx_nodb(&ctx);
   X509V3_set_ctx(&ctx, is_ca ? x : issuer, x, NULL, NULL, 0);
   if (add_ext(x, &ctx, NID_subject_key_identifier, "hash") < 0 ||
       add_ext(x, &ctx, NID_authority_key_identifier, "keyid:always") < 0)
-    goto fail;
+    goto tls_fail;
   if (is_ca) {
     if (add_ext(x, &ctx, NID_basic_constraints, "critical,CA:TRUE,pathlen:0") < 0 ||
         add_ext(x, &ctx, NID_key_usage, "critical,keyCertSign,cRLSign") < 0)
-      goto fail;
+      goto tls_fail;
   } else {
     if (add_ext(x, &ctx, NID_basic_constraints, "critical,CA:FALSE") < 0 ||
         add_ext(x, &ctx, NID_key_usage, "critical,digitalSignature") < 0 ||
         add_ext(x, &ctx, NID_ext_key_usage, server ? "serverAuth" : "clientAuth") < 0)
-      goto fail;
+      goto tls_fail;
     if (server && add_ext(x, &ctx, NID_subject_alt_name,
                           "DNS:" TLS_AGENT_NAME ",DNS:localhost,IP:127.0.0.1,IP:::1") < 0)
-      goto fail;
-    if (!server && identity && add_identity(x, identity) < 0) goto fail;
+      goto tls_fail;
+    if (!server && identity && add_identity(x, identity) < 0) goto tls_fail;
   }
   EVP_PKEY *signer = is_ca ? key : issuer_key;
-  if (X509_sign(x, signer, sign_md(signer)) <= 0) goto fail;
+  if (X509_sign(x, signer, sign_md(signer)) <= 0) goto tls_fail;
   X509_NAME_free(name);
   BN_free(bn);
   return x;
-fail:
+tls_fail:
   X509_free(x);
   X509_NAME_free(name);
   BN_free(bn);
@@ -256,15 +244,15 @@ int tls_ca_create(const char *name, enum tls_key_type type, struct tls_pem *ca, 
   snprintf(cn, sizeof cn, "kbridge CA %.53s", name && *name ? name : "default"); /* CN <= 64 */
   EVP_PKEY *key = keygen(type);
   if (key == NULL) {
-    fail(err, errlen, "generating the CA key");
+    tls_fail(err, errlen, "generating the CA key");
     return -1;
   }
   X509 *x = make_cert(cn, key, NULL, NULL, 0, CA_DAYS * 86400L, NULL);
   int rc = -1;
   if (x == NULL)
-    fail(err, errlen, "building the CA certificate");
+    tls_fail(err, errlen, "building the CA certificate");
   else if (to_pem(x, key, ca) < 0)
-    fail(err, errlen, "encoding the CA as PEM");
+    tls_fail(err, errlen, "encoding the CA as PEM");
   else
     rc = 0;
   X509_free(x);
@@ -289,33 +277,33 @@ int tls_issue_for(const struct tls_pem *ca, const char *cn, int server, enum tls
     snprintf(err, errlen, "validity must be at least one day, got %d", days);
     return -1;
   }
-  X509 *cacert = ca && ca->cert ? pem_to_cert(ca->cert) : NULL;
-  EVP_PKEY *cakey = ca && ca->key ? pem_to_key(ca->key) : NULL;
+  X509 *cacert = ca && ca->cert ? tls_pem_to_cert(ca->cert) : NULL;
+  EVP_PKEY *cakey = ca && ca->key ? tls_pem_to_key(ca->key) : NULL;
   EVP_PKEY *key = NULL;
   X509 *x = NULL;
   int rc = -1;
   if (cacert == NULL || cakey == NULL) {
-    fail(err, errlen, "reading the CA %s", cacert == NULL ? "certificate" : "key");
+    tls_fail(err, errlen, "reading the CA %s", cacert == NULL ? "certificate" : "key");
     goto done;
   }
   if (X509_check_private_key(cacert, cakey) != 1) {
-    fail(err, errlen, "the CA key does not belong to the CA certificate");
+    tls_fail(err, errlen, "the CA key does not belong to the CA certificate");
     goto done;
   }
   if ((key = keygen(type)) == NULL) {
-    fail(err, errlen, "generating a key");
+    tls_fail(err, errlen, "generating a key");
     goto done;
   }
   if (identity && (!*identity || strlen(identity) > TLS_IDENTITY_MAX)) {
-    fail(err, errlen, "identity must be 1-%d bytes", TLS_IDENTITY_MAX);
+    tls_fail(err, errlen, "identity must be 1-%d bytes", TLS_IDENTITY_MAX);
     goto done;
   }
   if ((x = make_cert(cn, key, cacert, cakey, server, days * 86400L, identity)) == NULL) {
-    fail(err, errlen, "building the certificate for \"%s\"", cn);
+    tls_fail(err, errlen, "building the certificate for \"%s\"", cn);
     goto done;
   }
   if (to_pem(x, key, out) < 0) {
-    fail(err, errlen, "encoding the certificate as PEM");
+    tls_fail(err, errlen, "encoding the certificate as PEM");
     goto done;
   }
   rc = 0;
@@ -342,7 +330,7 @@ int tls_csr_new(const char *cn, enum tls_key_type type, char **csr_pem, char **k
   BIO *rb = BIO_new(BIO_s_mem()), *kb = BIO_new(BIO_s_secmem());
   int rc = -1;
   if (!key || !req || !name || !rb || !kb) {
-    fail(err, errlen, "making a key and a certificate request");
+    tls_fail(err, errlen, "making a key and a certificate request");
     goto done;
   }
   if (!X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const unsigned char *)cn, -1, -1, 0) ||
@@ -350,7 +338,7 @@ int tls_csr_new(const char *cn, enum tls_key_type type, char **csr_pem, char **k
       !X509_REQ_set_pubkey(req, key) || X509_REQ_sign(req, key, sign_md(key)) <= 0 ||
       !PEM_write_bio_X509_REQ(rb, req) ||
       !PEM_write_bio_PrivateKey(kb, key, NULL, NULL, 0, NULL, NULL)) {
-    fail(err, errlen, "building the certificate request for \"%s\"", cn);
+    tls_fail(err, errlen, "building the certificate request for \"%s\"", cn);
     goto done;
   }
   *csr_pem = bio_to_string(rb);
@@ -383,7 +371,7 @@ static int csr_read(const char *csr_pem, char *cn, size_t cnlen, EVP_PKEY **pub,
   EVP_PKEY *k = req ? X509_REQ_get_pubkey(req) : NULL;
   int rc = -1;
   if (!req || !k) {
-    fail(err, errlen, "the request is not a PEM certificate request");
+    tls_fail(err, errlen, "the request is not a PEM certificate request");
     goto done;
   }
   int kt = EVP_PKEY_get_base_id(k);
@@ -392,7 +380,7 @@ static int csr_read(const char *csr_pem, char *cn, size_t cnlen, EVP_PKEY **pub,
     goto done;
   }
   if (X509_REQ_verify(req, k) != 1) {
-    fail(err, errlen, "the request's signature does not verify");
+    tls_fail(err, errlen, "the request's signature does not verify");
     goto done;
   }
   X509_NAME *subj = X509_REQ_get_subject_name(req);
@@ -433,13 +421,13 @@ int tls_sign_csr(const struct tls_pem *ca, const char *csr_pem, int server, cons
   *cert_pem = NULL;
   EVP_PKEY *pub = NULL;
   if (csr_read(csr_pem, cn, sizeof cn, &pub, err, errlen) < 0) return -1;
-  X509 *cacert = ca && ca->cert ? pem_to_cert(ca->cert) : NULL;
-  EVP_PKEY *cakey = ca && ca->key ? pem_to_key(ca->key) : NULL;
+  X509 *cacert = ca && ca->cert ? tls_pem_to_cert(ca->cert) : NULL;
+  EVP_PKEY *cakey = ca && ca->key ? tls_pem_to_key(ca->key) : NULL;
   X509 *x = NULL;
   BIO *b = NULL;
   int rc = -1;
   if (!cacert || !cakey || X509_check_private_key(cacert, cakey) != 1) {
-    fail(err, errlen, "reading the CA");
+    tls_fail(err, errlen, "reading the CA");
     goto done;
   }
   if (seconds <= 0 || (identity && (!*identity || strlen(identity) > TLS_IDENTITY_MAX))) {
@@ -449,7 +437,7 @@ int tls_sign_csr(const struct tls_pem *ca, const char *csr_pem, int server, cons
   if ((x = make_cert(cn, pub, cacert, cakey, server, seconds, identity)) == NULL ||
       (b = BIO_new(BIO_s_mem())) == NULL || !PEM_write_bio_X509(b, x) ||
       (*cert_pem = bio_to_string(b)) == NULL) {
-    fail(err, errlen, "signing the certificate for \"%s\"", cn);
+    tls_fail(err, errlen, "signing the certificate for \"%s\"", cn);
     goto done;
   }
   rc = 0;
@@ -508,8 +496,7 @@ static int cert_identity(X509 *x, char *out, size_t outlen) {
   return rc;
 }
 
-/* The peer's certificate if it was verified, else NULL; out emptied first. */
-static X509 *verified_peer(SSL *ssl, char *out, size_t outlen) {
+X509 *tls_verified_peer(SSL *ssl, char *out, size_t outlen) {
   if (ssl == NULL || outlen == 0) return NULL;
   out[0] = '\0';
   X509 *peer = SSL_get0_peer_certificate(ssl);
@@ -517,371 +504,16 @@ static X509 *verified_peer(SSL *ssl, char *out, size_t outlen) {
 }
 
 int tls_peer_identity(SSL *ssl, char *out, size_t outlen) {
-  X509 *peer = verified_peer(ssl, out, outlen);
+  X509 *peer = tls_verified_peer(ssl, out, outlen);
   if (peer == NULL) return -1;
   return cert_identity(peer, out, outlen);
 }
 
 int tls_cert_identity(const char *cert_pem, char *out, size_t outlen) {
-  X509 *x = pem_to_cert(cert_pem);
+  X509 *x = tls_pem_to_cert(cert_pem);
   if (!x) return -1;
   int rc = cert_identity(x, out, outlen);
   X509_free(x);
   return rc;
 }
 
-/* ---- files ---------------------------------------------------------------- */
-
-/* mkdir -p with mode 0700 for every directory it creates. */
-static int make_dirs(const char *dir, char *err, size_t errlen) {
-  char path[PATH_MAX];
-  size_t len = strlen(dir);
-  if (len == 0 || len >= sizeof path) {
-    snprintf(err, errlen, "directory name is empty or too long");
-    return -1;
-  }
-  memcpy(path, dir, len + 1);
-  for (char *p = path + 1;; p++) {
-    if (*p == '/' || *p == '\0') {
-      char c = *p;
-      *p = '\0';
-      if (mkdir(path, 0700) < 0 && errno != EEXIST) {
-        snprintf(err, errlen, "creating %s: %s", path, strerror(errno));
-        return -1;
-      }
-      *p = c;
-      if (c == '\0') break;
-    }
-  }
-  struct stat st;
-  if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
-    snprintf(err, errlen, "%s is not a directory", dir);
-    return -1;
-  }
-  return 0;
-}
-
-static int join(char *out, size_t outlen, const char *dir, const char *name, const char *ext,
-                char *err, size_t errlen) {
-  int n = snprintf(out, outlen, "%s/%s%s", dir, name, ext);
-  if (n < 0 || (size_t)n >= outlen) {
-    snprintf(err, errlen, "path too long: %s/%s%s", dir, name, ext);
-    return -1;
-  }
-  return 0;
-}
-
-/* Write data to path atomically with the given mode: a fresh temporary file
- * (O_EXCL, mode set before any byte is written), fsync, rename over path. */
-static int write_file(const char *path, const char *data, mode_t mode, char *err, size_t errlen) {
-  char tmp[PATH_MAX + 32];
-  snprintf(tmp, sizeof tmp, "%s.tmp%ld", path, (long)getpid());
-  unlink(tmp); /* a leftover of a crashed run with the same pid */
-  int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
-  if (fd < 0) {
-    snprintf(err, errlen, "creating %s: %s", tmp, strerror(errno));
-    return -1;
-  }
-  size_t len = strlen(data), off = 0;
-  if (fchmod(fd, mode) < 0) goto fail; /* the umask may have taken bits away, never add */
-  while (off < len) {
-    ssize_t w = write(fd, data + off, len - off);
-    if (w < 0 && errno == EINTR) continue;
-    if (w < 0) goto fail;
-    off += (size_t)w;
-  }
-  if (fsync(fd) < 0) goto fail;
-  if (close(fd) < 0) {
-    fd = -1;
-    goto fail;
-  }
-  fd = -1;
-  if (rename(tmp, path) < 0) goto fail;
-  return 0;
-fail:
-  snprintf(err, errlen, "writing %s: %s", path, strerror(errno));
-  if (fd >= 0) close(fd);
-  unlink(tmp);
-  return -1;
-}
-
-/* Read a whole (small) file into a malloc'd NUL-terminated string. */
-static char *read_file(const char *path, char *err, size_t errlen) {
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    snprintf(err, errlen, "reading %s: %s", path, strerror(errno));
-    return NULL;
-  }
-  char *buf = malloc(PEM_FILE_MAX + 1);
-  size_t len = 0;
-  if (buf == NULL) {
-    snprintf(err, errlen, "reading %s: out of memory", path);
-    close(fd);
-    return NULL;
-  }
-  for (;;) {
-    ssize_t r = read(fd, buf + len, PEM_FILE_MAX - len);
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) {
-      snprintf(err, errlen, "reading %s: %s", path, strerror(errno));
-      goto fail;
-    }
-    if (r == 0) break;
-    len += (size_t)r;
-    if (len == PEM_FILE_MAX) {
-      snprintf(err, errlen, "reading %s: larger than %d bytes, not a PEM file", path, PEM_FILE_MAX);
-      goto fail;
-    }
-  }
-  close(fd);
-  buf[len] = '\0';
-  return buf;
-fail:
-  OPENSSL_cleanse(buf, len);
-  free(buf);
-  close(fd);
-  return NULL;
-}
-
-/* Read DIR/NAME.crt and DIR/NAME.key into out. */
-static int read_pair(const char *dir, const char *name, struct tls_pem *out, char *err,
-                     size_t errlen) {
-  char path[PATH_MAX];
-  memset(out, 0, sizeof *out);
-  if (join(path, sizeof path, dir, name, ".crt", err, errlen) < 0 ||
-      (out->cert = read_file(path, err, errlen)) == NULL)
-    return -1;
-  if (join(path, sizeof path, dir, name, ".key", err, errlen) < 0 ||
-      (out->key = read_file(path, err, errlen)) == NULL) {
-    tls_pem_clear(out);
-    return -1;
-  }
-  return 0;
-}
-
-/* Write out as DIR/NAME.crt (0644) and DIR/NAME.key (0600). */
-static int write_pair(const char *dir, const char *name, const struct tls_pem *pem, char *err,
-                      size_t errlen) {
-  char path[PATH_MAX];
-  if (join(path, sizeof path, dir, name, ".key", err, errlen) < 0 ||
-      write_file(path, pem->key, 0600, err, errlen) < 0)
-    return -1;
-  if (join(path, sizeof path, dir, name, ".crt", err, errlen) < 0 ||
-      write_file(path, pem->cert, 0644, err, errlen) < 0)
-    return -1;
-  return 0;
-}
-
-int tls_dir_init(const char *dir, enum tls_key_type type, int force, char *err, size_t errlen) {
-  char path[PATH_MAX];
-  struct stat st;
-  if (make_dirs(dir, err, errlen) < 0 || join(path, sizeof path, dir, "ca", ".key", err, errlen) < 0)
-    return -1;
-  if (!force && lstat(path, &st) == 0) {
-    snprintf(err, errlen,
-             "%s already exists; use --force to replace the CA "
-             "(every certificate it issued stops working)",
-             path);
-    return -1;
-  }
-  /* The CA is named after the directory, which usually names the service. */
-  const char *base = strrchr(dir, '/');
-  char name[64];
-  snprintf(name, sizeof name, "%s", base && base[1] ? base + 1 : dir);
-  struct tls_pem ca, agent;
-  if (tls_ca_create(name, type, &ca, err, errlen) < 0) return -1;
-  int rc = -1;
-  if (tls_issue(&ca, TLS_AGENT_NAME, 1, type, CA_DAYS, &agent, err, errlen) == 0) {
-    rc = write_pair(dir, "ca", &ca, err, errlen) == 0 &&
-                 write_pair(dir, "agent", &agent, err, errlen) == 0
-             ? 0
-             : -1;
-    tls_pem_clear(&agent);
-  }
-  tls_pem_clear(&ca);
-  return rc;
-}
-
-int tls_dir_issue(const char *dir, const char *key, enum tls_key_type type, char *err,
-                  size_t errlen) {
-  return tls_dir_issue_for(dir, key, type, NULL, err, errlen);
-}
-
-int tls_dir_issue_for(const char *dir, const char *key, enum tls_key_type type,
-                      const char *identity, char *err, size_t errlen) {
-  if (key == NULL || !dns_label_valid(key, strlen(key))) {
-    snprintf(err, errlen,
-             "\"%s\" is not a valid route key (1-63 of a-z, 0-9, '-', not starting or ending "
-             "with '-')",
-             key ? key : "");
-    return -1;
-  }
-  if (strcmp(key, "ca") == 0 || strcmp(key, "agent") == 0) {
-    snprintf(err, errlen, "\"%s\" is reserved: %s/%s.crt is not a developer certificate", key,
-             dir, key);
-    return -1;
-  }
-  struct tls_pem ca, leaf;
-  if (read_pair(dir, "ca", &ca, err, errlen) < 0) return -1;
-  int rc = -1;
-  if (tls_issue_for(&ca, key, 0, type, CLIENT_DAYS, identity, &leaf, err, errlen) == 0) {
-    rc = write_pair(dir, key, &leaf, err, errlen);
-    tls_pem_clear(&leaf);
-  }
-  tls_pem_clear(&ca);
-  return rc;
-}
-
-/* ---- contexts ------------------------------------------------------------- */
-
-/* A TLS 1.3-only context that trusts exactly ca_pem and presents own. */
-static SSL_CTX *ctx_new(int server, const char *ca_pem, const struct tls_pem *own, char *err,
-                        size_t errlen) {
-  SSL_CTX *ctx = SSL_CTX_new(server ? TLS_server_method() : TLS_client_method());
-  X509 *ca = NULL, *cert = NULL;
-  EVP_PKEY *key = NULL;
-  if (ctx == NULL) {
-    fail(err, errlen, "creating the TLS context");
-    return NULL;
-  }
-  if (!SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION) ||
-      !SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION)) {
-    fail(err, errlen, "restricting the TLS context to TLS 1.3");
-    goto fail;
-  }
-  if (ca_pem == NULL || (ca = pem_to_cert(ca_pem)) == NULL) {
-    fail(err, errlen, "reading the CA certificate");
-    goto fail;
-  }
-  if (!X509_STORE_add_cert(SSL_CTX_get_cert_store(ctx), ca)) {
-    fail(err, errlen, "trusting the CA certificate");
-    goto fail;
-  }
-  if (own == NULL || own->cert == NULL || (cert = pem_to_cert(own->cert)) == NULL) {
-    fail(err, errlen, "reading the %s certificate", server ? "agent" : "client");
-    goto fail;
-  }
-  if (own->key == NULL || (key = pem_to_key(own->key)) == NULL) {
-    fail(err, errlen, "reading the %s key", server ? "agent" : "client");
-    goto fail;
-  }
-  if (SSL_CTX_use_certificate(ctx, cert) != 1 || SSL_CTX_use_PrivateKey(ctx, key) != 1 ||
-      SSL_CTX_check_private_key(ctx) != 1) {
-    fail(err, errlen, "loading the %s certificate and key", server ? "agent" : "client");
-    goto fail;
-  }
-  /* Only a certificate directly signed by the CA: leaf + CA, nothing deeper. */
-  SSL_CTX_set_verify_depth(ctx, 1);
-  if (server) {
-    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
-    if (!SSL_CTX_add_client_CA(ctx, ca)) { /* tells clients which CA we want */
-      fail(err, errlen, "advertising the CA");
-      goto fail;
-    }
-    /* Tunnels are long-lived; resumption tickets would only cost bytes. */
-    SSL_CTX_set_num_tickets(ctx, 0);
-    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
-  } else {
-    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
-    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
-  }
-  X509_free(ca);
-  X509_free(cert);
-  EVP_PKEY_free(key);
-  return ctx;
-fail:
-  X509_free(ca);
-  X509_free(cert);
-  EVP_PKEY_free(key);
-  SSL_CTX_free(ctx);
-  return NULL;
-}
-
-SSL_CTX *tls_server_ctx_from_pem(const char *ca_pem, const struct tls_pem *own, char *err,
-                                 size_t errlen) {
-  return ctx_new(1, ca_pem, own, err, errlen);
-}
-
-SSL_CTX *tls_client_ctx_from_pem(const char *ca_pem, const struct tls_pem *own, char *err,
-                                 size_t errlen) {
-  return ctx_new(0, ca_pem, own, err, errlen);
-}
-
-/* Load DIR/ca.crt and DIR/NAME.{crt,key} and build the context. */
-static SSL_CTX *ctx_from_dir(int server, const char *dir, const char *name, char *err,
-                             size_t errlen) {
-  char path[PATH_MAX];
-  struct tls_pem own;
-  if (join(path, sizeof path, dir, "ca", ".crt", err, errlen) < 0) return NULL;
-  char *ca = read_file(path, err, errlen);
-  if (ca == NULL) return NULL;
-  SSL_CTX *ctx = NULL;
-  if (read_pair(dir, name, &own, err, errlen) == 0) {
-    char why[384];
-    ctx = ctx_new(server, ca, &own, why, sizeof why);
-    if (ctx == NULL) snprintf(err, errlen, "%s/%s.*: %s", dir, name, why);
-    tls_pem_clear(&own);
-  }
-  free(ca);
-  return ctx;
-}
-
-SSL_CTX *tls_server_ctx_from_dir(const char *dir, char *err, size_t errlen) {
-  return ctx_from_dir(1, dir, "agent", err, errlen);
-}
-
-SSL_CTX *tls_client_ctx_from_dir(const char *dir, const char *key, char *err, size_t errlen) {
-  if (key == NULL || !dns_label_valid(key, strlen(key))) {
-    snprintf(err, errlen, "\"%s\" is not a valid route key", key ? key : "");
-    return NULL;
-  }
-  return ctx_from_dir(0, dir, key, err, errlen);
-}
-
-SSL *tls_client_ssl_new(SSL_CTX *ctx) {
-  SSL *ssl = SSL_new(ctx);
-  if (ssl == NULL) return NULL;
-  /* Verify the agent's name, not the address we dialed (a port-forward on
-   * localhost, a load balancer IP): the certificate says "kbridge-agent". */
-  if (SSL_set1_host(ssl, TLS_AGENT_NAME) != 1 ||
-      SSL_set_tlsext_host_name(ssl, TLS_AGENT_NAME) != 1) {
-    SSL_free(ssl);
-    return NULL;
-  }
-  SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-  return ssl;
-}
-
-int tls_peer_cn(SSL *ssl, char *out, size_t outlen) {
-  X509 *peer = verified_peer(ssl, out, outlen);
-  if (peer == NULL) return -1;
-  X509_NAME *subj = X509_get_subject_name(peer);
-  int idx = X509_NAME_get_index_by_NID(subj, NID_commonName, -1);
-  if (idx < 0 || X509_NAME_get_index_by_NID(subj, NID_commonName, idx) >= 0)
-    return -1; /* none, or ambiguous (two CNs) */
-  unsigned char *utf8 = NULL;
-  int len = ASN1_STRING_to_UTF8(&utf8, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subj, idx)));
-  int rc = -1;
-  if (len >= 0 && (size_t)len < outlen && memchr(utf8, '\0', (size_t)len) == NULL) {
-    memcpy(out, utf8, (size_t)len);
-    out[len] = '\0';
-    rc = 0;
-  }
-  OPENSSL_free(utf8);
-  return rc;
-}
-
-char *tls_describe_error(SSL *ssl, unsigned long code, char *out, size_t outlen) {
-  const char *reason = code ? ERR_reason_error_string(code) : NULL;
-  long vr = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
-  if (code && reason == NULL) reason = "TLS error";
-  if (vr != X509_V_OK && ERR_GET_REASON(code) == SSL_R_CERTIFICATE_VERIFY_FAILED)
-    snprintf(out, outlen, "%s: %s", reason, X509_verify_cert_error_string(vr));
-  else if (reason)
-    snprintf(out, outlen, "%s", reason);
-  else if (vr != X509_V_OK)
-    snprintf(out, outlen, "certificate verify failed: %s", X509_verify_cert_error_string(vr));
-  else
-    snprintf(out, outlen, "TLS connection failed");
-  return out;
-}
