@@ -10,22 +10,22 @@
 
 static const struct opt_def init_opts[] = {
     {"DIR", OPT_PATH, CFG_OFF(dir), 1, 0, NULL, NULL, 0, 0,
-     "directory to create (mode 0700) or reuse"},
+     .help = "directory to create (mode 0700) or reuse"},
     {"ed25519", OPT_FLAG, CFG_OFF(ed25519), 0, 0, NULL, NULL, 0, 0,
-     "Ed25519 keys instead of ECDSA P-256"},
+     .help = "Ed25519 keys instead of ECDSA P-256"},
     {"force", OPT_FLAG, CFG_OFF(force), 0, 0, NULL, NULL, 0, 0,
-     "replace an existing CA (every certificate it issued stops working)"},
+     .help = "replace an existing CA (every certificate it issued stops working)"},
 };
 
 static const struct opt_def issue_opts[] = {
     {"DIR", OPT_DIR, CFG_OFF(dir), 1, 0, NULL, NULL, 0, 0,
-     "a directory made by kbridge certs init (needs ca.crt and ca.key)"},
+     .help = "a directory made by kbridge certs init (needs ca.crt and ca.key)"},
     {"key", OPT_KEY, CFG_OFF(key), 0, 1, NULL, NULL, 0, 0,
-     "the route key the certificate is for (its subject CN)"},
+     .help = "the route key the certificate is for (its subject CN)"},
     {"ed25519", OPT_FLAG, CFG_OFF(ed25519), 0, 0, NULL, NULL, 0, 0,
-     "an Ed25519 key instead of ECDSA P-256"},
+     .help = "an Ed25519 key instead of ECDSA P-256"},
     {"identity", OPT_STRING, CFG_OFF(identity), 0, 0, NULL, "NAME", 0, 0,
-     "bind the certificate to this identity (the agent lets only one identity hold a key)"},
+     .help = "bind the certificate to this identity (the agent lets only one identity hold a key)"},
 };
 
 const struct opt_cmd certs_init_cmd = {
@@ -34,7 +34,7 @@ const struct opt_cmd certs_init_cmd = {
     "Writes DIR/ca.crt, DIR/ca.key (the CA, 10 years) and DIR/agent.crt, DIR/agent.key\n"
     "(names kbridge-agent, localhost, 127.0.0.1, ::1). Keys are written with mode 0600.",
     init_opts,
-    sizeof init_opts / sizeof init_opts[0],
+    .nopts = sizeof init_opts / sizeof init_opts[0],
 };
 
 const struct opt_cmd certs_issue_cmd = {
@@ -45,7 +45,7 @@ const struct opt_cmd certs_issue_cmd = {
     "In a cluster, kbridge connect gets its certificate from kbridge-signer instead;\n"
     "this is for an agent run by hand (direct mode) with a CA you keep yourself.",
     issue_opts,
-    sizeof issue_opts / sizeof issue_opts[0],
+    .nopts = sizeof issue_opts / sizeof issue_opts[0],
 };
 
 int certs_init_run(struct certs_config *cfg) {

@@ -71,69 +71,70 @@
 #define CFG_OFF(field) offsetof(struct connect_config, field)
 static const struct opt_def connect_opts[] = {
     {"namespace", OPT_STRING, CFG_OFF(kf.namespace), 0, 0, NULL, "NS", 0, 0,
-     "namespace of the Service (-n; default: the context's)"},
+     .help = "namespace of the Service (-n; default: the context's)"},
     {"service", OPT_STRING, CFG_OFF(service), 0, 1, NULL, "SVC", 0, 0,
-     "the Service to take over"},
+     .help = "the Service to take over"},
     {"local-port", OPT_PORT, CFG_OFF(local_port), 0, 1, NULL, NULL, 0, 0,
-     "port your local process listens on"},
+     .help = "port your local process listens on"},
     {"local-host", OPT_HOST, CFG_OFF(local_host), 0, 0, "127.0.0.1", NULL, 0, 0,
-     "host your local process listens on"},
+     .help = "host your local process listens on"},
     {"route-as", OPT_KEY, CFG_OFF(key), 0, 0, NULL, NULL, 0, 0,
-     "your route key (default: your user name and 4 random characters)"},
+     .help = "your route key (default: your user name and 4 random characters)"},
     {"replace", OPT_FLAG, CFG_OFF(replace), 0, 0, NULL, NULL, 0, 0,
-     "exclusive mode: all of the Service's traffic to you, its workload scaled to 0"},
+     .help = "exclusive mode: all of the Service's traffic to you, its workload scaled to 0"},
     {"force", OPT_FLAG, CFG_OFF(force), 0, 0, NULL, NULL, 0, 0,
-     "take the route key over even if another identity holds it (logged by the signer and "
-     "the agent; the other developer's tunnels are closed)"},
+     .help = "take the route key over even if another identity holds it (logged by the signer and "
+             "the agent; the other developer's tunnels are closed)"},
     {"env-file", OPT_PATH, CFG_OFF(env_file), 0, 0, NULL, NULL, 0, 0,
-     "write the original container's environment here (KEY=VALUE lines)"},
+     .help = "write the original container's environment here (KEY=VALUE lines)"},
     {"agent-image", OPT_STRING, CFG_OFF(agent_image), 0, 0, NULL, "IMAGE", 0, 0,
-     "agent image (default $KBRIDGE_AGENT_IMAGE, else " CONNECT_DEFAULT_IMAGE ")"},
+     .help = "agent image (default $KBRIDGE_AGENT_IMAGE, else " CONNECT_DEFAULT_IMAGE ")"},
     {"output", OPT_STRING, CFG_OFF(output), 0, 0, "text", "text|json", 0, 0,
-     "json: one JSON event per line on stdout"},
+     .help = "json: one JSON event per line on stdout"},
     {"tunnels", OPT_INT, CFG_OFF(tunnels), 0, 0, "2", NULL, 1, 16,
-     "parallel tunnel connections to each agent pod"},
+     .help = "parallel tunnel connections to each agent pod"},
     {"lease-seconds", OPT_INT, CFG_OFF(lease_seconds), 0, 0, "60", NULL, 5, 86400,
-     "the agent restores the cluster after this long without any developer"},
+     .help = "the agent restores the cluster after this long without any developer"},
     {"timeout", OPT_INT, CFG_OFF(timeout), 0, 0, "120", NULL, 5, 3600,
-     "seconds to wait for the agent pod to become ready"},
+     .help = "seconds to wait for the agent pod to become ready"},
     {"agent-address", OPT_HOSTPORT, CFG_OFF(agent_address), 0, 0, NULL, NULL, 0, 0,
-     "reach the agent's tunnel port directly here (a LoadBalancer or NodePort in front of it) "
-     "instead of through the API server's port-forward"},
+     .help = "reach the agent's tunnel port directly here (a LoadBalancer or NodePort in front "
+             "of it) instead of through the API server's port-forward"},
     {"forward", OPT_FORWARD, CFG_OFF(forwards), 0, 0, NULL, NULL, 0, 0,
-     "listen on LADDR:LPORT (port 0: any free port) and connect each connection to "
-     "HOST:PORT from inside the cluster, through the agent (repeatable)"},
+     .help = "listen on LADDR:LPORT (port 0: any free port) and connect each connection to "
+             "HOST:PORT from inside the cluster, through the agent (repeatable)"},
     {"ingress", OPT_FLAG, CFG_OFF(ingress), 0, 0, NULL, NULL, 0, 0,
-     "clone each Ingress routing to the Service with every host H as KEY.H (a browser URL "
-     "for your route); the clones are removed when you leave"},
+     .help = "clone each Ingress routing to the Service with every host H as KEY.H (a browser URL "
+             "for your route); the clones are removed when you leave"},
     {"pause-gitops", OPT_FLAG, CFG_OFF(pause_gitops), 0, 0, NULL, NULL, 0, 0,
-     "while taken over, annotate the Service " TAKEOVER_FLUX_RECONCILE "=disabled so Flux "
-     "leaves it alone; removed on restore (an annotation already there is left as it is)"},
+     .help = "while taken over, annotate the Service " TAKEOVER_FLUX_RECONCILE "=disabled so Flux "
+             "leaves it alone; removed on restore (an annotation already there is left as it is)"},
     {"image-pull-secret", OPT_LIST, CFG_OFF(pull_secrets), 0, 0, NULL, "NAME", 0, 0,
-     "the agent pod's imagePullSecrets: a Secret of the namespace for a private registry"},
+     .help = "the agent pod's imagePullSecrets: a Secret of the namespace for a private registry"},
     {"node-selector", OPT_LIST, CFG_OFF(node_selector), 0, 0, NULL, "KEY=VALUE", 0, 0,
-     "run the agent pod only on nodes with this label"},
+     .help = "run the agent pod only on nodes with this label"},
     {"toleration", OPT_LIST, CFG_OFF(tolerations), 0, 0, NULL, "KEY[=VALUE][:EFFECT]", 0, 0,
-     "let the agent pod run on nodes with this taint (as kubectl taint writes it; no VALUE: "
-     "any value, no EFFECT: any effect)"},
+     .help = "let the agent pod run on nodes with this taint (as kubectl taint writes it; no "
+             "VALUE: any value, no EFFECT: any effect)"},
     {"agent-requests", OPT_STRING, CFG_OFF(agent_requests), 0, 0, NULL, "cpu=Q,memory=Q", 0, 0,
-     "the agent container's resource requests (default cpu=" AGENTPOD_REQ_CPU
-     ",memory=" AGENTPOD_REQ_MEMORY "; also ephemeral-storage)"},
+     .help = "the agent container's resource requests (default cpu=" AGENTPOD_REQ_CPU
+             ",memory=" AGENTPOD_REQ_MEMORY "; also ephemeral-storage)"},
     {"agent-limits", OPT_STRING, CFG_OFF(agent_limits), 0, 0, NULL, "cpu=Q,memory=Q", 0, 0,
-     "the agent container's resource limits (default memory=" AGENTPOD_LIMIT_MEMORY ")"},
+     .help = "the agent container's resource limits (default memory=" AGENTPOD_LIMIT_MEMORY ")"},
     {"agent-label", OPT_LIST, CFG_OFF(agent_labels), 0, 0, NULL, "KEY=VALUE", 0, 0,
-     "an extra label on the agent pod (policies that require labels; not kbridge.dev/*)"},
+     .help = "an extra label on the agent pod (policies that require labels; not kbridge.dev/*)"},
     {"agent-annotation", OPT_LIST, CFG_OFF(agent_annotations), 0, 0, NULL, "KEY=VALUE", 0, 0,
-     "an extra annotation on the agent pod (e.g. sidecar.istio.io/inject=false)"},
+     .help = "an extra annotation on the agent pod (e.g. sidecar.istio.io/inject=false)"},
     {"config", OPT_PATH, CFG_OFF(config), 0, 0, NULL, NULL, 0, 0,
-     "read options from this YAML file: keys are these flags' names without --, the command "
-     "line wins (default: kbridge.yaml in the current directory, if there is one)"},
+     .help = "read options from this YAML file: keys are these flags' names without --, the "
+             "command line wins (default: kbridge.yaml in the current directory, if there is "
+             "one)"},
     {"kubeconfig", OPT_PATH, CFG_OFF(kf.kubeconfig), 0, 0, NULL, NULL, 0, 0,
-     "kubeconfig file (default $KUBECONFIG, else ~/.kube/config)"},
+     .help = "kubeconfig file (default $KUBECONFIG, else ~/.kube/config)"},
     {"context", OPT_STRING, CFG_OFF(kf.context), 0, 0, NULL, NULL, 0, 0,
-     "kubeconfig context (default: current-context)"},
+     .help = "kubeconfig context (default: current-context)"},
     {"log-level", OPT_LOGLEVEL, CFG_OFF(log_level), 0, 0, "warn", NULL, 0, 0,
-     "error, warn, info or debug (logs go to stderr)"},
+     .help = "error, warn, info or debug (logs go to stderr)"},
 };
 
 const struct opt_cmd connect_cmd = {
@@ -148,7 +149,7 @@ const struct opt_cmd connect_cmd = {
     "original container's environment); the last developer to leave restores the\n"
     "cluster. Usage: kbridge connect -n NS --service SVC --local-port P [-- CMD ARGS...]",
     connect_opts,
-    sizeof connect_opts / sizeof connect_opts[0],
+    .nopts = sizeof connect_opts / sizeof connect_opts[0],
 };
 
 /* Set from a signal handler while the blocking setup and teardown run (the

@@ -31,27 +31,27 @@
 #define CFG_OFF(field) offsetof(struct proxy_config, field)
 static const struct opt_def proxy_opts[] = {
     {"agent", OPT_HOSTPORT, CFG_OFF(agent), 0, 1, NULL, NULL, 0, 0,
-     "the agent's tunnel address (a port-forward on localhost, a LoadBalancer, ...)"},
+     .help = "the agent's tunnel address (a port-forward on localhost, a LoadBalancer, ...)"},
     {"tls-dir", OPT_DIR, CFG_OFF(tls_dir), 0, 1, NULL, NULL, 0, 0,
-     "directory with ca.crt, KEY.crt and KEY.key (see kbridge certs)"},
+     .help = "directory with ca.crt, KEY.crt and KEY.key (see kbridge certs)"},
     {"route-as", OPT_KEY, CFG_OFF(key), 0, 1, NULL, NULL, 0, 0,
-     "your route key; DIR/KEY.crt must be issued for it"},
+     .help = "your route key; DIR/KEY.crt must be issued for it"},
     {"local-port", OPT_PORT, CFG_OFF(local_port), 0, 1, NULL, NULL, 0, 0,
-     "port your local process listens on"},
+     .help = "port your local process listens on"},
     {"local-host", OPT_HOST, CFG_OFF(local_host), 0, 0, "127.0.0.1", NULL, 0, 0,
-     "host your local process listens on"},
+     .help = "host your local process listens on"},
     {"tunnels", OPT_INT, CFG_OFF(tunnels), 0, 0, "1", NULL, 1, 64,
-     "parallel tunnel connections to the agent"},
+     .help = "parallel tunnel connections to the agent"},
     {"forward", OPT_FORWARD, CFG_OFF(forwards), 0, 0, NULL, NULL, 0, 0,
-     "listen on LADDR:LPORT (port 0: any free port) and connect each connection to "
-     "HOST:PORT from inside the cluster"},
+     .help = "listen on LADDR:LPORT (port 0: any free port) and connect each connection to "
+             "HOST:PORT from inside the cluster"},
     {"exclusive", OPT_FLAG, CFG_OFF(exclusive), 0, 0, NULL, NULL, 0, 0,
-     "ask for all of the service's traffic, not only requests for your key"},
+     .help = "ask for all of the service's traffic, not only requests for your key"},
     {"force", OPT_FLAG, CFG_OFF(force), 0, 0, NULL, NULL, 0, 0,
-     "take the route key over even if another identity holds it (the agent logs it and "
-     "closes the other holder's tunnels)"},
+     .help = "take the route key over even if another identity holds it (the agent logs it and "
+             "closes the other holder's tunnels)"},
     {"log-level", OPT_LOGLEVEL, CFG_OFF(log_level), 0, 0, "info", NULL, 0, 0,
-     "error, warn, info or debug (logs go to stderr)"},
+     .help = "error, warn, info or debug (logs go to stderr)"},
 };
 
 const struct opt_cmd proxy_cmd = {
@@ -64,7 +64,7 @@ const struct opt_cmd proxy_cmd = {
     "stdout lines: \"forward LADDR:LPORT -> HOST:PORT\" per listener (the real port),\n"
     "then \"ready: route KEY -> HOST:PORT (...)\" once the first tunnel is registered.",
     proxy_opts,
-    sizeof proxy_opts / sizeof proxy_opts[0],
+    .nopts = sizeof proxy_opts / sizeof proxy_opts[0],
 };
 
 static void slot_connect(struct slot *sl);

@@ -34,16 +34,17 @@ static int iget(const cJSON *s, const char *k) {
 #define RC_OFF(field) offsetof(struct restore_config, field)
 #define KUBE_FLAGS                                                                          \
   {"namespace", OPT_STRING, RC_OFF(kf.namespace), 0, 0, NULL, "NS", 0, 0,                  \
-   "namespace (-n; default: the context's)"},                                               \
+   .help = "namespace (-n; default: the context's)"},                                       \
   {"kubeconfig", OPT_PATH, RC_OFF(kf.kubeconfig), 0, 0, NULL, NULL, 0, 0,                  \
-   "kubeconfig file (default $KUBECONFIG, else ~/.kube/config)"},                          \
+   .help = "kubeconfig file (default $KUBECONFIG, else ~/.kube/config)"},                   \
   {"context", OPT_STRING, RC_OFF(kf.context), 0, 0, NULL, NULL, 0, 0,                      \
-   "kubeconfig context (default: current-context)"},                                        \
+   .help = "kubeconfig context (default: current-context)"},                                \
   {"output", OPT_STRING, RC_OFF(output), 0, 0, "text", "text|json", 0, 0,                  \
-   "json: machine-readable output"}
+   .help = "json: machine-readable output"}
 
 static const struct opt_def restore_opts[] = {
-    {"service", OPT_STRING, RC_OFF(service), 0, 1, NULL, "SVC", 0, 0, "the Service to restore"},
+    {"service", OPT_STRING, RC_OFF(service), 0, 1, NULL, "SVC", 0, 0,
+     .help = "the Service to restore"},
     KUBE_FLAGS,
 };
 const struct opt_cmd restore_cmd = {
@@ -53,46 +54,47 @@ const struct opt_cmd restore_cmd = {
     "workload's replica count, and deletes the shadow Service and the agent's objects.\n"
     "Running it again, or on a Service never taken over, changes nothing. Exit status 0\n"
     "when done (conflicts included, they are printed), 1 when an API call failed.",
-    restore_opts, sizeof restore_opts / sizeof restore_opts[0]};
+    restore_opts, .nopts = sizeof restore_opts / sizeof restore_opts[0]};
 
 static const struct opt_def list_opts[] = {
     {"all", OPT_FLAG, RC_OFF(all), 0, 0, NULL, NULL, 0, 0,
-     "every Service of the namespace, with its ports, not only the taken-over ones"},
+     .help = "every Service of the namespace, with its ports, not only the taken-over ones"},
     KUBE_FLAGS};
 const struct opt_cmd list_cmd = {
     "list", "List the Services of a namespace that are taken over, with their routes.",
     "Read from the cluster (the Services' kbridge.dev/ annotations and the agent pods).\n"
     "With --all, every Service with its ports (what an editor offers to connect to).",
-    list_opts, sizeof list_opts / sizeof list_opts[0]};
+    list_opts, .nopts = sizeof list_opts / sizeof list_opts[0]};
 
 static const struct opt_def namespaces_opts[] = {KUBE_FLAGS};
 const struct opt_cmd namespaces_cmd = {
     "namespaces", "List the namespaces of the cluster (needs the right to list them).",
     "The context's own namespace is marked. A user who may not list namespaces gets\n"
     "an error that says so (tools then ask for the namespace by name).",
-    namespaces_opts, sizeof namespaces_opts / sizeof namespaces_opts[0]};
+    namespaces_opts, .nopts = sizeof namespaces_opts / sizeof namespaces_opts[0]};
 
 static const struct opt_def status_opts[] = {
     {"output", OPT_STRING, RC_OFF(output), 0, 0, "text", "text|json", 0, 0,
-     "json: machine-readable output"},
+     .help = "json: machine-readable output"},
 };
 const struct opt_cmd status_cmd = {
     "status", "List the kbridge connect sessions running on this machine.", NULL, status_opts,
-    sizeof status_opts / sizeof status_opts[0]};
+    .nopts = sizeof status_opts / sizeof status_opts[0]};
 
 static const struct opt_def disconnect_opts[] = {
     {"service", OPT_STRING, RC_OFF(service), 0, 0, NULL, "SVC", 0, 0,
-     "end the sessions on this Service (default: all sessions of this machine)"},
+     .help = "end the sessions on this Service (default: all sessions of this machine)"},
     {"namespace", OPT_STRING, RC_OFF(kf.namespace), 0, 0, NULL, "NS", 0, 0,
-     "only sessions in this namespace (-n)"},
-    {"route-as", OPT_KEY, RC_OFF(key), 0, 0, NULL, NULL, 0, 0, "only the session with this key"},
+     .help = "only sessions in this namespace (-n)"},
+    {"route-as", OPT_KEY, RC_OFF(key), 0, 0, NULL, NULL, 0, 0,
+     .help = "only the session with this key"},
     {"timeout", OPT_INT, RC_OFF(timeout), 0, 0, "60", NULL, 1, 3600,
-     "seconds to wait for the sessions to restore and end"},
+     .help = "seconds to wait for the sessions to restore and end"},
 };
 const struct opt_cmd disconnect_cmd = {
     "disconnect", "End kbridge connect sessions on this machine (they restore the cluster).",
     "Sends SIGTERM to the matching sessions and waits until they have ended.", disconnect_opts,
-    sizeof disconnect_opts / sizeof disconnect_opts[0]};
+    .nopts = sizeof disconnect_opts / sizeof disconnect_opts[0]};
 
 static int output_json(const struct restore_config *cfg, int *json) {
   *json = cfg->output && strcmp(cfg->output, "json") == 0;

@@ -25,20 +25,21 @@ struct cfg {
 
 #define OFF(f) offsetof(struct cfg, f)
 static const struct opt_def opts[] = {
-    {"PATH", OPT_PATH, OFF(path), 1, 0, NULL, NULL, 0, 0, "a positional"},
-    {"flag", OPT_FLAG, OFF(flag), 0, 0, NULL, NULL, 0, 0, "a flag"},
-    {"str", OPT_STRING, OFF(str), 0, 0, "dflt", NULL, 0, 0, "a string"},
-    {"dir", OPT_DIR, OFF(dir), 0, 0, NULL, NULL, 0, 0, "a directory"},
-    {"host", OPT_HOST, OFF(host), 0, 0, "127.0.0.1", NULL, 0, 0, "a host"},
-    {"port", OPT_PORT, OFF(port), 0, 1, NULL, NULL, 0, 0, "a port"},
-    {"count", OPT_INT, OFF(count), 0, 0, "1", NULL, 1, 64, "a count"},
-    {"addr", OPT_HOSTPORT, OFF(hp), 0, 0, NULL, NULL, 0, 0, "an address"},
-    {"key", OPT_KEY, OFF(key), 0, 0, NULL, NULL, 0, 0, "a key"},
-    {"log-level", OPT_LOGLEVEL, OFF(level), 0, 0, "info", NULL, 0, 0, "a level"},
-    {"forward", OPT_FORWARD, OFF(fw), 0, 0, NULL, NULL, 0, 0, "forwards"},
-    {"item", OPT_LIST, OFF(list), 0, 0, NULL, "K=V", 0, 0, "items"},
+    {"PATH", OPT_PATH, OFF(path), 1, 0, NULL, NULL, 0, 0, .help = "a positional"},
+    {"flag", OPT_FLAG, OFF(flag), 0, 0, NULL, NULL, 0, 0, .help = "a flag"},
+    {"str", OPT_STRING, OFF(str), 0, 0, "dflt", NULL, 0, 0, .help = "a string"},
+    {"dir", OPT_DIR, OFF(dir), 0, 0, NULL, NULL, 0, 0, .help = "a directory"},
+    {"host", OPT_HOST, OFF(host), 0, 0, "127.0.0.1", NULL, 0, 0, .help = "a host"},
+    {"port", OPT_PORT, OFF(port), 0, 1, NULL, NULL, 0, 0, .help = "a port"},
+    {"count", OPT_INT, OFF(count), 0, 0, "1", NULL, 1, 64, .help = "a count"},
+    {"addr", OPT_HOSTPORT, OFF(hp), 0, 0, NULL, NULL, 0, 0, .help = "an address"},
+    {"key", OPT_KEY, OFF(key), 0, 0, NULL, NULL, 0, 0, .help = "a key"},
+    {"log-level", OPT_LOGLEVEL, OFF(level), 0, 0, "info", NULL, 0, 0, .help = "a level"},
+    {"forward", OPT_FORWARD, OFF(fw), 0, 0, NULL, NULL, 0, 0, .help = "forwards"},
+    {"item", OPT_LIST, OFF(list), 0, 0, NULL, "K=V", 0, 0, .help = "items"},
 };
-static const struct opt_cmd cmd = {"test", "A test command.", NULL, opts, sizeof opts / sizeof *opts};
+static const struct opt_cmd cmd = {"test", "A test command.", NULL, opts,
+                                   .nopts = sizeof opts / sizeof *opts};
 
 static struct cfg c;
 static char err[700];
