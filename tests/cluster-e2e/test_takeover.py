@@ -1127,8 +1127,11 @@ def part_agentgone():
           "the session ended with reason agent_lost")
     alice.until(("disconnected",), 60)
     alice.p.wait(30)
-    check(15 <= dt <= 15 + 17, "the CLI gave the Service back %.1f s after the agent pods went "
-          "(bound: 15 s + 2 s guard + the restore's wait of at most 12 s + 3 s)" % dt)
+    # The CLI counts its 15 s from the last guard look that saw a ready pod, up to
+    # one guard period (1 s) before the delete (CI: 14.97 s against a bound of 15).
+    check(14 <= dt <= 15 + 17, "the CLI gave the Service back %.1f s after the agent pods went "
+          "(bound: 15 s - 1 s guard period .. 15 s + 2 s guard + the restore's wait of at most "
+          "12 s + 3 s)" % dt)
     check_restored(before, "the CLI's restore of a lost agent")
     figures = {"cli": round(dt, 1)}
     # 2. the CLI killed with -9: the janitor in kbridge-signer
