@@ -496,6 +496,7 @@ static void process_request_bytes(struct downstream *ds) {
       return;
     }
     if (ds->state == DS_READ_HEAD) {
+      http_head_scan_raw(&ds->head, data, used);
       ds->head_bytes += used;
       evbuffer_drain(in, used);
       if (ds->head_bytes > (size_t)ds->ag->opt->max_header_bytes) {

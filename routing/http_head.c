@@ -28,6 +28,8 @@ void http_head_reset(struct http_head *h) {
   h->status = 0;
   h->http_major = h->http_minor = 0;
   h->last_was_value = 1;
+  h->raw_lf = 0;
+  h->obs_fold = 0;
 }
 
 void http_head_free(struct http_head *h) {
@@ -228,7 +230,7 @@ static int is_token(const char *s, size_t len) {
  * rules for empty elements here are the smuggling defence.) */
 static int te_scan(const char *v, size_t len, int *chunked) {
   size_t i = 0;
-  while (i < len) {
+  while (i <= len) { /* <=: "a," has an empty element after the comma */
     size_t j = i;
     while (j < len && v[j] != ',') j++;
     size_t n = j - i;
@@ -244,9 +246,20 @@ static int te_scan(const char *v, size_t len, int *chunked) {
   return 0;
 }
 
+void http_head_scan_raw(struct http_head *h, const char *data, size_t len) {
+  for (size_t i = 0; i < len && !h->obs_fold; i++) {
+    if (h->raw_lf && (data[i] == ' ' || data[i] == '\t')) h->obs_fold = 1;
+    h->raw_lf = data[i] == '\n';
+  }
+}
+
 int http_head_check_request(const struct http_head *h, const char **err) {
   if (h->http_major != 1 || h->http_minor > 1) {
     *err = "HTTP version is not 1.0 or 1.1";
+    return -1;
+  }
+  if (h->obs_fold) {
+    *err = "obsolete line folding (a header line starts with a space or tab)";
     return -1;
   }
   const char *cl = NULL;
@@ -362,6 +375,8 @@ long http_head_parse_request(const char *buf, size_t len, struct http_head *h, c
     if (!*err) *err = llhttp_errno_name(e);
     return -1;
   }
+  long used = (long)(llhttp_get_error_pos(&p) - buf);
+  http_head_scan_raw(h, buf, (size_t)used);
   if (http_head_check_request(h, err) < 0) return -1;
-  return (long)(llhttp_get_error_pos(&p) - buf);
+  return used;
 }

@@ -30,6 +30,8 @@ struct http_head {
   int status;                    /* responses */
   unsigned http_major, http_minor;
   int last_was_value;            /* parser state: next name starts a new field */
+  int raw_lf;                    /* http_head_scan_raw: the last byte seen was LF */
+  int obs_fold;                  /* a line of the head starts with SP or HT */
 };
 
 /* limit: max bytes of url+names+values; max_fields: max header lines. */
@@ -46,6 +48,13 @@ int http_head_add_value(struct http_head *h, const char *at, size_t len);
  * the next http_head_add_name() starts a new field even when the value was empty
  * and no http_head_add_value() call came for it. */
 void http_head_end_field(struct http_head *h);
+/* Note the raw bytes of the head data[0..len), in the order fed to llhttp
+ * (several calls for a head that arrives in pieces; call it after the
+ * llhttp_execute that reset the head). A line starting with a space or tab is
+ * obsolete line folding: llhttp 8 joins it into the value before it, where a
+ * parser behind us may read the lines apart, so http_head_check_request()
+ * refuses the head. */
+void http_head_scan_raw(struct http_head *h, const char *data, size_t len);
 
 /* Case-insensitive lookup of the n-th field named name (n from 0). Returns the
  * value (not NUL-terminated) and its length in *len, or NULL. */

@@ -571,6 +571,21 @@ class AgentHTTP(unittest.TestCase):
     def test_te_not_chunked_last(self):
         self.bad(b"POST / HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 400)
 
+    def test_obs_fold_refused(self):
+        body = self.bad(b"POST / HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: gzip\r\n"
+                        b" ,chunked\r\n\r\n0\r\n\r\n", 400)
+        self.assertIn(b"folding", body)
+
+    def test_obs_fold_split_across_reads_refused(self):
+        s, f = self.agent.connect()
+        s.sendall(b"GET / HTTP/1.1\r\nHost: svc\r\nX-A: 1\r\n")
+        time.sleep(0.1)  # the agent reads the head in two pieces: "\r\n" | " b"
+        s.sendall(b" b\r\n\r\n")
+        st, h, body, _ = read_response(f)
+        self.assertEqual(st, 400, body)
+        self.assertIn(b"folding", body)
+        self.expect_closed(s, f)
+
     def test_oversize_head_431(self):
         self.bad(get("/", b"X-Big: " + b"a" * 10000 + b"\r\n"), 431)
 
