@@ -175,8 +175,10 @@ def t_up():
     check(kubectl("--context", NAME + "-token", "get", "ns").returncode == 0, "token user of admin kubeconfig works")
     t = time.time()
     r = subprocess.run([os.path.join(HERE, "up"), "--name", NAME], stdout=subprocess.PIPE, text=True)
-    check(r.returncode == 0 and r.stdout.strip().splitlines()[-1] == path and time.time() - t < 10,
-          "up again is idempotent and fast (%.1fs)" % (time.time() - t))
+    # Idempotent, not timed: `up` of another cluster holds the global start lock
+    # for as long as its start takes (CI saw 16.9 s on a busy machine).
+    check(r.returncode == 0 and r.stdout.strip().splitlines()[-1] == path,
+          "up again is idempotent (%.1fs)" % (time.time() - t))
 
 
 def t_demo():
