@@ -28,6 +28,7 @@ struct connect_config {
   int replace;              /* --replace: exclusive mode */
   int force;                /* --force: take the route key over from another identity */
   const char *env_file;     /* --env-file */
+  const char *env_format;   /* --env-format: envfmt.h's names (default dotenv) */
   const char *agent_image;  /* --agent-image */
   const char *output;       /* --output: text | json */
   int tunnels;              /* --tunnels */
@@ -50,6 +51,15 @@ struct connect_config {
   char **cmd;               /* the command after "--", NULL-terminated, or NULL */
 };
 
+/* kbridge env */
+struct env_config {
+  struct kube_flags kf;
+  const char *service;      /* --service */
+  const char *env_file;     /* --env-file (default: stdout) */
+  const char *env_format;   /* --env-format */
+  enum log_level log_level; /* --log-level */
+};
+
 /* restore, list, status, disconnect */
 struct restore_config {
   struct kube_flags kf;
@@ -70,7 +80,7 @@ struct kube_err;
  * unauthorized, forbidden, not_found, conflict, api_error): what tools act on. */
 const char *connect_kube_reason(const struct kube_err *e);
 
-extern const struct opt_cmd connect_cmd, restore_cmd, list_cmd, status_cmd, disconnect_cmd,
+extern const struct opt_cmd connect_cmd, env_cmd, restore_cmd, list_cmd, status_cmd, disconnect_cmd,
     namespaces_cmd;
 
 /* The default agent image when neither --agent-image nor $KBRIDGE_AGENT_IMAGE
@@ -78,6 +88,7 @@ extern const struct opt_cmd connect_cmd, restore_cmd, list_cmd, status_cmd, disc
 #define CONNECT_DEFAULT_IMAGE "ghcr.io/kbridge/agent:" KBRIDGE_VERSION
 
 int connect_run(struct connect_config *cfg);
+int env_run(struct env_config *cfg);           /* kbridge env (envcmd.c) */
 int restore_run(struct restore_config *cfg);   /* kbridge restore */
 int list_run(struct restore_config *cfg);      /* kbridge list (service unused) */
 int status_run(struct restore_config *cfg);    /* kbridge status (nothing used) */

@@ -1,5 +1,7 @@
 /* connect_env.c: the local process's environment: the original container's env
- * (config maps and secrets resolved), service links for --forward, --env-file. */
+ * (config maps and secrets resolved, the names that came from Secrets
+ * remembered), service links for --forward, and the env written in a format
+ * (envfmt.h) for --env-file and `kbridge env`. */
 #include "connect_internal.h"
 
 #include <errno.h>
@@ -39,8 +41,24 @@ static char *lookup_ref(struct conn *c, const char *res, const char *name, const
   return out;
 }
 
-cJSON *conn_resolve_env(struct conn *c) {
+/* name's value now comes from a Secret (secret 1) or not: kept in the set
+ * secrets (an array of names), which may be NULL. */
+static void mark_secret(cJSON *secrets, const char *name, int secret) {
+  if (!secrets) return;
+  int i = 0, found = -1;
+  const cJSON *it;
+  cJSON_ArrayForEach(it, secrets) {
+    if (strcmp(it->valuestring, name) == 0) found = i;
+    i++;
+  }
+  if (secret && found < 0) cJSON_AddItemToArray(secrets, cJSON_CreateString(name));
+  if (!secret && found >= 0) cJSON_DeleteItemFromArray(secrets, found);
+}
+
+cJSON *conn_resolve_env(struct conn *c, cJSON **secretsp) {
   cJSON *env = cJSON_CreateObject();
+  cJSON *secrets = secretsp ? cJSON_CreateArray() : NULL;
+  if (secretsp) *secretsp = secrets;
   const cJSON *ctr = cJSON_GetArrayItem(conn_jget(c->pod_template, "containers"), 0);
   if (!ctr) return env;
   const cJSON *ef;
@@ -63,6 +81,7 @@ cJSON *conn_resolve_env(struct conn *c) {
       char *v = secret ? base64_decode(kv->valuestring, NULL) : strdup(kv->valuestring);
       cJSON_DeleteItemFromObjectCaseSensitive(env, n);
       cJSON_AddStringToObject(env, n, v ? v : "");
+      mark_secret(secrets, n, secret);
       free(v);
     }
     cJSON_Delete(o);
@@ -72,13 +91,14 @@ cJSON *conn_resolve_env(struct conn *c) {
     const char *name = conn_jstr(ev, "name");
     if (!name) continue;
     char *val = NULL;
-    int missing = 0;
+    int missing = 0, secret = 0;
     if (conn_jstr(ev, "value")) {
       val = strdup(conn_jstr(ev, "value"));
     } else if (conn_jget(ev, "valueFrom.configMapKeyRef")) {
       val = lookup_ref(c, "configmaps", conn_jstr(ev, "valueFrom.configMapKeyRef.name"),
                        conn_jstr(ev, "valueFrom.configMapKeyRef.key"), &missing);
     } else if (conn_jget(ev, "valueFrom.secretKeyRef")) {
+      secret = 1;
       val = lookup_ref(c, "secrets", conn_jstr(ev, "valueFrom.secretKeyRef.name"),
                        conn_jstr(ev, "valueFrom.secretKeyRef.key"), &missing);
     } else if (conn_jstr(ev, "valueFrom.fieldRef.fieldPath")) {
@@ -92,6 +112,7 @@ cJSON *conn_resolve_env(struct conn *c) {
     if (val) {
       cJSON_DeleteItemFromObjectCaseSensitive(env, name);
       cJSON_AddStringToObject(env, name, val);
+      mark_secret(secrets, name, secret);
       free(val);
     } else if (missing) {
       log_info("env %s: not resolved locally", name);
@@ -200,25 +221,54 @@ void conn_forward_service_links(struct conn *c, cJSON *env) {
   }
 }
 
-int conn_write_env_file(struct conn *c, const cJSON *env) {
-  /* Secrets go in there: created 0600, never readable by others for a moment. */
-  int fd = open(c->cfg->env_file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
-  if (!f) {
-    conn_fail(c, "--env-file %s: %s", c->cfg->env_file, strerror(errno));
-    if (fd >= 0) close(fd);
+static void note_var(void *arg, const char *name, const char *msg, int left_out) {
+  enum envfmt_format *f = arg;
+  if (left_out)
+    log_warn("--env-format %s: variable %s left out: %s", envfmt_name(*f), name, msg);
+  else
+    log_warn("--env-format %s: variable %s: %s", envfmt_name(*f), name, msg);
+}
+
+int conn_write_env(struct conn *c, const cJSON *env, const cJSON *secrets, enum envfmt_format f,
+                   const char *path) {
+  size_t n = (size_t)cJSON_GetArraySize(env), i = 0;
+  struct envfmt_var *vars = calloc(n ? n : 1, sizeof *vars);
+  if (!vars) {
+    conn_fail(c, "out of memory");
     return -1;
   }
-  fchmod(fd, 0600); /* an existing file keeps its mode with O_CREAT */
-  const cJSON *kv;
+  const cJSON *kv, *s;
   cJSON_ArrayForEach(kv, env) {
-    fprintf(f, "%s=", kv->string);
-    for (const char *p = kv->valuestring; *p; p++) {
-      if (*p == '\n') fputs("\\n", f);
-      else fputc(*p, f);
-    }
-    fputc('\n', f);
+    vars[i].name = kv->string;
+    vars[i].value = cJSON_GetStringValue(kv) ? kv->valuestring : "";
+    cJSON_ArrayForEach(s, secrets) if (strcmp(s->valuestring, kv->string) == 0) vars[i].secret = 1;
+    i++;
   }
-  fclose(f);
+  FILE *out = stdout;
+  int fd = -1;
+  if (path) {
+    /* Secrets go in there: created 0600, never readable by others for a moment. */
+    fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    out = fd >= 0 ? fdopen(fd, "w") : NULL;
+    if (!out) {
+      conn_fail(c, "--env-file %s: %s", path, strerror(errno));
+      if (fd >= 0) close(fd);
+      free(vars);
+      return -1;
+    }
+    fchmod(fd, 0600); /* an existing file keeps its mode with O_CREAT */
+  }
+  int rc = envfmt_write(f, out, vars, n, note_var, &f);
+  int err = errno;
+  free(vars);
+  if (path && fclose(out) != 0 && rc >= 0) {
+    rc = -1;
+    err = errno;
+  }
+  if (rc < 0) {
+    conn_fail(c, "%s%s: %s", path ? "--env-file " : "writing the environment to stdout",
+              path ? path : "", strerror(err));
+    return -1;
+  }
   return 0;
 }

@@ -13,6 +13,7 @@
 #include <cjson/cJSON.h>
 
 #include "agentpod.h"
+#include "envfmt.h"
 #include "netpol.h"
 #include "takeover.h"
 #include "tls.h"
@@ -55,6 +56,7 @@ struct port {
 struct conn {
   struct connect_config *cfg;
   int json;
+  int quiet;               /* progress only to the log (kbridge env: stdout is the env) */
   struct kube *k;
   const char *ns;
   const char *svc;
@@ -119,6 +121,22 @@ struct conn {
 extern volatile sig_atomic_t conn_interrupted;
 
 /* connect_run.c */
+/* Inspect's reads, shared with `kbridge env` (envcmd.c); each reports its
+ * failure (conn_fail) and returns -1, else 0. */
+/* The kubeconfig (connect_kube_open) into c->k and its namespace into c->ns. */
+int conn_open(struct conn *c, const struct kube_flags *kf);
+/* Service c->svc of c->ns into c->service. */
+int conn_read_service(struct conn *c);
+/* The Service's selector into c->orig_selector; -1 when it has none. */
+int conn_selector(struct conn *c);
+/* The pods the selector picks (c->orig_pods) and their workloads (c->wls);
+ * the first workload's kind, name and pod spec (c->pod_template, NULL when
+ * no pod is selected). */
+int conn_selected_workloads(struct conn *c);
+/* A taken-over Service: the workload its takeover record names (c->wl_kind,
+ * c->wl_name) and that workload's pod spec into c->pod_template (left NULL
+ * for bare pods or when it cannot be read, which is logged). Never fails. */
+void conn_takeover_template(struct conn *c);
 double conn_now_s(void);
 /* Print o as one line on stdout (--output json) and free it. */
 void conn_emit_json(cJSON *o);
@@ -207,8 +225,12 @@ int conn_agent_other_keys(struct conn *c, char *names, size_t len);
 int conn_set_route(struct conn *c, int add, int *others);
 
 /* connect_env.c */
-/* env object {NAME: VALUE} of the workload's first container. */
-cJSON *conn_resolve_env(struct conn *c);
+/* env object {NAME: VALUE} of the workload's first container, resolved as the
+ * kubelet does: envFrom (configMapRef, secretRef, with prefix) first, then env
+ * (value, configMapKeyRef, secretKeyRef, fieldRef metadata.namespace and
+ * metadata.name), a later name replacing an earlier one. When secrets is not
+ * NULL it gets a new array of the names whose final value came from a Secret. */
+cJSON *conn_resolve_env(struct conn *c, cJSON **secrets);
 /* For every forward whose target is a Service port of our namespace, the
  * service link variables Kubernetes gives the original container
  * (STORE_SERVICE_HOST, STORE_SERVICE_PORT[_NAME], STORE_PORT,
@@ -218,8 +240,13 @@ cJSON *conn_resolve_env(struct conn *c);
  * cluster IPs of the others cannot be reached from here), and none when the
  * pod spec turns service links off. */
 void conn_forward_service_links(struct conn *c, cJSON *env);
-/* --env-file: env as KEY=VALUE lines, mode 0600. 0 or -1 (reported). */
-int conn_write_env_file(struct conn *c, const cJSON *env);
+/* env in format f (envfmt.h) to path, created or truncated with mode 0600,
+ * or to stdout when path is NULL; secrets (names, may be NULL) are marked
+ * where the format can. Variables the format cannot carry are left out with a
+ * warning each naming them. 0, or -1 when the file cannot be written
+ * (reported). */
+int conn_write_env(struct conn *c, const cJSON *env, const cJSON *secrets, enum envfmt_format f,
+                   const char *path);
 
 /* connect_serve.c */
 /* Run the tunnels until the session ends (proxy.c's loop with our hooks);

@@ -86,7 +86,11 @@ static const struct opt_def connect_opts[] = {
      .help = "take the route key over even if another identity holds it (logged by the signer and "
              "the agent; the other developer's tunnels are closed)"},
     {"env-file", OPT_PATH, CFG_OFF(env_file), 0, 0, NULL, NULL, 0, 0,
-     .help = "write the original container's environment here (KEY=VALUE lines)"},
+     .help = "write the original container's environment to this file (mode 0600) when ready"},
+    {"env-format", OPT_STRING, CFG_OFF(env_format), 0, 0, "dotenv", ENVFMT_CHOICES, 0, 0,
+     .help = "the --env-file's format: dotenv (python-dotenv, npm dotenv), json (secrets "
+             "marked), sh (export lines for `. FILE`), compose (an environment: mapping), "
+             "docker (docker run --env-file)"},
     {"agent-image", OPT_STRING, CFG_OFF(agent_image), 0, 0, NULL, "IMAGE", 0, 0,
      .help = "agent image (default $KBRIDGE_AGENT_IMAGE, else " CONNECT_DEFAULT_IMAGE ")"},
     {"output", OPT_STRING, CFG_OFF(output), 0, 0, "text", "text|json", 0, 0,
@@ -195,7 +199,9 @@ void conn_progress(struct conn *c, const char *step, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
-  if (c->json) {
+  if (c->quiet) {
+    log_info("%s", msg);
+  } else if (c->json) {
     emit_event("progress", "step", step, msg, conn_now_s() - c->t0);
     log_info("%s", msg); /* stderr keeps the story too (logs, tests) */
   } else {
@@ -268,11 +274,68 @@ char *conn_selector_string(const cJSON *sel) {
   return buf;
 }
 
-/* The workloads behind the selector (workloads.h); the first one is the one
- * whose env the developer gets and which --replace scales. */
-static int find_workloads(struct conn *c, const cJSON *pods) {
+int conn_open(struct conn *c, const struct kube_flags *kf) {
+  char err[1200];
+  if (connect_kube_open(kf, &c->k, err, sizeof err) < 0) {
+    c->reason = "kubeconfig";
+    conn_fail(c, "%s", err);
+    return -1;
+  }
+  c->ns = kube_namespace(c->k);
+  return 0;
+}
+
+int conn_read_service(struct conn *c) {
+  conn_progress(c, "inspect", "reading service %s/%s", c->ns, c->svc);
+  struct kube_ref sref = {"v1", "services", c->ns, c->svc, NULL};
   struct kube_err e;
-  if (workloads_find(c->k, c->ns, pods, &c->wls, &e) < 0) {
+  if (kube_get(c->k, &sref, &c->service, &e) < 0) {
+    conn_fail_kube(c, &e);
+    return -1;
+  }
+  return 0;
+}
+
+void conn_takeover_template(struct conn *c) {
+  cJSON *t = cJSON_Parse(takeover_annotation(c->service, TAKEOVER_ANN_TAKEOVER));
+  snprintf(c->wl_kind, sizeof c->wl_kind, "%s",
+           conn_jstr(t, "workload.kind") ? conn_jstr(t, "workload.kind") : "Pods");
+  snprintf(c->wl_name, sizeof c->wl_name, "%s",
+           conn_jstr(t, "workload.name") ? conn_jstr(t, "workload.name") : "");
+  cJSON_Delete(t);
+  const char *res = takeover_workload_resource(c->wl_kind);
+  if (res) {
+    struct kube_ref r = {"apps/v1", res, c->ns, c->wl_name, NULL};
+    struct kube_err e;
+    cJSON *w = NULL;
+    if (kube_get(c->k, &r, &w, &e) == 0)
+      c->pod_template = cJSON_Duplicate(conn_jget(w, "spec.template.spec"), 1);
+    else
+      log_info("reading %s %s: %s", c->wl_kind, c->wl_name, e.msg);
+    cJSON_Delete(w);
+  }
+}
+
+int conn_selector(struct conn *c) {
+  c->orig_selector = conn_jget(c->service, "spec.selector");
+  if (!cJSON_IsObject(c->orig_selector) || cJSON_GetArraySize(c->orig_selector) == 0) {
+    conn_fail(c, "service %s/%s has no selector: kbridge can only take over Services that select "
+         "pods (this one has manually managed endpoints)", c->ns, c->svc);
+    return -1;
+  }
+  return 0;
+}
+
+int conn_selected_workloads(struct conn *c) {
+  struct kube_ref pr = {"v1", "pods", c->ns, NULL, NULL};
+  struct kube_err e;
+  char sel[1100];
+  snprintf(sel, sizeof sel, "%s", conn_selector_string(c->orig_selector));
+  if (kube_list(c->k, &pr, sel, &c->orig_pods, &e) < 0) {
+    conn_fail_kube(c, &e);
+    return -1;
+  }
+  if (workloads_find(c->k, c->ns, conn_jget(c->orig_pods, "items"), &c->wls, &e) < 0) {
     conn_fail_kube(c, &e);
     return -1;
   }
@@ -426,6 +489,15 @@ int connect_run(struct connect_config *cfg) {
         cfg->key, strlen(cfg->key), TAKEOVER_MAX_ROUTE_KEY);
     return 2;
   }
+  {
+    enum envfmt_format ef;
+    if (envfmt_parse(cfg->env_format, &ef) < 0) {
+      c->reason = "bad_flag";
+      conn_fail(c, "--env-format: expected one of " ENVFMT_CHOICES ", got \"%s\"",
+                cfg->env_format);
+      return 2;
+    }
+  }
   if (forwards_bindable(c) < 0) return 2;
   const char *img = cfg->agent_image ? cfg->agent_image : getenv("KBRIDGE_AGENT_IMAGE");
   snprintf(c->image, sizeof c->image, "%s", img && *img ? img : CONNECT_DEFAULT_IMAGE);
@@ -454,11 +526,7 @@ int connect_run(struct connect_config *cfg) {
   }
 
   /* 1. inspect: reads only */
-  if (connect_kube_open(&cfg->kf, &c->k, err, sizeof err) < 0) {
-    c->reason = "kubeconfig";
-    conn_fail(c, "%s", err);
-    return 1;
-  }
+  if (conn_open(c, &cfg->kf) < 0) return 1;
   /* The tunnels go through the API calls' proxy: refuse one they cannot use
    * before anything is written. */
   if (!cfg->agent_address.port && pf_proxy_check(kube_proxy(c->k), err, sizeof err) < 0) {
@@ -466,24 +534,14 @@ int connect_run(struct connect_config *cfg) {
     conn_fail(c, "%s (from %s)", err, kube_proxy_source(c->k));
     return 2;
   }
-  c->ns = kube_namespace(c->k);
-  conn_progress(c, "inspect", "reading service %s/%s", c->ns, c->svc);
-  struct kube_ref sref = {"v1", "services", c->ns, c->svc, NULL};
   struct kube_err e;
-  if (kube_get(c->k, &sref, &c->service, &e) < 0) {
-    conn_fail_kube(c, &e);
-    goto out;
-  }
+  if (conn_read_service(c) < 0) goto out;
   const char *tk = takeover_annotation(c->service, TAKEOVER_ANN_TAKEOVER);
   if (tk) {
     /* Already taken over: reuse its agent. */
     cJSON *t = cJSON_Parse(tk);
     const char *mode = conn_jstr(t, "mode"), *by = conn_jstr(t, "by");
     int excl = mode && strcmp(mode, "exclusive") == 0;
-    snprintf(c->wl_kind, sizeof c->wl_kind, "%s",
-             conn_jstr(t, "workload.kind") ? conn_jstr(t, "workload.kind") : "Pods");
-    snprintf(c->wl_name, sizeof c->wl_name, "%s",
-             conn_jstr(t, "workload.name") ? conn_jstr(t, "workload.name") : "");
     char holders[600] = "";
     const cJSON *it;
     cJSON_ArrayForEach(it, conn_jget(c->service, "metadata.annotations")) {
@@ -502,14 +560,7 @@ int connect_run(struct connect_config *cfg) {
       goto out;
     }
     cJSON_Delete(t);
-    const char *res = takeover_workload_resource(c->wl_kind);
-    if (res) {
-      struct kube_ref r = {"apps/v1", res, c->ns, c->wl_name, NULL};
-      cJSON *w = NULL;
-      if (kube_get(c->k, &r, &w, &e) == 0)
-        c->pod_template = cJSON_Duplicate(conn_jget(w, "spec.template.spec"), 1);
-      cJSON_Delete(w);
-    }
+    conn_takeover_template(c);
     /* The agent's ports come from its Deployment. */
     struct kube_ref dr = {"apps/v1", "deployments", c->ns, c->nm.agent, NULL};
     cJSON *d = NULL;
@@ -558,12 +609,7 @@ int connect_run(struct connect_config *cfg) {
       conn_pause_report(c);
     }
   } else {
-    c->orig_selector = conn_jget(c->service, "spec.selector");
-    if (!cJSON_IsObject(c->orig_selector) || cJSON_GetArraySize(c->orig_selector) == 0) {
-      conn_fail(c, "service %s/%s has no selector: kbridge can only take over Services that select "
-           "pods (this one has manually managed endpoints)", c->ns, c->svc);
-      goto out;
-    }
+    if (conn_selector(c) < 0) goto out;
     if (agentpod_selected_by(&c->pod, c->orig_selector)) {
       c->reason = "bad_flag";
       conn_fail(c,
@@ -605,17 +651,8 @@ int connect_run(struct connect_config *cfg) {
       conn_fail_kube(c, &e);
       goto out;
     }
-    struct kube_ref pr = {"v1", "pods", c->ns, NULL, NULL};
-    cJSON *pods = NULL;
-    char sel[1100];
-    snprintf(sel, sizeof sel, "%s", conn_selector_string(c->orig_selector));
-    if (kube_list(c->k, &pr, sel, &pods, &e) < 0) {
-      conn_fail_kube(c, &e);
-      goto out;
-    }
-    int npods = cJSON_GetArraySize(conn_jget(pods, "items"));
-    c->orig_pods = pods;
-    if (find_workloads(c, conn_jget(pods, "items")) < 0) goto out;
+    if (conn_selected_workloads(c) < 0) goto out;
+    int npods = cJSON_GetArraySize(conn_jget(c->orig_pods, "items"));
     if (inspect_ports(c) < 0) goto out;
     char plist[600] = "", wlist[1200];
     for (int i = 0; i < c->nports; i++) {

@@ -546,7 +546,8 @@ static void hook_welcome(void *arg, int ok, const char *message) {
   snprintf(host, sizeof host, "%s.%s.svc", c->svc, c->ns);
   snprintf(hdr, sizeof hdr, "kubernetes-route-as: %s", c->cfg->key);
   snprintf(hosthdr, sizeof hosthdr, "Host: %s.%s", c->cfg->key, c->svc);
-  cJSON *env = conn_resolve_env(c);
+  cJSON *secrets = NULL;
+  cJSON *env = conn_resolve_env(c, &secrets);
   conn_forward_service_links(c, env);
   cJSON *fwds = cJSON_CreateArray();
   for (size_t i = 0; i < c->cfg->forwards.n; i++) {
@@ -557,9 +558,12 @@ static void hook_welcome(void *arg, int ok, const char *message) {
                             addr_format(&c->cfg->forwards.v[i].target, target, sizeof target));
     cJSON_AddItemToArray(fwds, f);
   }
-  if (c->cfg->env_file && conn_write_env_file(c, env) == 0)
-    conn_progress(c, "env-file", "environment of the original container written to %s",
-             c->cfg->env_file);
+  enum envfmt_format ef = ENVFMT_DOTENV;
+  envfmt_parse(c->cfg->env_format, &ef); /* checked by connect_run() */
+  if (c->cfg->env_file && conn_write_env(c, env, secrets, ef, c->cfg->env_file) == 0)
+    conn_progress(c, "env-file", "environment of the original container written to %s (%s)",
+                  c->cfg->env_file, envfmt_name(ef));
+  cJSON_Delete(secrets);
   cJSON *urls = cJSON_CreateArray();
   for (int i = 0; i < c->nports; i++) {
     char u[600];

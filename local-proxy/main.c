@@ -30,6 +30,7 @@ static int run_proxy(void *cfg) {
 static int run_certs_init(void *cfg) { return certs_init_run(cfg); }
 static int run_certs_issue(void *cfg) { return certs_issue_run(cfg); }
 static int run_connect(void *cfg) { return connect_run(cfg); }
+static int run_env(void *cfg) { return env_run(cfg); }
 static int run_restore(void *cfg) { return restore_run(cfg); }
 static int run_list(void *cfg) { return list_run(cfg); }
 static int run_status(void *cfg) { return status_run(cfg); }
@@ -40,6 +41,7 @@ static int run_namespaces(void *cfg) { return namespaces_run(cfg); }
 static struct proxy_config proxy_cfg;
 static struct certs_config certs_cfg;
 static struct connect_config connect_cfg;
+static struct env_config env_cfg;
 static struct restore_config restore_cfg;
 static const struct command {
   const char *word1, *word2; /* "certs" "init"; word2 NULL for one-word commands */
@@ -52,6 +54,7 @@ static const struct command {
     {"certs", "init", &certs_init_cmd, &certs_cfg, sizeof certs_cfg, run_certs_init},
     {"certs", "issue", &certs_issue_cmd, &certs_cfg, sizeof certs_cfg, run_certs_issue},
     {"connect", NULL, &connect_cmd, &connect_cfg, sizeof connect_cfg, run_connect},
+    {"env", NULL, &env_cmd, &env_cfg, sizeof env_cfg, run_env},
     {"restore", NULL, &restore_cmd, &restore_cfg, sizeof restore_cfg, run_restore},
     {"list", NULL, &list_cmd, &restore_cfg, sizeof restore_cfg, run_list},
     {"status", NULL, &status_cmd, &restore_cfg, sizeof restore_cfg, run_status},
