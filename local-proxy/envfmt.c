@@ -115,8 +115,15 @@ static int dotenv_single_ok(const char *v) {
 }
 
 /* Double quotes: npm unescapes only \n and \r, python-dotenv also \\ \' \" \a
- * \b \f \t \v: no " and no backslash at all, line breaks as \n and \r. */
-static int dotenv_double_ok(const char *v) { return !strchr(v, '"') && !strchr(v, '\\'); }
+ * \b \f \t \v; a backslash before any other character stays in both. So: no ",
+ * and a backslash only before a character neither unescapes (not last, not
+ * before a line break, which is written \n or \r). */
+static int dotenv_double_ok(const char *v) {
+  if (strchr(v, '"')) return 0;
+  for (const char *p = strchr(v, '\\'); p; p = strchr(p + 1, '\\'))
+    if (p[1] == '\0' || strchr("\\'\"abfnrtv\n\r", p[1])) return 0;
+  return 1;
+}
 
 /* Unquoted: both readers trim blanks around it, cut it at a line break and
  * at '#' (npm: any, python-dotenv: after a blank), and a leading quote starts

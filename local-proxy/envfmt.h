@@ -5,12 +5,15 @@
  *   dotenv   NAME='value' lines, for python-dotenv and npm's dotenv (what
  *            `dotenv run`, `load_dotenv()` and `require('dotenv').config()` read).
  *            Each value takes the first form both parsers read back the same:
- *            a value with a line break double-quoted with \n and \r escapes
- *            (no other escape means the same thing to both), any other single-
- *            quoted (nothing is unescaped), else double-quoted, else unquoted.
- *            A value no form can carry (e.g. both quote characters and a '#' or
- *            a line break) is left out. python-dotenv's default interpolation
- *            replaces ${NAME} in any form: such values are written with a note.
+ *            single quotes (nothing unescaped; not for a ', a carriage return,
+ *            \\ or a final \), double quotes with \n and \r for line breaks
+ *            (the only escapes both know; not for a " or a backslash that
+ *            python-dotenv would unescape), unquoted (no blank at either end,
+ *            no '#', no line break); a value with a line break tries double
+ *            quotes first. A value no form can carry (e.g. ' and " together
+ *            with a '#' or a line break) is left out. python-dotenv's default
+ *            interpolation replaces ${NAME} in any form: such values are
+ *            written with a note.
  *   json     {"env": {NAME: value, ...}, "secrets": [NAME, ...]}: the names
  *            whose value came from a Secret (secretKeyRef or envFrom secretRef).
  *   sh       export NAME='value' lines for `. FILE` in any POSIX shell (a ' in
