@@ -88,7 +88,7 @@ extern const struct opt_cmd connect_cmd, env_cmd, restore_cmd, list_cmd, status_
 #define CONNECT_DEFAULT_IMAGE "ghcr.io/kbridge/agent:" KBRIDGE_VERSION
 
 int connect_run(struct connect_config *cfg);
-int env_run(struct env_config *cfg);           /* kbridge env (envcmd.c) */
+int env_run(struct env_config *cfg);           /* kbridge env (connect_envcmd.c) */
 int restore_run(struct restore_config *cfg);   /* kbridge restore */
 int list_run(struct restore_config *cfg);      /* kbridge list (service unused) */
 int status_run(struct restore_config *cfg);    /* kbridge status (nothing used) */

@@ -121,7 +121,7 @@ struct conn {
 extern volatile sig_atomic_t conn_interrupted;
 
 /* connect_run.c */
-/* Inspect's reads, shared with `kbridge env` (envcmd.c); each reports its
+/* Inspect's reads, shared with `kbridge env` (connect_envcmd.c); each reports its
  * failure (conn_fail) and returns -1, else 0. */
 /* The kubeconfig (connect_kube_open) into c->k and its namespace into c->ns. */
 int conn_open(struct conn *c, const struct kube_flags *kf);

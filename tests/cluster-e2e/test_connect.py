@@ -45,6 +45,13 @@ Parts (default: all, in this order):
                elsewhere is not; bob's clone goes when bob leaves, alice's when she
                does; after kill -9, kbridge restore removes the clones, and so
                does the agent's lease restore (through the garbage collector)
+    envfile    `kbridge env` of a Deployment whose env takes hostile values
+               (line breaks, quotes, $, backslashes, UTF-8) from a ConfigMap and a
+               Secret (envFrom, configMapKeyRef, secretKeyRef, fieldRef): every
+               --env-format read back by its consumer equals the values byte for
+               byte, secrets marked in json, what a format cannot carry left out
+               with a warning naming it; reads only (no agent, selector and
+               Deployment unchanged); the same while the Service is taken over
     podsecurity  a namespace enforcing Pod Security restricted (the test cluster's
                webhook, tests/cluster/podsecurity.py): a pod or Deployment breaking
                it is refused with the reasons; kbridge's agent pod is reviewed,
@@ -827,8 +834,8 @@ def part_command():
     check(True, "the command after -- serves the route")
     with open(envf) as f:
         env = f.read()
-    check("GREETING=hello from the shop config" in env and "API_KEY=demo-api-key" in env,
-          "--env-file has the original container's env")
+    check("GREETING='hello from the shop config'" in env and "API_KEY='demo-api-key" in env,
+          "--env-file has the original container's env (dotenv)")
     with open(os.path.join(TMP, "seen-env")) as f:
         check(f.read() == "hello from the shop config|demo-api-key-not-a-real-secret",
               "the command ran with the original container's env")
@@ -1397,11 +1404,173 @@ def part_podsecurity():
     check(p.returncode == 0, "disconnect: exit 0")
     kubectl("delete", "namespace", SECURE_NS, "--wait=false")
 
+# ---- kbridge env ----
+
+ENV_CM = {"MULTI": "line1\nline2\n", "QUOTES": "it's \"quoted\"",
+          "DOLLAR": "$HOME ${HOME} $(id) $$ `id`", "BACKSLASH": "C:\\new\\table \\\\server",
+          "UNICODE": "h\u00e9llo \u20ac \U0001F600 \u4e2d\u6587", "HASH": "# not a comment",
+          "SPACES": "  padded  ", "EMPTY": "", "NOFORM": "it's \"x\"\n#y", "my.key": "dotted",
+          "CRLF": "a\r\nb\r"}
+ENV_SECRET = {"PASSWORD": "p@ss'w\"rd$1\\x", "TOKEN": "overridden by env",
+              "PEM": "-----BEGIN KEY-----\nMIIB+/=\n-----END KEY-----\n"}
+
+
+def envapi_objects():
+    import base64
+    labels = {"app": "envapi"}
+    return {"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "ConfigMap",
+         "metadata": {"name": "envfmt-cm", "namespace": NS}, "data": ENV_CM},
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "envfmt-secret", "namespace": NS},
+         "data": {k: base64.b64encode(v.encode()).decode() for k, v in ENV_SECRET.items()}},
+        {"apiVersion": "apps/v1", "kind": "Deployment",
+         "metadata": {"name": "envapi", "namespace": NS, "labels": labels},
+         "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                  "template": {"metadata": {"labels": labels}, "spec": {"containers": [{
+                      "name": "api", "image": "kbridge-demo/api:1",
+                      "ports": [{"name": "http", "containerPort": 8080}],
+                      "envFrom": [{"configMapRef": {"name": "envfmt-cm"}, "prefix": "CM_"},
+                                  {"secretRef": {"name": "envfmt-secret"}}],
+                      "env": [{"name": "PORT", "value": "8080"},
+                              {"name": "PLAIN", "value": "a \"b\" 'c' \\d $x"},
+                              {"name": "NS_NAME", "valueFrom": {"fieldRef": {
+                                  "fieldPath": "metadata.namespace"}}},
+                              {"name": "DB_PASS", "valueFrom": {"secretKeyRef": {
+                                  "name": "envfmt-secret", "key": "PASSWORD"}}},
+                              {"name": "GREETING", "valueFrom": {"configMapKeyRef": {
+                                  "name": "envfmt-cm", "key": "MULTI"}}},
+                              {"name": "TOKEN", "value": "public"}]}]}}}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "envapi", "namespace": NS},
+         "spec": {"selector": labels, "ports": [{"name": "http", "port": 8080,
+                                                 "targetPort": 8080}]}}]}
+
+
+def envapi_expected():
+    """(env {name: bytes}, secret names) as the kubelet would give them."""
+    env = {"CM_" + k: v.encode() for k, v in ENV_CM.items()}
+    env.update({k: v.encode() for k, v in ENV_SECRET.items()})
+    env.update({"PORT": b"8080", "PLAIN": "a \"b\" 'c' \\d $x".encode(), "NS_NAME": NS.encode(),
+                "DB_PASS": ENV_SECRET["PASSWORD"].encode(), "GREETING": ENV_CM["MULTI"].encode(),
+                "TOKEN": b"public"})
+    return env, {"PASSWORD", "PEM", "DB_PASS"}
+
+
+ENV_NAMES = set(envapi_expected()[0])
+
+
+def envapi_state():
+    svc = normalized("service", "envapi")
+    return {"service": svc, "deployment": normalized("deployment", "envapi"),
+            "selector": svc["spec"].get("selector")}
+
+
+def left_out(stderr, fmt):
+    """The names `kbridge env` warned it left out."""
+    import re
+    return set(re.findall(r"--env-format %s: variable (\S+) left out" % fmt, stderr))
+
+
+def read_format(fmt, path):
+    """The file read back by the format's consumer: {name: bytes}."""
+    sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
+    import test_envfmt as tef
+    with open(path, "rb") as f:
+        data = f.read()
+    if fmt == "json":
+        doc = json.loads(data)
+        return {k: v.encode() for k, v in doc["env"].items()}, doc["secrets"]
+    if fmt == "sh":
+        r = subprocess.run(["sh", "-c", '. "$1" && env -0', "sh", path], capture_output=True,
+                           env={"PATH": os.environ["PATH"]})
+        if r.returncode != 0:
+            raise Fail("sh cannot source the sh format: %s" % r.stderr.decode())
+        out = dict(i.split(b"=", 1) for i in r.stdout.split(b"\0") if b"=" in i)
+        return {k.decode(): v for k, v in out.items() if k.decode() in ENV_NAMES}, None
+    if fmt == "dotenv":
+        py = tef.python_with_dotenv()
+        if not py:
+            raise Fail("python-dotenv is not installed (scripts/install-deps --test)")
+        r = subprocess.run([py, "-c", tef.PY_DOTENV, path], capture_output=True, text=True)
+        return {k: v.encode() for k, v in json.loads(r.stdout)["False"].items()}, None
+    if fmt == "compose":
+        import yaml
+        return {k: v.replace("$$", "$").encode()
+                for k, v in yaml.safe_load(data.decode())["environment"].items()}, None
+    return tef.docker_read(data), None
+
+
+def part_envfile():
+    kubectl("apply", "-f", "-", input=json.dumps(envapi_objects()))
+
+    def pod():
+        items = json.loads(kubectl("get", "pods", "-n", NS, "-l", "app=envapi", "-o",
+                                   "json").stdout)["items"]
+        return [p for p in items if not p["metadata"].get("deletionTimestamp")]
+    wait("a pod of envapi", pod, 60)
+    before = envapi_state()
+    want, secrets = envapi_expected()
+    cannot = {"dotenv": {"CM_NOFORM"}, "json": set(), "sh": {"CM_my.key"}, "compose": set(),
+              "docker": {"CM_MULTI", "CM_NOFORM", "CM_CRLF", "PEM", "GREETING"}}
+    try:
+        for fmt in ("dotenv", "json", "sh", "compose", "docker"):
+            path = os.path.join(TMP, "envapi." + fmt)
+            t = time.time()
+            r = kb("env", "-n", NS, "--service", "envapi", "--env-format", fmt, "--env-file", path)
+            dt = time.time() - t
+            check(r.returncode == 0 and r.stdout == "",
+                  "kbridge env --env-format %s --env-file: exit 0 in %.2f s (%s)" % (
+                      fmt, dt, r.stderr.strip()[-300:]))
+            check(os.stat(path).st_mode & 0o777 == 0o600, "%s: the file has mode 0600" % fmt)
+            got, sec = read_format(fmt, path)
+            check(left_out(r.stderr, fmt) == cannot[fmt],
+                  "%s: the variables it cannot carry are left out with a warning naming each: %s"
+                  % (fmt, sorted(cannot[fmt])))
+            exp = {k: v for k, v in want.items() if k not in cannot[fmt]}
+            diff = sorted(k for k in set(exp) | set(got) if exp.get(k) != got.get(k))
+            for k in diff[:5]:
+                say("%s %s: wanted %r, read %r" % (fmt, k, exp.get(k), got.get(k)))
+            check(not diff, "%s read back byte for byte: %d variables" % (fmt, len(exp)))
+            if fmt == "json":
+                check(sorted(sec) == sorted(secrets) and len(sec) == len(set(sec)),
+                      "json marks the secrets (secretKeyRef, envFrom secretRef; not a name "
+                      "the env overrides): %s" % sec)
+        r = kb("env", "-n", NS, "--service", "envapi")
+        with open(os.path.join(TMP, "envapi.dotenv")) as f:
+            check(r.returncode == 0 and r.stdout == f.read(),
+                  "kbridge env with no flags prints the dotenv format on stdout")
+        r = kb("env", "-n", NS, "--service", "nosuch")
+        check(r.returncode == 1 and "nosuch" in r.stderr and r.stdout == "",
+              "kbridge env of an unknown Service: exit 1, the error names it (%s)" %
+              r.stderr.strip())
+        r = kb("env", "-n", NS, "--service", "manual")
+        check(r.returncode == 1 and "no selector" in r.stderr,
+              "kbridge env of a Service without selector: exit 1 (%s)" % r.stderr.strip())
+        check(envapi_state() == before and not kbridge_objects(),
+              "kbridge env changed nothing: no agent, selector %s and Deployment unchanged"
+              % before["selector"])
+        # While api is taken over its selector names the agent: env still gives the
+        # workload's (the takeover record names it).
+        api_env = kb("env", "-n", NS, "--service", "api", "--env-format", "json")
+        check(api_env.returncode == 0, "kbridge env of api: exit 0")
+        _, pa = backend("env-local")
+        s = Session("envkey", pa)
+        s.ready()
+        r = kb("env", "-n", NS, "--service", "api", "--env-format", "json")
+        check(r.returncode == 0 and json.loads(r.stdout) == json.loads(api_env.stdout) and
+              "demo-api-key" in r.stdout,
+              "kbridge env of api while taken over: the same environment (its workload's)")
+        ev = s.stop()
+        check(ev["restored"] is True, "the session leaves: restored")
+    finally:
+        kubectl("delete", "-f", "-", "--wait=false", input=json.dumps(envapi_objects()),
+                check_rc=False)
+
+
 PARTS = {"badinput": part_badinput, "routing": part_routing, "replace": part_replace,
          "command": part_command, "restore": part_restore, "agentpod": part_agentpod,
          "lease": part_lease, "stale": part_stale, "direct": part_direct, "named": part_named,
          "forward": part_forward, "ingress": part_ingress, "identity": part_identity,
-         "podsecurity": part_podsecurity}
+         "envfile": part_envfile, "podsecurity": part_podsecurity}
 
 
 def main():

@@ -1,4 +1,4 @@
-/* envcmd.c: `kbridge env`: the environment `kbridge connect` would give the
+/* connect_envcmd.c: `kbridge env`: the environment `kbridge connect` would give the
  * local process (the Service's workload's first container, ConfigMaps and
  * Secrets resolved), printed in a format of envfmt.h, without connecting.
  *
