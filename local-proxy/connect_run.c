@@ -319,7 +319,7 @@ void conn_takeover_template(struct conn *c) {
 int conn_selector(struct conn *c) {
   c->orig_selector = conn_jget(c->service, "spec.selector");
   if (!cJSON_IsObject(c->orig_selector) || cJSON_GetArraySize(c->orig_selector) == 0) {
-    conn_fail(c, "service %s/%s has no selector: kbridge can only take over Services that select "
+    conn_fail(c, "service %s/%s has no selector: kbridge works only with Services that select "
          "pods (this one has manually managed endpoints)", c->ns, c->svc);
     return -1;
   }
