@@ -144,7 +144,7 @@ void client_hand_to_splice(struct downstream *ds) {
   /* The send timeout stays: a splice turns EV_WRITE on only while bytes wait
    * for the client, so a raw or upgraded client that stops reading is cut
    * after --send-timeout-ms too ("side a: timed out", counted in main.c). */
-  struct splice_end a = {ds->bev, NULL};
+  struct splice_end a = {.bev = ds->bev};
   struct splice_end b = upstream_release(u);
   ds->handed_off = 1;
   TAILQ_REMOVE(&ds->ag->clients, ds, link);

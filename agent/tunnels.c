@@ -128,7 +128,7 @@ static void outbound_up_event(struct upstream *u, int what, void *arg) {
   if (what & UPSTREAM_EV_CONNECTED) {
     log_debug("outbound to %s connected", ob->target);
     tunnel_stream_setcb(ob->s, NULL, NULL, NULL);
-    struct splice_end a = {NULL, ob->s};
+    struct splice_end a = {.stream = ob->s};
     struct splice_end b = upstream_release(u);
     free(ob);
     if (agent_splice(ag, a, b, AGENT_SPLICE_OUTBOUND) < 0) ag->stats.streams_open--;

@@ -311,7 +311,7 @@ void upstream_free(struct upstream *u) {
 }
 
 struct splice_end upstream_release(struct upstream *u) {
-  struct splice_end e = {u->bev, u->stream};
+  struct splice_end e = {.bev = u->bev, .stream = u->stream};
   if (u->bev) bufferevent_setcb(u->bev, NULL, NULL, NULL, NULL);
   if (u->stream) tunnel_stream_setcb(u->stream, NULL, NULL, NULL);
   release_common(u);

@@ -52,6 +52,8 @@ struct splice_side {
   unsigned flush_queued : 1; /* flush_ev is active */
   struct event *flush_ev; /* bulk output: one send at the end of the loop turn */
   size_t moved;           /* bytes read from this side and passed on */
+  struct splice_filter filter; /* rewrites this side's input (fn NULL: none) */
+  struct evbuffer *filtered;   /* the filter's output, waiting for room in dst */
 };
 
 struct splice {
@@ -87,6 +89,10 @@ static void finish(struct splice *sp, const char *err) {
       event_free(x->flush_ev);
       x->flush_ev = NULL;
     }
+    if (x->filter.free_fn) x->filter.free_fn(x->filter.ctx);
+    x->filter.free_fn = NULL;
+    if (x->filtered) evbuffer_free(x->filtered);
+    x->filtered = NULL;
     if (x->bev) {
       bufferevent_free(x->bev);
       x->bev = NULL;
@@ -109,8 +115,27 @@ static size_t high_mark(const struct splice_side *x) {
   return x->bev ? SPLICE_HIGH_WATER : tunnel_stream_high(x->stream);
 }
 
-static struct evbuffer *input_of(struct splice_side *x) {
+static struct evbuffer *raw_input_of(struct splice_side *x) {
   return x->bev ? bufferevent_get_input(x->bev) : tunnel_stream_input(x->stream);
+}
+
+/* What x has to pass on: its input, or with a filter what the filter made of
+ * it so far. NULL if the filter failed (the splice ended). */
+static struct evbuffer *input_of(struct splice *sp, struct splice_side *x) {
+  struct evbuffer *raw = raw_input_of(x);
+  if (!x->filter.fn) return raw;
+  const char *err = NULL;
+  if (evbuffer_get_length(raw) > 0 || x->eof) {
+    size_t before = evbuffer_get_length(raw);
+    if (x->filter.fn(x->filter.ctx, raw, x->filtered, x->eof, &err) < 0) {
+      char why[300];
+      snprintf(why, sizeof why, "side %s: %s", x->name, err ? err : "filter failed");
+      finish(sp, why);
+      return NULL;
+    }
+    x->moved += before - evbuffer_get_length(raw);
+  }
+  return x->filtered;
 }
 
 /* dst's write side, once its output is flushed. Returns -1 if the splice ended. */
@@ -145,7 +170,8 @@ static int shut_write(struct splice *sp, struct splice_side *dst) {
 static int pump(struct splice *sp, struct splice_side *src) {
   struct splice_side *dst = other(src);
   if (dst->shut) return 0;
-  struct evbuffer *in = input_of(src);
+  struct evbuffer *in = input_of(sp, src);
+  if (!in) return -1;
   size_t avail = evbuffer_get_length(in);
   int full = pending_out(dst) > high_mark(dst);
   if (avail > 0 && !full) {
@@ -157,7 +183,7 @@ static int pump(struct splice *sp, struct splice_side *src) {
       finish(sp, why);
       return -1;
     }
-    src->moved += avail;
+    if (!src->filter.fn) src->moved += avail; /* else counted as the filter took them */
     full = pending_out(dst) > high_mark(dst);
   }
   if (src->bev && !src->eof) {
@@ -390,12 +416,14 @@ static void stream_event_cb(struct tunnel_stream *s, int what, uint32_t code, co
   leave(sp);
 }
 
-static void side_init(struct splice *sp, struct splice_side *x, struct splice_end e,
-                      const char *name) {
+static int side_init(struct splice *sp, struct splice_side *x, struct splice_end e,
+                     const char *name) {
   x->sp = sp;
   x->bev = e.bev;
   x->stream = e.bev ? NULL : e.stream;
   x->name = name;
+  x->filter = e.filter;
+  if (x->filter.fn && !(x->filtered = evbuffer_new())) return -1;
   if (x->bev) {
     x->tls = bufferevent_openssl_get_ssl(x->bev) != NULL;
     bufferevent_setcb(x->bev, bev_read_cb, bev_write_cb, bev_event_cb, x);
@@ -408,6 +436,7 @@ static void side_init(struct splice *sp, struct splice_side *x, struct splice_en
     tunnel_stream_setcb(x->stream, stream_read_cb, stream_event_cb, x);
     if (tunnel_stream_eof(x->stream)) x->eof = 1;
   }
+  return 0;
 }
 
 struct splice *splice_new(struct splice_end a, struct splice_end b, splice_done_cb done,
@@ -415,18 +444,20 @@ struct splice *splice_new(struct splice_end a, struct splice_end b, splice_done_
   struct splice *sp = calloc(1, sizeof *sp);
   if (!sp) {
     struct splice fake = {.done = NULL};
-    fake.a.bev = a.bev, fake.a.stream = a.bev ? NULL : a.stream;
-    fake.b.bev = b.bev, fake.b.stream = b.bev ? NULL : b.stream;
+    fake.a.bev = a.bev, fake.a.stream = a.bev ? NULL : a.stream, fake.a.filter = a.filter;
+    fake.b.bev = b.bev, fake.b.stream = b.bev ? NULL : b.stream, fake.b.filter = b.filter;
     finish(&fake, "out of memory");
     if (done) done("out of memory", 0, 0, arg);
     return NULL;
   }
   sp->done = done;
   sp->arg = arg;
-  side_init(sp, &sp->a, a, "a");
-  side_init(sp, &sp->b, b, "b");
+  int ok = side_init(sp, &sp->a, a, "a") == 0;
+  ok = side_init(sp, &sp->b, b, "b") == 0 && ok;
   enter(sp);
-  if (sp->a.stream && tunnel_stream_closed(sp->a.stream))
+  if (!ok)
+    finish(sp, "out of memory");
+  else if (sp->a.stream && tunnel_stream_closed(sp->a.stream))
     finish(sp, "side a: stream already closed");
   else if (sp->b.stream && tunnel_stream_closed(sp->b.stream))
     finish(sp, "side b: stream already closed");

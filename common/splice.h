@@ -19,9 +19,25 @@ struct bufferevent;
 struct tunnel_stream;
 struct splice;
 
+struct evbuffer;
+
+/* A rewrite of the bytes read from an endpoint before they are passed on
+ * (kbridge's outbound route propagation, local-proxy/propagate.c). fn moves
+ * what it can from in to out, rewritten, and leaves in in what it needs more
+ * bytes to decide (a request head cut by a read); with eof set it must move all
+ * of in. Returns 0, or -1 to end the splice with *err. free_fn(ctx), if set,
+ * when the splice ends; the splice owns ctx from splice_new on, also when it
+ * fails at once. */
+struct splice_filter {
+  int (*fn)(void *ctx, struct evbuffer *in, struct evbuffer *out, int eof, const char **err);
+  void (*free_fn)(void *ctx);
+  void *ctx;
+};
+
 struct splice_end {
   struct bufferevent *bev;      /* exactly one of bev and stream is set */
   struct tunnel_stream *stream;
+  struct splice_filter filter;  /* fn NULL: bytes pass unchanged */
 };
 
 typedef void (*splice_done_cb)(const char *err, size_t a_to_b, size_t b_to_a, void *arg);

@@ -47,6 +47,9 @@ static const struct opt_def proxy_opts[] = {
              "HOST:PORT from inside the cluster"},
     {"exclusive", OPT_FLAG, CFG_OFF(exclusive), 0, 0, NULL, NULL, 0, 0,
      .help = "ask for all of the service's traffic, not only requests for your key"},
+    {"no-propagate", OPT_FLAG, CFG_OFF(no_propagate), 0, 0, NULL, NULL, 0, 0,
+     .help = "do not add your route (kubernetes-route-as and a baggage member) to the HTTP "
+             "requests your process sends through --forward listeners"},
     {"force", OPT_FLAG, CFG_OFF(force), 0, 0, NULL, NULL, 0, 0,
      .help = "take the route key over even if another identity holds it (the agent logs it and "
              "closes the other holder's tunnels)"},
@@ -363,6 +366,8 @@ static void proxy_stop(struct proxy *px, int code) {
   px->stopping = 1;
   for (size_t i = 0; i < px->cfg->forwards.n; i++)
     if (px->fwds[i].lev) evconnlistener_disable(px->fwds[i].lev);
+  for (struct forward *fw = px->added; fw; fw = fw->next)
+    if (fw->lev) evconnlistener_disable(fw->lev);
   int open = 0;
   for (int i = 0; i < px->cfg->tunnels; i++) {
     struct slot *sl = &px->slots[i];
@@ -491,9 +496,19 @@ int proxy_run(struct proxy_config *cfg) {
   make_label(px.hello.label, sizeof px.hello.label);
 
   for (size_t i = 0; i < cfg->forwards.n; i++) {
-    if (px_forward_start(&px, &px.fwds[i], &cfg->forwards.v[i]) < 0) {
+    char target[300];
+    struct forward *fw = &px.fwds[i];
+    if (px_forward_start(&px, fw, &cfg->forwards.v[i], err, sizeof err) < 0) {
+      log_err("--forward %s: %s", addr_format(&cfg->forwards.v[i].target, target, sizeof target),
+              err);
       px.exit_code = 1;
       goto out;
+    }
+    if (cfg->hooks && cfg->hooks->forward_bound) {
+      cfg->hooks->forward_bound(cfg->hooks->arg, i, fw->bound);
+    } else {
+      printf("forward %s\n", fw->name);
+      fflush(stdout);
     }
   }
   px.sigint = evsignal_new(px.base, SIGINT, signal_cb, &px);
@@ -541,10 +556,8 @@ out:
     if (px.slots[i].t) tunnel_free(px.slots[i].t);
     if (px.slots[i].retry) event_free(px.slots[i].retry);
   }
-  for (size_t i = 0; px.fwds && i < cfg->forwards.n; i++) {
-    if (px.fwds[i].lev) evconnlistener_free(px.fwds[i].lev);
-    if (px.fwds[i].resume) event_free(px.fwds[i].resume);
-  }
+  for (size_t i = 0; px.fwds && i < cfg->forwards.n; i++) px_forward_stop(&px.fwds[i]);
+  while (px.added) proxy_unlisten(&px, px.added);
   if (px.base) event_base_loop(px.base, EVLOOP_NONBLOCK);
   if (px.sigint) event_free(px.sigint);
   if (px.sigterm) event_free(px.sigterm);

@@ -82,6 +82,7 @@ struct proxy_config {
   int tunnels;              /* --tunnels */
   struct opt_forwards forwards;
   int exclusive;            /* --exclusive: ask for all of the service's traffic */
+  int no_propagate;         /* --no-propagate: outbound requests get no route lines */
   int force;                /* HELLO with FRAME_HELLO_FORCE: take the key over */
   enum log_level log_level; /* --log-level */
   /* connect only: */
@@ -102,6 +103,19 @@ void proxy_shutdown(struct proxy *px, int code);
 /* Start every idle tunnel slot now (each calls hooks->open again, which may
  * leave it idle); from a hook's event in the loop. */
 void proxy_kick(struct proxy *px);
+
+/* A listener added while the proxy runs (kbridge connect's service
+ * listeners): its connections become outbound streams to target, like a
+ * --forward's, with the route lines of propagate.h unless --no-propagate.
+ * listen's port 0 picks a free port; bound gets the address with the real
+ * port. Returns a handle, or NULL with err (errno EADDRINUSE when the
+ * address is taken: the caller may try another). From the loop (a hook). */
+struct forward;
+struct forward *proxy_listen(struct proxy *px, const struct hostport *listen,
+                             const struct hostport *target, char *bound, size_t boundlen,
+                             char *err, size_t errlen);
+/* Close a proxy_listen() listener and free it; its open connections go on. */
+void proxy_unlisten(struct proxy *px, struct forward *fw);
 
 /* Close the registered tunnel of slot (GOAWAY) so that it connects again,
  * after its short back-off: through a Service address it may reach another

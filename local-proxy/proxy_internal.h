@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include <event2/util.h>
+#include "propagate.h"
 #include "tunnel.h"
 
 #define BACKOFF_MIN_MS 250
@@ -61,10 +62,13 @@ struct dial {
 
 struct forward {
   struct proxy *px;
-  const struct opt_forward *spec;
+  const struct opt_forward *spec; /* a --forward's, or &own */
   struct evconnlistener *lev;
   struct event *resume;   /* re-enables the listener after an accept error */
   char name[620];         /* "127.0.0.1:40123 -> store.shop:8080" */
+  char bound[300];        /* the address it listens on, with the real port */
+  struct opt_forward own; /* proxy_listen()'s: the spec, owned */
+  struct forward *prev, *next; /* proxy_listen()'s, in px->added */
 };
 
 /* What a finished splice logs. */
@@ -87,7 +91,9 @@ struct proxy {
   size_t nagent, nlocal;
   char agent_name[300], local_name[300];
   struct slot *slots;
-  struct forward *fwds;
+  struct forward *fwds;  /* cfg->forwards.n, one per --forward */
+  struct forward *added; /* proxy_listen()'s */
+  struct propagate_stats prop;
   struct dial *dials;
   struct event *sigint, *sigterm, *stop_timer;
   unsigned rr;          /* round-robin cursor over slots for outbound streams */
@@ -112,8 +118,12 @@ struct timeval px_ms_tv(unsigned ms);
 void px_on_open(struct tunnel *t, struct tunnel_stream *s, const struct frame_open *o, void *arg);
 /* Unlink d from its proxy and free it with its socket and stream. */
 void px_dial_free(struct dial *d);
-/* Listen for --forward spec; its connections become outbound streams. 0, or
- * -1 (logged). */
-int px_forward_start(struct proxy *px, struct forward *fw, const struct opt_forward *spec);
+/* Listen for spec (a --forward, or proxy_listen's); its connections become
+ * outbound streams. Sets fw->bound and fw->name. 0, or -1 with err (errno
+ * as the failed call left it: EADDRINUSE when the address is taken). */
+int px_forward_start(struct proxy *px, struct forward *fw, const struct opt_forward *spec,
+                     char *err, size_t errlen);
+/* Close fw's listener (connections already accepted go on). */
+void px_forward_stop(struct forward *fw);
 
 #endif

@@ -1,8 +1,10 @@
 /* proxy_streams.c: the streams of `kbridge proxy`: inbound (cluster -> the local
- * process: dial it, then splice) and outbound (--forward listeners -> streams
- * to HOST:PORT in the cluster). */
+ * process: dial it, then splice) and outbound (--forward and proxy_listen()
+ * listeners -> streams to HOST:PORT in the cluster, requests given the route
+ * by propagate.c). */
 #include "proxy_internal.h"
 
+#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -64,7 +66,7 @@ static void dial_event_cb(struct bufferevent *bev, short what, void *arg) {
   addr_format_sa((const struct sockaddr *)&px->local[d->addr].ss, addr, sizeof addr);
   if (what & BEV_EVENT_CONNECTED) {
     struct link *l = malloc(sizeof *l);
-    struct splice_end a = {bev, NULL}, b = {NULL, d->s};
+    struct splice_end a = {.bev = bev}, b = {.stream = d->s};
     bufferevent_setcb(bev, NULL, NULL, NULL, NULL);
     bufferevent_set_timeouts(bev, NULL, NULL);
     px_set_nodelay(bufferevent_getfd(bev));
@@ -234,7 +236,11 @@ static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct soc
   snprintf(l->what, sizeof l->what, "forward %s: connection from %s (stream %u)", fw->name, peer,
            tunnel_stream_id(s));
   log_debug("%s: opened", l->what);
-  struct splice_end a = {bev, NULL}, b = {NULL, s};
+  struct splice_end a = {.bev = bev}, b = {.stream = s};
+  if (!px->cfg->no_propagate) {
+    a.filter = propagate_filter(px->cfg->key, fw->name, &px->prop);
+    if (!a.filter.fn) log_warn("%s: out of memory: no route propagation", l->what);
+  }
   splice_new(a, b, link_done, l);
 }
 
@@ -255,42 +261,81 @@ static void accept_error_cb(struct evconnlistener *lev, void *arg) {
   evtimer_add(fw->resume, &tv);
 }
 
-int px_forward_start(struct proxy *px, struct forward *fw, const struct opt_forward *spec) {
+int px_forward_start(struct proxy *px, struct forward *fw, const struct opt_forward *spec,
+                     char *err, size_t errlen) {
   struct resolved addrs[MAX_ADDRS];
   size_t n = 0;
-  char err[400], laddr[300], target[300];
+  char laddr[300], target[300];
   fw->px = px;
   fw->spec = spec;
   addr_format(&spec->listen, laddr, sizeof laddr);
   addr_format(&spec->target, target, sizeof target);
-  if (px_resolve(spec->listen.host, spec->listen.port, 1, addrs, &n, err, sizeof err) < 0) {
-    log_err("--forward %s=%s: %s", laddr, target, err);
-    return -1;
-  }
+  if (px_resolve(spec->listen.host, spec->listen.port, 1, addrs, &n, err, errlen) < 0) return -1;
   fw->lev = evconnlistener_new_bind(px->base, accept_cb, fw,
                                     LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_REUSEABLE,
                                     -1, (const struct sockaddr *)&addrs[0].ss, (int)addrs[0].len);
   if (fw->lev == NULL) {
-    log_err("--forward %s=%s: cannot listen on %s: %s", laddr, target, laddr,
-            evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+    int e = errno;
+    snprintf(err, errlen, "cannot listen on %s: %s", laddr, strerror(e));
+    errno = e;
     return -1;
   }
   fw->resume = evtimer_new(px->base, accept_resume_cb, fw);
-  if (fw->resume == NULL) return -1;
+  if (fw->resume == NULL) {
+    snprintf(err, errlen, "out of memory");
+    px_forward_stop(fw);
+    errno = ENOMEM;
+    return -1;
+  }
   evconnlistener_set_error_cb(fw->lev, accept_error_cb);
   struct sockaddr_storage ss;
   socklen_t len = sizeof ss;
-  char bound[300];
   if (getsockname(evconnlistener_get_fd(fw->lev), (struct sockaddr *)&ss, &len) == 0)
-    addr_format_sa((const struct sockaddr *)&ss, bound, sizeof bound);
+    addr_format_sa((const struct sockaddr *)&ss, fw->bound, sizeof fw->bound);
   else
-    snprintf(bound, sizeof bound, "%s", laddr);
-  snprintf(fw->name, sizeof fw->name, "%s -> %s", bound, target);
-  if (px->cfg->hooks && px->cfg->hooks->forward_bound) {
-    px->cfg->hooks->forward_bound(px->cfg->hooks->arg, (size_t)(fw - px->fwds), bound);
-  } else {
-    printf("forward %s\n", fw->name);
-    fflush(stdout);
-  }
+    snprintf(fw->bound, sizeof fw->bound, "%s", laddr);
+  snprintf(fw->name, sizeof fw->name, "%s -> %s", fw->bound, target);
   return 0;
+}
+
+void px_forward_stop(struct forward *fw) {
+  if (fw->lev) evconnlistener_free(fw->lev);
+  if (fw->resume) event_free(fw->resume);
+  fw->lev = NULL;
+  fw->resume = NULL;
+}
+
+struct forward *proxy_listen(struct proxy *px, const struct hostport *listen,
+                             const struct hostport *target, char *bound, size_t boundlen,
+                             char *err, size_t errlen) {
+  struct forward *fw = calloc(1, sizeof *fw);
+  if (!fw) {
+    snprintf(err, errlen, "out of memory");
+    errno = ENOMEM;
+    return NULL;
+  }
+  fw->own.listen = *listen;
+  fw->own.target = *target;
+  if (px_forward_start(px, fw, &fw->own, err, errlen) < 0) {
+    int e = errno;
+    free(fw);
+    errno = e;
+    return NULL;
+  }
+  if (px->stopping) evconnlistener_disable(fw->lev);
+  fw->next = px->added;
+  if (fw->next) fw->next->prev = fw;
+  px->added = fw;
+  snprintf(bound, boundlen, "%s", fw->bound);
+  return fw;
+}
+
+void proxy_unlisten(struct proxy *px, struct forward *fw) {
+  if (fw->prev)
+    fw->prev->next = fw->next;
+  else
+    px->added = fw->next;
+  if (fw->next) fw->next->prev = fw->prev;
+  px_forward_stop(fw);
+  free(fw);
 }

@@ -54,10 +54,15 @@ class DataPlane(unittest.TestCase):
             cls.alice_local = e.backend("alice-local")
             cls.bob_local = e.backend("bob-local")
             cls.agent = e.agent(cls.tls, "127.0.0.1:%d" % cls.origin.port)
+            # alice's second forward and bob's lead back to the agent's service
+            # port: a call from a developer's process to a routed service
             cls.alice = e.proxy(cls.agent, cls.tls, "alice", cls.alice_local.port,
                                 extra=["--tunnels", "1",
-                                       "--forward", "127.0.0.1:0=127.0.0.1:%d" % cls.origin.port])
-            cls.bob = e.proxy(cls.agent, cls.tls, "bob", cls.bob_local.port, extra=["--tunnels", "2"])
+                                       "--forward", "127.0.0.1:0=127.0.0.1:%d" % cls.origin.port,
+                                       "--forward", "127.0.0.1:0=127.0.0.1:%d" % cls.agent.port])
+            cls.bob = e.proxy(cls.agent, cls.tls, "bob", cls.bob_local.port,
+                              extra=["--tunnels", "2", "--no-propagate",
+                                     "--forward", "127.0.0.1:0=127.0.0.1:%d" % cls.agent.port])
         except Exception:
             e.close()
             raise
@@ -256,6 +261,38 @@ class DataPlane(unittest.TestCase):
         m = self.alice.wait_line(r"^forward 127\.0\.0\.1:(\d+) ")
         info = served_by(int(m.group(1)))
         self.assertEqual(info["served_by"], "origin")
+
+    def forward_port(self, proxy, target_port):
+        m = proxy.wait_line(r"^forward 127\.0\.0\.1:(\d+) -> 127\.0\.0\.1:%d$" % target_port)
+        return int(m.group(1))
+
+    def test_forward_propagates_the_route(self):
+        """alice's process calls a routed service through her forward: the request
+        carries her route (header and baggage member) and so reaches her own local
+        server; a request naming a route itself keeps it; bob's --no-propagate
+        forward adds nothing, so his call reaches the original pods."""
+        p = self.forward_port(self.alice, self.agent.port)
+        info = served_by(p)
+        self.assertEqual(info["served_by"], "alice-local")
+        self.assertEqual(info["headers"].get("kubernetes-route-as"), "alice")
+        self.assertIn("kbridge-route=alice", info["headers"].get("baggage", ""))
+        # keep-alive: each request of the connection gets the route
+        c = http.client.HTTPConnection("127.0.0.1", p, timeout=10)
+        for i in range(3):
+            c.request("POST", "/echo/%d" % i, body=b"x" * 1000)
+            r = c.getresponse()
+            body = json.loads(r.read())
+            self.assertEqual(body["served_by"], "alice-local", i)
+        c.close()
+        info = served_by(p, headers={"kubernetes-route-as": "bob"})
+        self.assertEqual(info["served_by"], "bob-local")
+        info = served_by(p, headers={"baggage": "tenant=7"})
+        self.assertEqual(info["served_by"], "alice-local")
+        self.assertIn("tenant=7", info["headers"].get("baggage", ""))
+        pb = self.forward_port(self.bob, self.agent.port)
+        info = served_by(pb)
+        self.assertEqual(info["served_by"], "origin")
+        self.assertNotIn("kubernetes-route-as", info["headers"])
 
     # -- metrics --------------------------------------------------------------
     def test_metrics_and_healthz(self):
