@@ -36,6 +36,8 @@ struct connect_config {
   int timeout;              /* --timeout: seconds for the agent to become ready */
   struct hostport agent_address; /* --agent-address: direct carrier (port 0: unset) */
   struct opt_forwards forwards;  /* --forward LADDR:LPORT=HOST:PORT, repeatable */
+  int no_services;          /* --no-services: no loopback listener per Service */
+  int no_propagate;         /* --no-propagate: outbound requests get no route lines */
   int ingress;              /* --ingress: clone the Service's Ingresses for the key */
   int pause_gitops;         /* --pause-gitops: Flux's reconcile=disabled while taken over */
   const char *config;       /* --config: options file (main.c reads it; default ./kbridge.yaml) */

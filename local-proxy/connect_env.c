@@ -1,7 +1,8 @@
 /* connect_env.c: the local process's environment: the original container's env
  * (config maps and secrets resolved, the names that came from Secrets
- * remembered), service links for --forward, and the env written in a format
- * (envfmt.h) for --env-file and `kbridge env`. */
+ * remembered), service links for --forward and the Service listeners
+ * (connect_services.c), and the env written in a format (envfmt.h) for
+ * --env-file and `kbridge env`. */
 #include "connect_internal.h"
 
 #include <errno.h>
@@ -157,6 +158,41 @@ static void env_default(cJSON *env, const char *name, const char *value) {
   if (!cJSON_GetObjectItemCaseSensitive(env, name)) cJSON_AddStringToObject(env, name, value);
 }
 
+void conn_service_link(cJSON *env, const char *svc, const char *host, int first,
+                       const char *pname, int svc_port, unsigned local) {
+  char sn[80], pn[80], name[300], val[400], lp[8], la[300];
+  struct hostport hp;
+  memset(&hp, 0, sizeof hp);
+  snprintf(hp.host, sizeof hp.host, "%s", host);
+  hp.port = (int)local;
+  addr_format(&hp, la, sizeof la); /* brackets around an IPv6 host */
+  link_name(svc, sn, sizeof sn);
+  snprintf(lp, sizeof lp, "%u", local);
+  snprintf(name, sizeof name, "%s_SERVICE_HOST", sn);
+  env_default(env, name, host);
+  if (first) {
+    snprintf(name, sizeof name, "%s_SERVICE_PORT", sn);
+    env_default(env, name, lp);
+    snprintf(name, sizeof name, "%s_PORT", sn);
+    snprintf(val, sizeof val, "tcp://%s", la);
+    env_default(env, name, val);
+  }
+  if (pname && *pname) {
+    link_name(pname, pn, sizeof pn);
+    snprintf(name, sizeof name, "%s_SERVICE_PORT_%s", sn, pn);
+    env_default(env, name, lp);
+  }
+  snprintf(name, sizeof name, "%s_PORT_%d_TCP", sn, svc_port);
+  snprintf(val, sizeof val, "tcp://%s", la);
+  env_default(env, name, val);
+  snprintf(name, sizeof name, "%s_PORT_%d_TCP_PROTO", sn, svc_port);
+  env_default(env, name, "tcp");
+  snprintf(name, sizeof name, "%s_PORT_%d_TCP_PORT", sn, svc_port);
+  env_default(env, name, lp);
+  snprintf(name, sizeof name, "%s_PORT_%d_TCP_ADDR", sn, svc_port);
+  env_default(env, name, host);
+}
+
 void conn_forward_service_links(struct conn *c, cJSON *env) {
   const cJSON *esl = conn_jget(c->pod_template, "enableServiceLinks");
   if (cJSON_IsFalse(esl)) return;
@@ -178,39 +214,13 @@ void conn_forward_service_links(struct conn *c, cJSON *env) {
     }
     const cJSON *p, *ports = conn_jget(s, "spec.ports");
     int first = 1, found = 0;
-    char sn[80], pn[80], name[300], val[400], lp[8], la[300];
-    link_name(svc, sn, sizeof sn);
-    snprintf(lp, sizeof lp, "%u", (unsigned)local.port);
-    struct hostport lhp = local;
-    addr_format(&lhp, la, sizeof la); /* brackets around an IPv6 host */
     cJSON_ArrayForEach(p, ports) {
       const cJSON *port = cJSON_GetObjectItemCaseSensitive(p, "port");
       const char *proto = conn_jstr(p, "protocol") ? conn_jstr(p, "protocol") : "TCP";
       if (cJSON_IsNumber(port) && port->valueint == f->target.port && strcmp(proto, "TCP") == 0) {
         found = 1;
-        snprintf(name, sizeof name, "%s_SERVICE_HOST", sn);
-        env_default(env, name, local.host);
-        if (first) {
-          snprintf(name, sizeof name, "%s_SERVICE_PORT", sn);
-          env_default(env, name, lp);
-          snprintf(name, sizeof name, "%s_PORT", sn);
-          snprintf(val, sizeof val, "tcp://%s", la);
-          env_default(env, name, val);
-        }
-        if (conn_jstr(p, "name") && *conn_jstr(p, "name")) {
-          link_name(conn_jstr(p, "name"), pn, sizeof pn);
-          snprintf(name, sizeof name, "%s_SERVICE_PORT_%s", sn, pn);
-          env_default(env, name, lp);
-        }
-        snprintf(name, sizeof name, "%s_PORT_%d_TCP", sn, port->valueint);
-        snprintf(val, sizeof val, "tcp://%s", la);
-        env_default(env, name, val);
-        snprintf(name, sizeof name, "%s_PORT_%d_TCP_PROTO", sn, port->valueint);
-        env_default(env, name, "tcp");
-        snprintf(name, sizeof name, "%s_PORT_%d_TCP_PORT", sn, port->valueint);
-        env_default(env, name, lp);
-        snprintf(name, sizeof name, "%s_PORT_%d_TCP_ADDR", sn, port->valueint);
-        env_default(env, name, local.host);
+        conn_service_link(env, svc, local.host, first, conn_jstr(p, "name"), port->valueint,
+                          (unsigned)local.port);
       }
       first = 0;
     }

@@ -53,6 +53,29 @@ struct port {
   char proto[8];
 };
 
+/* connect_services.c: a Service of the namespace, listening on a loopback
+ * address of its own. */
+#define SVC_MAX_PORTS 16
+struct forward;
+struct event_base;
+struct kube_watch;
+struct svc_port {
+  char pname[64];      /* the Service port's name, or "" */
+  unsigned port;       /* the Service's port */
+  unsigned target;     /* the port connected to in the cluster */
+  unsigned local;      /* the port listened on (port, unless it was not allowed) */
+  struct forward *fw;  /* proxy_listen()'s */
+};
+struct svc_fwd {
+  char name[64];
+  char addr[16];       /* 127.1.0.3 */
+  char target[256];    /* cluster IP, NAME.NS.svc (headless) or the external name */
+  int nports;
+  struct svc_port p[SVC_MAX_PORTS];
+  struct proxy *px;
+  struct svc_fwd *next;
+};
+
 struct conn {
   struct connect_config *cfg;
   int json;
@@ -113,6 +136,11 @@ struct conn {
     char pod[256];
   } slots[MAX_SLOTS];
   int per_pod;             /* tunnels wanted to each agent pod (--tunnels) */
+  struct svc_fwd *svcs;    /* the namespace's Services, listening on loopback */
+  size_t nsvcs;
+  unsigned next_addr;      /* the next loopback address to try (connect_services.c) */
+  struct kube *kw;         /* a second API client, in the event loop: the watch */
+  struct kube_watch *svc_watch;
   double agent_seen;       /* when an agent pod was last seen ready (now_s) */
   int agent_lost;          /* no agent pod ready for AGENT_LOST_S: restore, end */
 };
@@ -247,6 +275,22 @@ void conn_forward_service_links(struct conn *c, cJSON *env);
  * (reported). */
 int conn_write_env(struct conn *c, const cJSON *env, const cJSON *secrets, enum envfmt_format f,
                    const char *path);
+/* The service-link variables of one port of Service svc listening on
+ * host:local (first: its first port, which also sets SVC_SERVICE_PORT and
+ * SVC_PORT). A variable env has already is kept, as in a pod. */
+void conn_service_link(cJSON *env, const char *svc, const char *host, int first,
+                       const char *pname, int svc_port, unsigned local);
+
+/* connect_services.c */
+/* List the namespace's Services, listen for each (c->px is set), and watch
+ * for more. Problems are logged; the session goes on without them. */
+int conn_services_start(struct conn *c, struct event_base *base);
+/* Close the listeners and the watch. */
+void conn_services_stop(struct conn *c);
+/* The service-link variables of every listening Service. */
+void conn_services_env(struct conn *c, cJSON *env);
+/* [{"name","address","target","ports":[{"port","local","name"}]}] (new). */
+cJSON *conn_services_json(const struct conn *c);
 
 /* connect_serve.c */
 /* Run the tunnels until the session ends (proxy.c's loop with our hooks);

@@ -107,6 +107,12 @@ static const struct opt_def connect_opts[] = {
     {"forward", OPT_FORWARD, CFG_OFF(forwards), 0, 0, NULL, NULL, 0, 0,
      .help = "listen on LADDR:LPORT (port 0: any free port) and connect each connection to "
              "HOST:PORT from inside the cluster, through the agent (repeatable)"},
+    {"no-services", OPT_FLAG, CFG_OFF(no_services), 0, 0, NULL, NULL, 0, 0,
+     .help = "do not give every Service of the namespace a local listener (by default each gets "
+             "127.1.X.Y with its own ports, and your process its SVC_SERVICE_HOST variables)"},
+    {"no-propagate", OPT_FLAG, CFG_OFF(no_propagate), 0, 0, NULL, NULL, 0, 0,
+     .help = "do not add your route (kubernetes-route-as and a baggage member) to the HTTP "
+             "requests your process sends through kbridge's listeners"},
     {"ingress", OPT_FLAG, CFG_OFF(ingress), 0, 0, NULL, NULL, 0, 0,
      .help = "clone each Ingress routing to the Service with every host H as KEY.H (a browser URL "
              "for your route); the clones are removed when you leave"},

@@ -467,6 +467,12 @@ static void hook_started(void *arg, struct proxy *px, struct event_base *base) {
     c->sigchld = evsignal_new(base, SIGCHLD, sigchld_cb, c);
     if (c->sigchld) event_add(c->sigchld, NULL);
   }
+  conn_services_start(c, base);
+}
+
+static void hook_stopped(void *arg, struct proxy *px) {
+  struct conn *c = arg;
+  conn_services_stop(c); /* the watch lives in the loop's base, freed next */
 }
 
 static void start_child(struct conn *c, const cJSON *env) {
@@ -548,7 +554,8 @@ static void hook_welcome(void *arg, int ok, const char *message) {
   snprintf(hosthdr, sizeof hosthdr, "Host: %s.%s", c->cfg->key, c->svc);
   cJSON *secrets = NULL;
   cJSON *env = conn_resolve_env(c, &secrets);
-  conn_forward_service_links(c, env);
+  conn_forward_service_links(c, env); /* --forward first: named by hand, they win */
+  conn_services_env(c, env);
   cJSON *fwds = cJSON_CreateArray();
   for (size_t i = 0; i < c->cfg->forwards.n; i++) {
     char target[300];
@@ -581,6 +588,7 @@ static void hook_welcome(void *arg, int ok, const char *message) {
     if (!c->cfg->replace) cJSON_AddStringToObject(o, "host_header", hosthdr);
     cJSON_AddNumberToObject(o, "local_port", c->cfg->local_port);
     cJSON_AddItemToObject(o, "forwards", cJSON_Duplicate(fwds, 1));
+    cJSON_AddItemToObject(o, "services", conn_services_json(c));
     if (c->ingress_urls)
       cJSON_AddItemToObject(o, "ingress_urls", cJSON_Duplicate(c->ingress_urls, 1));
     cJSON_AddItemToObject(o, "env", cJSON_Duplicate(env, 1));
@@ -603,6 +611,15 @@ static void hook_welcome(void *arg, int ok, const char *message) {
     cJSON_ArrayForEach(f, fwds)
       printf("  forward:   %s -> %s (from inside the cluster)\n", conn_jstr(f, "listen"),
              conn_jstr(f, "target"));
+    int shown = 0;
+    for (const struct svc_fwd *s = c->svcs; s; s = s->next) {
+      if (shown++ == 8) {
+        printf("  service:   ... %zu more (--output json lists them)\n", c->nsvcs - 8);
+        break;
+      }
+      printf("  service:   %s -> %s:%u%s\n", s->name, s->addr, s->p[0].local,
+             s->nports > 1 ? " (and more ports)" : "");
+    }
     printf("  stop with Ctrl-C or: kbridge disconnect -n %s --service %s\n", c->ns, c->svc);
     fflush(stdout);
   }
@@ -618,7 +635,7 @@ int conn_serve(struct conn *c, const struct sigaction *sa) {
   static const struct proxy_hooks hooks = {NULL,          hook_open,     hook_cancel,
                                            hook_carrier_error, hook_started, hook_welcome,
                                            hook_forward_bound, hook_inbound, hook_released,
-                                           hook_registered};
+                                           hook_registered, hook_stopped};
   struct proxy_hooks h = hooks;
   h.arg = c;
   int direct = cfg->agent_address.port != 0;
@@ -643,6 +660,7 @@ int conn_serve(struct conn *c, const struct sigaction *sa) {
   pc.exclusive = cfg->replace;
   pc.force = cfg->force;
   pc.forwards = cfg->forwards;
+  pc.no_propagate = cfg->no_propagate;
   pc.log_level = cfg->log_level;
   pc.hooks = &h;
   pc.ssl_ctx = c->tun_ssl;

@@ -543,6 +543,7 @@ int proxy_run(struct proxy_config *cfg) {
   if (px.exit_code == 0 && !px.stopping) px.exit_code = 1; /* the loop ran dry: a bug */
 
 out:
+  if (cfg->hooks && cfg->hooks->stopped && px.base) cfg->hooks->stopped(cfg->hooks->arg, &px);
   /* Tear down in dependency order; freeing tunnels ends their streams, whose
    * splices then free their sockets on the next loop pass. */
   while (px.dials) px_dial_free(px.dials);

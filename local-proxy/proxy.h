@@ -71,6 +71,9 @@ struct proxy_hooks {
   /* The slot's tunnel registered (WELCOME OK); message is the agent's greeting
    * ("pod NAME"). May be NULL. */
   void (*registered)(void *arg, void *slot, const char *message);
+  /* The loop has ended; the base and the proxy_listen() listeners are still
+   * there (free what you added to the base now). May be NULL. */
+  void (*stopped)(void *arg, struct proxy *px);
 };
 
 struct proxy_config {

@@ -1,0 +1,298 @@
+#!/usr/bin/env python3
+"""The local process in the cluster's network (issue 9): every Service of the
+namespace on a loopback address of its own, and the route carried on the
+developer's own calls. Against the local test cluster, as the restricted
+developer of test_connect.py (whose fixture this file reuses).
+
+    test_outbound.py --kbridge BIN --agent BIN [--signer BIN] [PART...]
+
+Parts (default: all, in this order):
+    services   alice connects: the ready event lists every Service of shop (not
+               kbridge's own) on a 127.x address with its real ports, the env of
+               the local process points at them (STORE_SERVICE_HOST, ...), and a
+               GET through each reaches the real pods; a Service created while
+               connected gets a listener (event) that reaches its pods, a deleted
+               one's listener closes; time from connect to all listeners ready
+               printed, then again with 200 more Services in the namespace
+    propagate  alice holds api and store, bob holds store only; alice's local api
+               calls store through its listener without any route header of its
+               own: a request with alice's key enters frontend -> alice's local
+               api -> alice's local store; bob's -> real api -> bob's local
+               store; unrouted -> real api -> real store; with --no-propagate,
+               alice's api call reaches the real store
+
+The cluster is $KBRIDGE_E2E_CLUSTER (default kbe2e), as for test_connect.py.
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import test_connect as tc  # noqa: E402
+
+from test_connect import (NS, Fail, Session, backend, check, kb, kubectl, say,  # noqa: E402
+                          snapshot, check_restored, served_by, probe, hdr, wait)
+
+FRONTEND = "http://frontend.%s.svc.cluster.local/" % NS
+
+# The developer's local api: answers who it is and what store answered, calling
+# store at the address its env names (as an app written for Kubernetes does)
+# and sending no route header of its own: the route comes from kbridge.
+LOCAL_API = r'''
+import json, os, sys, urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+store = "http://%s:%s/" % (os.environ["STORE_SERVICE_HOST"], os.environ["STORE_SERVICE_PORT"])
+class H(BaseHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+    def do_GET(self):
+        try:
+            with urllib.request.urlopen(store, timeout=10) as r:
+                nxt = json.load(r)
+        except Exception as e:
+            nxt = {"error": str(e)}
+        body = json.dumps({"served_by": sys.argv[2], "next": nxt}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+srv = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H)
+srv.daemon_threads = True
+srv.serve_forever()
+'''
+
+
+def shop_services():
+    items = json.loads(kubectl("get", "services", "-n", NS, "-o", "json").stdout)["items"]
+    return {i["metadata"]["name"]: i for i in items
+            if i["metadata"].get("labels", {}).get("app.kubernetes.io/managed-by") != "kbridge"}
+
+
+def get_json(url, timeout=10):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def services_step(sess):
+    """The seconds the "services" progress step took, from the events so far."""
+    for ev in sess.events:
+        if ev.get("event") == "progress" and ev.get("step") == "services":
+            return float(ev["message"].rsplit("(", 1)[1].split(" ")[0])
+    raise Fail("no services progress event: %s" % [e.get("step") for e in sess.events])
+
+
+def extra_service(name, port):
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": NS, "labels": {"kbridge-test": "outbound"}},
+            "spec": {"selector": {"app": "store"},
+                     "ports": [{"name": "web", "port": port, "targetPort": 8080}]}}
+
+
+def apply(objs):
+    kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                  "items": objs}))
+
+
+def part_services():
+    before = snapshot()
+    svcs = shop_services()
+    _, pa = backend("alice-local")
+    t = time.time()
+    alice = Session("alice", pa)
+    ev = alice.ready()
+    took = time.time() - t
+    listed = {s["name"]: s for s in ev.get("services", [])}
+    check(set(listed) == set(svcs),
+          "the ready event lists every Service of %s: %s" % (NS, sorted(listed)))
+    addrs = [s["address"] for s in listed.values()]
+    check(all(a.startswith("127.") and a != "127.0.0.1" for a in addrs) and
+          len(set(addrs)) == len(addrs), "each on a loopback address of its own: %s" % addrs)
+    for name, s in listed.items():
+        want = sorted(p["port"] for p in svcs[name]["spec"]["ports"])
+        check(sorted(p["local"] for p in s["ports"]) == want,
+              "%s listens on its real ports %s" % (name, want))
+    env = ev["env"]
+    st = listed["store"]
+    check(env.get("STORE_SERVICE_HOST") == st["address"] and
+          env.get("STORE_SERVICE_PORT") == "8080" and
+          env.get("STORE_PORT_8080_TCP") == "tcp://%s:8080" % st["address"] and
+          env.get("FRONTEND_SERVICE_HOST") == listed["frontend"]["address"],
+          "the local process's env points at the listeners (STORE_SERVICE_HOST=%s)" %
+          env.get("STORE_SERVICE_HOST"))
+    a = get_json("http://%s:8080/" % st["address"])
+    check(a.get("service") == "store" and a.get("pod", "").startswith("store-"),
+          "GET store through its listener answers from the real pod %s" % a.get("pod"))
+    fe = listed["frontend"]
+    a = get_json("http://%s:%d/" % (fe["address"], fe["ports"][0]["local"]))
+    check(a.get("service") == "frontend", "GET frontend through its listener: %s" % a.get("service"))
+    say("figure: connect to ready with %d Service listeners: %.2f s (listing and binding %.3f s)" %
+        (len(listed), took, services_step(alice)))
+
+    # a Service created while connected gets a listener; deleted, it closes
+    apply([extra_service("outbound-extra", 9090)])
+    t = time.time()
+    new = None
+    while new is None and time.time() - t < 30:
+        e = alice.next_event(30)
+        if e and e.get("step") == "service" and "outbound-extra" in e.get("message", ""):
+            new = e
+    check(new is not None, "a progress event for the new Service after %.2f s: %s" %
+          (time.time() - t, new and new["message"]))
+    addr = new["message"].split(" -> ")[1].split(" ")[0]
+    a = get_json("http://%s/" % addr)
+    check(a.get("service") == "store", "the new Service's listener %s reaches its pods" % addr)
+    kubectl("delete", "service", "-n", NS, "outbound-extra")
+
+    def closed():
+        try:
+            urllib.request.urlopen("http://%s/" % addr, timeout=2)
+            return False
+        except Exception:
+            return True
+    wait("the deleted Service's listener to close", closed, 30)
+    check(True, "the deleted Service's listener is closed")
+    ev = alice.stop()
+    check(ev["restored"] is True, "alice leaves: restored")
+    check(closed(), "no listener left after disconnect")
+
+    # 200 Services more: the time to all listeners ready
+    apply([extra_service("outbound-%03d" % i, 8000 + i) for i in range(200)])
+    try:
+        t = time.time()
+        alice = Session("alice", pa)
+        ev = alice.ready()
+        took = time.time() - t
+        n = len(ev.get("services", []))
+        check(n == len(svcs) + 200, "%d Services listed with 200 more in the namespace" % n)
+        a = get_json("http://%s/" % next(s["address"] + ":8199" for s in ev["services"]
+                                          if s["name"] == "outbound-199"))
+        check(a.get("service") == "store", "the 200th extra Service's listener reaches its pods")
+        say("figure: connect to ready with %d Service listeners: %.2f s (listing and binding "
+            "%.3f s)" % (n, took, services_step(alice)))
+        ev = alice.stop()
+        check(ev["restored"] is True, "alice leaves: restored")
+    finally:
+        kubectl("delete", "services", "-n", NS, "-l", "kbridge-test=outbound", "--wait=false")
+    check_restored(before, "the services part")
+
+
+def local_api(key):
+    """A free port and the path of LOCAL_API, for a session of key."""
+    port = tc.free_port()
+    path = os.path.join(tc.TMP, "local_api.py")
+    with open(path, "w") as f:
+        f.write(LOCAL_API)
+    return port, path
+
+
+def chain(answer):
+    """Who served each hop: frontend -> api -> store."""
+    out = []
+    while answer:
+        out.append(served_by(answer))
+        answer = answer.get("next")
+    return out
+
+
+def part_propagate():
+    before = snapshot()
+    _, ps_alice = backend("alice-local-store")
+    _, ps_bob = backend("bob-local-store")
+    store_a = Session("alice", ps_alice, "--service", "store")
+    store_a.ready()
+    store_b = Session("bob", ps_bob, "--service", "store")
+    store_b.ready()
+    port, path = local_api("alice")
+    api_a = Session("alice", port, "--", sys.executable, path, str(port), "alice-local-api")
+    api_a.ready()
+    wait("alice's local api to listen", lambda: _listening(port), 20)
+    ans = probe([(FRONTEND, hdr("alice")), (FRONTEND, hdr("bob")), (FRONTEND, {})])
+    got = [chain(a) for a in ans]
+    say("chains: %s" % got)
+    check(got[0] == ["frontend", "alice-local-api", "alice-local-store"],
+          "alice's request: frontend -> alice's local api -> (route propagated by kbridge) "
+          "alice's local store")
+    check(got[1] == ["frontend", "api", "bob-local-store"],
+          "bob's request: frontend -> real api -> bob's local store")
+    check(got[2] == ["frontend", "api", "store"], "unrouted: frontend -> real api -> real store")
+    ev = api_a.stop()
+    check(ev is not None, "alice's api session ends")
+    api_a = Session("alice", port, "--no-propagate", "--", sys.executable, path, str(port),
+                    "alice-local-api")
+    api_a.ready()
+    wait("alice's local api to listen", lambda: _listening(port), 20)
+    got = chain(probe([(FRONTEND, hdr("alice"))])[0])
+    check(got == ["frontend", "alice-local-api", "store"],
+          "--no-propagate: alice's local api's call reaches the real store (%s)" % got)
+    for s in (api_a, store_b, store_a):
+        s.stop()
+    check_restored(before, "the propagate part")
+
+
+def _listening(port):
+    import socket
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+PARTS = {"services": part_services, "propagate": part_propagate}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--kbridge", required=True)
+    ap.add_argument("--agent", required=True)
+    ap.add_argument("--signer", help="kbridge-signer (default: beside the agent's build dir)")
+    ap.add_argument("parts", nargs="*")
+    args = ap.parse_args()
+    if args.signer:
+        args.signer = os.path.abspath(args.signer)
+    tc.ARGS = args
+    if os.geteuid() != 0 or not shutil.which("kubectl"):
+        print("skipped: needs root and kubectl")
+        return 77
+    args.kbridge = os.path.abspath(args.kbridge)
+    args.agent = os.path.abspath(args.agent)
+    parts = args.parts or list(PARTS)
+    rc = 0
+    try:
+        tc.cluster_up()
+        for p in parts:
+            say("== %s" % p)
+            PARTS[p]()
+    except Fail as e:
+        say("FAIL: %s" % e)
+        rc = 1
+    finally:
+        for p in tc.PROCS:
+            if p.poll() is None:
+                p.kill()
+        try:
+            if tc.info():
+                for svc in ("api", "store"):
+                    kb("restore", "-n", NS, "--service", svc,
+                       kubeconfig=tc.info()["admin_kubeconfig"])
+                kubectl("delete", "services", "-n", NS, "-l", "kbridge-test=outbound",
+                        "--wait=false", check_rc=False)
+        except Exception as e:
+            say("cleanup failed: %s" % e)
+        if os.environ.get("KBRIDGE_E2E_KEEP") != "1" and tc.info():
+            subprocess.run([os.path.join(tc.CLUSTER_DIR, "down"), "--name", tc.NAME],
+                           capture_output=True)
+        shutil.rmtree(tc.TMP, ignore_errors=True)
+    say("PASS" if rc == 0 else "FAILED")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
