@@ -199,6 +199,13 @@ static int svc_event(const char *type, cJSON *obj, const struct kube_err *e, voi
       svc_unlink_free(c, s);
     }
   } else if (strcmp(type, "ERROR") == 0 && e) {
+    if (e->status == 401 || e->status == 403) {
+      log_warn("cannot watch the Services of %s (%s): Services created while connected get no "
+               "listener (the Role needs watch on services: deploy/rbac/developer-role.yaml)",
+               c->ns, e->msg);
+      c->svc_watch = NULL;
+      return 1; /* stops the watch; retrying cannot help */
+    }
     log_warn("watching the services of %s: %s (retrying)", c->ns, e->msg);
   }
   return 0;
