@@ -1090,9 +1090,12 @@ def part_forward():
     check(env.get("STORE_SERVICE_HOST") == "127.0.0.1" and
           env.get("STORE_SERVICE_PORT") == str(lport) and
           env.get("STORE_SERVICE_PORT_HTTP") == str(lport) and
-          env.get("STORE_PORT_8080_TCP") == "tcp://127.0.0.1:%d" % lport and
-          "API_SERVICE_HOST" not in env,
-          "env: store's service links point at the forward, none for services not forwarded")
+          env.get("STORE_PORT_8080_TCP") == "tcp://127.0.0.1:%d" % lport,
+          "env: store's service links point at the forward (a --forward wins over the "
+          "Service's own listener)")
+    api = [x for x in ev.get("services", []) if x["name"] == "api"]
+    check(api and env.get("API_SERVICE_HOST") == api[0]["address"],
+          "env: api's service links point at its listener %s" % (api and api[0]["address"]))
     ev = alice.stop()
     check(ev["restored"] is True, "alice leaves: restored")
     try:
