@@ -38,6 +38,8 @@ struct connect_config {
   struct opt_forwards forwards;  /* --forward LADDR:LPORT=HOST:PORT, repeatable */
   int no_services;          /* --no-services: no loopback listener per Service */
   int no_propagate;         /* --no-propagate: outbound requests get no route lines */
+  struct hostport http_proxy; /* --http-proxy: the local HTTP/SOCKS5 proxy's address */
+  int no_http_proxy;        /* --no-http-proxy */
   int ingress;              /* --ingress: clone the Service's Ingresses for the key */
   int pause_gitops;         /* --pause-gitops: Flux's reconcile=disabled while taken over */
   const char *config;       /* --config: options file (main.c reads it; default ./kbridge.yaml) */

@@ -136,6 +136,7 @@ struct conn {
     char pod[256];
   } slots[MAX_SLOTS];
   int per_pod;             /* tunnels wanted to each agent pod (--tunnels) */
+  char http_proxy[300];    /* the local HTTP/SOCKS5 proxy's address, or "" */
   struct svc_fwd *svcs;    /* the namespace's Services, listening on loopback */
   size_t nsvcs;
   unsigned next_addr;      /* the next loopback address to try (connect_services.c) */

@@ -110,6 +110,11 @@ static const struct opt_def connect_opts[] = {
     {"no-services", OPT_FLAG, CFG_OFF(no_services), 0, 0, NULL, NULL, 0, 0,
      .help = "do not give every Service of the namespace a local listener (by default each gets "
              "127.1.X.Y with its own ports, and your process its SVC_SERVICE_HOST variables)"},
+    {"http-proxy", OPT_ADDR, CFG_OFF(http_proxy), 0, 0, "127.0.0.1:0", NULL, 0, 0,
+     .help = "the local HTTP and SOCKS5 proxy your process gets as HTTP_PROXY, HTTPS_PROXY and "
+             "ALL_PROXY: names resolve in the cluster (port 0: any free port)"},
+    {"no-http-proxy", OPT_FLAG, CFG_OFF(no_http_proxy), 0, 0, NULL, NULL, 0, 0,
+     .help = "no local HTTP/SOCKS5 proxy, and no *_PROXY variables for your process"},
     {"no-propagate", OPT_FLAG, CFG_OFF(no_propagate), 0, 0, NULL, NULL, 0, 0,
      .help = "do not add your route (kubernetes-route-as and a baggage member) to the HTTP "
              "requests your process sends through kbridge's listeners"},
@@ -424,33 +429,39 @@ int connect_kube_open(const struct kube_flags *kf, struct kube **out, char *err,
  * touched, so a port in use or an address not on this machine fails with no
  * change to undo (proxy.c binds them for real later; port 0 always binds).
  * 0, or -1 (reported). */
-static int forwards_bindable(struct conn *c) {
-  for (size_t i = 0; i < c->cfg->forwards.n; i++) {
-    const struct opt_forward *f = &c->cfg->forwards.v[i];
-    struct addrinfo hints, *res = NULL;
-    char port[8], a[300];
-    memset(&hints, 0, sizeof hints);
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE;
-    snprintf(port, sizeof port, "%u", (unsigned)f->listen.port);
-    addr_format(&f->listen, a, sizeof a);
-    int rc = getaddrinfo(f->listen.host, port, &hints, &res);
-    if (rc != 0 || !res) {
-      conn_fail(c, "--forward %s: cannot resolve \"%s\": %s", a, f->listen.host, gai_strerror(rc));
-      return -1;
-    }
-    int fd = socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC, 0), one = 1;
-    int ok = fd >= 0 && setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) == 0 &&
-             bind(fd, res->ai_addr, res->ai_addrlen) == 0;
-    int err = errno;
-    if (fd >= 0) close(fd);
-    freeaddrinfo(res);
-    if (!ok) {
-      c->reason = err == EADDRINUSE ? "port_in_use" : "bad_flag";
-      conn_fail(c, "--forward %s: cannot listen there: %s", a, strerror(err));
-      return -1;
-    }
+static int bindable(struct conn *c, const struct hostport *hp, const char *flag) {
+  struct addrinfo hints, *res = NULL;
+  char port[8], a[300];
+  memset(&hints, 0, sizeof hints);
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  snprintf(port, sizeof port, "%u", (unsigned)hp->port);
+  addr_format(hp, a, sizeof a);
+  int rc = getaddrinfo(hp->host, port, &hints, &res);
+  if (rc != 0 || !res) {
+    conn_fail(c, "%s %s: cannot resolve \"%s\": %s", flag, a, hp->host, gai_strerror(rc));
+    return -1;
   }
+  int fd = socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC, 0), one = 1;
+  int ok = fd >= 0 && setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) == 0 &&
+           bind(fd, res->ai_addr, res->ai_addrlen) == 0;
+  int err = errno;
+  if (fd >= 0) close(fd);
+  freeaddrinfo(res);
+  if (!ok) {
+    c->reason = err == EADDRINUSE ? "port_in_use" : "bad_flag";
+    conn_fail(c, "%s %s: cannot listen there: %s", flag, a, strerror(err));
+    return -1;
+  }
+  return 0;
+}
+
+static int forwards_bindable(struct conn *c) {
+  for (size_t i = 0; i < c->cfg->forwards.n; i++)
+    if (bindable(c, &c->cfg->forwards.v[i].listen, "--forward") < 0) return -1;
+  if (!c->cfg->no_http_proxy && c->cfg->http_proxy.host[0] &&
+      bindable(c, &c->cfg->http_proxy, "--http-proxy") < 0)
+    return -1;
   return 0;
 }
 

@@ -468,6 +468,35 @@ static void hook_started(void *arg, struct proxy *px, struct event_base *base) {
     if (c->sigchld) event_add(c->sigchld, NULL);
   }
   conn_services_start(c, base);
+  if (!c->cfg->no_http_proxy) {
+    char err[400];
+    if (!proxy_listen_http(px, &c->cfg->http_proxy, c->http_proxy, sizeof c->http_proxy, err,
+                           sizeof err)) {
+      log_warn("--http-proxy: %s; your process gets no proxy", err);
+      c->http_proxy[0] = '\0';
+    }
+  }
+}
+
+/* The proxy variables for the local process, pointing at our HTTP/SOCKS5
+ * proxy. They replace the container's own: a proxy named there is a cluster
+ * address this machine cannot reach, and ours dials from inside the cluster. */
+static void proxy_env(struct conn *c, cJSON *env) {
+  if (!c->http_proxy[0]) return;
+  char http[340], socks[340];
+  snprintf(http, sizeof http, "http://%s", c->http_proxy);
+  snprintf(socks, sizeof socks, "socks5h://%s", c->http_proxy);
+  const char *vars[][2] = {{"HTTP_PROXY", http}, {"http_proxy", http},   {"HTTPS_PROXY", http},
+                           {"https_proxy", http}, {"ALL_PROXY", socks}, {"all_proxy", socks},
+                           {"NO_PROXY", "localhost,127.0.0.1,::1"},
+                           {"no_proxy", "localhost,127.0.0.1,::1"}};
+  for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
+    const char *old = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(env, vars[i][0]));
+    if (old && strcmp(old, vars[i][1]) != 0)
+      log_info("env %s: the container's \"%s\" replaced by kbridge's proxy", vars[i][0], old);
+    cJSON_DeleteItemFromObjectCaseSensitive(env, vars[i][0]);
+    cJSON_AddStringToObject(env, vars[i][0], vars[i][1]);
+  }
 }
 
 static void hook_stopped(void *arg, struct proxy *px) {
@@ -556,6 +585,7 @@ static void hook_welcome(void *arg, int ok, const char *message) {
   cJSON *env = conn_resolve_env(c, &secrets);
   conn_forward_service_links(c, env); /* --forward first: named by hand, they win */
   conn_services_env(c, env);
+  proxy_env(c, env);
   cJSON *fwds = cJSON_CreateArray();
   for (size_t i = 0; i < c->cfg->forwards.n; i++) {
     char target[300];
@@ -589,6 +619,7 @@ static void hook_welcome(void *arg, int ok, const char *message) {
     cJSON_AddNumberToObject(o, "local_port", c->cfg->local_port);
     cJSON_AddItemToObject(o, "forwards", cJSON_Duplicate(fwds, 1));
     cJSON_AddItemToObject(o, "services", conn_services_json(c));
+    if (c->http_proxy[0]) cJSON_AddStringToObject(o, "http_proxy", c->http_proxy);
     if (c->ingress_urls)
       cJSON_AddItemToObject(o, "ingress_urls", cJSON_Duplicate(c->ingress_urls, 1));
     cJSON_AddItemToObject(o, "env", cJSON_Duplicate(env, 1));
@@ -611,6 +642,9 @@ static void hook_welcome(void *arg, int ok, const char *message) {
     cJSON_ArrayForEach(f, fwds)
       printf("  forward:   %s -> %s (from inside the cluster)\n", conn_jstr(f, "listen"),
              conn_jstr(f, "target"));
+    if (c->http_proxy[0])
+      printf("  proxy:     HTTP_PROXY=http://%s (HTTP and SOCKS5; names resolve in the "
+             "cluster)\n", c->http_proxy);
     int shown = 0;
     for (const struct svc_fwd *s = c->svcs; s; s = s->next) {
       if (shown++ == 8) {

@@ -47,6 +47,9 @@ static const struct opt_def proxy_opts[] = {
              "HOST:PORT from inside the cluster"},
     {"exclusive", OPT_FLAG, CFG_OFF(exclusive), 0, 0, NULL, NULL, 0, 0,
      .help = "ask for all of the service's traffic, not only requests for your key"},
+    {"http-proxy", OPT_ADDR, CFG_OFF(http_proxy), 0, 0, NULL, NULL, 0, 0,
+     .help = "listen on LADDR:LPORT (port 0: any free port) as an HTTP (CONNECT and http:// "
+             "URLs) and SOCKS5 proxy whose targets are dialled from inside the cluster"},
     {"no-propagate", OPT_FLAG, CFG_OFF(no_propagate), 0, 0, NULL, NULL, 0, 0,
      .help = "do not add your route (kubernetes-route-as and a baggage member) to the HTTP "
              "requests your process sends through --forward listeners"},
@@ -65,6 +68,7 @@ const struct opt_cmd proxy_cmd = {
     "the agent refusing the key (not the certificate's, held exclusively by someone\n"
     "else) is final: exit status 1. SIGINT/SIGTERM close the tunnels cleanly (status 0).\n"
     "stdout lines: \"forward LADDR:LPORT -> HOST:PORT\" per listener (the real port),\n"
+    "\"proxy LADDR:LPORT\" for --http-proxy,\n"
     "then \"ready: route KEY -> HOST:PORT (...)\" once the first tunnel is registered.",
     proxy_opts,
     .nopts = sizeof proxy_opts / sizeof proxy_opts[0],
@@ -508,6 +512,18 @@ int proxy_run(struct proxy_config *cfg) {
       cfg->hooks->forward_bound(cfg->hooks->arg, i, fw->bound);
     } else {
       printf("forward %s\n", fw->name);
+      fflush(stdout);
+    }
+  }
+  if (cfg->http_proxy.host[0]) {
+    char bound[300];
+    if (!proxy_listen_http(&px, &cfg->http_proxy, bound, sizeof bound, err, sizeof err)) {
+      log_err("--http-proxy: %s", err);
+      px.exit_code = 1;
+      goto out;
+    }
+    if (!(cfg->hooks && cfg->hooks->forward_bound)) {
+      printf("proxy %s\n", bound);
       fflush(stdout);
     }
   }

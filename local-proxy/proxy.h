@@ -86,6 +86,7 @@ struct proxy_config {
   struct opt_forwards forwards;
   int exclusive;            /* --exclusive: ask for all of the service's traffic */
   int no_propagate;         /* --no-propagate: outbound requests get no route lines */
+  struct hostport http_proxy; /* --http-proxy: the HTTP/SOCKS5 proxy's address (host "": none) */
   int force;                /* HELLO with FRAME_HELLO_FORCE: take the key over */
   enum log_level log_level; /* --log-level */
   /* connect only: */
@@ -117,6 +118,16 @@ struct forward;
 struct forward *proxy_listen(struct proxy *px, const struct hostport *listen,
                              const struct hostport *target, char *bound, size_t boundlen,
                              char *err, size_t errlen);
+/* An HTTP proxy (CONNECT, and absolute-form http:// requests) and a SOCKS5
+ * proxy (CONNECT, no authentication) on one port, listen: the target named
+ * by each connection is dialled by the agent from inside the cluster, so
+ * cluster names (store, store.shop, store.shop.svc.cluster.local, an
+ * ExternalName) resolve there; a loopback target (127.0.0.0/8, ::1,
+ * localhost) is dialled here (the Service listeners, the local process).
+ * Requests get the route lines as on a listener (propagate.h). Returns a
+ * handle for proxy_unlisten, or NULL with err. From the loop (a hook). */
+struct forward *proxy_listen_http(struct proxy *px, const struct hostport *listen, char *bound,
+                                  size_t boundlen, char *err, size_t errlen);
 /* Close a proxy_listen() listener and free it; its open connections go on. */
 void proxy_unlisten(struct proxy *px, struct forward *fw);
 

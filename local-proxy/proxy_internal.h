@@ -68,6 +68,7 @@ struct forward {
   char name[620];         /* "127.0.0.1:40123 -> store.shop:8080" */
   char bound[300];        /* the address it listens on, with the real port */
   struct opt_forward own; /* proxy_listen()'s: the spec, owned */
+  int http_proxy;         /* proxy_listen_http()'s: an HTTP/SOCKS5 proxy, spec->target unused */
   struct forward *prev, *next; /* proxy_listen()'s, in px->added */
 };
 
@@ -125,5 +126,14 @@ int px_forward_start(struct proxy *px, struct forward *fw, const struct opt_forw
                      char *err, size_t errlen);
 /* Close fw's listener (connections already accepted go on). */
 void px_forward_stop(struct forward *fw);
+/* A registered tunnel for an outbound stream, round robin; NULL if none. */
+struct tunnel *px_pick_tunnel(struct proxy *px);
+/* A splice's done callback for a struct link (arg, freed): logs its end. */
+void px_link_done(const char *err, size_t a_to_b, size_t b_to_a, void *arg);
+
+/* proxy_http.c */
+/* The HTTP/SOCKS5 proxy's accept callback (fw->http_proxy set). */
+void px_http_accept(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa,
+                    int salen, void *arg);
 
 #endif

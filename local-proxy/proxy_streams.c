@@ -33,7 +33,7 @@ static double since_s(const struct timespec *t0) {
   return (double)(now.tv_sec - t0->tv_sec) + (double)(now.tv_nsec - t0->tv_nsec) / 1e9;
 }
 
-static void link_done(const char *err, size_t a_to_b, size_t b_to_a, void *arg) {
+void px_link_done(const char *err, size_t a_to_b, size_t b_to_a, void *arg) {
   struct link *l = arg;
   /* a is the local socket, b the tunnel stream: b_to_a came from the cluster. */
   if (l->inbound && !l->px->stopping)
@@ -90,7 +90,7 @@ static void dial_event_cb(struct bufferevent *bev, short what, void *arg) {
       tunnel_stream_free(b.stream);
       return;
     }
-    splice_new(a, b, link_done, l); /* owns both ends now */
+    splice_new(a, b, px_link_done, l); /* owns both ends now */
     return;
   }
   int e = EVUTIL_SOCKET_ERROR();
@@ -183,7 +183,7 @@ void px_on_open(struct tunnel *t, struct tunnel_stream *s, const struct frame_op
 
 /* ---- outbound: local process -> cluster ----------------------------------------- */
 
-static struct tunnel *pick_tunnel(struct proxy *px) {
+struct tunnel *px_pick_tunnel(struct proxy *px) {
   int n = px->cfg->tunnels;
   for (int i = 0; i < n; i++) {
     struct slot *sl = &px->slots[(px->rr + (unsigned)i) % (unsigned)n];
@@ -201,7 +201,7 @@ static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct soc
   struct proxy *px = fw->px;
   char peer[64];
   addr_format_sa(sa, peer, sizeof peer);
-  struct tunnel *t = pick_tunnel(px);
+  struct tunnel *t = px_pick_tunnel(px);
   px_set_nodelay(fd);
   if (t == NULL) {
     log_warn("forward %s: no tunnel to the agent is up; closing the connection from %s",
@@ -241,7 +241,7 @@ static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct soc
     a.filter = propagate_filter(px->cfg->key, fw->name, &px->prop);
     if (!a.filter.fn) log_warn("%s: out of memory: no route propagation", l->what);
   }
-  splice_new(a, b, link_done, l);
+  splice_new(a, b, px_link_done, l);
 }
 
 static void accept_resume_cb(evutil_socket_t fd, short what, void *arg) {
@@ -271,7 +271,7 @@ int px_forward_start(struct proxy *px, struct forward *fw, const struct opt_forw
   addr_format(&spec->listen, laddr, sizeof laddr);
   addr_format(&spec->target, target, sizeof target);
   if (px_resolve(spec->listen.host, spec->listen.port, 1, addrs, &n, err, errlen) < 0) return -1;
-  fw->lev = evconnlistener_new_bind(px->base, accept_cb, fw,
+  fw->lev = evconnlistener_new_bind(px->base, fw->http_proxy ? px_http_accept : accept_cb, fw,
                                     LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_REUSEABLE,
                                     -1, (const struct sockaddr *)&addrs[0].ss, (int)addrs[0].len);
   if (fw->lev == NULL) {
@@ -294,7 +294,10 @@ int px_forward_start(struct proxy *px, struct forward *fw, const struct opt_forw
     addr_format_sa((const struct sockaddr *)&ss, fw->bound, sizeof fw->bound);
   else
     snprintf(fw->bound, sizeof fw->bound, "%s", laddr);
-  snprintf(fw->name, sizeof fw->name, "%s -> %s", fw->bound, target);
+  if (fw->http_proxy)
+    snprintf(fw->name, sizeof fw->name, "proxy %s", fw->bound);
+  else
+    snprintf(fw->name, sizeof fw->name, "%s -> %s", fw->bound, target);
   return 0;
 }
 
@@ -305,9 +308,9 @@ void px_forward_stop(struct forward *fw) {
   fw->resume = NULL;
 }
 
-struct forward *proxy_listen(struct proxy *px, const struct hostport *listen,
-                             const struct hostport *target, char *bound, size_t boundlen,
-                             char *err, size_t errlen) {
+static struct forward *listen_any(struct proxy *px, const struct hostport *listen,
+                                  const struct hostport *target, int http_proxy, char *bound,
+                                  size_t boundlen, char *err, size_t errlen) {
   struct forward *fw = calloc(1, sizeof *fw);
   if (!fw) {
     snprintf(err, errlen, "out of memory");
@@ -315,7 +318,8 @@ struct forward *proxy_listen(struct proxy *px, const struct hostport *listen,
     return NULL;
   }
   fw->own.listen = *listen;
-  fw->own.target = *target;
+  if (target) fw->own.target = *target;
+  fw->http_proxy = http_proxy;
   if (px_forward_start(px, fw, &fw->own, err, errlen) < 0) {
     int e = errno;
     free(fw);
@@ -328,6 +332,17 @@ struct forward *proxy_listen(struct proxy *px, const struct hostport *listen,
   px->added = fw;
   snprintf(bound, boundlen, "%s", fw->bound);
   return fw;
+}
+
+struct forward *proxy_listen(struct proxy *px, const struct hostport *listen,
+                             const struct hostport *target, char *bound, size_t boundlen,
+                             char *err, size_t errlen) {
+  return listen_any(px, listen, target, 0, bound, boundlen, err, errlen);
+}
+
+struct forward *proxy_listen_http(struct proxy *px, const struct hostport *listen, char *bound,
+                                  size_t boundlen, char *err, size_t errlen) {
+  return listen_any(px, listen, NULL, 1, bound, boundlen, err, errlen);
 }
 
 void proxy_unlisten(struct proxy *px, struct forward *fw) {

@@ -59,7 +59,8 @@ class DataPlane(unittest.TestCase):
             cls.alice = e.proxy(cls.agent, cls.tls, "alice", cls.alice_local.port,
                                 extra=["--tunnels", "1",
                                        "--forward", "127.0.0.1:0=127.0.0.1:%d" % cls.origin.port,
-                                       "--forward", "127.0.0.1:0=127.0.0.1:%d" % cls.agent.port])
+                                       "--forward", "127.0.0.1:0=127.0.0.1:%d" % cls.agent.port,
+                                       "--http-proxy", "127.0.0.1:0"])
             cls.bob = e.proxy(cls.agent, cls.tls, "bob", cls.bob_local.port,
                               extra=["--tunnels", "2", "--no-propagate",
                                      "--forward", "127.0.0.1:0=127.0.0.1:%d" % cls.agent.port])
@@ -293,6 +294,87 @@ class DataPlane(unittest.TestCase):
         info = served_by(pb)
         self.assertEqual(info["served_by"], "origin")
         self.assertNotIn("kubernetes-route-as", info["headers"])
+
+    # -- the HTTP / SOCKS5 proxy (--http-proxy) ------------------------------------
+    def proxy_conn(self):
+        m = self.alice.wait_line(r"^proxy 127\.0\.0\.1:(\d+)$")
+        return socket.create_connection(("127.0.0.1", int(m.group(1))), timeout=10)
+
+    @staticmethod
+    def read_response(f):
+        status = f.readline()
+        headers = {}
+        while True:
+            line = f.readline()
+            if line in (b"\r\n", b""):
+                break
+            k, v = line.decode().split(":", 1)
+            headers[k.strip().lower()] = v.strip()
+        body = f.read(int(headers.get("content-length", "0")))
+        return int(status.split()[1]), headers, body
+
+    def test_http_proxy_connect_socks_and_absolute(self):
+        """The three ways through the proxy reach the agent's service port (a
+        loopback target: dialled here) and carry alice's route, so alice's
+        own local server answers."""
+        port = self.agent.port
+        # CONNECT, then a plain request inside the tunnel: the route is added
+        s = self.proxy_conn()
+        f = s.makefile("rb")
+        s.sendall(b"CONNECT 127.0.0.1:%d HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % (port, port))
+        self.assertTrue(f.readline().startswith(b"HTTP/1.1 200"))
+        self.assertEqual(f.readline(), b"\r\n")
+        s.sendall(b"GET /in-connect HTTP/1.1\r\nHost: svc\r\n\r\n")
+        st, h, body = self.read_response(f)
+        info = json.loads(body)
+        self.assertEqual((st, info["served_by"], info["path"]), (200, "alice-local", "/in-connect"))
+        self.assertEqual(info["headers"].get("kubernetes-route-as"), "alice")
+        s.close()
+        # SOCKS5, by address and by name
+        for atyp in (b"\x01\x7f\x00\x00\x01", b"\x03\x09localhost"):
+            s = self.proxy_conn()
+            f = s.makefile("rb")
+            s.sendall(b"\x05\x01\x00")
+            self.assertEqual(f.read(2), b"\x05\x00")
+            s.sendall(b"\x05\x01\x00" + atyp + port.to_bytes(2, "big"))
+            self.assertEqual(f.read(10)[:2], b"\x05\x00")
+            s.sendall(b"GET /socks HTTP/1.1\r\nHost: svc\r\n\r\n")
+            st, h, body = self.read_response(f)
+            self.assertEqual(json.loads(body)["served_by"], "alice-local", atyp)
+            s.close()
+        # an absolute-form request: origin form, the route, one request per connection
+        s = self.proxy_conn()
+        f = s.makefile("rb")
+        s.sendall(b"GET http://127.0.0.1:%d/abs?x=1 HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+                  b"Proxy-Connection: keep-alive\r\n\r\n" % (port, port))
+        st, h, body = self.read_response(f)
+        info = json.loads(body)
+        self.assertEqual((st, info["served_by"], info["path"]), (200, "alice-local", "/abs?x=1"))
+        self.assertNotIn("proxy-connection", info["headers"])
+        self.assertEqual(info["headers"].get("kubernetes-route-as"), "alice")
+        self.assertEqual(f.read(), b"")  # Connection: close: the connection ends
+        s.close()
+        # a request naming a route keeps it
+        s = self.proxy_conn()
+        f = s.makefile("rb")
+        s.sendall(b"GET http://127.0.0.1:%d/ HTTP/1.1\r\nkubernetes-route-as: bob\r\n\r\n" % port)
+        st, h, body = self.read_response(f)
+        self.assertEqual(json.loads(body)["served_by"], "bob-local")
+        s.close()
+
+    def test_http_proxy_refuses_what_it_cannot_carry(self):
+        for req, want in ((b"GET /relative HTTP/1.1\r\nHost: x\r\n\r\n", b"HTTP/1.1 400"),
+                          (b"CONNECT nohost HTTP/1.1\r\n\r\n", b"HTTP/1.1 400"),
+                          (b"GET https://a/ HTTP/1.1\r\n\r\n", b"HTTP/1.1 400"),
+                          (b"\x05\x01\x02", b"\x05\xff"),              # no usable auth method
+                          (b"\x05\x01\x00\x05\x02\x00\x01\x7f\x00\x00\x01\x00\x50",
+                           b"\x05\x00\x05\x07")):                      # BIND: not supported
+            s = self.proxy_conn()
+            f = s.makefile("rb")
+            s.sendall(req)
+            got = f.read()  # the proxy answers and closes
+            self.assertTrue(got.startswith(want), (req, got[:80]))
+            s.close()
 
     # -- metrics --------------------------------------------------------------
     def test_metrics_and_healthz(self):
