@@ -20,6 +20,11 @@ Parts (default: all, in this order):
                api -> alice's local store; bob's -> real api -> bob's local
                store; unrouted -> real api -> real store; with --no-propagate,
                alice's api call reaches the real store
+    httpproxy  the local HTTP/SOCKS5 proxy of the ready event (HTTP_PROXY in the env):
+               http:// requests by each name form of store (store, store.shop,
+               store.shop.svc, store.shop.svc.cluster.local) reach the real pods,
+               CONNECT and SOCKS5 (by name) too; a name the cluster does not know
+               ends the connection and the CLI's log says why
 
 The cluster is $KBRIDGE_E2E_CLUSTER (default kbe2e), as for test_connect.py.
 """
@@ -245,7 +250,72 @@ def _listening(port):
         return False
 
 
-PARTS = {"services": part_services, "propagate": part_propagate}
+def part_httpproxy():
+    import socket
+    before = snapshot()
+    _, pa = backend("alice-local")
+    alice = Session("alice", pa)
+    ev = alice.ready()
+    addr = ev.get("http_proxy", "")
+    check(addr.startswith("127.0.0.1:") and ev["env"].get("HTTP_PROXY") == "http://" + addr and
+          ev["env"].get("ALL_PROXY") == "socks5h://" + addr and
+          "localhost" in ev["env"].get("NO_PROXY", ""),
+          "the ready event names the proxy %s and the env points at it" % addr)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": "http://" + addr}))
+    for name in ("store", "store." + NS, "store.%s.svc" % NS, "store.%s.svc.cluster.local" % NS):
+        t = time.time()
+        with opener.open("http://%s:8080/x" % name, timeout=15) as r:
+            a = json.loads(r.read())
+        check(a.get("service") == "store" and a.get("path") == "/x",
+              "http://%s:8080/x through the proxy answers from the real pod %s (%.2f s)" %
+              (name, a.get("pod"), time.time() - t))
+    host, port = addr.rsplit(":", 1)
+
+    def get_through(sock):
+        f = sock.makefile("rb")
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n")
+        data = f.read()
+        try:
+            return json.loads(data.split(b"\r\n\r\n", 1)[1])
+        except (ValueError, IndexError):
+            say("unexpected answer: %r" % data[:300])
+            return {}
+    s = socket.create_connection((host, int(port)), timeout=15)
+    s.sendall(b"CONNECT api.%s:8080 HTTP/1.1\r\n\r\n" % NS.encode())
+    line = b""
+    while not line.endswith(b"\r\n\r\n"):
+        line += s.recv(1)
+    check(line.startswith(b"HTTP/1.1 200"), "CONNECT api.%s:8080: %r" % (NS, line[:30]))
+    a = get_through(s)
+    check(served_by(a) == "alice-local",
+          "a request inside the CONNECT tunnel to api got alice's route: her local server")
+    s.close()
+    s = socket.create_connection((host, int(port)), timeout=15)
+    s.sendall(b"\x05\x01\x00")
+    check(s.recv(2) == b"\x05\x00", "SOCKS5 greeting")
+    s.sendall(b"\x05\x01\x00\x03\x08frontend\x00\x50")
+    check(s.recv(10)[:2] == b"\x05\x00", "SOCKS5 CONNECT frontend:80")
+    a = get_through(s)
+    check(a.get("service") == "frontend", "a request through SOCKS5 reaches the real frontend")
+    s.close()
+    s = socket.create_connection((host, int(port)), timeout=15)
+    s.sendall(b"CONNECT nosuch.%s.svc.cluster.local:80 HTTP/1.1\r\n\r\n" % NS.encode())
+    f = s.makefile("rb")
+    f.readline()
+    f.readline()
+    t = time.time()
+    rest = f.read()
+    check(rest == b"", "an unknown name: the connection ends (%.2f s)" % (time.time() - t))
+    s.close()
+    wait("the CLI's log to say why", lambda: "nosuch.%s.svc.cluster.local" % NS in alice.stderr(), 20)
+    why = [x for x in alice.stderr().splitlines() if "nosuch" in x]
+    check(True, "the log says why: %s" % why[-1][-160:])
+    ev = alice.stop()
+    check(ev["restored"] is True, "alice leaves: restored")
+    check_restored(before, "the httpproxy part")
+
+
+PARTS = {"services": part_services, "propagate": part_propagate, "httpproxy": part_httpproxy}
 
 
 def main():
