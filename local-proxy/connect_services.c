@@ -16,10 +16,15 @@
  * cluster IP or ports changed and closes those deleted. */
 #include "connect_internal.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <event2/event.h>
 
@@ -107,6 +112,23 @@ static int svc_plan(struct conn *c, const cJSON *svc, struct svc_fwd *s, const c
   return 0;
 }
 
+/* Is port held on every address (a listener on 0.0.0.0 or [::])? An address
+ * nobody uses answers: 127.255.255.254 is outside the range nth_addr gives. */
+static int taken_everywhere(unsigned port) {
+  struct sockaddr_in sin;
+  memset(&sin, 0, sizeof sin);
+  sin.sin_family = AF_INET;
+  sin.sin_port = htons((uint16_t)port);
+  sin.sin_addr.s_addr = htonl(0x7ffffffeu);
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+  if (fd < 0) return 0;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  int busy = bind(fd, (struct sockaddr *)&sin, sizeof sin) < 0 && errno == EADDRINUSE;
+  close(fd);
+  errno = EADDRINUSE;
+  return busy;
+}
+
 /* Listen for every port of s on one address of ours. 0, or -1 with err. */
 static int svc_listen(struct conn *c, struct svc_fwd *s, char *err, size_t errlen) {
   for (int tries = 0; tries < ADDR_TRIES; tries++) {
@@ -123,7 +145,12 @@ static int svc_listen(struct conn *c, struct svc_fwd *s, char *err, size_t errle
       snprintf(t.host, sizeof t.host, "%s", s->target);
       t.port = (int)sp->target;
       sp->fw = proxy_listen(c->px, &l, &t, bound, sizeof bound, err, errlen);
-      if (!sp->fw && errno == EACCES) { /* a port below 1024, not root: any port */
+      /* Any port instead: below 1024 and not root, or a local server holds
+       * the port on every address (0.0.0.0:8080): no address of ours gets it. */
+      if (!sp->fw && (errno == EACCES || (errno == EADDRINUSE && taken_everywhere(sp->port)))) {
+        log_info("service %s: port %u cannot be listened on here (%s); a free port instead",
+                 s->name, sp->port, errno == EACCES ? "below 1024 and not root"
+                                                    : "a local server holds it on all addresses");
         l.port = 0;
         sp->fw = proxy_listen(c->px, &l, &t, bound, sizeof bound, err, errlen);
       }

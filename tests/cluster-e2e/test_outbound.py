@@ -151,8 +151,16 @@ def part_services():
     check(new is not None, "a progress event for the new Service after %.2f s: %s" %
           (time.time() - t, new and new["message"]))
     addr = new["message"].split(" -> ")[1].split(" ")[0]
-    a = get_json("http://%s/" % addr)
-    check(a.get("service") == "store", "the new Service's listener %s reaches its pods" % addr)
+    # The new Service's cluster IP is served a moment after it is created (the
+    # node programs it): a client in the cluster would wait the same.
+    def reached():
+        try:
+            return get_json("http://%s/" % addr, timeout=3).get("service") == "store"
+        except Exception:
+            return False
+    t = time.time()
+    wait("the new Service's listener to reach its pods", reached, 20)
+    check(True, "the new Service's listener %s reaches its pods (%.2f s)" % (addr, time.time() - t))
     kubectl("delete", "service", "-n", NS, "outbound-extra")
 
     def closed():
@@ -167,8 +175,15 @@ def part_services():
     check(ev["restored"] is True, "alice leaves: restored")
     check(closed(), "no listener left after disconnect")
 
-    # 200 Services more: the time to all listeners ready
+    # 200 Services more: the time to all listeners ready. Meanwhile a local
+    # server holds 0.0.0.0:8080 (store's port) on every address: store gets a
+    # free port on its address instead, and its variables say which.
     apply([extra_service("outbound-%03d" % i, 8000 + i) for i in range(200)])
+    import socket
+    squat = socket.socket()
+    squat.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    squat.bind(("0.0.0.0", 8080))
+    squat.listen(1)
     try:
         t = time.time()
         alice = Session("alice", pa)
@@ -176,6 +191,13 @@ def part_services():
         took = time.time() - t
         n = len(ev.get("services", []))
         check(n == len(svcs) + 200, "%d Services listed with 200 more in the namespace" % n)
+        st = [x for x in ev["services"] if x["name"] == "store"][0]
+        lp = st["ports"][0]["local"]
+        check(lp != 8080 and ev["env"].get("STORE_SERVICE_PORT") == str(lp) and
+              get_json("http://%s:%d/" % (st["address"], lp)).get("service") == "store",
+              "0.0.0.0:8080 held by a local server: store listens on %s:%d instead, its "
+              "variables say so, and it reaches the pods" % (st["address"], lp))
+        squat.close()
         a = get_json("http://%s/" % next(s["address"] + ":8199" for s in ev["services"]
                                           if s["name"] == "outbound-199"))
         check(a.get("service") == "store", "the 200th extra Service's listener reaches its pods")
@@ -184,6 +206,7 @@ def part_services():
         ev = alice.stop()
         check(ev["restored"] is True, "alice leaves: restored")
     finally:
+        squat.close()
         kubectl("delete", "services", "-n", NS, "-l", "kbridge-test=outbound", "--wait=false")
     check_restored(before, "the services part")
 
