@@ -21,8 +21,13 @@ struct kube_flags {
 
 struct connect_config {
   struct kube_flags kf;
-  const char *service;      /* --service */
-  int local_port;           /* --local-port */
+  const char *service;      /* --service (its first use) */
+  int local_port;           /* --local-port (its first use) */
+  /* --service and --local-port given again: more Services in the same
+   * session, paired in order (connect_multi.c) */
+  struct opt_list more_services;
+  int more_ports[OPT_LIST_MAX];
+  size_t nmore_ports;
   const char *local_host;   /* --local-host */
   char key[OPT_KEY_SIZE];   /* --route-as ("" = $USER + 4 random characters) */
   int replace;              /* --replace: exclusive mode */

@@ -137,6 +137,7 @@ struct conn {
   } slots[MAX_SLOTS];
   int per_pod;             /* tunnels wanted to each agent pod (--tunnels) */
   char http_proxy[300];    /* the local HTTP/SOCKS5 proxy's address, or "" */
+  struct multi *multi;     /* the other Services' sessions (connect_multi.c), or NULL */
   struct svc_fwd *svcs;    /* the namespace's Services, listening on loopback */
   size_t nsvcs;
   unsigned next_addr;      /* the next loopback address to try (connect_services.c) */
@@ -281,6 +282,19 @@ int conn_write_env(struct conn *c, const cJSON *env, const cJSON *secrets, enum 
  * SVC_PORT). A variable env has already is kept, as in a pod. */
 void conn_service_link(cJSON *env, const char *svc, const char *host, int first,
                        const char *pname, int svc_port, unsigned local);
+
+/* connect_multi.c: the other Services of the session, in child processes */
+struct multi;
+/* Fork a session per further --service and wait until all are ready. 0, or
+ * -1 (reported; the children are stopped by conn_multi_stop). */
+int conn_multi_start(struct conn *c);
+/* Read the children's events from the loop while the session runs; and stop. */
+void conn_multi_watch(struct conn *c, struct event_base *base);
+void conn_multi_unwatch(struct conn *c);
+/* [{"service","local_port","pid","urls"}] of the other Services (new). */
+cJSON *conn_multi_json(const struct conn *c);
+/* SIGINT to every child, wait for their leave (each restores its Service). */
+void conn_multi_stop(struct conn *c);
 
 /* connect_services.c */
 /* List the namespace's Services, listen for each (c->px is set), and watch

@@ -69,13 +69,58 @@
 #include "session.h"
 
 #define CFG_OFF(field) offsetof(struct connect_config, field)
+
+/* --service and --local-port: the first use is the session's own Service;
+ * each further one adds a Service (connect_multi.c). */
+static int parse_service(const struct opt_def *o, const char *v, void *cfgp, char *why,
+                         size_t whylen) {
+  struct connect_config *cfg = cfgp;
+  if (!*v) {
+    snprintf(why, whylen, "expected a Service name, got \"\"");
+    return -1;
+  }
+  if (!cfg->service) {
+    cfg->service = strdup(v);
+    return cfg->service ? 0 : -1;
+  }
+  if (cfg->more_services.n == OPT_LIST_MAX) {
+    snprintf(why, whylen, "at most %d Services in one session", OPT_LIST_MAX + 1);
+    return -1;
+  }
+  cfg->more_services.v[cfg->more_services.n] = strdup(v);
+  return cfg->more_services.v[cfg->more_services.n++] ? 0 : -1;
+}
+
+static int parse_local_port(const struct opt_def *o, const char *v, void *cfgp, char *why,
+                            size_t whylen) {
+  struct connect_config *cfg = cfgp;
+  char *end = NULL;
+  long p = strtol(v, &end, 10);
+  if (!*v || *end || p < 1 || p > 65535) {
+    snprintf(why, whylen, "expected a port 1-65535, got \"%s\"", v);
+    return -1;
+  }
+  if (!cfg->local_port) {
+    cfg->local_port = (int)p;
+  } else if (cfg->nmore_ports == OPT_LIST_MAX) {
+    snprintf(why, whylen, "at most %d in one session", OPT_LIST_MAX + 1);
+    return -1;
+  } else {
+    cfg->more_ports[cfg->nmore_ports++] = (int)p;
+  }
+  return 0;
+}
+
 static const struct opt_def connect_opts[] = {
     {"namespace", OPT_STRING, CFG_OFF(kf.namespace), 0, 0, NULL, "NS", 0, 0,
      .help = "namespace of the Service (-n; default: the context's)"},
-    {"service", OPT_STRING, CFG_OFF(service), 0, 1, NULL, "SVC", 0, 0,
-     .help = "the Service to take over"},
-    {"local-port", OPT_PORT, CFG_OFF(local_port), 0, 1, NULL, NULL, 0, 0,
-     .help = "port your local process listens on"},
+    {"service", OPT_CUSTOM, CFG_OFF(service), 0, 1, NULL, "SVC", 0, 0,
+     .help = "the Service to take over; again for more Services in the same session, each with "
+             "its own --local-port, in the same order",
+     .parse = parse_service, .repeat = 1},
+    {"local-port", OPT_CUSTOM, CFG_OFF(local_port), 0, 1, NULL, "PORT", 0, 0,
+     .help = "port your local process listens on (one per --service)", .parse = parse_local_port,
+     .repeat = 1},
     {"local-host", OPT_HOST, CFG_OFF(local_host), 0, 0, "127.0.0.1", NULL, 0, 0,
      .help = "host your local process listens on"},
     {"route-as", OPT_KEY, CFG_OFF(key), 0, 0, NULL, NULL, 0, 0,
@@ -515,6 +560,23 @@ int connect_run(struct connect_config *cfg) {
       return 2;
     }
   }
+  if (cfg->more_services.n != cfg->nmore_ports) {
+    c->reason = "bad_flag";
+    conn_fail(c, "each --service needs its own --local-port, in the same order (%zu Services, "
+                 "%zu ports)", cfg->more_services.n + 1, cfg->nmore_ports + 1);
+    return 2;
+  }
+  for (size_t i = 0; i < cfg->more_services.n; i++) {
+    const char *m = cfg->more_services.v[i];
+    int dup = strcmp(m, cfg->service) == 0;
+    for (size_t j = 0; j < i && !dup; j++) dup = strcmp(m, cfg->more_services.v[j]) == 0;
+    if (!dns_label_valid(m, strlen(m)) || dup) {
+      c->reason = "bad_flag";
+      conn_fail(c, "--service: \"%s\" %s", m,
+                dup ? "is given twice" : "is not a Service name (a DNS label)");
+      return 2;
+    }
+  }
   if (forwards_bindable(c) < 0) return 2;
   const char *img = cfg->agent_image ? cfg->agent_image : getenv("KBRIDGE_AGENT_IMAGE");
   snprintf(c->image, sizeof c->image, "%s", img && *img ? img : CONNECT_DEFAULT_IMAGE);
@@ -542,14 +604,19 @@ int connect_run(struct connect_config *cfg) {
     snprintf(c->by, sizeof c->by, "%.60s@%.120s", user ? user : "?", host);
   }
 
+  /* 0. more Services: a session each, in child processes, before anything of
+   * ours (curl, OpenSSL, the event loop) exists to be shared by fork() */
+  if (cfg->more_services.n && conn_multi_start(c) < 0) return conn_interrupted ? 130 : 1;
+
   /* 1. inspect: reads only */
-  if (conn_open(c, &cfg->kf) < 0) return 1;
+  if (conn_open(c, &cfg->kf) < 0) goto out;
   /* The tunnels go through the API calls' proxy: refuse one they cannot use
    * before anything is written. */
   if (!cfg->agent_address.port && pf_proxy_check(kube_proxy(c->k), err, sizeof err) < 0) {
     c->reason = "proxy";
     conn_fail(c, "%s (from %s)", err, kube_proxy_source(c->k));
-    return 2;
+    rc = 2;
+    goto out;
   }
   struct kube_err e;
   if (conn_read_service(c) < 0) goto out;
@@ -763,6 +830,7 @@ undo_out:
   }
   rc = 1;
 out:
+  conn_multi_stop(c);
   if (c->session_path[0]) unlink(c->session_path);
   cJSON_Delete(c->service);
   cJSON_Delete(c->pod_template);

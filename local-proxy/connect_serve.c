@@ -468,6 +468,7 @@ static void hook_started(void *arg, struct proxy *px, struct event_base *base) {
     if (c->sigchld) event_add(c->sigchld, NULL);
   }
   conn_services_start(c, base);
+  conn_multi_watch(c, base);
   if (!c->cfg->no_http_proxy) {
     char err[400];
     if (!proxy_listen_http(px, &c->cfg->http_proxy, c->http_proxy, sizeof c->http_proxy, err,
@@ -502,6 +503,7 @@ static void proxy_env(struct conn *c, cJSON *env) {
 static void hook_stopped(void *arg, struct proxy *px) {
   struct conn *c = arg;
   conn_services_stop(c); /* the watch lives in the loop's base, freed next */
+  conn_multi_unwatch(c);
 }
 
 static void start_child(struct conn *c, const cJSON *env) {
@@ -620,6 +622,7 @@ static void hook_welcome(void *arg, int ok, const char *message) {
     cJSON_AddItemToObject(o, "forwards", cJSON_Duplicate(fwds, 1));
     cJSON_AddItemToObject(o, "services", conn_services_json(c));
     if (c->http_proxy[0]) cJSON_AddStringToObject(o, "http_proxy", c->http_proxy);
+    if (c->multi) cJSON_AddItemToObject(o, "sessions", conn_multi_json(c));
     if (c->ingress_urls)
       cJSON_AddItemToObject(o, "ingress_urls", cJSON_Duplicate(c->ingress_urls, 1));
     cJSON_AddItemToObject(o, "env", cJSON_Duplicate(env, 1));
@@ -645,6 +648,15 @@ static void hook_welcome(void *arg, int ok, const char *message) {
     if (c->http_proxy[0])
       printf("  proxy:     HTTP_PROXY=http://%s (HTTP and SOCKS5; names resolve in the "
              "cluster)\n", c->http_proxy);
+    if (c->multi) {
+      cJSON *more = conn_multi_json(c), *m;
+      cJSON_ArrayForEach(m, more)
+        printf("  also:      %s -> %s:%d (route %s, its own session, pid %d)\n",
+               conn_jstr(m, "service"), c->cfg->local_host,
+               (int)cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(m, "local_port")),
+               c->cfg->key, (int)cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(m, "pid")));
+      cJSON_Delete(more);
+    }
     int shown = 0;
     for (const struct svc_fwd *s = c->svcs; s; s = s->next) {
       if (shown++ == 8) {

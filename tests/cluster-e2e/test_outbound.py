@@ -20,6 +20,12 @@ Parts (default: all, in this order):
                api -> alice's local store; bob's -> real api -> bob's local
                store; unrouted -> real api -> real store; with --no-propagate,
                alice's api call reaches the real store
+    several    one session for api and store (--service twice, a --local-port each):
+               both taken over, requests with alice's key reach her two local
+               servers, the ready event names the second session; Ctrl-C
+               restores both; a second Service that does not exist fails the
+               session before anything changes; kill -9 of the CLI: the child
+               session restores store by itself
     httpproxy  the local HTTP/SOCKS5 proxy of the ready event (HTTP_PROXY in the env):
                http:// requests by each name form of store (store, store.shop,
                store.shop.svc, store.shop.svc.cluster.local) reach the real pods,
@@ -338,7 +344,56 @@ def part_httpproxy():
     check_restored(before, "the httpproxy part")
 
 
-PARTS = {"services": part_services, "propagate": part_propagate, "httpproxy": part_httpproxy}
+def part_several():
+    import signal
+    before = snapshot()
+    store_before = tc.normalized("service", "store")
+    _, pa = backend("alice-local-api")
+    _, ps = backend("alice-local-store")
+    alice = Session("alice", pa, "--service", "api", "--service", "store", "--local-port", str(ps))
+    ev = alice.ready()
+    more = ev.get("sessions", [])
+    check(len(more) == 1 and more[0]["service"] == "store" and more[0]["local_port"] == ps,
+          "the ready event names the second session: %s" % more)
+    ans = probe([("http://api.%s.svc.cluster.local:8080/" % NS, hdr("alice")),
+                 ("http://store.%s.svc.cluster.local:8080/" % NS, hdr("alice")),
+                 ("http://store.%s.svc.cluster.local:8080/" % NS, {})])
+    got = [served_by(a) for a in ans]
+    check(got == ["alice-local-api", "alice-local-store", "store"],
+          "alice's key reaches her local api and her local store, others the real store: %s" % got)
+    st = kb("status", env={"XDG_RUNTIME_DIR": tc.TMP})
+    rows = [x.split()[:2] for x in st.stdout.splitlines()[1:]]
+    check(st.returncode == 0 and [NS, "store"] in rows and [NS, "api"] in rows,
+          "kbridge status lists both sessions: %s" % st.stdout.strip().replace("\n", " | "))
+    ev = alice.stop()
+    check(ev["restored"] is True, "Ctrl-C: the session ends, restored")
+    wait("store to be restored too", lambda: tc.normalized("service", "store") == store_before, 30)
+    check_restored(before, "the several part")
+    check(True, "store is as it was")
+
+    # a second Service that does not exist: nothing changes
+    s2 = Session("alice", pa, "--service", "api", "--service", "nosuch", "--local-port", str(ps))
+    ev = s2.until(("ready", "error"))
+    check(ev and ev["event"] == "error" and "nosuch" in ev["message"],
+          "a second Service that does not exist: %s" % (ev and ev.get("message")))
+    s2.p.wait(60)
+    check(s2.p.returncode == 1, "exit 1")
+    check_restored(before, "a failed second Service")
+
+    # kill -9 of the CLI: the child session (store) leaves and restores by itself
+    alice = Session("alice", pa, "--service", "api", "--service", "store", "--local-port", str(ps))
+    alice.ready()
+    alice.p.send_signal(signal.SIGKILL)
+    t = time.time()
+    wait("store to be restored by its own session", lambda: tc.normalized("service", "store") ==
+         store_before, 60)
+    check(True, "kill -9: store restored by its session in %.1f s" % (time.time() - t))
+    kb("restore", "-n", NS, "--service", "api")
+    check_restored(before, "kill -9 of a two-Service session and kbridge restore of api")
+
+
+PARTS = {"services": part_services, "propagate": part_propagate, "several": part_several,
+         "httpproxy": part_httpproxy}
 
 
 def main():
