@@ -68,6 +68,7 @@ struct svc_port {
 };
 struct svc_fwd {
   char name[64];
+  char ns[64];         /* its namespace: the session's, or one the env names */
   char addr[16];       /* 127.1.0.3 */
   char target[256];    /* cluster IP, NAME.NS.svc (headless) or the external name */
   int nports;

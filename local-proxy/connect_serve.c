@@ -663,7 +663,8 @@ static void hook_welcome(void *arg, int ok, const char *message) {
         printf("  service:   ... %zu more (--output json lists them)\n", c->nsvcs - 8);
         break;
       }
-      printf("  service:   %s -> %s:%u%s\n", s->name, s->addr, s->p[0].local,
+      printf("  service:   %s%s%s -> %s:%u%s\n", s->name, strcmp(s->ns, c->ns) ? "." : "",
+             strcmp(s->ns, c->ns) ? s->ns : "", s->addr, s->p[0].local,
              s->nports > 1 ? " (and more ports)" : "");
     }
     printf("  stop with Ctrl-C or: kbridge disconnect -n %s --service %s\n", c->ns, c->svc);

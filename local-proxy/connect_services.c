@@ -28,6 +28,7 @@
 
 #include <event2/event.h>
 
+#include "dnslabel.h"
 #include "kube.h"
 #include "proxy.h"
 
@@ -55,9 +56,9 @@ static void svc_unlink_free(struct conn *c, struct svc_fwd *s) {
   c->nsvcs--;
 }
 
-static struct svc_fwd *svc_find(struct conn *c, const char *name) {
+static struct svc_fwd *svc_find(struct conn *c, const char *ns, const char *name) {
   for (struct svc_fwd *s = c->svcs; s; s = s->next)
-    if (strcmp(s->name, name) == 0) return s;
+    if (strcmp(s->name, name) == 0 && strcmp(s->ns, ns) == 0) return s;
   return NULL;
 }
 
@@ -66,6 +67,8 @@ static struct svc_fwd *svc_find(struct conn *c, const char *name) {
  * nothing to listen for (why says what). */
 static int svc_plan(struct conn *c, const cJSON *svc, struct svc_fwd *s, const char **why) {
   const char *name = conn_jstr(svc, "metadata.name");
+  const char *ns = conn_jstr(svc, "metadata.namespace") ? conn_jstr(svc, "metadata.namespace")
+                                                          : c->ns;
   const char *type = conn_jstr(svc, "spec.type");
   const char *ip = conn_jstr(svc, "spec.clusterIP");
   if (!name || strlen(name) >= sizeof s->name) {
@@ -73,6 +76,7 @@ static int svc_plan(struct conn *c, const cJSON *svc, struct svc_fwd *s, const c
     return -1;
   }
   snprintf(s->name, sizeof s->name, "%s", name);
+  snprintf(s->ns, sizeof s->ns, "%s", ns);
   int headless = ip && strcmp(ip, "None") == 0;
   if (type && strcmp(type, "ExternalName") == 0) {
     const char *ext = conn_jstr(svc, "spec.externalName");
@@ -83,7 +87,7 @@ static int svc_plan(struct conn *c, const cJSON *svc, struct svc_fwd *s, const c
     snprintf(s->target, sizeof s->target, "%s", ext);
   } else if (headless || !ip || !*ip) {
     /* resolved by the agent's resolver, whatever the cluster domain */
-    snprintf(s->target, sizeof s->target, "%s.%s.svc", name, c->ns);
+    snprintf(s->target, sizeof s->target, "%s.%s.svc", name, ns);
   } else {
     snprintf(s->target, sizeof s->target, "%s", ip);
   }
@@ -176,8 +180,10 @@ static int svc_listen(struct conn *c, struct svc_fwd *s, char *err, size_t errle
 /* Add, move or keep the listeners of svc (a Service object). */
 static void svc_update(struct conn *c, const cJSON *svc, int announce) {
   const char *name = conn_jstr(svc, "metadata.name");
+  const char *ns = conn_jstr(svc, "metadata.namespace") ? conn_jstr(svc, "metadata.namespace")
+                                                          : c->ns;
   if (!name || takeover_is_managed(svc)) return; /* kbridge's shadow Services */
-  struct svc_fwd plan, *old = svc_find(c, name);
+  struct svc_fwd plan, *old = svc_find(c, ns, name);
   const char *why = NULL;
   memset(&plan, 0, sizeof plan);
   if (svc_plan(c, svc, &plan, &why) < 0) {
@@ -220,7 +226,8 @@ static int svc_event(const char *type, cJSON *obj, const struct kube_err *e, voi
   if (strcmp(type, "ADDED") == 0 || strcmp(type, "MODIFIED") == 0) {
     svc_update(c, obj, 1);
   } else if (strcmp(type, "DELETED") == 0) {
-    struct svc_fwd *s = svc_find(c, conn_jstr(obj, "metadata.name") ? conn_jstr(obj, "metadata.name") : "");
+    const char *name = conn_jstr(obj, "metadata.name");
+    struct svc_fwd *s = svc_find(c, c->ns, name ? name : "");
     if (s) {
       log_info("service %s deleted: its listeners on %s are closed", s->name, s->addr);
       svc_unlink_free(c, s);
@@ -236,6 +243,45 @@ static int svc_event(const char *type, cJSON *obj, const struct kube_err *e, voi
     log_warn("watching the services of %s: %s (retrying)", c->ns, e->msg);
   }
   return 0;
+}
+
+static int label_char(char ch) {
+  return (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '-';
+}
+
+/* A Service of another namespace that the container's env names
+ * (http://store.other.svc.cluster.local:8080, store.other.svc:8080): a
+ * listener too, as the pod reaches it. No link variables (a pod gets those
+ * only for its own namespace); useful with --hosts and by address. */
+static void other_service(struct conn *c, const char *name, const char *ns) {
+  if (strcmp(ns, c->ns) == 0 || svc_find(c, ns, name)) return;
+  struct kube_ref r = {"v1", "services", ns, name, NULL};
+  struct kube_err e;
+  cJSON *svc = NULL;
+  if (kube_get(c->k, &r, &svc, &e) < 0) {
+    log_info("service %s/%s (named in the env): no listener: %s", ns, name, e.msg);
+    return;
+  }
+  svc_update(c, svc, 0);
+  cJSON_Delete(svc);
+}
+
+/* Every NAME.NS.svc[.DOMAIN] in v. */
+static void scan_value(struct conn *c, const char *v) {
+  for (const char *p = strstr(v, ".svc"); p; p = strstr(p + 4, ".svc")) {
+    if (label_char(p[4])) continue; /* ".svcx": not the svc label */
+    const char *ns0 = p;
+    while (ns0 > v && label_char(ns0[-1])) ns0--;
+    if (ns0 == p || ns0 - v < 2 || ns0[-1] != '.') continue;
+    const char *n1 = ns0 - 1, *n0 = n1;
+    while (n0 > v && label_char(n0[-1])) n0--;
+    char name[64], ns[64];
+    if (n0 == n1 || (size_t)(n1 - n0) >= sizeof name || (size_t)(p - ns0) >= sizeof ns) continue;
+    snprintf(name, sizeof name, "%.*s", (int)(n1 - n0), n0);
+    snprintf(ns, sizeof ns, "%.*s", (int)(p - ns0), ns0);
+    if (dns_label_valid(name, strlen(name)) && dns_label_valid(ns, strlen(ns)))
+      other_service(c, name, ns);
+  }
 }
 
 int conn_services_start(struct conn *c, struct event_base *base) {
@@ -255,6 +301,10 @@ int conn_services_start(struct conn *c, struct event_base *base) {
            conn_jstr(list, "metadata.resourceVersion") ? conn_jstr(list, "metadata.resourceVersion")
                                                        : "");
   cJSON_Delete(list);
+  cJSON *env = conn_resolve_env(c, NULL);
+  const cJSON *kv;
+  cJSON_ArrayForEach(kv, env) scan_value(c, kv->valuestring);
+  cJSON_Delete(env);
   conn_progress(c, "services", "%zu services of %s listen on 127.x loopback addresses (%.2f s)",
                 c->nsvcs, c->ns, conn_now_s() - t0);
   char err[400];
@@ -278,7 +328,7 @@ void conn_services_stop(struct conn *c) {
 void conn_services_env(struct conn *c, cJSON *env) {
   if (cJSON_IsFalse(conn_jget(c->pod_template, "enableServiceLinks"))) return;
   for (const struct svc_fwd *s = c->svcs; s; s = s->next)
-    for (int i = 0; i < s->nports; i++)
+    for (int i = 0; i < s->nports && strcmp(s->ns, c->ns) == 0; i++)
       conn_service_link(env, s->name, s->addr, i == 0, s->p[i].pname, (int)s->p[i].port,
                         s->p[i].local);
 }
@@ -288,6 +338,7 @@ cJSON *conn_services_json(const struct conn *c) {
   for (const struct svc_fwd *s = c->svcs; s; s = s->next) {
     cJSON *o = cJSON_CreateObject(), *ports = cJSON_CreateArray();
     cJSON_AddStringToObject(o, "name", s->name);
+    cJSON_AddStringToObject(o, "namespace", s->ns);
     cJSON_AddStringToObject(o, "address", s->addr);
     cJSON_AddStringToObject(o, "target", s->target);
     for (int i = 0; i < s->nports; i++) {

@@ -14,6 +14,10 @@ Parts (default: all, in this order):
                connected gets a listener (event) that reaches its pods, a deleted
                one's listener closes; time from connect to all listeners ready
                printed, then again with 200 more Services in the namespace
+    otherns    a Service of another namespace that the pod's env names
+               (far.outside.svc.cluster.local, where the developer may read
+               Services) gets a listener that reaches its endpoints; one the
+               developer may not read, or that does not exist, is skipped
     propagate  alice holds api and store, bob holds store only; alice's local api
                calls store through its listener without any route header of its
                own: a request with alice's key enters frontend -> alice's local
@@ -217,6 +221,64 @@ def part_services():
     check_restored(before, "the services part")
 
 
+def part_otherns():
+    env = [{"name": "FAR_URL", "value": "http://far.outside.svc.cluster.local:9000/x"},
+           {"name": "DENIED", "value": "db.kube-system.svc:5432"},
+           {"name": "MISSING", "value": "nope.outside.svc"}]
+    kubectl("set", "env", "deployment/store", "-n", NS,
+            *["%s=%s" % (e["name"], e["value"]) for e in env])
+    try:
+        kubectl("rollout", "status", "deployment/store", "-n", NS, "--timeout=120s")
+        pods = json.loads(kubectl("get", "pods", "-n", NS, "-l", "app=store", "-o",
+                                  "json").stdout)["items"]
+        ip = [p for p in pods if not p["metadata"].get("deletionTimestamp")][0]["status"]["podIP"]
+        far = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "outside"}},
+               {"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "far", "namespace": "outside"},
+                "spec": {"ports": [{"name": "web", "port": 9000, "targetPort": 8080}]}},
+               {"apiVersion": "v1", "kind": "Endpoints",
+                "metadata": {"name": "far", "namespace": "outside"},
+                "subsets": [{"addresses": [{"ip": ip}],
+                             "ports": [{"name": "web", "port": 8080}]}]},
+               {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                "metadata": {"name": "read-services", "namespace": "outside"},
+                "rules": [{"apiGroups": [""], "resources": ["services"], "verbs": ["get"]}]},
+               {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": "read-services", "namespace": "outside"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                            "name": "read-services"},
+                "subjects": [{"kind": "ServiceAccount", "name": "kbridge-e2e-dev",
+                              "namespace": NS}]}]
+        wait("namespace outside of an earlier run to go",
+             lambda: kubectl("get", "namespace", "outside", check_rc=False).returncode != 0, 90)
+        apply(far[:1])
+        apply(far[1:])
+        store_before = tc.normalized("service", "store")
+        _, ps = backend("alice-local-store")
+        alice = Session("alice", ps, "--service", "store")
+        ev = alice.ready()
+        other = [x for x in ev.get("services", []) if x.get("namespace") == "outside"]
+        check(len(other) == 1 and other[0]["name"] == "far" and
+              other[0]["ports"][0]["local"] == 9000,
+              "far.outside (named in the env) listens on its real port: %s" % other)
+        check(not [x for x in ev["services"] if x.get("namespace") == "kube-system"],
+              "a Service the developer may not read (db.kube-system) is skipped")
+        check("FAR_SERVICE_HOST" not in ev["env"],
+              "no link variables for another namespace's Service (a pod gets none)")
+        a = get_json("http://%s:9000/y" % other[0]["address"])
+        check(a.get("service") == "store" and a.get("path") == "/y",
+              "GET through far's listener reaches its endpoint (the store pod)")
+        ev = alice.stop()
+        check(ev["restored"] is True and tc.normalized("service", "store") == store_before,
+              "alice leaves: store restored")
+    finally:
+        kubectl("set", "env", "deployment/store", "-n", NS, *["%s-" % e["name"] for e in env],
+                check_rc=False)
+        kubectl("delete", "namespace", "outside", "--wait=false", check_rc=False)
+        kubectl("rollout", "status", "deployment/store", "-n", NS, "--timeout=120s",
+                check_rc=False)
+
+
 def local_api(key):
     """A free port and the path of LOCAL_API, for a session of key."""
     port = tc.free_port()
@@ -392,7 +454,7 @@ def part_several():
     check_restored(before, "kill -9 of a two-Service session and kbridge restore of api")
 
 
-PARTS = {"services": part_services, "propagate": part_propagate, "several": part_several,
+PARTS = {"services": part_services, "otherns": part_otherns, "propagate": part_propagate, "several": part_several,
          "httpproxy": part_httpproxy}
 
 
