@@ -34,6 +34,7 @@ struct connect_config {
   int force;                /* --force: take the route key over from another identity */
   const char *env_file;     /* --env-file */
   const char *env_format;   /* --env-format: envfmt.h's names (default dotenv) */
+  const char *volumes_dir;  /* --volumes-dir (NULL: a temporary directory) */
   const char *agent_image;  /* --agent-image */
   const char *output;       /* --output: text | json */
   int tunnels;              /* --tunnels */

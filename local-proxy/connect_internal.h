@@ -146,6 +146,7 @@ struct conn {
   struct kube_watch *svc_watch;
   double agent_seen;       /* when an agent pod was last seen ready (now_s) */
   int agent_lost;          /* no agent pod ready for AGENT_LOST_S: restore, end */
+  struct conn_volumes *vol; /* the pod's volumes as local files (connect_volumes.c) */
 };
 
 /* Set by the SIGINT/SIGTERM handler while the blocking setup runs. */
@@ -307,6 +308,19 @@ void conn_services_stop(struct conn *c);
 void conn_services_env(struct conn *c, cJSON *env);
 /* [{"name","address","target","ports":[{"port","local","name"}]}] (new). */
 cJSON *conn_services_json(const struct conn *c);
+
+/* connect_volumes.c */
+/* The directory for the pod's volumes: --volumes-dir (made if missing), else a
+ * fresh 0700 one under $TMPDIR. Before anything is written to the cluster.
+ * 0 or -1 (reported). */
+int conn_volumes_open(struct conn *c);
+/* The first container's volumeMounts as files below it (each reported; kinds
+ * not materialised listed with the reason), KBRIDGE_VOLUMES in env. */
+void conn_volumes_write(struct conn *c, cJSON *env);
+/* From the re-sync guard's tick: service account tokens due for refresh. */
+void conn_volumes_tick(struct conn *c);
+/* The end: a directory connect made is removed with everything in it. */
+void conn_volumes_close(struct conn *c);
 
 /* connect_serve.c */
 /* Run the tunnels until the session ends (proxy.c's loop with our hooks);

@@ -136,6 +136,10 @@ static const struct opt_def connect_opts[] = {
      .help = "the --env-file's format: dotenv (python-dotenv, npm dotenv), json (secrets "
              "marked), sh (export lines for `. FILE`), compose (an environment: mapping), "
              "docker (docker run --env-file)"},
+    {"volumes-dir", OPT_PATH, CFG_OFF(volumes_dir), 0, 0, NULL, NULL, 0, 0,
+     .help = "write the original container's configMap, secret, downwardAPI, projected and "
+             "emptyDir volumes here, at their mount paths (default: a temporary directory removed "
+             "at the end); $KBRIDGE_VOLUMES names it"},
     {"agent-image", OPT_STRING, CFG_OFF(agent_image), 0, 0, NULL, "IMAGE", 0, 0,
      .help = "agent image (default $KBRIDGE_AGENT_IMAGE, else " CONNECT_DEFAULT_IMAGE ")"},
     {"output", OPT_STRING, CFG_OFF(output), 0, 0, "text", "text|json", 0, 0,
@@ -618,6 +622,10 @@ int connect_run(struct connect_config *cfg) {
     rc = 2;
     goto out;
   }
+  if (conn_volumes_open(c) < 0) {
+    rc = 2;
+    goto out;
+  }
   struct kube_err e;
   if (conn_read_service(c) < 0) goto out;
   const char *tk = takeover_annotation(c->service, TAKEOVER_ANN_TAKEOVER);
@@ -832,6 +840,7 @@ undo_out:
 out:
   conn_multi_stop(c);
   if (c->session_path[0]) unlink(c->session_path);
+  conn_volumes_close(c);
   cJSON_Delete(c->service);
   cJSON_Delete(c->pod_template);
   workloads_free(&c->wls);

@@ -360,6 +360,7 @@ static void guard_cb(evutil_socket_t fd, short what, void *arg) {
   struct conn *c = arg;
   (void)fd;
   (void)what;
+  conn_volumes_tick(c);
   if (c->agent_lost || guard_agents(c)) return;
   struct kube_ref r = {"v1", "services", c->ns, c->svc, NULL};
   struct kube_err e;
@@ -588,6 +589,7 @@ static void hook_welcome(void *arg, int ok, const char *message) {
   conn_forward_service_links(c, env); /* --forward first: named by hand, they win */
   conn_services_env(c, env);
   proxy_env(c, env);
+  conn_volumes_write(c, env);
   cJSON *fwds = cJSON_CreateArray();
   for (size_t i = 0; i < c->cfg->forwards.n; i++) {
     char target[300];
