@@ -61,6 +61,8 @@ int conn_volumes_open(struct conn *c) {
       return -1;
     }
     v->temp = 1;
+    char abs[PATH_MAX]; /* a relative $TMPDIR: KBRIDGE_VOLUMES is absolute all the same */
+    if (realpath(v->dir, abs)) snprintf(v->dir, sizeof v->dir, "%s", abs);
   } else {
     if (mkdir(want, VOLUMES_DIR_MODE) < 0 && errno != EEXIST) {
       c->reason = "bad_flag";

@@ -56,6 +56,14 @@ Parts (default: all, in this order):
                webhook, tests/cluster/podsecurity.py): a pod or Deployment breaking
                it is refused with the reasons; kbridge's agent pod is reviewed,
                admitted, meets restricted, and alice's route works through it
+    volumes    a Deployment with configMap (items, modes, subPath), secret, downwardAPI,
+               projected (with a serviceAccountToken), emptyDir and hostPath volumes:
+               a command reads $KBRIDGE_VOLUMES, every file equals the cluster's
+               object byte for byte with its mode (secrets 0600, directories 0700),
+               hostPath is listed with its reason; without the right to ask for
+               tokens the refusal is listed, with it the token is accepted by the API
+               server for its audience; the temporary directory is gone after exit,
+               --volumes-dir is kept; the cluster is restored
 
 The cluster is $KBRIDGE_E2E_CLUSTER (default kbe2e); it is started (setup + up)
 if it is not up, and taken down at the end unless KBRIDGE_E2E_KEEP=1. The test
@@ -1569,11 +1577,235 @@ def part_envfile():
                 check_rc=False)
 
 
+# ---- volumes ----
+
+VOL_READER = r"""
+import base64, json, os, stat, sys
+root = os.environ["KBRIDGE_VOLUMES"]
+out = {"root": root, "root_mode": stat.S_IMODE(os.stat(root).st_mode), "files": {}, "dirs": {}}
+for d, dirs, files in os.walk(root):
+    for n in dirs:
+        p = os.path.join(d, n)
+        out["dirs"][os.path.relpath(p, root)] = stat.S_IMODE(os.lstat(p).st_mode)
+    for n in files:
+        p = os.path.join(d, n)
+        with open(p, "rb") as f:
+            data = f.read()
+        out["files"][os.path.relpath(p, root)] = {
+            "mode": stat.S_IMODE(os.lstat(p).st_mode), "data": base64.b64encode(data).decode()}
+with open(sys.argv[1], "w") as f:
+    json.dump(out, f)
+"""
+
+VOL_OBJECTS = [
+    {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "vol-config", "namespace": NS},
+     "data": {"app.conf": "port=8080\nname=\"vol\" $HOME\n", "level": "debug", "other": "x"},
+     "binaryData": {"blob": "AAEC/w=="}},
+    {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "vol-secret", "namespace": NS},
+     "data": {"password": "czNjcjN0CnR3byBsaW5lcw==", "user": "YWRtaW4="}},
+    {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "vol-sa", "namespace": NS}},
+    {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "vol", "namespace": NS},
+     "spec": {"selector": {"app": "vol"}, "ports": [{"name": "http", "port": 8080,
+                                                     "targetPort": 8080}]}},
+    {"apiVersion": "apps/v1", "kind": "Deployment",
+     "metadata": {"name": "vol", "namespace": NS, "labels": {"app": "vol"}},
+     "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "vol"}},
+              "template": {
+                  "metadata": {"labels": {"app": "vol", "tier": "web"}},
+                  "spec": {
+                      "serviceAccountName": "vol-sa",
+                      "containers": [{
+                          "name": "vol", "image": "kbridge-demo/echo:1",
+                          "env": [{"name": "PORT", "value": "8080"}],
+                          "ports": [{"name": "http", "containerPort": 8080}],
+                          "volumeMounts": [
+                              {"name": "config", "mountPath": "/etc/vol/config"},
+                              {"name": "config", "mountPath": "/etc/app.conf",
+                               "subPath": "conf/app.conf"},
+                              {"name": "secret", "mountPath": "/etc/vol/secret"},
+                              {"name": "pod", "mountPath": "/etc/vol/pod"},
+                              {"name": "all", "mountPath": "/var/run/secrets/vol"},
+                              {"name": "cache", "mountPath": "/cache"},
+                              {"name": "host", "mountPath": "/host"}]}],
+                      "volumes": [
+                          {"name": "config", "configMap": {
+                              "name": "vol-config", "defaultMode": 0o604,
+                              "items": [{"key": "app.conf", "path": "conf/app.conf",
+                                         "mode": 0o640},
+                                        {"key": "level", "path": "level"},
+                                        {"key": "blob", "path": "bin/blob"}]}},
+                          {"name": "secret", "secret": {"secretName": "vol-secret"}},
+                          {"name": "pod", "downwardAPI": {"items": [
+                              {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
+                              {"path": "ns", "fieldRef": {"fieldPath": "metadata.namespace"}},
+                              {"path": "tier", "mode": 0o400,
+                               "fieldRef": {"fieldPath": "metadata.labels['tier']"}}]}},
+                          {"name": "all", "projected": {"defaultMode": 0o644, "sources": [
+                              {"configMap": {"name": "vol-config",
+                                             "items": [{"key": "level", "path": "cm/level"}]}},
+                              {"secret": {"name": "vol-secret",
+                                          "items": [{"key": "user", "path": "user"}]}},
+                              {"serviceAccountToken": {"audience": "vol-test",
+                                                       "expirationSeconds": 600,
+                                                       "path": "token"}}]}},
+                          {"name": "cache", "emptyDir": {}},
+                          {"name": "host", "hostPath": {"path": "/tmp"}}]}}}},
+]
+
+
+def vol_snapshot():
+    return {"service": normalized("service", "vol"), "deployment": normalized("deployment", "vol")}
+
+
+def vol_run(port, key, out, *extra, env=None):
+    """connect to vol with a command that lists $KBRIDGE_VOLUMES into out; returns the ready
+    event, every event and the exit status once the command ended the session."""
+    s = Session(key, port, "--service", "vol", *extra, "--", sys.executable, "-c", VOL_READER,
+                out, env=env)
+    ready = s.ready()
+    ev = s.until(("disconnected",), 90)
+    s.p.wait(30)
+    if not (ev and ev.get("restored") is True and s.p.returncode == 0):
+        say("connect stderr: %s" % s.stderr()[-3000:])
+    check(ev and ev.get("restored") is True and s.p.returncode == 0,
+          "%s: the command's exit ended the session and restored (exit %d)" % (key, s.p.returncode))
+    with open(out) as f:
+        return ready, s.events, json.load(f)
+
+
+def part_volumes():
+    import base64
+    kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                   "items": VOL_OBJECTS}))
+
+    def vol_pod():
+        pods = json.loads(kubectl("get", "pods", "-n", NS, "-l", "app=vol", "-o",
+                                  "json").stdout)["items"]
+        pods = [p for p in pods if not p["metadata"].get("deletionTimestamp") and any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in p.get("status", {}).get("conditions", []))]
+        return pods[0] if pods else None
+    pod = wait("the vol pod to be ready", vol_pod, 60)
+    before = vol_snapshot()
+    cm = json.loads(kubectl("get", "configmap", "vol-config", "-n", NS, "-o", "json").stdout)
+    sec = json.loads(kubectl("get", "secret", "vol-secret", "-n", NS, "-o", "json").stdout)
+    cmv = {k: v.encode() for k, v in cm["data"].items()}
+    cmv.update({k: base64.b64decode(v) for k, v in cm["binaryData"].items()})
+    secv = {k: base64.b64decode(v) for k, v in sec["data"].items()}
+    labels = "\n".join('%s="%s"' % (k, v) for k, v in sorted(pod["metadata"]["labels"].items()))
+    want = {  # path below the volumes directory -> (bytes, mode)
+        "etc/vol/config/conf/app.conf": (cmv["app.conf"], 0o640),
+        "etc/vol/config/level": (cmv["level"], 0o604),
+        "etc/vol/config/bin/blob": (cmv["blob"], 0o604),
+        "etc/app.conf": (cmv["app.conf"], 0o640),
+        "etc/vol/secret/password": (secv["password"], 0o600),
+        "etc/vol/secret/user": (secv["user"], 0o600),
+        "etc/vol/pod/labels": (labels.encode(), 0o644),
+        "etc/vol/pod/ns": (NS.encode(), 0o644),
+        "etc/vol/pod/tier": (b"web", 0o400),
+        "var/run/secrets/vol/cm/level": (cmv["level"], 0o644),
+        "var/run/secrets/vol/user": (secv["user"], 0o600),
+    }
+
+    def compare(got, who):
+        files = {k: (base64.b64decode(v["data"]), v["mode"]) for k, v in got["files"].items()}
+        for path, (data, mode) in sorted(want.items()):
+            check(path in files and files[path][0] == data and files[path][1] == mode,
+                  "%s: %s equals the cluster's object byte for byte (%d bytes), mode %o" % (
+                      who, path, len(data), mode))
+        extra = set(files) - set(want) - {"var/run/secrets/vol/token"}
+        check(not extra, "%s: no other file (%s)" % (who, sorted(extra)))
+        check(got["dirs"].get("cache") == 0o700 and not any(
+            k.startswith("cache/") for k in list(files) + list(got["dirs"])),
+              "%s: emptyDir cache is an empty 0700 directory" % who)
+        check(all(m == 0o700 for m in got["dirs"].values()),
+              "%s: every directory is 0700 (%s)" % (who, sorted(set(got["dirs"].values()))))
+        check("host" not in got["dirs"] and not any(k.startswith("host/") for k in files),
+              "%s: the hostPath volume is not materialised" % who)
+        return files
+
+    def listed(events, who):
+        steps = [(e.get("step"), e.get("message", "")) for e in events
+                 if e.get("event") == "progress"]
+        host = [m for st, m in steps if st == "volume-skipped" and "volume host (hostPath)" in m]
+        check(host and "node" in host[0], "%s: the hostPath volume is listed with its reason: %s"
+              % (who, host))
+        return steps
+
+    # 1. the developer may not ask for tokens: everything else, the refusal listed
+    port = free_port()
+    tmpdir = os.path.join(TMP, "voltmp")
+    os.makedirs(tmpdir, exist_ok=True)
+    ready, events, got = vol_run(port, "vol1", os.path.join(TMP, "vol1.json"),
+                                 env={"TMPDIR": tmpdir})
+    root = ready["env"].get("KBRIDGE_VOLUMES", "")
+    check(root.startswith(tmpdir + "/kbridge-volumes-") and got["root"] == root and
+          got["root_mode"] == 0o700,
+          "KBRIDGE_VOLUMES in the ready event and the command's env: a 0700 directory in $TMPDIR "
+          "(%s)" % root)
+    files = compare(got, "no token rights")
+    check("var/run/secrets/vol/token" not in files, "no token file without the right to ask")
+    steps = listed(events, "no token rights")
+    refused = [m for st, m in steps if st == "volume-skipped" and "403" in m and "token" in m]
+    check(refused, "the refused token is listed: %s" % refused[:1])
+    check(not os.path.exists(root) and os.listdir(tmpdir) == [],
+          "the temporary volumes directory is gone after exit")
+    check(vol_snapshot() == before and not kbridge_objects(),
+          "vol: Service and Deployment as before, no kbridge object left")
+
+    # 2. with create on serviceaccounts/token for the pod's account: the token, checked by
+    # the API server (TokenReview) for its audience; --volumes-dir is kept, --env-file names it
+    kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+         "metadata": {"name": "vol-token", "namespace": NS},
+         "rules": [{"apiGroups": [""], "resources": ["serviceaccounts/token"],
+                    "resourceNames": ["vol-sa"], "verbs": ["create"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": {"name": "vol-token", "namespace": NS},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                     "name": "vol-token"},
+         "subjects": [{"kind": "ServiceAccount", "name": "kbridge-e2e-dev",
+                       "namespace": NS}]}]}))
+    vdir = os.path.join(TMP, "vols")
+    envf = os.path.join(TMP, "vol.env")
+    try:
+        ready, events, got = vol_run(free_port(), "vol2", os.path.join(TMP, "vol2.json"),
+                                     "--volumes-dir", vdir, "--env-file", envf)
+    finally:
+        kubectl("delete", "-n", NS, "role,rolebinding", "vol-token", check_rc=False)
+    check(got["root"] == os.path.realpath(vdir) and ready["env"]["KBRIDGE_VOLUMES"] == got["root"],
+          "--volumes-dir: KBRIDGE_VOLUMES names it")
+    with open(envf) as f:
+        check("KBRIDGE_VOLUMES=%s\n" % got["root"] in f.read(), "--env-file has KBRIDGE_VOLUMES")
+    files = compare(got, "token rights")
+    tok = files.get("var/run/secrets/vol/token")
+    check(tok is not None and tok[1] == 0o600, "the token file is there, mode 0600")
+    review = json.loads(kubectl("create", "-o", "json", "-f", "-", input=json.dumps({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+        "spec": {"token": tok[0].decode(), "audiences": ["vol-test"]}})).stdout)
+    st = review.get("status", {})
+    check(st.get("authenticated") is True and
+          st.get("user", {}).get("username") == "system:serviceaccount:%s:vol-sa" % NS and
+          st.get("audiences") == ["vol-test"],
+          "the API server accepts the token for audience vol-test as %s" %
+          st.get("user", {}).get("username"))
+    steps = listed(events, "token rights")
+    sched = [m for st_, m in steps if st_ == "volume-token"]
+    check(sched and "asked again in 48" in sched[0],
+          "the token is asked again at 80%% of its 600 s: %s" % sched)
+    check(os.path.isdir(vdir) and os.path.exists(os.path.join(vdir, "etc/vol/secret/password")),
+          "--volumes-dir is kept after exit")
+    check(vol_snapshot() == before and not kbridge_objects(),
+          "vol: Service and Deployment as before, no kbridge object left")
+    kubectl("delete", "-n", NS, "deployment/vol", "service/vol", "configmap/vol-config",
+            "secret/vol-secret", "serviceaccount/vol-sa")
+
+
 PARTS = {"badinput": part_badinput, "routing": part_routing, "replace": part_replace,
          "command": part_command, "restore": part_restore, "agentpod": part_agentpod,
          "lease": part_lease, "stale": part_stale, "direct": part_direct, "named": part_named,
          "forward": part_forward, "ingress": part_ingress, "identity": part_identity,
-         "envfile": part_envfile, "podsecurity": part_podsecurity}
+         "envfile": part_envfile, "podsecurity": part_podsecurity, "volumes": part_volumes}
 
 
 def main():
