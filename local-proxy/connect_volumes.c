@@ -66,7 +66,8 @@ int conn_volumes_open(struct conn *c) {
   } else {
     if (mkdir(want, VOLUMES_DIR_MODE) < 0 && errno != EEXIST) {
       c->reason = "bad_flag";
-      conn_fail(c, "--volumes-dir %s: cannot make it: %s", want, strerror(errno));
+      conn_fail(c, "--volumes-dir %s: cannot make it: %s (give a directory that exists or whose "
+                "parent does)", want, strerror(errno));
       return -1;
     }
     if (!realpath(want, v->dir)) {

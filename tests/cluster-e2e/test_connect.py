@@ -64,6 +64,9 @@ Parts (default: all, in this order):
                tokens the refusal is listed, with it the token is accepted by the API
                server for its audience; the temporary directory is gone after exit,
                --volumes-dir is kept; the cluster is restored
+    volumerefresh  the projected service account token (expirationSeconds 600) is
+               asked again at 80% of its lifetime while connected (about 8 minutes):
+               the file holds a new token the API server accepts, replaced whole
 
 The cluster is $KBRIDGE_E2E_CLUSTER (default kbe2e); it is started (setup + up)
 if it is not up, and taken down at the end unless KBRIDGE_E2E_KEEP=1. The test
@@ -1673,8 +1676,8 @@ def vol_run(port, key, out, *extra, env=None):
         return ready, s.events, json.load(f)
 
 
-def part_volumes():
-    import base64
+def vol_setup():
+    """The vol Deployment and its objects; returns its ready pod."""
     kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
                                                    "items": VOL_OBJECTS}))
 
@@ -1684,8 +1687,46 @@ def part_volumes():
         pods = [p for p in pods if not p["metadata"].get("deletionTimestamp") and any(
             c["type"] == "Ready" and c["status"] == "True"
             for c in p.get("status", {}).get("conditions", []))]
-        return pods[0] if pods else None
-    pod = wait("the vol pod to be ready", vol_pod, 60)
+        return pods[0] if len(pods) == 1 else None
+    return wait("the vol pod to be ready", vol_pod, 60)
+
+
+def vol_teardown():
+    kubectl("delete", "-n", NS, "deployment/vol", "service/vol", "configmap/vol-config",
+            "secret/vol-secret", "serviceaccount/vol-sa", check_rc=False)
+
+
+def vol_grant_token(grant):
+    """The e2e developer may (or no longer may) ask for vol-sa's tokens: create on
+    serviceaccounts/token for that one account, as docs/rbac.md shows."""
+    if not grant:
+        kubectl("delete", "-n", NS, "role,rolebinding", "vol-token", check_rc=False)
+        return
+    kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+         "metadata": {"name": "vol-token", "namespace": NS},
+         "rules": [{"apiGroups": [""], "resources": ["serviceaccounts/token"],
+                    "resourceNames": ["vol-sa"], "verbs": ["create"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": {"name": "vol-token", "namespace": NS},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                     "name": "vol-token"},
+         "subjects": [{"kind": "ServiceAccount", "name": "kbridge-e2e-dev",
+                       "namespace": NS}]}]}))
+
+
+def token_review(tok, audience):
+    """(authenticated, username, audiences) the API server says of tok."""
+    review = json.loads(kubectl("create", "-o", "json", "-f", "-", input=json.dumps({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+        "spec": {"token": tok, "audiences": [audience]}})).stdout)
+    st = review.get("status", {})
+    return st.get("authenticated"), st.get("user", {}).get("username"), st.get("audiences")
+
+
+def part_volumes():
+    import base64
+    pod = vol_setup()
     before = vol_snapshot()
     cm = json.loads(kubectl("get", "configmap", "vol-config", "-n", NS, "-o", "json").stdout)
     sec = json.loads(kubectl("get", "secret", "vol-secret", "-n", NS, "-o", "json").stdout)
@@ -1750,29 +1791,20 @@ def part_volumes():
     check(refused, "the refused token is listed: %s" % refused[:1])
     check(not os.path.exists(root) and os.listdir(tmpdir) == [],
           "the temporary volumes directory is gone after exit")
-    check(vol_snapshot() == before and not kbridge_objects(),
-          "vol: Service and Deployment as before, no kbridge object left")
+    wait("vol's Service and Deployment as before, no kbridge object left",
+         lambda: vol_snapshot() == before and not kbridge_objects(), 30)
+    check(True, "vol: Service and Deployment as before, no kbridge object left")
 
     # 2. with create on serviceaccounts/token for the pod's account: the token, checked by
     # the API server (TokenReview) for its audience; --volumes-dir is kept, --env-file names it
-    kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-         "metadata": {"name": "vol-token", "namespace": NS},
-         "rules": [{"apiGroups": [""], "resources": ["serviceaccounts/token"],
-                    "resourceNames": ["vol-sa"], "verbs": ["create"]}]},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-         "metadata": {"name": "vol-token", "namespace": NS},
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                     "name": "vol-token"},
-         "subjects": [{"kind": "ServiceAccount", "name": "kbridge-e2e-dev",
-                       "namespace": NS}]}]}))
+    vol_grant_token(True)
     vdir = os.path.join(TMP, "vols")
     envf = os.path.join(TMP, "vol.env")
     try:
         ready, events, got = vol_run(free_port(), "vol2", os.path.join(TMP, "vol2.json"),
                                      "--volumes-dir", vdir, "--env-file", envf)
     finally:
-        kubectl("delete", "-n", NS, "role,rolebinding", "vol-token", check_rc=False)
+        vol_grant_token(False)
     check(got["root"] == os.path.realpath(vdir) and ready["env"]["KBRIDGE_VOLUMES"] == got["root"],
           "--volumes-dir: KBRIDGE_VOLUMES names it")
     with open(envf) as f:
@@ -1780,32 +1812,70 @@ def part_volumes():
     files = compare(got, "token rights")
     tok = files.get("var/run/secrets/vol/token")
     check(tok is not None and tok[1] == 0o600, "the token file is there, mode 0600")
-    review = json.loads(kubectl("create", "-o", "json", "-f", "-", input=json.dumps({
-        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
-        "spec": {"token": tok[0].decode(), "audiences": ["vol-test"]}})).stdout)
-    st = review.get("status", {})
-    check(st.get("authenticated") is True and
-          st.get("user", {}).get("username") == "system:serviceaccount:%s:vol-sa" % NS and
-          st.get("audiences") == ["vol-test"],
-          "the API server accepts the token for audience vol-test as %s" %
-          st.get("user", {}).get("username"))
+    auth, user, auds = token_review(tok[0].decode(), "vol-test")
+    check(auth is True and user == "system:serviceaccount:%s:vol-sa" % NS and auds == ["vol-test"],
+          "the API server accepts the token for audience vol-test as %s" % user)
     steps = listed(events, "token rights")
     sched = [m for st_, m in steps if st_ == "volume-token"]
-    check(sched and "asked again in 48" in sched[0],
+    import re
+    m = re.search(r"asked again in (\d+) s", sched[0]) if sched else None
+    check(m and 470 <= int(m.group(1)) <= 480,
           "the token is asked again at 80%% of its 600 s: %s" % sched)
     check(os.path.isdir(vdir) and os.path.exists(os.path.join(vdir, "etc/vol/secret/password")),
           "--volumes-dir is kept after exit")
-    check(vol_snapshot() == before and not kbridge_objects(),
-          "vol: Service and Deployment as before, no kbridge object left")
-    kubectl("delete", "-n", NS, "deployment/vol", "service/vol", "configmap/vol-config",
-            "secret/vol-secret", "serviceaccount/vol-sa")
+    wait("vol's Service and Deployment as before, no kbridge object left",
+         lambda: vol_snapshot() == before and not kbridge_objects(), 30)
+    check(True, "vol: Service and Deployment as before, no kbridge object left")
+    vol_teardown()
+
+
+def part_volumerefresh():
+    vol_setup()
+    before = vol_snapshot()
+    vol_grant_token(True)
+    vdir = os.path.join(TMP, "vols-refresh")
+    path = os.path.join(vdir, "var/run/secrets/vol/token")
+    try:
+        s = Session("volr", free_port(), "--service", "vol", "--volumes-dir", vdir)
+        s.ready()
+        with open(path) as f:
+            tok1 = f.read()
+        ino1 = os.stat(path).st_ino
+        t = time.time()
+        # 80% of expirationSeconds 600, on the re-sync guard's 1 s tick
+        while True:
+            ev = s.next_event(600)
+            if ev is None or (ev.get("step") == "volume-token" and "refreshed" in ev["message"]):
+                break
+        waited = time.time() - t
+        check(ev is not None, "the token was refreshed while connected: %s (%.0f s after ready)"
+              % (ev and ev["message"], waited))
+        check(470 <= waited <= 490, "the refresh came at 80%% of the token's 600 s (%.0f s)"
+              % waited)
+        with open(path) as f:
+            tok2 = f.read()
+        st = os.stat(path)
+        check(tok2 != tok1 and st.st_ino != ino1 and (st.st_mode & 0o777) == 0o600,
+              "the token file holds a new token, replaced whole (a new inode), mode 0600")
+        auth, user, _ = token_review(tok2, "vol-test")
+        check(auth is True and user == "system:serviceaccount:%s:vol-sa" % NS,
+              "the API server accepts the new token")
+        ev = s.stop()
+        check(ev["restored"] is True, "volr leaves: restored")
+    finally:
+        vol_grant_token(False)
+    wait("vol's Service and Deployment as before, no kbridge object left",
+         lambda: vol_snapshot() == before and not kbridge_objects(), 30)
+    check(True, "vol: Service and Deployment as before, no kbridge object left")
+    vol_teardown()
 
 
 PARTS = {"badinput": part_badinput, "routing": part_routing, "replace": part_replace,
          "command": part_command, "restore": part_restore, "agentpod": part_agentpod,
          "lease": part_lease, "stale": part_stale, "direct": part_direct, "named": part_named,
          "forward": part_forward, "ingress": part_ingress, "identity": part_identity,
-         "envfile": part_envfile, "podsecurity": part_podsecurity, "volumes": part_volumes}
+         "envfile": part_envfile, "podsecurity": part_podsecurity, "volumes": part_volumes,
+         "volumerefresh": part_volumerefresh}
 
 
 def main():
