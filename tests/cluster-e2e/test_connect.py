@@ -1802,13 +1802,17 @@ def part_volumes():
     envf = os.path.join(TMP, "vol.env")
     try:
         ready, events, got = vol_run(free_port(), "vol2", os.path.join(TMP, "vol2.json"),
-                                     "--volumes-dir", vdir, "--env-file", envf)
+                                     "--volumes-dir", vdir, "--env-file", envf,
+                                     "--env-format", "json")
     finally:
         vol_grant_token(False)
     check(got["root"] == os.path.realpath(vdir) and ready["env"]["KBRIDGE_VOLUMES"] == got["root"],
           "--volumes-dir: KBRIDGE_VOLUMES names it")
     with open(envf) as f:
-        check("KBRIDGE_VOLUMES=%s\n" % got["root"] in f.read(), "--env-file has KBRIDGE_VOLUMES")
+        doc = json.load(f)
+    check(doc["env"].get("KBRIDGE_VOLUMES") == got["root"] and
+          "KBRIDGE_VOLUMES" not in doc["secrets"],
+          "--env-file (json) has KBRIDGE_VOLUMES, not marked secret")
     files = compare(got, "token rights")
     tok = files.get("var/run/secrets/vol/token")
     check(tok is not None and tok[1] == 0o600, "the token file is there, mode 0600")
