@@ -35,6 +35,8 @@ struct connect_config {
   const char *env_file;     /* --env-file */
   const char *env_format;   /* --env-format: envfmt.h's names (default dotenv) */
   const char *volumes_dir;  /* --volumes-dir (NULL: a temporary directory) */
+  int no_volumes;           /* no volumes at all: a further Service's child session
+                             * (connect_multi.c; the command gets the first one's) */
   const char *agent_image;  /* --agent-image */
   const char *output;       /* --output: text | json */
   int tunnels;              /* --tunnels */

@@ -60,6 +60,7 @@ static void child_run(struct connect_config *cfg, const char *service, int port,
   one.nmore_ports = 0;
   one.cmd = NULL;
   one.env_file = NULL;
+  one.no_volumes = 1;
   one.forwards.n = 0;
   one.no_services = 1;
   one.no_http_proxy = 1;

@@ -47,6 +47,7 @@ struct conn_volumes {
 };
 
 int conn_volumes_open(struct conn *c) {
+  if (c->cfg->no_volumes) return 0;
   struct conn_volumes *v = calloc(1, sizeof *v);
   if (!v) return -1;
   v->rootfd = -1;
