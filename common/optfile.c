@@ -186,3 +186,9 @@ void opt_file_free(struct opt_file *f) {
   f->argc = 0;
 }
 
+
+int opt_file_line(const struct opt_file *f, const char *value) {
+  for (int i = 0; f && i < f->argc; i++)
+    if (f->argv[i] == value) return f->line[i];
+  return 0;
+}

@@ -21,4 +21,9 @@ int opt_file_load(const struct opt_cmd *cmd, const char *path, struct opt_file *
                   size_t errlen);
 void opt_file_free(struct opt_file *f);
 
+/* The file's line of value, a string opt_parse_with() stored from f (the same
+ * pointer, as OPT_STRING and OPT_CUSTOM options keep it), or 0 when value came
+ * from somewhere else (the command line). f may be NULL. */
+int opt_file_line(const struct opt_file *f, const char *value);
+
 #endif

@@ -9,6 +9,7 @@
 #ifndef KB_CONNECT_H
 #define KB_CONNECT_H
 
+#include "envrefs.h"
 #include "log.h"
 #include "optparse.h"
 
@@ -51,6 +52,9 @@ struct connect_config {
   int ingress;              /* --ingress: clone the Service's Ingresses for the key */
   int pause_gitops;         /* --pause-gitops: Flux's reconcile=disabled while taken over */
   const char *config;       /* --config: options file (main.c reads it; default ./kbridge.yaml) */
+  const struct opt_file *file; /* that file's options, when one was read (main.c sets it):
+                                  where a value came from, for errors */
+  struct envref_overrides env; /* --env NAME=VALUE and kbridge.yaml's env: (envrefs.h) */
   /* the agent pod (agentpod.h) */
   struct opt_list pull_secrets;  /* --image-pull-secret NAME */
   struct opt_list node_selector; /* --node-selector KEY=VALUE */

@@ -10,7 +10,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -20,6 +22,7 @@
 #include "base64.h"
 #include "dnslabel.h"
 #include "kube.h"
+#include "optfile.h"
 
 /* ---- env of the original container ---- */
 
@@ -281,4 +284,291 @@ int conn_write_env(struct conn *c, const cJSON *env, const cJSON *secrets, enum 
     return -1;
   }
   return 0;
+}
+
+/* ---- --env and kbridge.yaml's env: overrides ---- */
+
+/* Where override i was given: "kbridge.yaml:7: env API_URL" or "--env API_URL". */
+static void override_where(const struct conn *c, size_t i, char *out, size_t len) {
+  const struct envref_overrides *o = &c->cfg->env;
+  int line = opt_file_line(c->cfg->file, o->v[i].entry);
+  if (line > 0)
+    snprintf(out, len, "%s:%d: env %.*s", c->cfg->file->path, line, (int)o->v[i].namelen,
+             o->v[i].entry);
+  else
+    snprintf(out, len, "--env %.*s", (int)o->v[i].namelen, o->v[i].entry);
+}
+
+/* Does this kbridge write the pod's volumes as files at all? */
+static int volumes_materialised(void) { return 0; }
+
+/* The local directory of volume name: not materialised by this version. */
+static int volume_dir(struct conn *c, const char *name, char *out, size_t len, char *why,
+                      size_t whylen) {
+  (void)c;
+  (void)name;
+  (void)out;
+  (void)len;
+  snprintf(why, whylen, "volumes are not materialised yet (this kbridge writes no volume files; "
+           "leave $(volumes:...) out)");
+  return -1;
+}
+
+/* "a, b, c" of the names of a list's items (at most len). */
+static void list_names(const cJSON *items, const char *path, char *out, size_t len) {
+  const cJSON *it;
+  size_t o = 0;
+  out[0] = '\0';
+  cJSON_ArrayForEach(it, items) {
+    const char *n = conn_jstr(it, path);
+    if (!n || o >= len) continue;
+    int w = snprintf(out + o, len - o, "%s%s", o ? ", " : "", n);
+    if (w < 0 || (size_t)w >= len - o) {
+      snprintf(out + (len > 5 ? len - 5 : 0), len > 5 ? 5 : len, "...");
+      break;
+    }
+    o += (size_t)w;
+  }
+  if (!out[0]) snprintf(out, len, "none");
+}
+
+/* The Service port a reference names in a plan: its index, or -1. */
+static int ref_port(const struct svc_fwd *s, const struct envref *r) {
+  if (!r->port[0]) return 0;
+  for (int i = 0; i < s->nports; i++)
+    if (r->portnum ? s->p[i].port == (unsigned)r->portnum : strcmp(s->p[i].pname, r->port) == 0)
+      return i;
+  return -1;
+}
+
+static void plan_ports(const struct svc_fwd *s, char *out, size_t len) {
+  size_t o = 0;
+  out[0] = '\0';
+  for (int i = 0; i < s->nports && o < len; i++) {
+    int w = snprintf(out + o, len - o, "%s%u%s%s%s", i ? ", " : "", s->p[i].port,
+                     s->p[i].pname[0] ? " (" : "", s->p[i].pname, s->p[i].pname[0] ? ")" : "");
+    if (w < 0) break;
+    o += (size_t)w;
+  }
+}
+
+/* The --forward whose target a reference names: its index, or -1. */
+static int ref_forward(const struct conn *c, const struct envref *r) {
+  for (size_t i = 0; i < c->cfg->forwards.n; i++) {
+    const struct opt_forward *f = &c->cfg->forwards.v[i];
+    if (strcasecmp(f->target.host, r->name) == 0 && f->target.port == r->portnum) return (int)i;
+  }
+  return -1;
+}
+
+struct refctx {
+  struct conn *c;
+  int cluster;          /* check: the names against the cluster too */
+  int resolve;          /* 1: the values (when the env is built), 0: only check */
+  cJSON *services;      /* check: the Services of the namespace (a list's items) */
+  cJSON *env;           /* resolve: the env so far */
+  const char *where;    /* resolve: for warnings */
+};
+
+static int ref_cb(void *arg, const struct envref *r, char *out, size_t len, char *why,
+                  size_t whylen) {
+  struct refctx *x = arg;
+  struct conn *c = x->c;
+  char names[600];
+  snprintf(out, len, "x");
+  switch (r->kind) {
+  case ENVREF_SERVICES: {
+    if (c->cfg->no_services) {
+      snprintf(why, whylen, "--no-services is given, so Services get no local listener (leave "
+               "--no-services out, or --forward HOST:PORT and use $(forward:HOST:PORT))");
+      return -1;
+    }
+    if (x->resolve) {
+      const struct svc_fwd *s = c->svcs;
+      while (s && strcmp(s->name, r->name) != 0) s = s->next;
+      int i = s ? ref_port(s, r) : -1;
+      if (i < 0) {
+        snprintf(why, whylen, "Service %s has no local listener%s%s now", r->name,
+                 r->port[0] ? " for port " : "", r->port);
+        return -1;
+      }
+      snprintf(out, len, "%s:%u", s->addr, s->p[i].local);
+      return 0;
+    }
+    if (!x->cluster) return 0;
+    const cJSON *it, *found = NULL;
+    cJSON_ArrayForEach(it, x->services) {
+      const char *n = conn_jstr(it, "metadata.name");
+      if (n && strcmp(n, r->name) == 0) found = it;
+    }
+    if (!found) {
+      list_names(x->services, "metadata.name", names, sizeof names);
+      snprintf(why, whylen, "no Service \"%s\" in namespace %s (its Services: %s)", r->name,
+               c->ns, names);
+      return -1;
+    }
+    struct svc_fwd plan;
+    const char *pwhy = NULL;
+    memset(&plan, 0, sizeof plan);
+    if (takeover_is_managed(found) || conn_service_plan(c, found, &plan, &pwhy) < 0) {
+      snprintf(why, whylen, "Service %s gets no local listener (%s)", r->name,
+               pwhy ? pwhy : "it is kbridge's own");
+      return -1;
+    }
+    if (ref_port(&plan, r) < 0) {
+      plan_ports(&plan, names, sizeof names);
+      snprintf(why, whylen, "Service %s has no TCP port %s (its ports: %s)", r->name, r->port,
+               names);
+      return -1;
+    }
+    return 0;
+  }
+  case ENVREF_FORWARD: {
+    int i = ref_forward(c, r);
+    if (i < 0) {
+      size_t o = 0;
+      names[0] = '\0';
+      for (size_t k = 0; k < c->cfg->forwards.n && o < sizeof names; k++) {
+        char t[300];
+        int w = snprintf(names + o, sizeof names - o, "%s%s", k ? ", " : "",
+                         addr_format(&c->cfg->forwards.v[k].target, t, sizeof t));
+        if (w < 0) break;
+        o += (size_t)w;
+      }
+      snprintf(why, whylen, "no --forward to %s:%d (%s%s)", r->name, r->portnum,
+               names[0] ? "forwards to: " : "no --forward is given", names);
+      return -1;
+    }
+    if (!x->resolve) return 0;
+    struct hostport local;
+    char aerr[300];
+    if (!c->fwd_bound[i][0] || addr_parse(c->fwd_bound[i], 0, &local, aerr, sizeof aerr) < 0) {
+      snprintf(why, whylen, "the --forward to %s:%d is not listening", r->name, r->portnum);
+      return -1;
+    }
+    if (strcmp(local.host, "0.0.0.0") == 0) snprintf(local.host, sizeof local.host, "127.0.0.1");
+    if (strcmp(local.host, "::") == 0) snprintf(local.host, sizeof local.host, "::1");
+    addr_format(&local, out, len);
+    return 0;
+  }
+  case ENVREF_VOLUMES: {
+    if (x->resolve) return volume_dir(c, r->name, out, len, why, whylen);
+    if (!volumes_materialised()) {
+      volume_dir(c, r->name, out, len, why, whylen);
+      return -1;
+    }
+    if (!x->cluster) return 0;
+    const cJSON *ctr = cJSON_GetArrayItem(conn_jget(c->pod_template, "containers"), 0);
+    const cJSON *m, *mounts = cJSON_GetObjectItemCaseSensitive(ctr, "volumeMounts");
+    cJSON_ArrayForEach(m, mounts) {
+      const char *n = conn_jstr(m, "name");
+      if (n && strcmp(n, r->name) == 0) return 0;
+    }
+    if (!ctr) {
+      snprintf(why, whylen, "no pod spec of service %s is known (no workload found), so it has "
+               "no volumes", c->svc);
+      return -1;
+    }
+    list_names(mounts, "name", names, sizeof names);
+    snprintf(why, whylen, "the container mounts no volume \"%s\" (its mounts: %s)", r->name,
+             names);
+    return -1;
+  }
+  case ENVREF_ENV:
+    if (!x->resolve) return 0;
+    {
+      const char *v = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(x->env, r->name));
+      if (!v) log_warn("%s: $(env:%s): no such variable; it expands to \"\"", x->where, r->name);
+      snprintf(out, len, "%s", v ? v : "");
+    }
+    return 0;
+  }
+  snprintf(why, whylen, "unknown reference kind");
+  return -1;
+}
+
+int conn_env_refs_check(struct conn *c, int cluster) {
+  const struct envref_overrides *o = &c->cfg->env;
+  struct refctx x = {c, cluster, 0, NULL, NULL, NULL};
+  char where[400], err[1200];
+  int rc = 0;
+  if (o->n == 0) return 0;
+  if (cluster && !c->cfg->no_services && envref_uses(o, ENVREF_SERVICES)) {
+    struct kube_ref r = {"v1", "services", c->ns, NULL, NULL};
+    struct kube_err e;
+    cJSON *list = NULL;
+    if (kube_list(c->k, &r, NULL, &list, &e) < 0) {
+      c->reason = connect_kube_reason(&e);
+      conn_fail(c, "the env overrides name Services, which cannot be listed: %s", e.msg);
+      return -1;
+    }
+    x.services = cJSON_DetachItemFromObjectCaseSensitive(list, "items");
+    cJSON_Delete(list);
+  }
+  for (size_t i = 0; i < o->n && rc == 0; i++) {
+    if (envref_expand(o->v[i].entry + o->v[i].namelen + 1, ref_cb, &x, NULL, err, sizeof err) <
+        0) {
+      override_where(c, i, where, sizeof where);
+      c->reason = "bad_flag";
+      conn_fail(c, "%s: %s", where, err);
+      rc = -1;
+    }
+  }
+  cJSON_Delete(x.services);
+  return rc;
+}
+
+int conn_env_refs_precheck(struct conn *c) {
+  if (c->cfg->env.n == 0) return 0;
+  fflush(stdout);
+  fflush(stderr);
+  pid_t pid = fork();
+  if (pid < 0) return 0; /* the real inspect checks it all the same, later */
+  if (pid == 0) {
+    int out = dup(STDOUT_FILENO), err = dup(STDERR_FILENO);
+    int null = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    if (out < 0 || err < 0 || null < 0) _exit(0);
+    dup2(null, STDOUT_FILENO); /* the reads' failures are the real inspect's to report */
+    dup2(null, STDERR_FILENO);
+    c->quiet = 1;
+    int ok = conn_open(c, &c->cfg->kf) == 0 && conn_read_service(c) == 0;
+    if (ok && takeover_annotation(c->service, TAKEOVER_ANN_TAKEOVER))
+      conn_takeover_template(c);
+    else if (ok)
+      ok = conn_selector(c) == 0 && conn_selected_workloads(c) == 0;
+    fflush(stdout);
+    fflush(stderr);
+    if (!ok) _exit(0);
+    dup2(out, STDOUT_FILENO);
+    dup2(err, STDERR_FILENO);
+    c->quiet = 0;
+    int rc = conn_env_refs_check(c, 1);
+    fflush(stdout);
+    fflush(stderr);
+    _exit(rc < 0 ? 2 : 0);
+  }
+  int st = 0;
+  while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+  }
+  return WIFEXITED(st) && WEXITSTATUS(st) == 2 ? -1 : 0;
+}
+
+void conn_env_overrides(struct conn *c, cJSON *env) {
+  const struct envref_overrides *o = &c->cfg->env;
+  char where[400], err[1200], name[300];
+  for (size_t i = 0; i < o->n; i++) {
+    override_where(c, i, where, sizeof where);
+    struct refctx x = {c, 1, 1, NULL, env, where};
+    char *val = NULL;
+    if (envref_expand(o->v[i].entry + o->v[i].namelen + 1, ref_cb, &x, &val, err, sizeof err) <
+        0) {
+      log_warn("%s: %s; the variable is left as it was", where, err);
+      continue;
+    }
+    snprintf(name, sizeof name, "%.*s", (int)o->v[i].namelen, o->v[i].entry);
+    cJSON_DeleteItemFromObjectCaseSensitive(env, name);
+    cJSON_AddStringToObject(env, name, val);
+    log_info("%s: set (%zu bytes)", where, strlen(val)); /* values may be secrets */
+    free(val);
+  }
 }

@@ -279,6 +279,25 @@ void conn_forward_service_links(struct conn *c, cJSON *env);
  * (reported). */
 int conn_write_env(struct conn *c, const cJSON *env, const cJSON *secrets, enum envfmt_format f,
                    const char *path);
+/* --env and kbridge.yaml's env: (envrefs.h). Checked before the cluster is
+ * changed: with cluster 0 what the flags alone decide (--no-services, the
+ * --forward targets, volumes at all), with cluster 1 also the names against
+ * what inspect read (a Service of the namespace and its port, a volume the
+ * container mounts; the Services are listed here). An error names the file
+ * and line (or --env), the variable and what is expected; returns -1
+ * (reported), else 0. */
+int conn_env_refs_check(struct conn *c, int cluster);
+/* With more Services (connect_multi.c), whose sessions change the cluster
+ * before this one's inspect: conn_env_refs_check(c, 1) ahead of them, in a
+ * child process (nothing fork() must not share may exist in this one yet) that
+ * does the reads it needs; reads that fail there are left to the real inspect
+ * to report. 0, or -1 (reported). */
+int conn_env_refs_precheck(struct conn *c);
+/* The overrides applied to env in order, their references resolved against
+ * the listeners, forwards and volumes now open ($(env:NAME): env as it is at
+ * that point). One that cannot be resolved now (a listener that failed) is
+ * left out with a warning. */
+void conn_env_overrides(struct conn *c, cJSON *env);
 /* The service-link variables of one port of Service svc listening on
  * host:local (first: its first port, which also sets SVC_SERVICE_PORT and
  * SVC_PORT). A variable env has already is kept, as in a pod. */
@@ -302,6 +321,10 @@ void conn_multi_stop(struct conn *c);
 /* List the namespace's Services, listen for each (c->px is set), and watch
  * for more. Problems are logged; the session goes on without them. */
 int conn_services_start(struct conn *c, struct event_base *base);
+/* What a Service's listeners connect to: fills s->name, target and the
+ * ports (p[].port, p[].target, p[].pname); no listener is opened. 0, or -1
+ * when the Service has nothing to listen for (why says what). */
+int conn_service_plan(struct conn *c, const cJSON *svc, struct svc_fwd *s, const char **why);
 /* Close the listeners and the watch. */
 void conn_services_stop(struct conn *c);
 /* The service-link variables of every listening Service. */

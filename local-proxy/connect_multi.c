@@ -62,6 +62,7 @@ static void child_run(struct connect_config *cfg, const char *service, int port,
   one.env_file = NULL;
   one.no_volumes = 1;
   one.forwards.n = 0;
+  one.env.n = 0; /* no process, no env file: the overrides are the parent's */
   one.no_services = 1;
   one.no_http_proxy = 1;
   one.output = "json";

@@ -111,6 +111,11 @@ static int parse_local_port(const struct opt_def *o, const char *v, void *cfgp, 
   return 0;
 }
 
+/* --env NAME=VALUE: checked and kept in order (envrefs.h). */
+static int parse_env(const struct opt_def *o, const char *v, void *cfg, char *why, size_t whylen) {
+  return envref_add((struct envref_overrides *)(void *)((char *)cfg + o->offset), v, why, whylen);
+}
+
 static const struct opt_def connect_opts[] = {
     {"namespace", OPT_STRING, CFG_OFF(kf.namespace), 0, 0, NULL, "NS", 0, 0,
      .help = "namespace of the Service (-n; default: the context's)"},
@@ -140,6 +145,11 @@ static const struct opt_def connect_opts[] = {
      .help = "write the original container's configMap, secret, downwardAPI, projected and "
              "emptyDir volumes here, at their mount paths (default: a temporary directory removed "
              "at the end); $KBRIDGE_VOLUMES names it"},
+    {"env", OPT_CUSTOM, CFG_OFF(env), 0, 0, NULL, "NAME=VALUE", 0, 0,
+     .help = "set NAME in your process's environment, over the container's; VALUE may hold "
+             "$(services:SVC[:PORT]), $(forward:HOST:PORT), $(volumes:NAME), $(env:NAME) and $$ "
+             "for a '$' (kbridge.yaml: an env: mapping)",
+     .parse = parse_env, .repeat = 1},
     {"agent-image", OPT_STRING, CFG_OFF(agent_image), 0, 0, NULL, "IMAGE", 0, 0,
      .help = "agent image (default $KBRIDGE_AGENT_IMAGE, else " CONNECT_DEFAULT_IMAGE ")"},
     {"output", OPT_STRING, CFG_OFF(output), 0, 0, "text", "text|json", 0, 0,
@@ -582,6 +592,7 @@ int connect_run(struct connect_config *cfg) {
     }
   }
   if (forwards_bindable(c) < 0) return 2;
+  if (conn_env_refs_check(c, 0) < 0) return 2;
   const char *img = cfg->agent_image ? cfg->agent_image : getenv("KBRIDGE_AGENT_IMAGE");
   snprintf(c->image, sizeof c->image, "%s", img && *img ? img : CONNECT_DEFAULT_IMAGE);
   if (!conn_image_ok(c->image)) {
@@ -610,6 +621,7 @@ int connect_run(struct connect_config *cfg) {
 
   /* 0. more Services: a session each, in child processes, before anything of
    * ours (curl, OpenSSL, the event loop) exists to be shared by fork() */
+  if (cfg->more_services.n && conn_env_refs_precheck(c) < 0) return 2;
   if (cfg->more_services.n && conn_multi_start(c) < 0) return conn_interrupted ? 130 : 1;
 
   /* 1. inspect: reads only */
@@ -653,6 +665,10 @@ int connect_run(struct connect_config *cfg) {
     }
     cJSON_Delete(t);
     conn_takeover_template(c);
+    if (conn_env_refs_check(c, 1) < 0) {
+      rc = 2;
+      goto out;
+    }
     /* The agent's ports come from its Deployment. */
     struct kube_ref dr = {"apps/v1", "deployments", c->ns, c->nm.agent, NULL};
     cJSON *d = NULL;
@@ -760,6 +776,10 @@ int connect_run(struct connect_config *cfg) {
     conn_progress(c, "inspect", "service %s/%s selects %s (%d pod%s: %s); ports %s", c->ns, c->svc,
              conn_selector_string(c->orig_selector), npods, npods == 1 ? "" : "s",
              c->wls.n ? wlist : "none yet", plist);
+    if (conn_env_refs_check(c, 1) < 0) {
+      rc = 2;
+      goto out;
+    }
     if (cfg->replace && (c->wls.n > 1 || c->wls.more)) {
       /* Scaling one would leave the others serving and consuming; scaling all
        * would need a restore record per workload. Refused, nothing changed. */

@@ -590,6 +590,7 @@ static void hook_welcome(void *arg, int ok, const char *message) {
   conn_services_env(c, env);
   proxy_env(c, env);
   conn_volumes_write(c, env);
+  conn_env_overrides(c, env); /* --env, kbridge.yaml's env: last, over everything */
   cJSON *fwds = cJSON_CreateArray();
   for (size_t i = 0; i < c->cfg->forwards.n; i++) {
     char target[300];

@@ -62,10 +62,7 @@ static struct svc_fwd *svc_find(struct conn *c, const char *ns, const char *name
   return NULL;
 }
 
-/* What a Service's listeners connect to: fills s->name, target and the
- * ports (p[].port, p[].target, p[].pname). 0, or -1 when the Service has
- * nothing to listen for (why says what). */
-static int svc_plan(struct conn *c, const cJSON *svc, struct svc_fwd *s, const char **why) {
+int conn_service_plan(struct conn *c, const cJSON *svc, struct svc_fwd *s, const char **why) {
   const char *name = conn_jstr(svc, "metadata.name");
   const char *ns = conn_jstr(svc, "metadata.namespace") ? conn_jstr(svc, "metadata.namespace")
                                                           : c->ns;
@@ -186,7 +183,7 @@ static void svc_update(struct conn *c, const cJSON *svc, int announce) {
   struct svc_fwd plan, *old = svc_find(c, ns, name);
   const char *why = NULL;
   memset(&plan, 0, sizeof plan);
-  if (svc_plan(c, svc, &plan, &why) < 0) {
+  if (conn_service_plan(c, svc, &plan, &why) < 0) {
     if (old) svc_unlink_free(c, old);
     log_debug("service %s: no local listener (%s)", name, why);
     return;

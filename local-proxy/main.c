@@ -180,6 +180,8 @@ int main(int argc, char **argv) {
       fprintf(stderr, "kbridge: %s\n", err);
       return 2;
     }
+    /* connect names the file and line of a kbridge.yaml value in its later errors */
+    if (c->cfg == (void *)&connect_cfg) connect_cfg.file = have_file ? &file : NULL;
     rc = c->run(c->cfg);
     if (have_file) opt_file_free(&file);
     return rc;
