@@ -46,6 +46,13 @@ static int port_number(const char *s) {
   return n >= 1 && n <= 65535 ? (int)n : 0;
 }
 
+/* A Service port's name as Kubernetes allows it: a-z, 0-9 and '-', with a
+ * letter (so that it is never read as a number), at most 15. */
+static int port_name(const char *s) {
+  size_t n = strlen(s);
+  return n <= 15 && dns_label_valid(s, n) && strpbrk(s, "abcdefghijklmnopqrstuvwxyz") != NULL;
+}
+
 /* The reference text[0..len) ("$(" ... ")") into r. 0, or -1 with why (what
  * is expected). */
 static int parse_ref(const char *text, size_t len, struct envref *r, char *why, size_t whylen) {
@@ -80,7 +87,7 @@ static int parse_ref(const char *text, size_t len, struct envref *r, char *why, 
       return -1;
     }
     if (c2 && (strlen(port) >= sizeof r->port ||
-               (!port_number(port) && !dns_label_valid(port, strlen(port))))) {
+               (!port_number(port) && !port_name(port)))) {
       snprintf(why, whylen, "expected $(services:NAME:PORT) with PORT a port number 1-65535 or "
                "a port name, got \"%s\"", port);
       return -1;

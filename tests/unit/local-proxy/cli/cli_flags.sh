@@ -93,7 +93,46 @@ printf 'timeout: 3\n' >"$tmp/kb.yaml"
 expect 2 'kb.yaml:1: --timeout: expected a number 5-3600, got "3"' $c --config "$tmp/kb.yaml"
 expect 2 '--config: '"$tmp"'/missing.yaml: No such file' $c --config "$tmp/missing.yaml"
 mkdir "$tmp/proj" && printf 'agent-limits:\n  cpu: lots\n' >"$tmp/proj/kbridge.yaml"
-(cd "$tmp/proj" && expect 2 '--agent-limits: cpu: "lots"' $c)
+cd "$tmp/proj" && expect 2 '--agent-limits: cpu: "lots"' $c
+cd "$tmp"
+# kbridge.yaml's session keys: service, local-port, route-as and a forward list
+# stand for the flags (no --service or --local-port given here); the env:
+# overrides' references are checked with the file's line.
+mkdir "$tmp/sess" && cat >"$tmp/sess/kbridge.yaml" <<'YAML'
+service: api
+local-port: 5000
+route-as: alice-with-a-route-key-longer-than-connect-allows-for-takeovers
+forward:
+  - 127.0.0.1:0=store:8080
+  - 127.0.0.1:0=db.shop:5432
+env:
+  DB: $(forward:db.shop:5432)
+  STORE: $(forward:store:9999)
+YAML
+k="--kubeconfig $tmp/none"
+# (in this shell, not a subshell: expect counts the results)
+cd "$tmp/sess" && expect 2 '--route-as: "alice-with-a-route-key-longer-than-connect-allows-for-takeovers" has 63 characters' connect $k
+cd "$tmp/sess" && expect 2 'kbridge.yaml:9: env STORE: $(forward:store:9999): no --forward to store:9999 (forwards to: store:8080, db.shop:5432)' connect $k --route-as alice
+# the command line wins: its --forward list replaces the file's, its --env the file's variable
+cd "$tmp/sess" && expect 2 'kbridge.yaml:8: env DB: $(forward:db.shop:5432): no --forward to db.shop:5432 (forwards to: store:9999)' connect $k --route-as alice --forward 127.0.0.1:0=store:9999
+cd "$tmp/sess" && expect 1 "$tmp/none" connect $k --route-as alice --env STORE=x
+cd "$tmp/sess" && expect 2 '--env X: $(forward:a:1): no --forward to a:1' connect $k --route-as alice --env STORE=x --env 'X=$(forward:a:1)'
+cd "$tmp"
+cat >"$tmp/kb.yaml" <<'YAML'
+env:
+  OK: "pa$$word"
+  BAD: $(service:store)
+YAML
+expect 2 'kb.yaml:3: --env: BAD: $(service:store): unknown reference kind "service" (expected services, forward, volumes or env)' $c --config "$tmp/kb.yaml"
+printf 'env:\n  HOME2: ${HOME}/x\n' >"$tmp/kb.yaml"
+expect 2 "kb.yaml:2: --env: HOME2: \"\${\" at offset 0: a '\$' starts a reference" $c --config "$tmp/kb.yaml"
+printf 'env:\n  A: b\n  URL: http://$(services:store\n' >"$tmp/kb.yaml"
+expect 2 'kb.yaml:3: --env: URL: "$(services:store" at offset 7: a reference not closed' $c --config "$tmp/kb.yaml"
+printf 'no-services: true\nenv:\n  A: b\n  URL: http://$(services:store:http)\n' >"$tmp/kb.yaml"
+expect 2 'kb.yaml:4: env URL: $(services:store:http): --no-services is given' $c --config "$tmp/kb.yaml"
+printf 'env:\n  A: b\n  B: [1, 2]\n' >"$tmp/kb.yaml"
+expect 2 'kb.yaml:3: env: expected a mapping of names to plain values' $c --config "$tmp/kb.yaml"
+expect 2 '--env: expected NAME=VALUE, got "A" (missing' $c --env A
 expect 0 '' connect --help
 
 echo "$passes passed, $fails failed"
