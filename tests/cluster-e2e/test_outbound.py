@@ -36,13 +36,28 @@ Parts (default: all, in this order):
                CONNECT and SOCKS5 (by name) too; a name the cluster does not know
                ends the connection and the CLI's log says why
 
+    yamlrefs   alice connects from a directory whose kbridge.yaml holds the session
+               (namespace, service, local-port, route-as, a forward list) and env
+               overrides with $(services:store), $(services:store:http|8080),
+               $(forward:store:8080), $(env:...) and $$ (one replaced by --env on
+               the command line): the ready event's env has the resolved values
+               (the container's NEXT_URL replaced) and a GET to the
+               $(services:store) and $(forward:...) values reaches the real store;
+               bad kbridge.yaml files (an unknown key, an unknown reference kind,
+               an unknown Service, a port the Service lacks, a forward not given,
+               volumes) exit 2 with file:line and what is expected, the cluster
+               unchanged
+
 The cluster is $KBRIDGE_E2E_CLUSTER (default kbe2e), as for test_connect.py.
 """
 import argparse
 import json
 import os
+import queue
 import shutil
 import subprocess
+import tempfile
+import threading
 import sys
 import time
 import urllib.request
@@ -454,8 +469,127 @@ def part_several():
     check_restored(before, "kill -9 of a two-Service session and kbridge restore of api")
 
 
-PARTS = {"services": part_services, "otherns": part_otherns, "propagate": part_propagate, "several": part_several,
-         "httpproxy": part_httpproxy}
+class DirSession(Session):
+    """`kbridge connect --output json` run in directory cwd: everything else comes
+    from cwd/kbridge.yaml (and extra)."""
+
+    def __init__(self, key, cwd, *extra):
+        self.key = key
+        e = dict(os.environ, KUBECONFIG=tc.restricted(), XDG_RUNTIME_DIR=tc.TMP)
+        self.t0 = time.time()
+        self.errf = open(os.path.join(tc.TMP, "connect-%s-dir.err" % key), "w+")
+        self.p = subprocess.Popen([tc.ARGS.kbridge, "connect", "--output", "json"] + list(extra),
+                                  cwd=cwd, stdout=subprocess.PIPE, stderr=self.errf, text=True,
+                                  env=e)
+        tc.PROCS.append(self.p)
+        self.events = []
+        self.q = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+
+SESSION_YAML = """# the session's settings: what would be flags
+namespace: %(ns)s
+service: api
+local-port: %(port)d
+route-as: alice
+agent-image: %(image)s
+lease-seconds: 3600
+log-level: info
+forward:
+  - 127.0.0.1:0=store:8080
+"""
+
+
+def part_yamlrefs():
+    before = snapshot()
+    _, pa = backend("alice-local")
+    work = tempfile.mkdtemp(prefix="kbridge-yaml-", dir=tc.TMP)
+    head = SESSION_YAML % {"ns": NS, "port": pa, "image": tc.IMAGE}
+    nhead = head.count("\n")
+    with open(os.path.join(work, "kbridge.yaml"), "w") as f:
+        f.write(head + """env:
+  NEXT_URL: http://$(services:store)
+  STORE_HTTP: $(services:store:http)
+  STORE_8080: $(services:store:8080)
+  STORE_FWD: $(forward:store:8080)
+  STORE_AGAIN: $(env:STORE_HTTP)/x
+  LINK_HOST: $(env:STORE_SERVICE_HOST)
+  PRICE: 5$$ (from the file)
+""")
+    pods = json.loads(kubectl("get", "deployment", "api", "-n", NS, "-o", "json").stdout)
+    ctr_env = pods["spec"]["template"]["spec"]["containers"][0]["env"]
+    check(any(v["name"] == "NEXT_URL" for v in ctr_env), "api's container sets NEXT_URL itself")
+    alice = DirSession("alice", work, "--env", "PRICE=6$$")
+    ev = alice.ready()
+    check(ev["route"] == "alice" and ev["local_port"] == pa and
+          ev["forwards"] and ev["forwards"][0]["target"] == "store:8080",
+          "service, local-port, route-as and the forward list came from kbridge.yaml (route %s, "
+          "local port %d, forwards %s)" % (ev["route"], ev["local_port"], ev["forwards"]))
+    env = ev["env"]
+    st = next(s for s in ev["services"] if s["name"] == "store")
+    store = "%s:%d" % (st["address"], st["ports"][0]["local"])
+    fwd = ev["forwards"][0]["listen"]
+    say("env: %s" % {k: env.get(k) for k in ("NEXT_URL", "STORE_HTTP", "STORE_8080", "STORE_FWD",
+                                              "STORE_AGAIN", "LINK_HOST", "PRICE")})
+    check(env.get("NEXT_URL") == "http://" + store,
+          "$(services:store): the container's NEXT_URL replaced by http://%s" % store)
+    check(env.get("STORE_HTTP") == store and env.get("STORE_8080") == store,
+          "$(services:store:http) and $(services:store:8080): %s" % store)
+    check(env.get("STORE_FWD") == fwd and fwd.startswith("127.0.0.1:"),
+          "$(forward:store:8080): the forward's local address %s" % fwd)
+    check(env.get("STORE_AGAIN") == store + "/x", "$(env:STORE_HTTP)/x: an override above it")
+    check(env.get("LINK_HOST") == env.get("STORE_SERVICE_HOST") and env.get("LINK_HOST"),
+          "$(env:STORE_SERVICE_HOST): the service link's value %s" % env.get("LINK_HOST"))
+    check(env.get("PRICE") == "6$", "--env PRICE=6$$ on the command line wins over the file's")
+    a = get_json(env["NEXT_URL"] + "/")
+    check(a.get("service") == "store" and a.get("pod", "").startswith("store-"),
+          "GET the $(services:store) value reaches the real store (pod %s)" % a.get("pod"))
+    a = get_json("http://%s/" % env["STORE_FWD"])
+    check(a.get("service") == "store", "GET the $(forward:store:8080) value reaches the real store")
+    ev = alice.stop()
+    check(ev["restored"] is True, "alice leaves: restored")
+    check_restored(before, "the yamlrefs session")
+
+    # bad files: exit 2 before anything in the cluster changes, with file:line
+    n = nhead + 3  # the line of the second env entry (B)
+    bad = [
+        ("an unknown key", head.replace("forward:", "forwad:"),
+         'kbridge.yaml:%d: "forwad" is not an option of `kbridge connect`' % (nhead - 1)),
+        ("an unknown reference kind", head + "env:\n  A: x\n  B: http://$(service:store)\n",
+         'kbridge.yaml:%d: --env: B: $(service:store): unknown reference kind "service" '
+         '(expected services, forward, volumes or env)' % n),
+        ("an unknown Service", head + "env:\n  A: x\n  B: http://$(services:nosuch)\n",
+         'kbridge.yaml:%d: env B: $(services:nosuch): no Service "nosuch" in namespace %s '
+         '(its Services: ' % (n, NS)),
+        ("a port the Service lacks", head + "env:\n  A: x\n  B: $(services:store:grpc)\n",
+         'kbridge.yaml:%d: env B: $(services:store:grpc): Service store has no TCP port grpc '
+         '(its ports: 8080 (http))' % n),
+        ("a forward not given", head + "env:\n  A: x\n  B: $(forward:api:8080)\n",
+         'kbridge.yaml:%d: env B: $(forward:api:8080): no --forward to api:8080 (forwards to: '
+         'store:8080)' % n),
+        ("volumes", head + "env:\n  A: x\n  B: $(volumes:config)/x\n",
+         'kbridge.yaml:%d: env B: $(volumes:config): volumes are not materialised yet' % n),
+    ]
+    for what, text, want in bad:
+        with open(os.path.join(work, "kbridge.yaml"), "w") as f:
+            f.write(text)
+        t = time.time()
+        r = subprocess.run([tc.ARGS.kbridge, "connect"], cwd=work, capture_output=True,
+                           text=True, timeout=60,
+                           env=dict(os.environ, KUBECONFIG=tc.restricted(),
+                                    XDG_RUNTIME_DIR=tc.TMP))
+        err = r.stderr.strip()
+        check(r.returncode == 2 and want in err and len(err.splitlines()) == 1,
+              "%s: exit %d in %.2f s: %s" % (what, r.returncode, time.time() - t, err))
+        check(snapshot() == before and not tc.kbridge_objects(),
+              "%s: the cluster is unchanged" % what)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+
+
+PARTS = {"services": part_services, "otherns": part_otherns, "propagate": part_propagate,
+         "several": part_several, "httpproxy": part_httpproxy, "yamlrefs": part_yamlrefs}
 
 
 def main():
