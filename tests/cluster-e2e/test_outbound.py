@@ -44,9 +44,9 @@ Parts (default: all, in this order):
                (the container's NEXT_URL replaced) and a GET to the
                $(services:store) and $(forward:...) values reaches the real store;
                bad kbridge.yaml files (an unknown key, an unknown reference kind,
-               an unknown Service, a port the Service lacks, a forward not given,
-               volumes) exit 2 with file:line and what is expected, the cluster
-               unchanged
+               an unknown Service, also with two Services in the session, a port
+               the Service lacks, a forward not given, volumes) exit 2 with
+               file:line and what is expected, the cluster unchanged
 
 The cluster is $KBRIDGE_E2E_CLUSTER (default kbe2e), as for test_connect.py.
 """
@@ -425,6 +425,12 @@ def part_several():
     import signal
     before = snapshot()
     store_before = tc.normalized("service", "store")
+
+    def versions():
+        """The resourceVersions of api's and store's Services: any takeover changes them."""
+        return kubectl("get", "service", "api", "store", "-n", NS, "-o",
+                       "jsonpath={.items[*].metadata.resourceVersion}").stdout.split()
+    rv_before = versions()
     _, pa = backend("alice-local-api")
     _, ps = backend("alice-local-store")
     alice = Session("alice", pa, "--service", "api", "--service", "store", "--local-port", str(ps))
@@ -551,6 +557,13 @@ def part_yamlrefs():
     check_restored(before, "the yamlrefs session")
 
     # bad files: exit 2 before anything in the cluster changes, with file:line
+    store_before = tc.normalized("service", "store")
+
+    def versions():
+        """The resourceVersions of api's and store's Services: any takeover changes them."""
+        return kubectl("get", "service", "api", "store", "-n", NS, "-o",
+                       "jsonpath={.items[*].metadata.resourceVersion}").stdout.split()
+    rv_before = versions()
     n = nhead + 3  # the line of the second env entry (B)
     bad = [
         ("an unknown key", head.replace("forward:", "forwad:"),
@@ -567,6 +580,12 @@ def part_yamlrefs():
         ("a forward not given", head + "env:\n  A: x\n  B: $(forward:api:8080)\n",
          'kbridge.yaml:%d: env B: $(forward:api:8080): no --forward to api:8080 (forwards to: '
          'store:8080)' % n),
+        ("an unknown Service, with two Services in the session (checked before store's "
+         "session starts)",
+         head.replace("service: api\n", "service: [api, store]\n").replace(
+             "local-port: %d\n" % pa, "local-port: [%d, %d]\n" % (pa, tc.free_port())) +
+         "env:\n  A: x\n  B: http://$(services:nosuch)\n",
+         'kbridge.yaml:%d: env B: $(services:nosuch): no Service "nosuch"' % n),
         ("volumes", head + "env:\n  A: x\n  B: $(volumes:config)/x\n",
          'kbridge.yaml:%d: env B: $(volumes:config): volumes are not materialised yet' % n),
     ]
@@ -581,8 +600,10 @@ def part_yamlrefs():
         err = r.stderr.strip()
         check(r.returncode == 2 and want in err and len(err.splitlines()) == 1,
               "%s: exit %d in %.2f s: %s" % (what, r.returncode, time.time() - t, err))
-        check(snapshot() == before and not tc.kbridge_objects(),
-              "%s: the cluster is unchanged" % what)
+        check(snapshot() == before and not tc.kbridge_objects() and
+              tc.normalized("service", "store") == store_before and versions() == rv_before,
+              "%s: the cluster is unchanged (api and store never written: resourceVersions %s)" %
+              (what, " ".join(rv_before)))
     shutil.rmtree(work, ignore_errors=True)
 
 
