@@ -385,7 +385,9 @@ static int ref_cb(void *arg, const struct envref *r, char *out, size_t len, char
     }
     if (x->resolve) {
       const struct svc_fwd *s = c->svcs;
-      while (s && strcmp(s->name, r->name) != 0) s = s->next;
+      /* the session's namespace: listeners for other namespaces' Services have the same
+         short names */
+      while (s && (strcmp(s->name, r->name) != 0 || strcmp(s->ns, c->ns) != 0)) s = s->next;
       int i = s ? ref_port(s, r) : -1;
       if (i < 0) {
         snprintf(why, whylen, "Service %s has no local listener%s%s now", r->name,
