@@ -299,21 +299,6 @@ static void override_where(const struct conn *c, size_t i, char *out, size_t len
     snprintf(out, len, "--env %.*s", (int)o->v[i].namelen, o->v[i].entry);
 }
 
-/* Does this kbridge write the pod's volumes as files at all? */
-static int volumes_materialised(void) { return 0; }
-
-/* The local directory of volume name: not materialised by this version. */
-static int volume_dir(struct conn *c, const char *name, char *out, size_t len, char *why,
-                      size_t whylen) {
-  (void)c;
-  (void)name;
-  (void)out;
-  (void)len;
-  snprintf(why, whylen, "volumes are not materialised yet (this kbridge writes no volume files; "
-           "leave $(volumes:...) out)");
-  return -1;
-}
-
 /* "a, b, c" of the names of a list's items (at most len). */
 static void list_names(const cJSON *items, const char *path, char *out, size_t len) {
   const cJSON *it;
@@ -453,29 +438,10 @@ static int ref_cb(void *arg, const struct envref *r, char *out, size_t len, char
     addr_format(&local, out, len);
     return 0;
   }
-  case ENVREF_VOLUMES: {
-    if (x->resolve) return volume_dir(c, r->name, out, len, why, whylen);
-    if (!volumes_materialised()) {
-      volume_dir(c, r->name, out, len, why, whylen);
-      return -1;
-    }
-    if (!x->cluster) return 0;
-    const cJSON *ctr = cJSON_GetArrayItem(conn_jget(c->pod_template, "containers"), 0);
-    const cJSON *m, *mounts = cJSON_GetObjectItemCaseSensitive(ctr, "volumeMounts");
-    cJSON_ArrayForEach(m, mounts) {
-      const char *n = conn_jstr(m, "name");
-      if (n && strcmp(n, r->name) == 0) return 0;
-    }
-    if (!ctr) {
-      snprintf(why, whylen, "no pod spec of service %s is known (no workload found), so it has "
-               "no volumes", c->svc);
-      return -1;
-    }
-    list_names(mounts, "name", names, sizeof names);
-    snprintf(why, whylen, "the container mounts no volume \"%s\" (its mounts: %s)", r->name,
-             names);
-    return -1;
-  }
+  case ENVREF_VOLUMES:
+    /* the pod spec is known once inspect has read it */
+    if (!x->resolve && !x->cluster) return 0;
+    return conn_volume_dir(c, r->name, out, len, why, whylen);
   case ENVREF_ENV:
     if (!x->resolve) return 0;
     {

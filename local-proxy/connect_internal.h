@@ -344,6 +344,14 @@ void conn_volumes_write(struct conn *c, cJSON *env);
 void conn_volumes_tick(struct conn *c);
 /* The end: a directory connect made is removed with everything in it. */
 void conn_volumes_close(struct conn *c);
+/* Where volume name (of the first container's mounts, its first mount) is
+ * materialised: the volumes directory and its mountPath, into out; known
+ * before it is written (the directory is opened before inspect). 0, or -1 with
+ * why: not mounted by the container (the mounts listed), a kind not
+ * materialised (persistentVolumeClaim, ...), no pod spec known. Before the
+ * directory is opened (a check), out gets the path relative to it. */
+int conn_volume_dir(struct conn *c, const char *name, char *out, size_t len, char *why,
+                    size_t whylen);
 
 /* connect_serve.c */
 /* Run the tunnels until the session ends (proxy.c's loop with our hooks);

@@ -339,3 +339,47 @@ void conn_volumes_tick(struct conn *c) {
     vv->tok[i].due = due;
   }
 }
+
+int conn_volume_dir(struct conn *c, const char *name, char *out, size_t len, char *why,
+                    size_t whylen) {
+  const cJSON *ctr = first_container(c), *m, *v = find_volume(c, name), *mount = NULL;
+  char names[600] = "", rel[VOLUMES_PATH_MAX], err[VOLUMES_PATH_MAX + 200];
+  size_t o = 0;
+  if (!ctr) {
+    snprintf(why, whylen, "no pod spec of service %s is known (no workload found), so it has no "
+             "volumes", c->svc);
+    return -1;
+  }
+  cJSON_ArrayForEach(m, conn_jget(ctr, "volumeMounts")) {
+    const char *mn = conn_jstr(m, "name");
+    if (!mn) continue;
+    if (!mount && strcmp(mn, name) == 0) mount = m;
+    int w = o < sizeof names ? snprintf(names + o, sizeof names - o, "%s%s", o ? ", " : "", mn) : 0;
+    if (w > 0) o += (size_t)w;
+  }
+  if (!mount) {
+    snprintf(why, whylen, "the container mounts no volume \"%s\" (its mounts: %s)", name,
+             names[0] ? names : "none");
+    return -1;
+  }
+  const char *type = NULL, *kwhy = NULL;
+  if (!v) {
+    snprintf(why, whylen, "the pod has no volume \"%s\" (the container mounts it all the same)",
+             name);
+    return -1;
+  }
+  if (volumes_kind_of(v, &type, &kwhy) == VOLUMES_NONE) {
+    snprintf(why, whylen, "volume %s is a %s: not materialised locally (%s)", name,
+             type ? type : "volume of another kind", kwhy ? kwhy : "");
+    return -1;
+  }
+  const char *mp = conn_jstr(mount, "mountPath");
+  if (!mp || volumes_mount_path(mp, NULL, "", rel, sizeof rel, err, sizeof err) != 1) {
+    snprintf(why, whylen, "volume %s: its mountPath %s cannot be used locally", name,
+             mp ? mp : "(none)");
+    return -1;
+  }
+  if (c->vol) snprintf(out, len, "%s/%s", c->vol->dir, rel);
+  else snprintf(out, len, "%s", rel); /* checked before the directory is opened */
+  return 0;
+}

@@ -39,13 +39,14 @@ Parts (default: all, in this order):
     yamlrefs   alice connects from a directory whose kbridge.yaml holds the session
                (namespace, service, local-port, route-as, a forward list) and env
                overrides with $(services:store), $(services:store:http|8080),
-               $(forward:store:8080), $(env:...) and $$ (one replaced by --env on
-               the command line): the ready event's env has the resolved values
+               $(forward:store:8080), $(volumes:config), $(env:...) and $$ (one
+               replaced by --env on the command line): the ready event's env has
+               the resolved values (the volume's directory holds its files)
                (the container's NEXT_URL replaced) and a GET to the
                $(services:store) and $(forward:...) values reaches the real store;
                bad kbridge.yaml files (an unknown key, an unknown reference kind,
                an unknown Service, also with two Services in the session, a port
-               the Service lacks, a forward not given, volumes) exit 2 with
+               the Service lacks, a forward not given, a volume not mounted) exit 2 with
                file:line and what is expected, the cluster unchanged
 
 The cluster is $KBRIDGE_E2E_CLUSTER (default kbe2e), as for test_connect.py.
@@ -521,6 +522,7 @@ def part_yamlrefs():
   STORE_AGAIN: $(env:STORE_HTTP)/x
   LINK_HOST: $(env:STORE_SERVICE_HOST)
   PRICE: 5$$ (from the file)
+  SHOP_CONFIG: $(volumes:config)
 """)
     pods = json.loads(kubectl("get", "deployment", "api", "-n", NS, "-o", "json").stdout)
     ctr_env = pods["spec"]["template"]["spec"]["containers"][0]["env"]
@@ -547,6 +549,14 @@ def part_yamlrefs():
     check(env.get("LINK_HOST") == env.get("STORE_SERVICE_HOST") and env.get("LINK_HOST"),
           "$(env:STORE_SERVICE_HOST): the service link's value %s" % env.get("LINK_HOST"))
     check(env.get("PRICE") == "6$", "--env PRICE=6$$ on the command line wins over the file's")
+    vdir = env.get("SHOP_CONFIG", "")
+    check(vdir == env.get("KBRIDGE_VOLUMES", "?") + "/etc/shop",
+          "$(volumes:config): the volumes directory and the mountPath /etc/shop: %s" % vdir)
+    cm = json.loads(kubectl("get", "configmap", "shop-config", "-n", NS, "-o", "json").stdout)
+    files = {k: open(os.path.join(vdir, k)).read() for k in cm["data"]
+             if os.path.isfile(os.path.join(vdir, k))}
+    check(files == cm["data"], "the directory holds the ConfigMap's files, byte for byte (%s)" %
+          sorted(files))
     a = get_json(env["NEXT_URL"] + "/")
     check(a.get("service") == "store" and a.get("pod", "").startswith("store-"),
           "GET the $(services:store) value reaches the real store (pod %s)" % a.get("pod"))
@@ -586,8 +596,9 @@ def part_yamlrefs():
              "local-port: %d\n" % pa, "local-port: [%d, %d]\n" % (pa, tc.free_port())) +
          "env:\n  A: x\n  B: http://$(services:nosuch)\n",
          'kbridge.yaml:%d: env B: $(services:nosuch): no Service "nosuch"' % n),
-        ("volumes", head + "env:\n  A: x\n  B: $(volumes:config)/x\n",
-         'kbridge.yaml:%d: env B: $(volumes:config): volumes are not materialised yet' % n),
+        ("a volume the container does not mount", head + "env:\n  A: x\n  B: $(volumes:cfg)/x\n",
+         'kbridge.yaml:%d: env B: $(volumes:cfg): the container mounts no volume "cfg" (its '
+         'mounts: config, secret)' % n),
     ]
     for what, text, want in bad:
         with open(os.path.join(work, "kbridge.yaml"), "w") as f:
