@@ -49,6 +49,8 @@ struct connect_config {
   int no_propagate;         /* --no-propagate: outbound requests get no route lines */
   struct hostport http_proxy; /* --http-proxy: the local HTTP/SOCKS5 proxy's address */
   int no_http_proxy;        /* --no-http-proxy */
+  int hosts;                /* --hosts: the Service listeners' names in a hosts file */
+  const char *hosts_file;   /* --hosts-file (default /etc/hosts) */
   int ingress;              /* --ingress: clone the Service's Ingresses for the key */
   int pause_gitops;         /* --pause-gitops: Flux's reconcile=disabled while taken over */
   const char *config;       /* --config: options file (main.c reads it; default ./kbridge.yaml) */
@@ -84,6 +86,7 @@ struct restore_config {
   char key[OPT_KEY_SIZE];   /* disconnect --route-as: only that session */
   int timeout;              /* disconnect: seconds to wait for the session to end */
   int all;                  /* list --all: every Service, taken over or not */
+  const char *hosts_file;   /* restore --hosts-file: dead sessions' blocks removed */
 };
 
 struct kube;

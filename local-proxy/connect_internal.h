@@ -144,6 +144,7 @@ struct conn {
   unsigned next_addr;      /* the next loopback address to try (connect_services.c) */
   struct kube *kw;         /* a second API client, in the event loop: the watch */
   struct kube_watch *svc_watch;
+  int hosts_written;       /* --hosts: our block is in the hosts file */
   double agent_seen;       /* when an agent pod was last seen ready (now_s) */
   int agent_lost;          /* no agent pod ready for AGENT_LOST_S: restore, end */
   struct conn_volumes *vol; /* the pod's volumes as local files (connect_volumes.c) */

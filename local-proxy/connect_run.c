@@ -174,6 +174,12 @@ static const struct opt_def connect_opts[] = {
              "ALL_PROXY: names resolve in the cluster (port 0: any free port)"},
     {"no-http-proxy", OPT_FLAG, CFG_OFF(no_http_proxy), 0, 0, NULL, NULL, 0, 0,
      .help = "no local HTTP/SOCKS5 proxy, and no *_PROXY variables for your process"},
+    {"hosts", OPT_FLAG, CFG_OFF(hosts), 0, 0, NULL, NULL, 0, 0,
+     .help = "write the Service listeners' names (NAME, NAME.NS, NAME.NS.svc, "
+             "NAME.NS.svc.cluster.local) into a hosts file while connected (root, or a writable "
+             "--hosts-file)"},
+    {"hosts-file", OPT_STRING, CFG_OFF(hosts_file), 0, 0, "/etc/hosts", "PATH", 0, 0,
+     .help = "the hosts file of --hosts"},
     {"no-propagate", OPT_FLAG, CFG_OFF(no_propagate), 0, 0, NULL, NULL, 0, 0,
      .help = "do not add your route (kubernetes-route-as and a baggage member) to the HTTP "
              "requests your process sends through kbridge's listeners"},
@@ -593,6 +599,15 @@ int connect_run(struct connect_config *cfg) {
   }
   if (forwards_bindable(c) < 0) return 2;
   if (conn_env_refs_check(c, 0) < 0) return 2;
+  if (cfg->hosts && (cfg->no_services || access(cfg->hosts_file, R_OK | W_OK) < 0)) {
+    c->reason = "bad_flag";
+    if (cfg->no_services)
+      conn_fail(c, "--hosts names the Service listeners, which --no-services turns off");
+    else
+      conn_fail(c, "--hosts: %s is not writable (%s): run as root, or give --hosts-file a file "
+                   "you may write", cfg->hosts_file, strerror(errno));
+    return 2;
+  }
   const char *img = cfg->agent_image ? cfg->agent_image : getenv("KBRIDGE_AGENT_IMAGE");
   snprintf(c->image, sizeof c->image, "%s", img && *img ? img : CONNECT_DEFAULT_IMAGE);
   if (!conn_image_ok(c->image)) {

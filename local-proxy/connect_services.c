@@ -29,8 +29,10 @@
 #include <event2/event.h>
 
 #include "dnslabel.h"
+#include "hostsfile.h"
 #include "kube.h"
 #include "proxy.h"
+#include "session.h"
 
 #define ADDR_TRIES 256      /* addresses tried for one Service before giving up */
 #define ADDR_SPACE 64000    /* 127.1.0.1 .. 127.250.255.250 */
@@ -218,16 +220,43 @@ static void svc_update(struct conn *c, const cJSON *svc, int announce) {
   }
 }
 
+/* --hosts: this session's block in the hosts file, from the listeners now
+ * (NULL body when leaving). Blocks of sessions that are gone go too. */
+static void hosts_write(struct conn *c, int leaving) {
+  if (!c->cfg->hosts) return;
+  char *body = NULL;
+  size_t len = 0;
+  FILE *f = leaving ? NULL : open_memstream(&body, &len);
+  for (const struct svc_fwd *s = c->svcs; f && s; s = s->next) {
+    fprintf(f, "%s", s->addr);
+    if (strcmp(s->ns, c->ns) == 0) fprintf(f, " %s", s->name);
+    fprintf(f, " %s.%s %s.%s.svc %s.%s.svc.cluster.local\n", s->name, s->ns, s->name, s->ns,
+            s->name, s->ns);
+  }
+  if (f) fclose(f);
+  char id[200], err[600];
+  snprintf(id, sizeof id, "%s/%s", c->ns, c->svc);
+  if (hosts_update(c->cfg->hosts_file, id, getpid(), body ? body : "", session_pid_running, err,
+                   sizeof err) < 0)
+    log_warn("--hosts: %s", err);
+  else if (!leaving && !c->hosts_written++)
+    conn_progress(c, "hosts", "%zu Services' names in %s (removed when you leave)", c->nsvcs,
+                  c->cfg->hosts_file);
+  free(body);
+}
+
 static int svc_event(const char *type, cJSON *obj, const struct kube_err *e, void *arg) {
   struct conn *c = arg;
   if (strcmp(type, "ADDED") == 0 || strcmp(type, "MODIFIED") == 0) {
     svc_update(c, obj, 1);
+    hosts_write(c, 0);
   } else if (strcmp(type, "DELETED") == 0) {
     const char *name = conn_jstr(obj, "metadata.name");
     struct svc_fwd *s = svc_find(c, c->ns, name ? name : "");
     if (s) {
       log_info("service %s deleted: its listeners on %s are closed", s->name, s->addr);
       svc_unlink_free(c, s);
+      hosts_write(c, 0);
     }
   } else if (strcmp(type, "ERROR") == 0 && e) {
     if (e->status == 401 || e->status == 403) {
@@ -304,6 +333,7 @@ int conn_services_start(struct conn *c, struct event_base *base) {
   cJSON_Delete(env);
   conn_progress(c, "services", "%zu services of %s listen on 127.x loopback addresses (%.2f s)",
                 c->nsvcs, c->ns, conn_now_s() - t0);
+  hosts_write(c, 0);
   char err[400];
   if (connect_kube_open(&c->cfg->kf, &c->kw, err, sizeof err) < 0 ||
       kube_attach(c->kw, base, err, sizeof err) < 0) {
@@ -317,6 +347,7 @@ int conn_services_start(struct conn *c, struct event_base *base) {
 void conn_services_stop(struct conn *c) {
   if (c->svc_watch) kube_watch_stop(c->svc_watch);
   c->svc_watch = NULL;
+  if (c->hosts_written) hosts_write(c, 1);
   while (c->svcs) svc_unlink_free(c, c->svcs);
   if (c->kw) kube_free(c->kw);
   c->kw = NULL;

@@ -1,6 +1,7 @@
 /* sessions.c: `kbridge restore`, `list`, `status`, `disconnect` (connect.h);
  * the session files behind the last two are session.c's. */
 #include "connect.h"
+#include "hostsfile.h"
 #include "session.h"
 
 #include <dirent.h>
@@ -45,6 +46,8 @@ static int iget(const cJSON *s, const char *k) {
 static const struct opt_def restore_opts[] = {
     {"service", OPT_STRING, RC_OFF(service), 0, 1, NULL, "SVC", 0, 0,
      .help = "the Service to restore"},
+    {"hosts-file", OPT_STRING, RC_OFF(hosts_file), 0, 0, "/etc/hosts", "PATH", 0, 0,
+     .help = "remove from it the names of connect --hosts sessions that are gone (kill -9)"},
     KUBE_FLAGS,
 };
 const struct opt_cmd restore_cmd = {
@@ -207,6 +210,11 @@ int restore_run(struct restore_config *cfg) {
              rep.conflicts ? " (with conflicts, see above)" : "");
   }
   kube_free(k);
+  /* connect --hosts sessions that died (kill -9) left their names behind:
+   * their blocks go (a file with none is not written). */
+  if (cfg->hosts_file && access(cfg->hosts_file, R_OK) == 0 &&
+      hosts_update(cfg->hosts_file, "", 0, NULL, session_pid_running, err, sizeof err) < 0)
+    fprintf(stderr, "kbridge: --hosts-file: %s\n", err);
   return rc < 0 ? 1 : 0;
 }
 

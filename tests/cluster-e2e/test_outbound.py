@@ -30,6 +30,13 @@ Parts (default: all, in this order):
                restores both; a second Service that does not exist fails the
                session before anything changes; kill -9 of the CLI: the child
                session restores store by itself
+    hosts      --hosts --hosts-file F (a copy with foreign lines, no newline at the
+               end): F gets a block mapping every name form of every listener to its
+               address, a Service created while connected joins it, leaving puts F
+               back byte for byte; after kill -9, `kbridge restore --hosts-file F`
+               does; and in a private mount namespace with /etc/hosts bind-mounted
+               from a temp file (never the machine's own), the default path is
+               written in place and `getent hosts store.shop` answers the listener
     httpproxy  the local HTTP/SOCKS5 proxy of the ready event (HTTP_PROXY in the env):
                http:// requests by each name form of store (store, store.shop,
                store.shop.svc, store.shop.svc.cluster.local) reach the real pods,
@@ -619,9 +626,94 @@ def part_yamlrefs():
 
 
 
+def hosts_map(text):
+    m = {}
+    for line in text.splitlines():
+        f = line.split("#", 1)[0].split()
+        for name in f[1:]:
+            m.setdefault(name, f[0])
+    return m
+
+
+def part_hosts():
+    import hashlib
+    import signal
+    before = snapshot()
+    machine_hosts = hashlib.sha256(open("/etc/hosts", "rb").read()).hexdigest()
+    orig = b"127.0.0.1 localhost\n10.9.9.9 foreign.example # keep me"
+    path = os.path.join(tc.TMP, "hosts")
+    with open(path, "wb") as f:
+        f.write(orig)
+    _, pa = backend("alice-local")
+    alice = Session("alice", pa, "--hosts", "--hosts-file", path)
+    ev = alice.ready()
+    text = open(path).read()
+    m = hosts_map(text)
+    want = {}
+    for x in ev["services"]:
+        for n in (x["name"], "%s.%s" % (x["name"], NS), "%s.%s.svc" % (x["name"], NS),
+                  "%s.%s.svc.cluster.local" % (x["name"], NS)):
+            want[n] = x["address"]
+    check(all(m.get(k) == v for k, v in want.items()) and len(want) >= 16,
+          "the hosts file maps every name form of %d Services to its listener" % len(ev["services"]))
+    check(text.startswith(orig.decode()) and m.get("foreign.example") == "10.9.9.9",
+          "the lines that were there are kept, first")
+    apply([extra_service("outbound-hosts", 9091)])
+    wait("the new Service in the hosts file",
+         lambda: "outbound-hosts.%s.svc.cluster.local" % NS in open(path).read(), 30)
+    check(True, "a Service created while connected joins the block")
+    kubectl("delete", "service", "-n", NS, "outbound-hosts")
+    ev = alice.stop()
+    check(ev["restored"] is True and open(path, "rb").read() == orig,
+          "leaving puts the hosts file back byte for byte")
+    alice = Session("alice", pa, "--hosts", "--hosts-file", path)
+    alice.ready()
+    alice.p.send_signal(signal.SIGKILL)
+    alice.p.wait(10)
+    check("# kbridge begin" in open(path).read(), "kill -9: the block is left behind")
+    r = kb("restore", "-n", NS, "--service", "api", "--hosts-file", path)
+    check(r.returncode == 0 and open(path, "rb").read() == orig,
+          "kbridge restore --hosts-file puts it back byte for byte")
+    check_restored(before, "the hosts part")
+
+    # the default path, /etc/hosts, in a mount namespace of its own
+    fake = os.path.join(tc.TMP, "etc-hosts")
+    with open(fake, "wb") as f:
+        f.write(b"127.0.0.1 localhost\n")
+    argv = ["unshare", "-m", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"', fake,
+            tc.ARGS.kbridge, "connect", "-n", NS, "--service", "api", "--local-port", str(pa),
+            "--output", "json", "--agent-image", tc.IMAGE, "--route-as", "alice",
+            "--lease-seconds", "3600", "--hosts"]
+    env = dict(os.environ, KUBECONFIG=tc.restricted(), XDG_RUNTIME_DIR=tc.TMP)
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                         env=env)
+    tc.PROCS.append(p)
+    ready = None
+    for line in p.stdout:
+        e = json.loads(line)
+        if e["event"] in ("ready", "error"):
+            ready = e
+            break
+    check(ready and ready["event"] == "ready", "connect --hosts in its own mount namespace: %s" %
+          (ready and ready.get("message", "ready")))
+    store = [x["address"] for x in ready["services"] if x["name"] == "store"][0]
+    g = subprocess.run(["nsenter", "-t", str(p.pid), "-m", "getent", "hosts", "store." + NS],
+                       capture_output=True, text=True)
+    check(g.returncode == 0 and g.stdout.split()[0] == store,
+          "getent hosts store.%s in that namespace: %s" % (NS, g.stdout.strip()))
+    p.send_signal(signal.SIGINT)
+    p.wait(60)
+    check(open(fake, "rb").read() == b"127.0.0.1 localhost\n",
+          "after leaving, that /etc/hosts is as it was")
+    check(hashlib.sha256(open("/etc/hosts", "rb").read()).hexdigest() == machine_hosts,
+          "the machine's own /etc/hosts was never touched")
+    check_restored(before, "the hosts part in a mount namespace")
+
+
 
 PARTS = {"services": part_services, "otherns": part_otherns, "propagate": part_propagate,
-         "several": part_several, "httpproxy": part_httpproxy, "yamlrefs": part_yamlrefs}
+         "several": part_several, "hosts": part_hosts, "httpproxy": part_httpproxy,
+         "yamlrefs": part_yamlrefs}
 
 
 def main():
