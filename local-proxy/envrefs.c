@@ -92,7 +92,7 @@ static int parse_ref(const char *text, size_t len, struct envref *r, char *why, 
                "a port name, got \"%s\"", port);
       return -1;
     }
-    snprintf(r->name, sizeof r->name, "%s", a);
+    snprintf(r->name, sizeof r->name, "%.255s", a); /* a DNS label: short */
     snprintf(r->port, sizeof r->port, "%s", port);
     r->portnum = port_number(port);
     return 0;
@@ -117,7 +117,7 @@ static int parse_ref(const char *text, size_t len, struct envref *r, char *why, 
                "and '-'), got \"%s\"", a);
       return -1;
     }
-    snprintf(r->name, sizeof r->name, "%s", a);
+    snprintf(r->name, sizeof r->name, "%.255s", a); /* a DNS label: short */
     return 0;
   }
   if (klen == 3 && memcmp(body, "env", 3) == 0) {
@@ -128,7 +128,7 @@ static int parse_ref(const char *text, size_t len, struct envref *r, char *why, 
       snprintf(why, whylen, "expected $(env:NAME) with NAME a variable name, got \"%s\"", a);
       return -1;
     }
-    snprintf(r->name, sizeof r->name, "%s", a);
+    snprintf(r->name, sizeof r->name, "%.255s", a);
     return 0;
   }
   snprintf(why, whylen, "unknown reference kind \"%.*s\" (expected " KINDS ")", (int)klen, body);
