@@ -649,8 +649,9 @@ static void hook_welcome(void *arg, int ok, const char *message) {
       printf("  forward:   %s -> %s (from inside the cluster)\n", conn_jstr(f, "listen"),
              conn_jstr(f, "target"));
     if (c->http_proxy[0])
-      printf("  proxy:     HTTP_PROXY=http://%s (HTTP and SOCKS5; names resolve in the "
-             "cluster)\n", c->http_proxy);
+      /* no URL: every URL this block prints works from a pod */
+      printf("  proxy:     %s, your process's HTTP_PROXY and ALL_PROXY (HTTP and SOCKS5; names "
+             "resolve in the cluster)\n", c->http_proxy);
     if (c->multi) {
       cJSON *more = conn_multi_json(c), *m;
       cJSON_ArrayForEach(m, more)
