@@ -236,10 +236,14 @@ static void hosts_write(struct conn *c, int leaving) {
   if (f) fclose(f);
   char id[200], err[600];
   snprintf(id, sizeof id, "%s/%s", c->ns, c->svc);
+  /* restore finds the file by this record after a kill -9: written first */
+  if (!leaving && !c->hosts_written) session_hosts_record(c->cfg->hosts_file);
   if (hosts_update(c->cfg->hosts_file, id, getpid(), body ? body : "", session_pid_running, err,
                    sizeof err) < 0)
     log_warn("--hosts: %s", err);
-  else if (!leaving && !c->hosts_written++)
+  else if (leaving)
+    session_hosts_unrecord();
+  else if (!c->hosts_written++)
     conn_progress(c, "hosts", "%zu Services' names in %s (removed when you leave)", c->nsvcs,
                   c->cfg->hosts_file);
   free(body);

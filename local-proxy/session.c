@@ -110,3 +110,60 @@ int session_each(session_fn fn, void *arg) {
   closedir(d);
   return n;
 }
+
+static void hosts_record_path(const char *dir, long pid, char *out, size_t len) {
+  snprintf(out, len, "%s/hosts.%ld", dir, pid);
+}
+
+int session_hosts_record(const char *hosts_file) {
+  char dir[400], path[600], tmp[640], abs[4096];
+  if (session_dir(dir, sizeof dir) < 0 || !realpath(hosts_file, abs)) {
+    log_warn("--hosts: no record of %s for kbridge restore: %s", hosts_file, strerror(errno));
+    return -1;
+  }
+  hosts_record_path(dir, (long)getpid(), path, sizeof path);
+  snprintf(tmp, sizeof tmp, "%s.tmp", path);
+  FILE *f = fopen(tmp, "w");
+  int ok = f && fprintf(f, "%s\n", abs) > 0;
+  if (f && fclose(f) != 0) ok = 0;
+  if (!ok || rename(tmp, path) < 0) {
+    log_warn("--hosts: record %s: %s", path, strerror(errno));
+    unlink(tmp);
+    return -1;
+  }
+  return 0;
+}
+
+void session_hosts_unrecord(void) {
+  char dir[400], path[600];
+  if (session_dir(dir, sizeof dir) < 0) return;
+  hosts_record_path(dir, (long)getpid(), path, sizeof path);
+  unlink(path);
+}
+
+int session_hosts_dead(int (*fn)(const char *hosts_file, void *arg), void *arg) {
+  char dir[400];
+  if (session_dir(dir, sizeof dir) < 0) return 0;
+  DIR *d = opendir(dir);
+  if (!d) return 0;
+  struct dirent *de;
+  int n = 0;
+  while ((de = readdir(d)) != NULL) {
+    char *end = NULL;
+    if (strncmp(de->d_name, "hosts.", 6) != 0) continue;
+    long pid = strtol(de->d_name + 6, &end, 10);
+    if (pid <= 0 || *end) continue; /* hosts.PID.tmp and the like */
+    n++;
+    if (session_pid_running((pid_t)pid)) continue;
+    char path[800], file[4200];
+    snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+    FILE *f = fopen(path, "r");
+    if (!f) continue;
+    int got = fgets(file, sizeof file, f) != NULL;
+    fclose(f);
+    file[strcspn(file, "\n")] = '\0';
+    if (!got || !*file || fn(file, arg) == 0) unlink(path);
+  }
+  closedir(d);
+  return n;
+}

@@ -5,7 +5,11 @@
  * ~/.cache/kbridge/sessions/), named NS.SVC.KEY.json:
  *   {"pid":123,"namespace":"shop","service":"api","key":"alice","local_port":5000,
  *    "since":"2026-11-26T07:00:00Z"}
- * Files whose pid is gone are stale and removed when listed. */
+ * Files whose pid is gone are stale and removed when listed.
+ *
+ * A `connect --hosts` session also leaves hosts.PID there, holding the path of
+ * the hosts file its block is in, so that `kbridge restore` finds that file
+ * after a kill -9 even when it was not /etc/hosts. */
 #ifndef KB_SESSION_H
 #define KB_SESSION_H
 
@@ -28,5 +32,14 @@ struct cJSON;
  * Returns how many. */
 typedef void (*session_fn)(const struct cJSON *s, const char *path, void *arg);
 int session_each(session_fn fn, void *arg);
+
+/* connect --hosts: record (before the block is written) or drop (after it is
+ * removed) this process's hosts.PID. 0 or -1 (logged). */
+int session_hosts_record(const char *hosts_file);
+void session_hosts_unrecord(void);
+
+/* For every hosts.PID whose pid is gone: fn(hosts file path, arg); the record
+ * is removed when fn returns 0. Returns how many records were seen. */
+int session_hosts_dead(int (*fn)(const char *hosts_file, void *arg), void *arg);
 
 #endif

@@ -172,6 +172,17 @@ static void add_ports(cJSON *o, const cJSON *svc) {
 
 /* ---- restore ---- */
 
+/* A dead connect --hosts session's file: the blocks of gone sessions out. */
+static int restore_hosts_one(const char *file, void *arg) {
+  (void)arg;
+  char err[600];
+  if (access(file, R_OK) < 0) return 0; /* the file itself is gone: nothing to do */
+  if (hosts_update(file, "", 0, NULL, session_pid_running, err, sizeof err) == 0) return 0;
+  fprintf(stderr, "kbridge: hosts file of a crashed connect --hosts: %s (run kbridge restore "
+                  "as a user who may write it)\n", err);
+  return -1;
+}
+
 int restore_run(struct restore_config *cfg) {
   struct kube *k = NULL;
   char err[1200];
@@ -211,10 +222,12 @@ int restore_run(struct restore_config *cfg) {
   }
   kube_free(k);
   /* connect --hosts sessions that died (kill -9) left their names behind:
-   * their blocks go (a file with none is not written). */
+   * their blocks go (a file with none is not written), in --hosts-file and in
+   * every file such a session recorded (session.h). */
   if (cfg->hosts_file && access(cfg->hosts_file, R_OK) == 0 &&
       hosts_update(cfg->hosts_file, "", 0, NULL, session_pid_running, err, sizeof err) < 0)
     fprintf(stderr, "kbridge: --hosts-file: %s\n", err);
+  session_hosts_dead(restore_hosts_one, NULL);
   return rc < 0 ? 1 : 0;
 }
 

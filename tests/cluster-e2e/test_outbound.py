@@ -33,8 +33,8 @@ Parts (default: all, in this order):
     hosts      --hosts --hosts-file F (a copy with foreign lines, no newline at the
                end): F gets a block mapping every name form of every listener to its
                address, a Service created while connected joins it, leaving puts F
-               back byte for byte; after kill -9, `kbridge restore --hosts-file F`
-               does; and in a private mount namespace with /etc/hosts bind-mounted
+               back byte for byte; after kill -9, `kbridge restore` (no --hosts-file:
+               the session recorded F) does; and in a private mount namespace with /etc/hosts bind-mounted
                from a temp file (never the machine's own), the default path is
                written in place and `getent hosts store.shop` answers the listener
     httpproxy  the local HTTP/SOCKS5 proxy of the ready event (HTTP_PROXY in the env):
@@ -671,9 +671,10 @@ def part_hosts():
     alice.p.send_signal(signal.SIGKILL)
     alice.p.wait(10)
     check("# kbridge begin" in open(path).read(), "kill -9: the block is left behind")
-    r = kb("restore", "-n", NS, "--service", "api", "--hosts-file", path)
+    r = kb("restore", "-n", NS, "--service", "api")
     check(r.returncode == 0 and open(path, "rb").read() == orig,
-          "kbridge restore --hosts-file puts it back byte for byte")
+          "kbridge restore (no --hosts-file: the session's record names F) puts it back byte "
+          "for byte")
     check_restored(before, "the hosts part")
 
     # the default path, /etc/hosts, in a mount namespace of its own
