@@ -666,15 +666,19 @@ def part_hosts():
     ev = alice.stop()
     check(ev["restored"] is True and open(path, "rb").read() == orig,
           "leaving puts the hosts file back byte for byte")
+    sdir = os.path.join(tc.TMP, "kbridge", "sessions")
+    records = lambda: [n for n in os.listdir(sdir) if n.startswith("hosts.")]
+    check(records() == [], "leaving drops the session's record of the hosts file")
     alice = Session("alice", pa, "--hosts", "--hosts-file", path)
     alice.ready()
     alice.p.send_signal(signal.SIGKILL)
     alice.p.wait(10)
     check("# kbridge begin" in open(path).read(), "kill -9: the block is left behind")
-    r = kb("restore", "-n", NS, "--service", "api")
+    r = kb("restore", "-n", NS, "--service", "api", env={"XDG_RUNTIME_DIR": tc.TMP})
     check(r.returncode == 0 and open(path, "rb").read() == orig,
           "kbridge restore (no --hosts-file: the session's record names F) puts it back byte "
           "for byte")
+    check(records() == [], "and drops the dead session's record")
     check_restored(before, "the hosts part")
 
     # the default path, /etc/hosts, in a mount namespace of its own
