@@ -185,7 +185,9 @@ int hosts_update(const char *path, const char *id, pid_t pid, const char *body,
                  int (*alive)(pid_t), char *err, size_t errlen) {
   /* One lock for every kbridge on this machine, outside the file: the file
    * itself is replaced by rename, and a lock on an old inode guards nothing. */
-  int lk = open("/tmp/.kbridge-hosts.lock", O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  int lk = open("/tmp/.kbridge-hosts.lock", O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+  if (lk >= 0) fchmod(lk, 0666); /* any user's kbridge locks it (a writable --hosts-file) */
+  if (lk < 0) lk = open("/tmp/.kbridge-hosts.lock", O_RDONLY | O_CLOEXEC); /* flock needs no write */
   if (lk < 0 || flock(lk, LOCK_EX) < 0) {
     snprintf(err, errlen, "cannot lock /tmp/.kbridge-hosts.lock: %s", strerror(errno));
     if (lk >= 0) close(lk);
