@@ -145,6 +145,7 @@ struct conn {
   struct kube *kw;         /* a second API client, in the event loop: the watch */
   struct kube_watch *svc_watch;
   int hosts_written;       /* --hosts: our block is in the hosts file */
+  cJSON *env, *env_secrets; /* the container's env, resolved by conn_services_start (or NULL) */
   double agent_seen;       /* when an agent pod was last seen ready (now_s) */
   int agent_lost;          /* no agent pod ready for AGENT_LOST_S: restore, end */
   struct conn_volumes *vol; /* the pod's volumes as local files (connect_volumes.c) */

@@ -584,8 +584,9 @@ static void hook_welcome(void *arg, int ok, const char *message) {
   snprintf(host, sizeof host, "%s.%s.svc", c->svc, c->ns);
   snprintf(hdr, sizeof hdr, "kubernetes-route-as: %s", c->cfg->key);
   snprintf(hosthdr, sizeof hosthdr, "Host: %s.%s", c->cfg->key, c->svc);
-  cJSON *secrets = NULL;
-  cJSON *env = conn_resolve_env(c, &secrets);
+  cJSON *secrets = c->env_secrets, *env = c->env; /* resolved at start, or now */
+  c->env = c->env_secrets = NULL;
+  if (!env) env = conn_resolve_env(c, &secrets);
   conn_forward_service_links(c, env); /* --forward first: named by hand, they win */
   conn_services_env(c, env);
   proxy_env(c, env);

@@ -331,10 +331,10 @@ int conn_services_start(struct conn *c, struct event_base *base) {
            conn_jstr(list, "metadata.resourceVersion") ? conn_jstr(list, "metadata.resourceVersion")
                                                        : "");
   cJSON_Delete(list);
-  cJSON *env = conn_resolve_env(c, NULL);
+  /* Resolved once: the env built for the process at ready takes it over. */
+  c->env = conn_resolve_env(c, &c->env_secrets);
   const cJSON *kv;
-  cJSON_ArrayForEach(kv, env) scan_value(c, kv->valuestring);
-  cJSON_Delete(env);
+  cJSON_ArrayForEach(kv, c->env) scan_value(c, kv->valuestring);
   conn_progress(c, "services", "%zu services of %s listen on 127.x loopback addresses (%.2f s)",
                 c->nsvcs, c->ns, conn_now_s() - t0);
   hosts_write(c, 0);
@@ -353,6 +353,9 @@ void conn_services_stop(struct conn *c) {
   c->svc_watch = NULL;
   if (c->hosts_written) hosts_write(c, 1);
   while (c->svcs) svc_unlink_free(c, c->svcs);
+  cJSON_Delete(c->env); /* never ready: not taken over by the welcome */
+  cJSON_Delete(c->env_secrets);
+  c->env = c->env_secrets = NULL;
   if (c->kw) kube_free(c->kw);
   c->kw = NULL;
 }
