@@ -1886,7 +1886,12 @@ PARTS = {"badinput": part_badinput, "routing": part_routing, "replace": part_rep
 LONG_PARTS = ("volumerefresh",)  # only when named (ctest -L long)
 
 
-def main():
+def run_main(parts_table, cleanup, default_parts=None):
+    """The main of a cluster-e2e script that reuses this fixture: parse
+    --kbridge/--agent/--signer and PART..., skip (77) without root or kubectl,
+    bring the cluster up, run the parts in order, and whatever happened kill
+    what was started, call cleanup() (restores), take the cluster down (unless
+    KBRIDGE_E2E_KEEP=1) and remove TMP. Returns the exit status."""
     global ARGS
     ap = argparse.ArgumentParser()
     ap.add_argument("--kbridge", required=True)
@@ -1897,17 +1902,16 @@ def main():
     if os.geteuid() != 0 or not shutil.which("kubectl"):
         print("skipped: needs root and kubectl")
         return 77
-    ARGS.kbridge = os.path.abspath(ARGS.kbridge)
-    ARGS.agent = os.path.abspath(ARGS.agent)
-    if ARGS.signer:
-        ARGS.signer = os.path.abspath(ARGS.signer)
-    parts = ARGS.parts or [p for p in PARTS if p not in LONG_PARTS]
+    for a in ("kbridge", "agent", "signer"):
+        if getattr(ARGS, a):
+            setattr(ARGS, a, os.path.abspath(getattr(ARGS, a)))
+    parts = ARGS.parts or default_parts or list(parts_table)
     rc = 0
     try:
         cluster_up()
         for p in parts:
             say("== %s" % p)
-            PARTS[p]()
+            parts_table[p]()
     except Fail as e:
         say("FAIL: %s" % e)
         rc = 1
@@ -1917,15 +1921,21 @@ def main():
                 p.kill()
         try:
             if info():
-                kb("restore", "-n", NS, "--service", "api", kubeconfig=info()["admin_kubeconfig"])
-        except Exception as e:  # the cluster goes down next anyway
-            say("cleanup restore failed: %s" % e)
+                cleanup()
+        except Exception as e:
+            say("cleanup failed: %s" % e)
         if os.environ.get("KBRIDGE_E2E_KEEP") != "1" and info():
             subprocess.run([os.path.join(CLUSTER_DIR, "down"), "--name", NAME],
                            capture_output=True)
         shutil.rmtree(TMP, ignore_errors=True)
     say("PASS" if rc == 0 else "FAILED")
     return rc
+
+
+def main():
+    def cleanup():
+        kb("restore", "-n", NS, "--service", "api", kubeconfig=info()["admin_kubeconfig"])
+    return run_main(PARTS, cleanup, [p for p in PARTS if p not in LONG_PARTS])
 
 
 if __name__ == "__main__":

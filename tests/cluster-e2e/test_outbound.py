@@ -58,7 +58,6 @@ Parts (default: all, in this order):
 
 The cluster is $KBRIDGE_E2E_CLUSTER (default kbe2e), as for test_connect.py.
 """
-import argparse
 import json
 import os
 import queue
@@ -721,50 +720,15 @@ PARTS = {"services": part_services, "otherns": part_otherns, "propagate": part_p
          "yamlrefs": part_yamlrefs}
 
 
+def cleanup():
+    for svc in ("api", "store"):
+        kb("restore", "-n", NS, "--service", svc, kubeconfig=tc.info()["admin_kubeconfig"])
+    kubectl("delete", "services", "-n", NS, "-l", "kbridge-test=outbound", "--wait=false",
+            check_rc=False)
+
+
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--kbridge", required=True)
-    ap.add_argument("--agent", required=True)
-    ap.add_argument("--signer", help="kbridge-signer (default: beside the agent's build dir)")
-    ap.add_argument("parts", nargs="*")
-    args = ap.parse_args()
-    if args.signer:
-        args.signer = os.path.abspath(args.signer)
-    tc.ARGS = args
-    if os.geteuid() != 0 or not shutil.which("kubectl"):
-        print("skipped: needs root and kubectl")
-        return 77
-    args.kbridge = os.path.abspath(args.kbridge)
-    args.agent = os.path.abspath(args.agent)
-    parts = args.parts or list(PARTS)
-    rc = 0
-    try:
-        tc.cluster_up()
-        for p in parts:
-            say("== %s" % p)
-            PARTS[p]()
-    except Fail as e:
-        say("FAIL: %s" % e)
-        rc = 1
-    finally:
-        for p in tc.PROCS:
-            if p.poll() is None:
-                p.kill()
-        try:
-            if tc.info():
-                for svc in ("api", "store"):
-                    kb("restore", "-n", NS, "--service", svc,
-                       kubeconfig=tc.info()["admin_kubeconfig"])
-                kubectl("delete", "services", "-n", NS, "-l", "kbridge-test=outbound",
-                        "--wait=false", check_rc=False)
-        except Exception as e:
-            say("cleanup failed: %s" % e)
-        if os.environ.get("KBRIDGE_E2E_KEEP") != "1" and tc.info():
-            subprocess.run([os.path.join(tc.CLUSTER_DIR, "down"), "--name", tc.NAME],
-                           capture_output=True)
-        shutil.rmtree(tc.TMP, ignore_errors=True)
-    say("PASS" if rc == 0 else "FAILED")
-    return rc
+    return tc.run_main(PARTS, cleanup)
 
 
 if __name__ == "__main__":
