@@ -73,6 +73,9 @@ static int on_message_complete(llhttp_t *p) {
   return HPE_PAUSED; /* the next head starts at the front of the input */
 }
 
+/* The callbacks have the shape of agent/relay.c's req_* (llhttp spans into an
+ * http_head): each owner keeps its own, since what they pause on and what the
+ * pauses mean differ (the agent routes and connects; this only rewrites). */
 static const llhttp_settings_t settings = {
     .on_message_begin = on_message_begin,
     .on_url = on_url,
